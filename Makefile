@@ -1,0 +1,35 @@
+# The two Quick start commands (README.md) and the environment they share.
+# Everything installs into .venv/ at the repository root; `make` re-installs only when
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned here, not in pyproject.toml: this pair is the one that
+# torch-fidelity's torchvision import needs and that this project is tested with.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test lint demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+demo: install
+	$(BIN)/rar bench-sample --model rar_tiny --batch-size 16 --steps 2
+
+clean:
+	rm -rf $(VENV)

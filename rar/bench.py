@@ -1,0 +1,131 @@
+"""Throughput benchmarks that print figures with the machine and settings.
+
+Benchmarks measure; they are never timed tests. Timing follows gpt-fast's rules: one untimed
+warm-up batch, and a device synchronisation before every clock read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
+from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
+
+# Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
+IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def machine_description(device: torch.device) -> str:
+    """One line naming the hardware and software a figure was measured on."""
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{hw}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_sample(
+    *,
+    model: str = "rar_tiny",
+    batch_size: int = 128,
+    steps: int = 3,
+    dtype: str = "fp32",
+    device: str = "auto",
+    guidance_scale: float | None = None,
+    decoder: str = "auto",
+    compile: bool = False,
+    csv_path: str | Path | None = None,
+) -> dict:
+    """Time class-conditional generation (and optionally tokenizer decoding) of
+    `batch_size`-image batches; print and return images/s and tokens/s."""
+    dev = resolve_device(device)
+    if model not in RAR_CONFIGS:
+        raise ValueError(f"unknown model size {model!r}; known: {', '.join(RAR_CONFIGS)}")
+    torch.manual_seed(0)
+    with dev:
+        net = RAR(rar_config(model)).eval()
+    preset = SAMPLING_PRESETS.get(model, SamplingConfig())
+    scale = preset.guidance_scale if guidance_scale is None else guidance_scale
+    amp = {"fp32": None, "bf16": torch.bfloat16}[dtype]
+    if decoder == "auto":
+        decoder = "maskgit-vqgan" if model in IMAGENET_SIZES else "none"
+    decode = None
+    if decoder == "maskgit-vqgan":
+        from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+        with dev:
+            decode = MaskGITVQGAN(MaskGITVQGANConfig()).eval().decode
+
+    labels = torch.arange(batch_size, device=dev) % net.config.num_classes
+    generator = torch.Generator(dev).manual_seed(0)
+
+    def one_batch() -> None:
+        ids = generate(
+            net,
+            labels,
+            guidance_scale=scale,
+            guidance_power=preset.guidance_power,
+            temperature=preset.temperature,
+            generator=generator,
+            amp_dtype=amp,
+            compile=compile,
+        )
+        if decode is not None:
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                decode(ids)
+
+    one_batch()  # warm-up: allocator, kernels, compilation
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_batch()
+    _sync(dev)
+    seconds = (time.perf_counter() - start) / steps
+    result = {
+        "model": model,
+        "params": num_parameters(net),
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "decoder": decoder,
+        "guidance_scale": scale,
+        "compile": compile,
+        "device": str(dev),
+        "machine": machine_description(dev),
+        "seconds_per_batch": round(seconds, 4),
+        "images_per_s": round(batch_size / seconds, 2),
+        "tokens_per_s": round(batch_size * net.config.num_tokens / seconds, 1),
+    }
+    print(
+        f"{model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, {dtype}, "
+        f"guidance {scale}, decoder {decoder}, compile {compile} on {result['machine']}:\n"
+        f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s "
+        f"({seconds:.3f} s per batch, median-free mean of {steps} batches after 1 warm-up)",
+        flush=True,
+    )
+    if csv_path is not None:
+        path = Path(csv_path)
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(result)
+    return result

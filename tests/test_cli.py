@@ -1,0 +1,35 @@
+"""The `rar` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rar.cli import build_parser, main
+
+
+def test_help_lists_the_subcommands(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    assert "bench-sample" in capsys.readouterr().out
+
+
+def test_parsing_does_not_import_torch():
+    code = (
+        "import sys; from rar.cli import build_parser; "
+        "build_parser().parse_args(['bench-sample']); "
+        "assert 'torch' not in sys.modules, 'rar.cli imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_sample_prints_throughput(capsys, tmp_path):
+    csv = tmp_path / "bench.csv"
+    args = ["bench-sample", "--model", "rar_tiny", "--batch-size", "2", "--steps", "1"]
+    assert main([*args, "--csv", str(csv), "--device", "cpu"]) == 0
+    assert "images/s" in capsys.readouterr().out
+    header, row = csv.read_text().splitlines()
+    assert "images_per_s" in header and row.startswith("rar_tiny,")
+    assert build_parser().parse_args(args).dtype == "fp32"
