@@ -51,7 +51,8 @@ def test_spiral_out_ends_at_the_last_index_and_spiral_in_reverses_it():
 
 @pytest.mark.parametrize("grid", [4, 8, 16])
 def test_spiral_moves_one_cell_at_a_time(grid):
-    rows, cols = divmod(scan_order("spiral-out", grid), grid)
+    order = scan_order("spiral-out", grid)
+    rows, cols = order // grid, order % grid
     steps = (rows.diff().abs() + cols.diff().abs()).tolist()
     assert set(steps) == {1}
 
