@@ -1,0 +1,528 @@
+# Adapted from: bytedance/1d-tokenizer modeling/modules/maskgit_vqgan.py (itself from
+# huggingface/open-muse) and modeling/titok.py `PretrainedTokenizer`, commit 942a96f.
+"""Image tokenizers: the common `Tokenizer` interface and the MaskGIT-VQGAN f16 model RAR uses.
+
+RAR (arXiv 2411.00776, §4.1) models the 16x16 = 256 token ids of the MaskGIT-VQGAN tokenizer
+(codebook 1024) that the RAR release ships as `maskgit-vqgan-imagenet-f16-256.bin`, a plain
+state dict. `MaskGITVQGAN` reproduces that network key for key, so the file loads with
+`strict=True`, and it reproduces the release's ids and decodings (tests/test_tokenizer.py).
+
+Every tokenizer in this package (also the offline demo's `rar.vq_demo.VQDemo`) follows
+DESIGN.md: `encode(images in [0, 1]) -> (B, h*w)` raster-order int64 ids, `decode(ids) ->
+images in [0, 1]`, `codebook_size`, `grid`, `image_size` and `identity()`, a hash of the
+weights recorded in every manifest and run config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import itertools
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# Common interface
+# ----------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Convert decoded images to the uint8 pixels that are saved and scored.
+
+    images: (B, 3, H, W) float, nominally in [0, 1]. Returns (B, H, W, 3) uint8 on the same device.
+
+    Values are clamped to [0, 1], scaled by 255 and TRUNCATED, not rounded (0.999 -> 254). This
+    is what the official sampler does (bytedance/1d-tokenizer demo_util.py `sample_fn`:
+    `(x * 255.0).to(torch.uint8)`), and FID is sensitive to it: rounding shifts every pixel by
+    half a level on average, so samples must be converted exactly this way to compare with the
+    paper's numbers.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    # float32 first: a bf16 input cannot hold 255 * x exactly, which would move the truncation.
+    x = images.float().clamp(0.0, 1.0) * 255.0
+    return x.permute(0, 2, 3, 1).to(torch.uint8)  # (B, H, W, 3); the cast truncates toward 0
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex digest of a state dict: key names, dtypes, shapes and raw bytes, keys sorted.
+
+    Sorting makes the digest independent of the order in which a module registered its
+    parameters, so a file and the module loaded from it hash alike.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach()
+        digest.update(key.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        # Raw little-endian bytes via a uint8 view: works for dtypes numpy lacks (bfloat16).
+        flat = t.to("cpu").contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Tokenizer(nn.Module):
+    """Discrete image tokenizer: images in [0, 1] <-> raster-order code ids.
+
+    Subclasses set `codebook_size`, `grid` (token grid side, h = w) and `image_size` (pixels),
+    a class-level `kind` (the tag of our checkpoint format) and `config` (a frozen dataclass),
+    and implement `_encode` / `_decode`. The public `encode` / `decode` wrap them in
+    `torch.no_grad()` and check shapes. Nothing here picks a device: inputs decide it.
+    """
+
+    kind: ClassVar[str] = ""
+    codebook_size: int
+    grid: int
+    image_size: int
+    config: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._identity_cache: tuple[tuple, str] | None = None
+
+    # Subclasses implement these two, without worrying about grad mode.
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) float in [0, 1] -> (B, h*w) int64 code ids in raster order."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return self._encode(images).long()
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, h*w) int64 raster-order code ids -> (B, 3, H, W) float images in [0, 1]."""
+        if ids.ndim != 2:
+            raise ValueError(f"expected ids of shape (B, h*w), got {tuple(ids.shape)}")
+        return self._decode(ids.long()).clamp(0.0, 1.0)
+
+    def identity(self) -> str:
+        """sha256 hex digest of the weights (see `state_dict_sha256`), cached.
+
+        The cache is keyed on every tensor's storage pointer and autograd version counter, so
+        an optimizer step, `load_state_dict` or an in-place edit under `torch.no_grad()`
+        recomputes it. Writes through `.data` bypass the version counter; avoid them.
+        """
+        sd = self.state_dict(keep_vars=True)
+        key = tuple((name, t.data_ptr(), t._version) for name, t in sd.items())
+        if self._identity_cache is None or self._identity_cache[0] != key:
+            self._identity_cache = (key, state_dict_sha256(sd))
+        return self._identity_cache[1]
+
+    def freeze(self) -> Tokenizer:
+        """Eval mode and no gradients: how every loaded tokenizer is used. Returns self."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> None:
+    """Write `{"kind", "config", "model"}` (our tokenizer format) to `path` atomically.
+
+    The temporary file sits in the destination folder so `os.replace` is a same-filesystem
+    rename: a crash leaves either the old file or the new one, never half a file, and a
+    Snakemake output is never seen truncated.
+    """
+    if not tok.kind:
+        raise ValueError(f"{type(tok).__name__} has no checkpoint kind and cannot be saved")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "kind": tok.kind,
+        "config": dataclasses.asdict(tok.config),
+        "model": {k: v.detach().cpu() for k, v in tok.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# MaskGIT-VQGAN building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # MaskGIT-VQGAN (a TF/Flax model ported to PyTorch) uses 32 groups and eps 1e-6.
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding, computed from the input size at every call.
+
+    The model was trained in TF, where SAME puts the odd padding pixel on the right/bottom;
+    PyTorch's symmetric `padding=` cannot express that, so we pad explicitly. (With stride 1
+    and the odd kernels used here the padding is symmetric, but the rule is kept general.)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        # F.pad lists the last dimension first: (left, right, top, bottom).
+        for size, k, s, d in reversed(
+            list(zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation, strict=True))
+        ):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, plus a residual, at a fixed resolution.
+
+    x: (B, C_in, H, W) -> (B, C_out, H, W).
+
+    QUIRK reproduced from the release: when C_in != C_out, the 1x1 `nin_shortcut` is applied to
+    the block's OUTPUT, not its input, so the block returns `h + nin_shortcut(h)` and the input
+    does not reach the output through the skip at all. The released weights were trained this
+    way, so "fixing" it would change every token id.
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = _group_norm(c_in)
+        self.conv1 = SameConv2d(c_in, c_out, kernel_size=3, bias=False)
+        self.norm2 = _group_norm(c_out)
+        self.conv2 = SameConv2d(c_out, c_out, kernel_size=3, bias=False)
+        # Only channel-changing blocks have the shortcut; its (C_out, C_out) shape follows
+        # from the quirk above.
+        self.nin_shortcut = (
+            SameConv2d(c_out, c_out, kernel_size=1, bias=False) if c_in != c_out else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))  # dropout is 0 in the release: omitted
+        skip = x if self.nin_shortcut is None else self.nin_shortcut(h)
+        return h + skip
+
+
+class Stage(nn.Module):
+    """One resolution level: `num_res_blocks` ResBlocks, then an optional resampling.
+
+    resample: "down" = 2x2 average pooling (encoder), "up" = nearest 2x upsampling followed by a
+    3x3 conv with bias (decoder), None = stay at this resolution. The attribute names (`block`,
+    `upsample_conv`) are the release's state-dict keys.
+    """
+
+    def __init__(self, c_in: int, c_out: int, num_res_blocks: int, resample: str | None):
+        super().__init__()
+        chans = [c_in] + [c_out] * num_res_blocks
+        self.block = nn.ModuleList(ResBlock(a, b) for a, b in itertools.pairwise(chans))
+        self.resample = resample
+        if resample == "up":
+            self.upsample_conv = SameConv2d(c_out, c_out, kernel_size=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.block:
+            x = blk(x)
+        if self.resample == "down":
+            x = F.avg_pool2d(x, kernel_size=2, stride=2)  # (B, C, H/2, W/2)
+        elif self.resample == "up":
+            x = self.upsample_conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return x
+
+
+@dataclass(frozen=True)
+class MaskGITVQGANConfig:
+    hidden_channels: int = 128  # base width; level i has hidden_channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # 5 levels, 4 halvings: f16, 256 px -> 16x16
+    num_res_blocks: int = 2  # per level, and in each middle section
+    z_channels: int = 256  # latent = code dimension
+    codebook_size: int = 1024  # RAR §4.1: MaskGIT-VQGAN codebook of 1024 entries
+    image_size: int = 256  # ImageNet 256x256 (the network is convolutional; this sets `grid`)
+    in_channels: int = 3
+
+    def __post_init__(self):
+        # Accept lists (from JSON/YAML/asdict round trips) but store a hashable tuple.
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+class Encoder(nn.Module):
+    """x: (B, in_channels, H, W) -> z: (B, z_channels, H / f, W / f), f = 2^(levels - 1)."""
+
+    def __init__(self, cfg: MaskGITVQGANConfig):
+        super().__init__()
+        widths = [cfg.hidden_channels * m for m in cfg.channel_mult]
+        levels = len(widths)
+        self.conv_in = SameConv2d(cfg.in_channels, cfg.hidden_channels, kernel_size=3, bias=False)
+        # Level i maps the previous level's width to its own and halves the resolution,
+        # except at the last (coarsest) level.
+        c_ins = [cfg.hidden_channels, *widths[:-1]]
+        self.down = nn.ModuleList(
+            Stage(c_ins[i], widths[i], cfg.num_res_blocks, "down" if i < levels - 1 else None)
+            for i in range(levels)
+        )
+        self.mid = nn.ModuleList(
+            ResBlock(widths[-1], widths[-1]) for _ in range(cfg.num_res_blocks)
+        )
+        self.norm_out = _group_norm(widths[-1])
+        self.conv_out = SameConv2d(widths[-1], cfg.z_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.down:
+            h = stage(h)
+        for blk in self.mid:
+            h = blk(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z: (B, z_channels, h, w) -> x: (B, in_channels, h * f, w * f), unclamped."""
+
+    def __init__(self, cfg: MaskGITVQGANConfig):
+        super().__init__()
+        widths = [cfg.hidden_channels * m for m in cfg.channel_mult]
+        levels = len(widths)
+        self.conv_in = SameConv2d(cfg.z_channels, widths[-1], kernel_size=3)
+        self.mid = nn.ModuleList(
+            ResBlock(widths[-1], widths[-1]) for _ in range(cfg.num_res_blocks)
+        )
+        # `up[i]` is level i (same indexing as the encoder) but runs coarse to fine: it takes
+        # the width of level i + 1 (the coarsest level takes its own) and upsamples unless i = 0.
+        c_ins = [*widths[1:], widths[-1]]
+        self.up = nn.ModuleList(
+            Stage(c_ins[i], widths[i], cfg.num_res_blocks, "up" if i > 0 else None)
+            for i in range(levels)
+        )
+        self.norm_out = _group_norm(widths[0])
+        self.conv_out = SameConv2d(widths[0], cfg.in_channels, kernel_size=3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for blk in self.mid:
+            h = blk(h)
+        for stage in reversed(self.up):
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour (L2) codebook lookup; `embedding.weight` is (codebook_size, dim)."""
+
+    def __init__(self, codebook_size: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(codebook_size, dim)
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, D, h, w) latents -> (B, h*w) int64 ids of the nearest codes, raster order."""
+        B, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(B * h * w, D)  # (B*h*w, D), raster order
+        codes = self.embedding.weight  # (K, D)
+        # ||z - e||^2 = ||z||^2 + ||e||^2 - 2 z.e, summed in this order as in the release so
+        # that near-ties resolve to the same argmin.
+        dist = torch.addmm(
+            flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)[None, :],
+            flat,
+            codes.t(),
+            alpha=-2.0,
+        )  # (B*h*w, K)
+        return dist.argmin(dim=1).view(B, h * w)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, h*w) raster-order ids of a square grid -> (B, D, h, w) code vectors."""
+        B, n = ids.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"{n} tokens do not form a square grid")
+        return self.embedding(ids).view(B, side, side, -1).permute(0, 3, 1, 2)  # (B, D, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# MaskGIT-VQGAN tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+class MaskGITVQGAN(Tokenizer):
+    """The MaskGIT-VQGAN f16 tokenizer RAR generates with (54,515,587 parameters at default size).
+
+    State-dict keys equal the release's `maskgit-vqgan-imagenet-f16-256.bin`. Use
+    `load_official_maskgit_vqgan` / `load_tokenizer` to get a loaded, frozen instance.
+    """
+
+    kind: ClassVar[str] = "maskgit_vqgan"
+
+    def __init__(self, config: MaskGITVQGANConfig | None = None):
+        super().__init__()
+        cfg = config or MaskGITVQGANConfig()
+        self.config = cfg
+        self.codebook_size = cfg.codebook_size
+        self.image_size = cfg.image_size
+        self.grid = cfg.image_size // cfg.downsample
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        # The code dimension is the latent width: no projection sits between them.
+        self.quantize = VectorQuantizer(cfg.codebook_size, cfg.z_channels)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) in [0, 1], fed as is (the release does no [-1, 1] rescaling).
+        return self.quantize.nearest(self.encoder(images))  # (B, h*w)
+
+    def _decode(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.quantize.lookup(ids))  # (B, 3, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+_DOWN_KEY = re.compile(r"^encoder\.down\.(\d+)\.block\.(\d+)\.conv1\.weight$")
+
+
+def _key_summary(keys: set[str], limit: int = 8) -> str:
+    shown = sorted(keys)[:limit]
+    more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _maskgit_config_from_state_dict(
+    sd: Mapping[str, Any], source: str, image_size: int
+) -> MaskGITVQGANConfig:
+    """Infer the architecture from weight shapes; ValueError naming `source` if impossible."""
+    needed = {"encoder.conv_in.weight", "quantize.embedding.weight", "encoder.conv_out.weight"}
+    missing = needed - set(sd)
+    levels: dict[int, set[int]] = {}
+    for key in sd:
+        m = _DOWN_KEY.match(key)
+        if m:
+            levels.setdefault(int(m[1]), set()).add(int(m[2]))
+    if missing or not levels:
+        raise ValueError(
+            f"{source}: not a MaskGIT-VQGAN state dict; missing keys: "
+            f"{_key_summary(missing or {'encoder.down.0.block.0.conv1.weight'})}"
+        )
+    hidden, in_channels = sd["encoder.conv_in.weight"].shape[:2]
+    codebook_size, _ = sd["quantize.embedding.weight"].shape
+    z_channels = sd["encoder.conv_out.weight"].shape[0]
+    n_levels = max(levels) + 1
+    mult = tuple(
+        sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // hidden
+        if f"encoder.down.{i}.block.0.conv1.weight" in sd
+        else 0  # a gap in the levels: the key check below reports it
+        for i in range(n_levels)
+    )
+    return MaskGITVQGANConfig(
+        hidden_channels=int(hidden),
+        channel_mult=mult,
+        num_res_blocks=len(levels[0]),
+        z_channels=int(z_channels),
+        codebook_size=int(codebook_size),
+        image_size=image_size,
+        in_channels=int(in_channels),
+    )
+
+
+def maskgit_vqgan_from_state_dict(
+    sd: Mapping[str, torch.Tensor], *, source: str = "<state dict>", image_size: int = 256
+) -> MaskGITVQGAN:
+    """Build a MaskGIT-VQGAN whose size is inferred from `sd`, load it strictly and freeze it.
+
+    Raises ValueError naming `source` and the missing / unexpected / mis-shaped keys when `sd`
+    is not a MaskGIT-VQGAN state dict. `image_size` only sets the `grid` / `image_size`
+    attributes (the weights do not encode it; the release is 256).
+    """
+    cfg = _maskgit_config_from_state_dict(sd, source, image_size)
+    # Build on the meta device first: a malformed file is rejected without allocating 200 MB.
+    with torch.device("meta"):
+        expected = MaskGITVQGAN(cfg).state_dict()
+    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: not a MaskGIT-VQGAN state dict ({cfg}); "
+            f"missing keys: [{_key_summary(missing)}]; "
+            f"unexpected keys: [{_key_summary(unexpected)}]"
+        )
+    bad = {k for k in expected if tuple(expected[k].shape) != tuple(sd[k].shape)}
+    if bad:
+        raise ValueError(f"{source}: MaskGIT-VQGAN weights of the wrong shape: {_key_summary(bad)}")
+    model = MaskGITVQGAN(cfg)
+    model.load_state_dict(sd, strict=True)
+    return model.freeze()
+
+
+def _load_file(path: str | os.PathLike) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only errors all mean "not ours"
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({err})") from err
+
+
+def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 256) -> MaskGITVQGAN:
+    """Load the release's `maskgit-vqgan-imagenet-f16-256.bin` (or any state dict in its layout).
+
+    The architecture (width, levels, multipliers, res blocks, z channels, codebook) is read
+    from the weight shapes, so smaller models in the same layout load too. Returns the model in
+    eval mode with gradients off, on CPU. ValueError naming the file when it does not fit.
+    """
+    sd = _load_file(path)
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a MaskGIT-VQGAN state dict (not a mapping of tensors)")
+    return maskgit_vqgan_from_state_dict(sd, source=str(path), image_size=image_size)
+
+
+# Kinds of our own tokenizer checkpoints: kind -> (module, model class, config class). Imported
+# lazily by name, because rar.vq_demo imports this module.
+TOKENIZER_KINDS: dict[str, tuple[str, str, str]] = {
+    "maskgit_vqgan": ("rar.tokenizer", "MaskGITVQGAN", "MaskGITVQGANConfig"),
+    "vq_demo": ("rar.vq_demo", "VQDemo", "VQDemoConfig"),
+}
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load any tokenizer file: the official MaskGIT-VQGAN state dict, or our own format
+    `{"kind": str, "config": dict, "model": state dict}` written by `save_tokenizer`.
+
+    Returns a frozen (eval, no-grad) tokenizer on CPU. ValueError naming the file otherwise.
+    """
+    obj = _load_file(path)
+    if isinstance(obj, Mapping) and "kind" in obj:
+        if obj["kind"] not in TOKENIZER_KINDS or not {"config", "model"} <= set(obj):
+            raise ValueError(
+                f"{path}: unknown tokenizer checkpoint kind {obj['kind']!r} or missing "
+                f"'config'/'model' (known kinds: {sorted(TOKENIZER_KINDS)})"
+            )
+        module, cls_name, cfg_name = TOKENIZER_KINDS[obj["kind"]]
+        mod = importlib.import_module(module)
+        cls, cfg_cls = getattr(mod, cls_name), getattr(mod, cfg_name)
+        try:
+            tok = cls(cfg_cls(**obj["config"]))
+            tok.load_state_dict(obj["model"], strict=True)
+        except (TypeError, RuntimeError) as err:
+            raise ValueError(f"{path}: {obj['kind']} checkpoint does not load: {err}") from err
+        return tok.freeze()
+    if isinstance(obj, Mapping) and "quantize.embedding.weight" in obj:
+        return maskgit_vqgan_from_state_dict(obj, source=str(path))
+    raise ValueError(
+        f"{path}: not a tokenizer file (neither an official MaskGIT-VQGAN state dict nor a "
+        "{'kind', 'config', 'model'} tokenizer checkpoint)"
+    )
