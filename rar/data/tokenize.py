@@ -1,0 +1,477 @@
+"""`rar tokenize`: images -> VQ token shards, in independent, resumable parts.
+
+The official release (bytedance/1d-tokenizer `scripts/pretokenization.py`) holds a whole rank's
+output in one Python list and writes one 12.8M-line JSONL. Here the source files are split
+into parts of `images_per_part` files; a part is a pure function of (file listing, shuffle
+seed, part size), so any job can take any part (a SLURM array task, one GPU, one Snakemake
+job) and a rerun skips parts whose shard and sidecar exist and verify. The listing is
+shuffled once with `shuffle_seed` before splitting, so every shard mixes all classes and a
+streaming loader's shuffle buffer sees class-balanced data.
+
+Byte-identical resume: a part's batches never cross part boundaries, so a part is encoded
+with the same batch composition whichever other parts a job runs; on CPU this makes a resumed
+run byte-identical to an uninterrupted one. On GPU it is too as long as the encoder's kernels
+are deterministic (cuDNN may pick different convolution algorithms between runs; set
+`torch.backends.cudnn.deterministic = True` in the calling entry point if that matters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rar.data.images import CROP_MODES, SourceImage, list_images, load_rgb, make_crops
+from rar.data.shards import (
+    FORMAT,
+    MANIFEST,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+    shard_name,
+    sidecar_name,
+    tar_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------
+# parts
+# ------------------------------------------------------------------------------------------
+
+
+def plan_parts(num_images: int, *, images_per_part: int, shuffle_seed: int) -> list[np.ndarray]:
+    """Split `num_images` listing indices into parts: a seeded permutation cut into
+    consecutive chunks of `images_per_part` (the last may be shorter)."""
+    if images_per_part < 1:
+        raise ValueError("images_per_part must be >= 1")
+    order = np.random.default_rng(shuffle_seed).permutation(num_images)
+    return [order[i : i + images_per_part] for i in range(0, num_images, images_per_part)]
+
+
+def select_parts(
+    num_parts: int,
+    *,
+    parts: Sequence[int] | None = None,
+    job_index: int | None = None,
+    num_jobs: int | None = None,
+) -> list[int]:
+    """Which parts one job runs: an explicit list, or every `num_jobs`-th part starting at
+    `job_index` (e.g. `$SLURM_ARRAY_TASK_ID` of an array of `num_jobs`), or all of them."""
+    if parts is not None and job_index is not None:
+        raise ValueError("give either parts or job_index/num_jobs, not both")
+    if job_index is not None:
+        if num_jobs is None or not 0 <= job_index < num_jobs:
+            raise ValueError(f"need 0 <= job_index < num_jobs, got {job_index}, {num_jobs}")
+        return list(range(job_index, num_parts, num_jobs))
+    if parts is None:
+        return list(range(num_parts))
+    bad = [p for p in parts if not 0 <= p < num_parts]
+    if bad:
+        raise ValueError(f"parts {bad} out of range: this folder has parts 0..{num_parts - 1}")
+    return sorted(set(parts))
+
+
+def parse_parts(spec: str) -> list[int]:
+    """'3,4,5' or '0-9,12' -> [3, 4, 5] / [0, ..., 9, 12]."""
+    out: list[int] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "-" in item:
+            lo, hi = item.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        else:
+            out.append(int(item))
+    return out
+
+
+def _sources_sha256(sources: Sequence[SourceImage]) -> str:
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(f"{s.relpath}\t{s.label}\n".encode())
+    return h.hexdigest()
+
+
+def _sidecar_if_complete(out_dir: Path, part: int, expect: dict, *, full: bool) -> dict | None:
+    """The part's sidecar if its shard is finished and matches `expect` (settings and source
+    list); `full` also re-hashes the shard (else size only). None means: (re)do the part."""
+    side, shard = out_dir / sidecar_name(part), out_dir / shard_name(part)
+    if not side.exists() or not shard.exists():
+        return None
+    try:
+        meta = read_json(side)
+    except (json.JSONDecodeError, OSError):
+        return None
+    if any(meta.get(k) != v for k, v in expect.items()):
+        return None
+    if shard.stat().st_size != meta["size"]:
+        return None
+    if full and sha256_file(shard) != meta["sha256"]:
+        return None
+    return meta
+
+
+# ------------------------------------------------------------------------------------------
+# decoding workers
+# ------------------------------------------------------------------------------------------
+
+
+class _PartImages(torch.utils.data.Dataset):
+    """Decode + crop in DataLoader workers: item i -> (i, crops (K, S, S, 3) uint8 | None, err)."""
+
+    def __init__(self, root: Path, sources: Sequence[SourceImage], crop: str, size: int):
+        self.root, self.sources, self.crop, self.size = root, sources, crop, size
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_rgb(self.root / self.sources[i].relpath)
+            return i, make_crops(img, self.crop, self.size), None
+        except Exception as err:  # any decoder failure is a counted, logged, skipped file
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def _as_list(batch):
+    return batch
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ------------------------------------------------------------------------------------------
+# the stage
+# ------------------------------------------------------------------------------------------
+
+
+def tokenize_images(
+    image_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: Any,
+    crop: str = "center+flip",
+    images_per_part: int = 1000,
+    shuffle_seed: int = 0,
+    parts: Sequence[int] | None = None,
+    job_index: int | None = None,
+    num_jobs: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str = "fp32",
+    num_workers: int | None = None,
+    write_crop: bool = False,
+    merge: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Tokenize an ImageNet-train-layout folder into WebDataset token shards.
+
+    image_dir: `<image_dir>/<wnid>/<file>`; class ids are the sorted wnids.
+    tokenizer: a `rar.tokenizer.Tokenizer` (or any object with `encode((B, 3, S, S) float in
+        [0, 1]) -> (B, N) int64`, `codebook_size`, `grid`, `image_size`, `identity()`), or the
+        path of a tokenizer file (`rar.tokenizer.load_tokenizer`; recorded in the manifest).
+    crop: 'center', 'center+flip' (official script's default) or 'tencrop' (released data).
+    parts / job_index + num_jobs: which parts this call runs (default: all).
+    batch_size: source images per encode call (x K crops each).
+    dtype: 'fp32' or 'bf16' (autocast around `encode`).
+    merge: write manifest.json when, after this call, every part is complete.
+
+    Returns a summary dict: parts run and skipped, unreadable files, manifest path (or None).
+    """
+    if crop not in CROP_MODES:
+        raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROP_MODES)}")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    image_dir, out_dir = Path(image_dir), Path(out_dir)
+    tokenizer_path = None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from rar.tokenizer import load_tokenizer  # heavy: only when given a file
+
+        tokenizer_path = str(tokenizer)
+        tokenizer = load_tokenizer(tokenizer)
+    size, k = int(tokenizer.image_size), CROP_MODES[crop]
+    if tokenizer.codebook_size > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"codebook of {tokenizer.codebook_size} codes does not fit uint16")
+
+    classes, images = list_images(image_dir)
+    plan = plan_parts(len(images), images_per_part=images_per_part, shuffle_seed=shuffle_seed)
+    todo_parts = select_parts(len(plan), parts=parts, job_index=job_index, num_jobs=num_jobs)
+    settings = {
+        "crop": crop,
+        "image_size": size,
+        "samples_per_image": k,
+        "tokens_per_sample": int(tokenizer.grid) ** 2,
+        "tokenizer_identity": tokenizer.identity(),
+        "codebook_size": int(tokenizer.codebook_size),
+        "grid": int(tokenizer.grid),
+        "images_per_part": images_per_part,
+        "shuffle_seed": shuffle_seed,
+        "num_files": len(images),
+        "num_classes": len(classes),
+        "write_crop": write_crop,
+    }
+
+    def expect(p: int) -> dict:
+        return {
+            "settings": settings,
+            "sources_sha256": _sources_sha256([images[i] for i in plan[p]]),
+        }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = [p for p in todo_parts if _sidecar_if_complete(out_dir, p, expect(p), full=True)]
+    run = [p for p in todo_parts if p not in set(skipped)]
+    if skipped:
+        log.info("%d part(s) already complete, skipped: %s", len(skipped), _short(skipped))
+
+    unreadable: list[str] = []
+    if run:
+        unreadable = _run_parts(
+            run,
+            plan=plan,
+            images=images,
+            image_dir=image_dir,
+            out_dir=out_dir,
+            tokenizer=tokenizer,
+            crop=crop,
+            size=size,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=num_workers,
+            write_crop=write_crop,
+            expect=expect,
+            progress=progress,
+        )
+
+    manifest_path = None
+    if merge:
+        manifest_path = merge_parts(
+            out_dir,
+            num_parts=len(plan),
+            expect=expect,
+            classes=classes,
+            settings=settings,
+            tokenize={
+                "image_dir": str(image_dir),
+                "tokenizer_path": tokenizer_path,
+                "crop": crop,
+                "images_per_part": images_per_part,
+                "shuffle_seed": shuffle_seed,
+            },
+        )
+    return {
+        "num_parts": len(plan),
+        "parts_run": run,
+        "parts_skipped": skipped,
+        "num_unreadable": len(unreadable),
+        "unreadable": unreadable,
+        "manifest": str(manifest_path) if manifest_path else None,
+    }
+
+
+def _short(parts: Sequence[int]) -> str:
+    return str(list(parts)) if len(parts) <= 10 else f"{list(parts[:10])} ... ({len(parts)})"
+
+
+def _run_parts(
+    run: Sequence[int],
+    *,
+    plan: Sequence[np.ndarray],
+    images: Sequence[SourceImage],
+    image_dir: Path,
+    out_dir: Path,
+    tokenizer: Any,
+    crop: str,
+    size: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    num_workers: int | None,
+    write_crop: bool,
+    expect,
+    progress: bool,
+) -> list[str]:
+    """Encode the parts in `run`, writing each part's shard + sidecar as soon as it is done.
+    Returns the unreadable files' relative paths."""
+    dev = resolve_device(device)
+    tokenizer.to(dev)
+    tokenizer.eval()
+    # One DataLoader over all parts (workers start once), with batches cut at part
+    # boundaries so a part's batch composition never depends on which other parts run.
+    sources = [images[i] for p in run for i in plan[p]]
+    batches, part_of_batch, start = [], [], 0
+    for p in run:
+        n = len(plan[p])
+        for b in range(0, n, batch_size):
+            batches.append(list(range(start + b, start + min(b + batch_size, n))))
+            part_of_batch.append(p)
+        start += n
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(
+        _PartImages(image_dir, sources, crop, size),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+    )
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    k = CROP_MODES[crop]
+    unreadable_all: list[str] = []
+    members: list[tuple[str, bytes]] = []
+    part_unreadable: list[str] = []
+    part_images = 0
+    bar = tqdm(total=len(sources), unit="img", disable=not progress, desc="tokenize")
+    t0 = time.perf_counter()
+    for bi, batch in enumerate(loader):
+        p = part_of_batch[bi]
+        ok = [(i, crops) for i, crops, err in batch if err is None]
+        for i, _, err in batch:
+            if err is not None:
+                path = str(image_dir / sources[i].relpath)
+                log.warning("unreadable image skipped: %s (%s)", path, err)
+                part_unreadable.append(sources[i].relpath)
+        if ok:
+            x = torch.from_numpy(np.concatenate([c for _, c in ok]))  # (n*K, S, S, 3) uint8
+            x = x.to(dev).permute(0, 3, 1, 2).float().div_(255.0)  # (n*K, 3, S, S) in [0, 1]
+            with autocast:
+                ids = tokenizer.encode(x)  # (n*K, N) int64
+            ids = ids.to("cpu").numpy().astype(np.uint16)
+            for j, (i, _) in enumerate(ok):
+                src = sources[i]
+                for c in range(k):
+                    key = f"{src.key}_{c}"
+                    members.append((f"{key}.cls", str(src.label).encode()))
+                    if write_crop:
+                        members.append((f"{key}.crop", str(c).encode()))
+                    members.append((f"{key}.tokens.npy", _npy_bytes(ids[j * k + c])))
+            part_images += len(ok)
+        bar.update(len(batch))
+        last_of_part = bi + 1 == len(batches) or part_of_batch[bi + 1] != p
+        if last_of_part:
+            _write_part(out_dir, p, members, part_images, k, part_unreadable, expect(p))
+            unreadable_all += part_unreadable
+            members, part_unreadable, part_images = [], [], 0
+    bar.close()
+    dt = time.perf_counter() - t0
+    print(
+        f"tokenized {len(sources)} images in {len(run)} part(s) in {dt:.1f} s "
+        f"({len(sources) / max(dt, 1e-9):.1f} images/s), {len(unreadable_all)} unreadable",
+        flush=True,
+    )
+    return unreadable_all
+
+
+def _write_part(
+    out_dir: Path,
+    part: int,
+    members: list[tuple[str, bytes]],
+    num_images: int,
+    k: int,
+    unreadable: list[str],
+    expect: dict,
+) -> None:
+    """Shard first, sidecar second (both atomic): a sidecar only exists for a finished shard."""
+    data = tar_bytes(members)
+    atomic_write_bytes(out_dir / shard_name(part), data)
+    meta = {
+        "part": part,
+        "shard": shard_name(part),
+        "num_images": num_images,
+        "num_samples": num_images * k,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "unreadable": unreadable,
+        **expect,
+    }
+    atomic_write_json(out_dir / sidecar_name(part), meta)
+    log.info(
+        "part %d: %d images (%d unreadable) -> %s, %d samples",
+        part,
+        num_images,
+        len(unreadable),
+        shard_name(part),
+        num_images * k,
+    )
+
+
+def merge_parts(
+    out_dir: Path,
+    *,
+    num_parts: int,
+    expect,
+    classes: Sequence[str],
+    settings: dict,
+    tokenize: dict,
+) -> Path | None:
+    """Write manifest.json (atomically) if every part's sidecar exists and matches; else
+    return None. Checks sizes, not hashes: each part was hashed when written or skipped, and
+    `verify_shards` re-hashes everything."""
+    sides = []
+    missing = []
+    for p in range(num_parts):
+        meta = _sidecar_if_complete(out_dir, p, expect(p), full=False)
+        (sides.append(meta) if meta else missing.append(p))
+    if missing:
+        log.info(
+            "not merging: %d of %d parts missing: %s", len(missing), num_parts, _short(missing)
+        )
+        return None
+    unreadable = sorted(u for m in sides for u in m["unreadable"])
+    manifest = {
+        "format": FORMAT,
+        "shards": [
+            {k: m[k] for k in ("part", "num_images", "num_samples", "size", "sha256")}
+            | {"name": m["shard"]}
+            for m in sides
+        ],
+        "num_shards": num_parts,
+        "num_samples": sum(m["num_samples"] for m in sides),
+        # Epoch = one pass over these, whatever the number of crops per image.
+        "num_source_images": sum(m["num_images"] for m in sides),
+        "num_unreadable": len(unreadable),
+        "unreadable": unreadable,
+        "classes": list(classes),
+        "token_dtype": "uint16",
+        "tokenizer": {
+            "identity": settings["tokenizer_identity"],
+            "codebook_size": settings["codebook_size"],
+            "grid": settings["grid"],
+            "image_size": settings["image_size"],
+        },
+        "tokenize": tokenize,
+        **{
+            k: settings[k]
+            for k in ("crop", "samples_per_image", "tokens_per_sample", "num_files", "num_classes")
+        },
+    }
+    path = out_dir / MANIFEST
+    atomic_write_json(path, manifest)
+    print(
+        f"wrote {path}: {num_parts} shards, {manifest['num_samples']} samples from "
+        f"{manifest['num_source_images']} images ({len(unreadable)} unreadable)",
+        flush=True,
+    )
+    return path
