@@ -42,6 +42,113 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _append_csv(path: str | Path, row: dict) -> None:
+    path = Path(path)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# Dense bf16 peak of the GPUs we expect, for model FLOPs utilisation (vendor data sheets).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def train_flops_per_token(model: RAR) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6 x (non-embedding parameters) for the
+    matrix products plus 12 x layers x width x sequence length for attention."""
+    cfg = model.config
+    tables = (
+        model.embeddings.weight.numel()
+        + model.pos_embed.numel()
+        + model.target_aware_pos_embed.numel()
+        + model.timesteps_embeddings.numel()
+    )
+    seq = cfg.num_tokens + 1
+    return 6 * (num_parameters(model) - tables) + 12 * cfg.num_layers * cfg.hidden_size * seq
+
+
+def bench_train(
+    *,
+    model: str = "rar_tiny",
+    batch_size: int = 64,
+    steps: int = 5,
+    dtype: str = "auto",
+    device: str = "auto",
+    compile: bool = False,
+    csv_path: str | Path | None = None,
+) -> dict:
+    """Time optimizer steps of the training recipe (random orders, label dropout, AdamW,
+    gradient clipping) on random tokens; print tokens/s, images/s and, on a GPU, MFU."""
+    from rar.config import TrainConfig
+    from rar.train import build_optimizer, loss_and_accuracy, model_from_config
+
+    dev = resolve_device(device)
+    cfg = TrainConfig(model=model, global_batch=batch_size, compile=compile)
+    torch.manual_seed(0)
+    net = model_from_config(cfg).to(dev).train()
+    optimizer = build_optimizer(net, cfg)
+    step_model = torch.compile(net) if compile else net
+    amp = {"auto": torch.bfloat16 if dev.type == "cuda" else None, "fp32": None,
+           "bf16": torch.bfloat16}[dtype]  # fmt: skip
+    N = cfg.num_tokens
+    tokens = torch.randint(cfg.codebook_size, (batch_size, N), device=dev)
+    labels = torch.randint(cfg.num_classes + 1, (batch_size,), device=dev)
+    orders = torch.rand(batch_size, N, device=dev).argsort(dim=1)
+
+    def one_step() -> None:
+        loss, _ = loss_and_accuracy(step_model, tokens, labels, orders, amp=amp)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    one_step()  # warm-up
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    _sync(dev)
+    seconds = (time.perf_counter() - start) / steps
+    tokens_per_s = batch_size * N / seconds
+    flops = train_flops_per_token(net) * tokens_per_s
+    peak = next(
+        (
+            v
+            for k, v in PEAK_BF16_FLOPS.items()
+            if dev.type == "cuda" and k in machine_description(dev)
+        ),
+        None,
+    )
+    result = {
+        "model": model,
+        "params": num_parameters(net),
+        "batch_size": batch_size,
+        "dtype": "bf16" if amp else "fp32",
+        "compile": compile,
+        "device": str(dev),
+        "machine": machine_description(dev),
+        "seconds_per_step": round(seconds, 4),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "images_per_s": round(batch_size / seconds, 2),
+        "tflops": round(flops / 1e12, 3),
+        "mfu": round(flops / peak, 4) if peak else "",
+    }
+    mfu = f", MFU {result['mfu']:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
+    print(
+        f"train {model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, "
+        f"{result['dtype']}, compile {compile} on {result['machine']}:\n"
+        f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s, "
+        f"{result['tflops']} TFLOP/s{mfu} (mean of {steps} steps after 1 warm-up)",
+        flush=True,
+    )
+    if csv_path is not None:
+        _append_csv(csv_path, result)
+    return result
+
+
 def bench_sample(
     *,
     model: str = "rar_tiny",
@@ -121,11 +228,5 @@ def bench_sample(
         flush=True,
     )
     if csv_path is not None:
-        path = Path(csv_path)
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result))
-            if new:
-                writer.writeheader()
-            writer.writerow(result)
+        _append_csv(csv_path, result)
     return result

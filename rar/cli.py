@@ -252,12 +252,89 @@ def _run_bench_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-train",
+        help="measure training throughput (tokens/s, images/s, MFU on a GPU)",
+        description=(
+            "Time optimizer steps of the training recipe (random permutations, AdamW, "
+            "gradient clipping, bf16 autocast on GPU) on random tokens, and print tokens/s, "
+            "images/s and, on a GPU, model FLOPs utilisation, with the machine and settings.\n\n"
+            "example: rar bench-train --model rar_tiny --batch-size 64 --steps 5"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="autocast dtype; auto = bf16 on GPU, fp32 on CPU")  # fmt: skip
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
+    p.set_defaults(handler=_run_bench_train)
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    from rar.bench import bench_train
+
+    bench_train(
+        model=args.model,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        dtype=args.dtype,
+        device=args.device,
+        compile=args.compile,
+        csv_path=args.csv,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# train
+# ------------------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train (or resume) one run from its YAML config",
+        description=(
+            "Train the run described by --config (every key of rar.config.TrainConfig; see "
+            "config/README.md) on its token shards, writing checkpoints/, metrics.csv and "
+            "config.yaml into --workdir. Resumes from WORKDIR/checkpoints/last.pt when it "
+            "exists, bit-identically on CPU. --init-from branches from another run's named "
+            "checkpoint: allowed when the two configs differ only in anneal_start/anneal_end/"
+            "target_order/checkpoint_epochs and the checkpoint is at or before this run's "
+            "anneal start. Under torchrun or srun, every process runs this command (DDP).\n\n"
+            "example: rar train --config results/runs/ab12cd34ef56/config.yaml "
+            "--workdir results/runs/ab12cd34ef56"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="run config (YAML)")
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
+    p.add_argument("--init-from", default=None, help="branch from this trunk checkpoint")
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto'")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rar.train import run
+
+    final = run(args.config, args.workdir, init_from=args.init_from, device=args.device)
+    print(f"done: {final}", flush=True)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # entry point
 # ------------------------------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_bench_sample,
+    _add_bench_train,
+    _add_train,
     _add_tokenize,
     _add_verify_shards,
     _add_make_demo_data,

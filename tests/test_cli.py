@@ -33,3 +33,10 @@ def test_bench_sample_prints_throughput(capsys, tmp_path):
     header, row = csv.read_text().splitlines()
     assert "images_per_s" in header and row.startswith("rar_tiny,")
     assert build_parser().parse_args(args).dtype == "fp32"
+
+
+def test_bench_train_prints_throughput(capsys):
+    args = ["bench-train", "--model", "rar_tiny", "--batch-size", "2", "--steps", "1"]
+    assert main([*args, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "fp32" in out

@@ -1,0 +1,172 @@
+"""Run configuration: every training knob in one frozen dataclass, with YAML in and out.
+
+Torch-free: the workflow imports this at parse time to resolve runs and hash them.
+A run's identity is the hash of its resolved `TrainConfig` (`run_id`), so two tables that need
+the same run share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults: the paper's RAR-L recipe (RAR §4.1 and the official
+    `configs/training/generator/rar.yaml`); epochs count passes over the source images."""
+
+    # -- model ------------------------------------------------------------------------
+    model: str = "rar_l"  # a named size of rar.model.RAR_CONFIGS
+    codebook_size: int = 1024  # MaskGIT-VQGAN
+    num_classes: int = 1000
+    num_tokens: int = 256  # 16 x 16
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    class_dropout: float = 0.1  # label -> null class, for classifier-free guidance
+    # -- data -------------------------------------------------------------------------
+    data: str = ""  # directory of token shards with manifest.json
+    source_images: int = IMAGENET_TRAIN_IMAGES  # one epoch = one pass over these
+    data_workers: int = 2  # loader processes per micro-batch stream (part of the data order)
+    # -- optimisation -----------------------------------------------------------------
+    epochs: float = 400
+    global_batch: int = 2048  # fixed, whatever the number of GPUs
+    micro_batch: int = 0  # samples per device per forward; 0 = global_batch / world size
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.96)
+    weight_decay: float = 0.03
+    warmup_epochs: float = 100  # linear from 0
+    min_lr: float = 1e-5  # cosine decay to this at the end
+    grad_clip: float = 1.0
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32" or "bf16"
+    # -- RAR: randomness annealing and the order the model converges to ---------------
+    anneal_start: float = 200  # epochs; r = 1 before
+    anneal_end: float = 300  # epochs; r = 0 after
+    target_order: str = "row-major"  # one of rar.orders.SCAN_ORDERS
+    seed: int = 42
+    # -- checkpoints and logs ---------------------------------------------------------
+    checkpoint_epochs: tuple[float, ...] = ()  # named checkpoints (FID vs epochs, branching)
+    checkpoint_minutes: float = 10.0  # `last.pt` this often; 0 = after every step
+    log_every: int = 50  # optimizer steps between metrics.csv rows
+    compile: bool = False  # torch.compile the model (GPU)
+
+    def __post_init__(self) -> None:
+        # Canonical types (3 -> 3.0 for float fields, lists -> tuples), so equal settings
+        # always hash to the same run id however they were written.
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value = _coerce(getattr(self, f.name), hints[f.name], f"key {f.name!r}")
+            object.__setattr__(self, f.name, value)
+        problems = []
+        if self.anneal_start > self.anneal_end:
+            problems.append(f"anneal_start {self.anneal_start} > anneal_end {self.anneal_end}")
+        if self.anneal_end > self.epochs:
+            problems.append(f"anneal_end {self.anneal_end} > epochs {self.epochs}")
+        if self.global_batch <= 0 or self.micro_batch < 0:
+            problems.append("global_batch must be positive and micro_batch non-negative")
+        if self.micro_batch and self.global_batch % self.micro_batch:
+            problems.append(f"micro_batch {self.micro_batch} does not divide {self.global_batch}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            problems.append(f"precision {self.precision!r} is not auto, fp32 or bf16")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    # -- step arithmetic: schedules are in epochs, the loop counts optimizer steps --------
+
+    @property
+    def total_steps(self) -> int:
+        return self.step_at(self.epochs)
+
+    def step_at(self, epoch: float) -> int:
+        """First optimizer step at or after `epoch`: a checkpoint taken after `step_at(E)`
+        steps holds exactly the updates made while the epoch was below E."""
+        return math.ceil(round(epoch * self.source_images / self.global_batch, 6))
+
+    def epoch_at(self, step: int) -> float:
+        return step * self.global_batch / self.source_images
+
+    # -- I/O -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a mapping, with errors that name the source and the key at fault."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of training settings")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def run_id(self) -> str:
+        """Short hash of the canonical JSON of this config: the run's identity."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check and convert a YAML value to the annotated type (ints are accepted as floats)."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        args = get_args(hint)
+        item = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis and len(value) != 2:
+            raise ValueError(f"{where} must have 2 entries, got {value!r}")
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` so that `path` is either its old self or complete: temporary file in the
+    same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

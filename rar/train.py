@@ -1,0 +1,557 @@
+"""Training: the paper's recipe, exact resume, branching from a trunk, DDP.
+
+`train(config, workdir)` trains one run into `workdir` and resumes from
+`workdir/checkpoints/last.pt` when it exists. Everything random in a step (label dropout, the
+permutation draws, dropout masks) is seeded from (seed, step, chunk), where a chunk is one
+micro-batch of the global batch; the data position follows from the step. So a run stopped at
+any step and resumed from its checkpoint ends bit-identical (on CPU) to an uninterrupted run,
+a branch from a trunk checkpoint equals the run trained from scratch, and the result does not
+depend on how the global batch is split over GPUs and accumulation steps (to fp tolerance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rar.config import TrainConfig, atomic_write_text
+from rar.model import RAR, rar_config
+from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
+
+CHECKPOINT_FORMAT = "rar-train/1"
+METRICS_FIELDS = [
+    "step", "epoch", "loss", "accuracy", "lr", "ratio", "grad_norm",
+    "tokens_per_s", "images_per_s", "elapsed_s",
+]  # fmt: skip
+
+# Keys a branch may change relative to the trunk it starts from: the anneal, the order it
+# converges to, and which checkpoints it keeps. Anything else would make the trunk's
+# prefix a different run.
+BRANCH_KEYS = frozenset({"anneal_start", "anneal_end", "target_order", "checkpoint_epochs"})
+# Keys that do not change the computation, so a resume may see them changed.
+RESUME_FREE_KEYS = frozenset({"checkpoint_minutes", "log_every", "data"})
+
+
+# ##########################################################################################
+# Data: the interface the loop consumes
+# ##########################################################################################
+
+
+class BatchSource(Protocol):
+    """Token batches for one pass ("data epoch") over the entries of a data set.
+
+    `batches(epoch=e, rank=r, world_size=w, batch_size=b)` yields `(tokens (b, N) int64,
+    labels (b,) int64)`; every rank yields the same number of batches, and together the
+    ranks' i-th batches form the i-th global batch. Deterministic in (epoch, rank, world).
+    """
+
+    def batches_per_epoch(self, *, world_size: int, batch_size: int) -> int: ...
+
+    def batches(
+        self, *, epoch: int, rank: int, world_size: int, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class TensorBatchSource:
+    """A data set held in memory: tokens (M, N) and labels (M,); reshuffled each epoch from
+    (seed, epoch). Rank r takes the r-th contiguous slice of each global batch."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> None:
+        self.tokens, self.labels, self.seed = tokens, labels, seed
+
+    def batches_per_epoch(self, *, world_size: int, batch_size: int) -> int:
+        return len(self.tokens) // (world_size * batch_size)
+
+    def batches(self, *, epoch: int, rank: int, world_size: int, batch_size: int):
+        g = torch.Generator().manual_seed(_derive_seed(self.seed, epoch))
+        perm = torch.randperm(len(self.tokens), generator=g)
+        n = self.batches_per_epoch(world_size=world_size, batch_size=batch_size)
+        for idx in perm[: n * world_size * batch_size].view(n, world_size, batch_size)[:, rank]:
+            yield self.tokens[idx].long(), self.labels[idx].long()
+
+
+class ShardBatchSource:
+    """Token shards written by `rar tokenize`, read by `rar.data.loader.TokenShards`.
+
+    One data epoch is one pass over the source images (one random crop of each), so data
+    epochs and training epochs coincide. Units (chunk x loader worker) split each epoch's
+    stream; the tail that does not fill a whole batch on every unit is dropped, so all chunks
+    yield the same number of full batches. `workers` is part of the data order.
+    """
+
+    def __init__(self, shard_dir: str | Path, *, seed: int, workers: int = 2) -> None:
+        from rar.data.loader import TokenShards
+
+        self.dir, self.seed, self.workers = Path(shard_dir), seed, workers
+        self._probe = TokenShards(self.dir, batch_size=1, verify="size")
+        self.manifest = self._probe.manifest
+
+    def batches_per_epoch(self, *, world_size: int, batch_size: int) -> int:
+        from rar.data.loader import TokenShards
+
+        ds = TokenShards(
+            self.dir, batch_size=batch_size, world_size=world_size, tail="drop",
+            drop_last=True, verify="none",
+        )  # fmt: skip
+        return ds.batches_per_rank(self.workers)
+
+    def batches(self, *, epoch: int, rank: int, world_size: int, batch_size: int):
+        from rar.data.loader import token_loader
+
+        yield from token_loader(
+            self.dir, batch_size=batch_size, num_workers=self.workers, seed=self.seed,
+            epoch=epoch, rank=rank, world_size=world_size, tail="drop", drop_last=True,
+            verify="none",
+        )  # fmt: skip
+
+
+def check_data(cfg: TrainConfig, manifest: dict, where: str) -> None:
+    """The shards must be what the run config says it trains on."""
+    expected = {
+        "num_source_images": cfg.source_images,
+        "codebook_size": cfg.codebook_size,
+        "num_classes": cfg.num_classes,
+        "tokens_per_sample": cfg.num_tokens,
+    }
+    found = {
+        "num_source_images": manifest.get("num_source_images"),
+        "codebook_size": manifest.get("tokenizer", {}).get("codebook_size"),
+        "num_classes": manifest.get("num_classes"),
+        "tokens_per_sample": manifest.get("tokens_per_sample"),
+    }
+    wrong = [f"{k} {found[k]} (config: {v})" for k, v in expected.items() if found[k] != v]
+    if wrong:
+        raise ValueError(f"{where}: the shards do not match the run config: {'; '.join(wrong)}")
+
+
+def stream_from(
+    source: BatchSource, *, start_step: int, rank: int, world_size: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches for one chunk of every global batch, starting at optimizer step
+    `start_step`: whole data epochs are skipped by arithmetic, the rest by reading."""
+    per_epoch = source.batches_per_epoch(world_size=world_size, batch_size=batch_size)
+    if per_epoch == 0:
+        raise ValueError(
+            f"the data set holds less than one global batch ({world_size} x {batch_size})"
+        )
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        for i, batch in enumerate(
+            source.batches(epoch=epoch, rank=rank, world_size=world_size, batch_size=batch_size)
+        ):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+# ##########################################################################################
+# Recipe: optimizer, schedule, loss
+# ##########################################################################################
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, well mixed (numpy's SeedSequence)."""
+    state = np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """The official name filter (bytedance/1d-tokenizer `utils/train_utils.create_optimizer`):
+    no decay on vectors and on any name containing "ln", "bias", "embed", "norm" or "gamma".
+    Note what it catches as written: `adaln_before_head.*` ("adaln" contains "ln") is exempt,
+    while the blocks' `adaLN_modulation` weights (upper case) and `cls_token` are decayed. We
+    follow it as written, so our runs train the model the paper trained."""
+    return param.ndim < 2 or any(s in name for s in ("ln", "bias", "embed", "norm", "gamma"))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if no_weight_decay(name, p) else decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": cfg.weight_decay},
+        ],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup from 0 over `warmup_epochs`, then cosine decay to `min_lr` at the end
+    (the official `get_cosine_schedule_with_warmup` with an end learning rate)."""
+    warmup, total = cfg.step_at(cfg.warmup_epochs), cfg.total_steps
+    if step < warmup:
+        return cfg.lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loss_and_accuracy(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    orders: torch.Tensor,
+    *,
+    amp: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over all N targets of a batch, and token accuracy (detached).
+
+    tokens: (B, N) raster codes; labels: (B,) after label dropout; orders: (B, N).
+    """
+    with torch.autocast(tokens.device.type, dtype=amp, enabled=amp is not None):
+        logits = model(tokens, labels, orders)  # (B, N, codebook)
+    targets = shuffle(tokens, orders)  # logits[:, k] predicts the k-th token visited
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    accuracy = (logits.argmax(-1) == targets).float().mean().detach()
+    return loss, accuracy
+
+
+def model_from_config(cfg: TrainConfig) -> RAR:
+    return RAR(
+        rar_config(
+            cfg.model,
+            codebook_size=cfg.codebook_size,
+            num_classes=cfg.num_classes,
+            num_tokens=cfg.num_tokens,
+            dropout=cfg.dropout,
+            attn_dropout=cfg.attn_dropout,
+        )
+    )
+
+
+# ##########################################################################################
+# Checkpoints
+# ##########################################################################################
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the code that wrote a checkpoint (plus "-dirty"), if known."""
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        return sha or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """torch.save to a temporary file in the same folder, fsync, rename: a killed job never
+    leaves a checkpoint that looks complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a training checkpoint of this pipeline")
+    return ckpt
+
+
+def _config_differences(a: TrainConfig, b: TrainConfig) -> set[str]:
+    return {f.name for f in fields(TrainConfig) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def _check_compatible(cfg: TrainConfig, ckpt: dict, path: Path, *, branch: bool) -> None:
+    """A resume must continue the same run; a branch may change only BRANCH_KEYS, and only
+    from a step at or before its own anneal start (where the trunk's r = 1 still holds)."""
+    try:
+        saved = TrainConfig.from_dict(ckpt["config"], source=str(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: its config does not load: {err}") from err
+    allowed = (BRANCH_KEYS if branch else frozenset()) | RESUME_FREE_KEYS
+    changed = _config_differences(cfg, saved) - allowed
+    if changed:
+        detail = ", ".join(
+            f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in sorted(changed)
+        )
+        what = "branch from" if branch else "resume"
+        raise ValueError(
+            f"cannot {what} {path}: settings differ ({detail}); a checkpoint of a different "
+            "model size, codebook, grid or recipe is a different run"
+        )
+    if branch and ckpt["step"] > cfg.step_at(min(cfg.anneal_start, saved.anneal_start)):
+        raise ValueError(
+            f"cannot branch from {path} at step {ckpt['step']} (epoch "
+            f"{cfg.epoch_at(ckpt['step']):g}): it is past this run's anneal start "
+            f"{cfg.anneal_start:g} (step {cfg.step_at(cfg.anneal_start)})"
+        )
+
+
+# ##########################################################################################
+# Distributed set-up
+# ##########################################################################################
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environ(cls) -> DistEnv:
+        """Rank and world size from torchrun's variables or SLURM's (srun / submitit)."""
+        env = os.environ
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+            return cls(
+                int(env["SLURM_PROCID"]),
+                int(env["SLURM_NTASKS"]),
+                int(env.get("SLURM_LOCALID", 0)),
+            )
+        return cls()
+
+
+# ##########################################################################################
+# The loop
+# ##########################################################################################
+
+
+class MetricsLog:
+    """metrics.csv in the run directory; rows past a resumed step are dropped first, so the
+    file always describes the run that the checkpoints hold."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        rows = []
+        if path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        lines = [",".join(METRICS_FIELDS)] + [
+            ",".join(str(r[k]) for k in METRICS_FIELDS) for r in rows
+        ]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(",".join(_fmt(row[k]) for k in METRICS_FIELDS) + "\n")
+
+
+def _fmt(x) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def train(
+    cfg: TrainConfig,
+    workdir: str | Path,
+    *,
+    source: BatchSource,
+    init_from: str | Path | None = None,
+    device: str | torch.device = "auto",
+    should_stop: Callable[[], bool] = lambda: False,
+    max_steps: int | None = None,
+) -> Path:
+    """Train (or resume) the run `cfg` in `workdir`; return the final checkpoint's path.
+
+    source: where the token batches come from (`BatchSource`).
+    init_from: a named checkpoint of another run to branch from (ignored when this run has
+        its own `last.pt` to resume from).
+    should_stop: polled after every step; True saves `last.pt` and returns it (the launcher's
+        answer to a time-limit or preemption signal).
+    max_steps: stop (with `last.pt`) after this many steps in this call; for tests.
+    """
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    final = ckpt_dir / "final.pt"
+    if final.exists():
+        return final
+    env = DistEnv.from_environ()
+    if device == "auto":
+        device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = env.rank == 0
+
+    micro = cfg.micro_batch or cfg.global_batch // env.world_size
+    if cfg.global_batch % (micro * env.world_size):
+        raise ValueError(
+            f"global_batch {cfg.global_batch} is not a multiple of micro_batch {micro} x "
+            f"{env.world_size} processes"
+        )
+    accum = cfg.global_batch // (micro * env.world_size)
+    chunks = env.world_size * accum  # micro-batches per global batch, over all ranks
+
+    torch.manual_seed(cfg.seed)  # the initial weights; every later draw is seeded per step
+    model = model_from_config(cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    step = 0
+    last = ckpt_dir / "last.pt"
+    resume_from = last if last.exists() else (Path(init_from) if init_from else None)
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        _check_compatible(cfg, ckpt, resume_from, branch=resume_from != last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        if is_main:
+            what = "resuming" if resume_from == last else "branching"
+            print(f"{what} from {resume_from} at step {step}", flush=True)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg.save(workdir / "config.yaml")
+    metrics = MetricsLog(workdir / "metrics.csv", step) if is_main else None
+
+    ddp = model
+    if env.world_size > 1:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        ddp = torch.compile(ddp)
+    amp = _resolve_precision(cfg, device)
+    target = scan_order(cfg.target_order, model.config.grid)
+    named_steps = {cfg.step_at(e): e for e in cfg.checkpoint_epochs}
+    streams = [
+        stream_from(
+            source, start_step=step, rank=env.rank * accum + a, world_size=chunks, batch_size=micro
+        )
+        for a in range(accum)
+    ]
+
+    def save(path: Path) -> None:
+        if is_main:
+            save_checkpoint(
+                path,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                step=step,
+                epoch=cfg.epoch_at(step),
+                config=cfg.to_dict(),
+                model_config=model.config.__dict__,
+                code_version=code_version(),
+            )
+        if env.world_size > 1:
+            dist.barrier()
+
+    model.train()
+    start_step, t_start = step, time.perf_counter()
+    t_last_ckpt, t_log, tokens_since_log = time.monotonic(), time.perf_counter(), 0
+    while step < cfg.total_steps:
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ratio = randomness_ratio(cfg.epoch_at(step), cfg.anneal_start, cfg.anneal_end)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for a in range(accum):
+            chunk = env.rank * accum + a
+            tokens, labels = next(streams[a])
+            g = order_generator(cfg.seed, step, chunk)
+            drop = torch.rand(labels.shape, generator=g) < cfg.class_dropout
+            labels = torch.where(drop, model.config.null_class, labels)
+            orders = sample_orders(len(tokens), cfg.num_tokens, ratio, target, g)
+            tokens, labels, orders = tokens.to(device), labels.to(device), orders.to(device)
+            torch.manual_seed(_derive_seed(cfg.seed, step, chunk, 1))  # dropout masks
+            sync = a == accum - 1 or env.world_size == 1
+            ctx = ddp.no_sync() if not sync else contextlib.nullcontext()
+            with ctx:
+                loss, accuracy = loss_and_accuracy(ddp, tokens, labels, orders, amp=amp)
+                (loss / accum).backward()
+            loss_sum += loss.detach() / accum
+            correct += accuracy / accum
+        if env.world_size > 1:
+            stats = torch.stack([loss_sum, correct])
+            dist.all_reduce(stats)
+            loss_sum, correct = stats / env.world_size
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(
+                f"non-finite loss ({loss_sum.item()}) at step {step} (epoch "
+                f"{cfg.epoch_at(step):.3f}); the last good checkpoint is {last}"
+            )
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since_log += cfg.global_batch * cfg.num_tokens
+
+        if metrics is not None and (step % cfg.log_every == 0 or step == cfg.total_steps):
+            now = time.perf_counter()
+            rate = tokens_since_log / max(now - t_log, 1e-9)
+            row = dict(
+                step=step, epoch=cfg.epoch_at(step), loss=loss_sum.item(),
+                accuracy=correct.item(), lr=lr, ratio=ratio, grad_norm=grad_norm.item(),
+                tokens_per_s=rate, images_per_s=rate / cfg.num_tokens,
+                elapsed_s=now - t_start,
+            )  # fmt: skip
+            metrics.write(row)
+            print(
+                f"step {step}/{cfg.total_steps} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
+                f"acc {row['accuracy']:.3f} lr {lr:.3g} r {ratio:.3f} "
+                f"{row['images_per_s']:.1f} img/s",
+                flush=True,
+            )
+            t_log, tokens_since_log = now, 0
+        if step in named_steps:
+            save(ckpt_dir / f"epoch_{named_steps[step]:g}.pt")
+        stop = should_stop() or (max_steps is not None and step - start_step >= max_steps)
+        if env.world_size > 1:  # SLURM signals every task, but all must stop at one step
+            flag = torch.tensor(float(stop), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        due = time.monotonic() - t_last_ckpt >= cfg.checkpoint_minutes * 60
+        if (due or stop) and step < cfg.total_steps:
+            save(last)
+            t_last_ckpt = time.monotonic()
+        if stop and step < cfg.total_steps:
+            return last
+    save(final)
+    if is_main:
+        last.unlink(missing_ok=True)
+    return final
+
+
+def run(
+    config_path: str | Path,
+    workdir: str | Path,
+    *,
+    init_from: str | Path | None = None,
+    device: str = "auto",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Path:
+    """`rar train`: train the run described by the YAML file `config_path` on its shards."""
+    cfg = TrainConfig.load(config_path)
+    if not cfg.data:
+        raise ValueError(f"{config_path}: key 'data' (the token shard directory) is not set")
+    source = ShardBatchSource(cfg.data, seed=cfg.seed, workers=cfg.data_workers)
+    check_data(cfg, source.manifest, f"{config_path}: data {cfg.data}")
+    return train(
+        cfg, workdir, source=source, init_from=init_from, device=device, should_stop=should_stop
+    )

@@ -1,0 +1,315 @@
+"""Training: the recipe's pieces, exact resume, branching, and DDP equivalence (CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from rar.config import TrainConfig
+from rar.train import (
+    TensorBatchSource,
+    learning_rate,
+    load_checkpoint,
+    model_from_config,
+    no_weight_decay,
+    train,
+)
+
+SAMPLES = 64
+
+
+def tiny_run(**overrides) -> TrainConfig:
+    """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch."""
+    base = dict(
+        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
+        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
+        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
+        checkpoint_minutes=60, log_every=4, seed=3,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+def tiny_source(seed: int = 0) -> TensorBatchSource:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(4, (SAMPLES,), generator=g)
+    # learnable structure: each class has its own token pattern, plus noise
+    base = torch.randint(16, (4, 16), generator=g)
+    noise = torch.randint(16, (SAMPLES, 16), generator=g)
+    keep = torch.rand(SAMPLES, 16, generator=g) < 0.7
+    tokens = torch.where(keep, base[labels], noise)
+    return TensorBatchSource(tokens.to(torch.int16), labels, seed=seed)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# -- recipe ---------------------------------------------------------------------------------
+
+
+def test_learning_rate_warms_up_then_decays_to_min():
+    cfg = tiny_run(epochs=4, warmup_epochs=1)  # 32 steps, 8 of warmup
+    assert learning_rate(0, cfg) == 0.0
+    assert learning_rate(4, cfg) == pytest.approx(cfg.lr / 2)
+    assert learning_rate(8, cfg) == pytest.approx(cfg.lr)
+    assert learning_rate(20, cfg) == pytest.approx((cfg.lr + cfg.min_lr) / 2)
+    assert learning_rate(32, cfg) == pytest.approx(cfg.min_lr)
+
+
+def test_paper_schedule_in_steps():
+    cfg = TrainConfig()  # RAR-L: 1,281,167 images, batch 2048
+    assert cfg.total_steps == 250_228  # ceil(400 * 1281167 / 2048)
+    assert cfg.step_at(100) == 62_557  # warmup
+    assert cfg.epoch_at(cfg.step_at(200)) >= 200 > cfg.epoch_at(cfg.step_at(200) - 1)
+
+
+def test_weight_decay_follows_the_official_name_filter():
+    model = model_from_config(tiny_run())
+    exempt = {n for n, p in model.named_parameters() if no_weight_decay(n, p)}
+    assert "blocks.0.attn.qkv.weight" not in exempt
+    assert "blocks.0.adaLN_modulation.1.weight" not in exempt  # "adaLN": no lower-case "ln"
+    assert "cls_token" not in exempt
+    for name in [
+        "adaln_before_head.adaLN_modulation.1.weight",
+        "embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings",
+        "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "blocks.0.attn.q_norm.weight",
+    ]:  # fmt: skip
+        assert name in exempt, name
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 10\nanneal_start: 0\nanneal_end: 20\n")
+    with pytest.raises(ValueError, match=r"run.yaml: anneal_end 20.0 > epochs 10.0"):
+        TrainConfig.load(path)
+    path.write_text("epochz: 10\n")
+    with pytest.raises(ValueError, match=r"run.yaml: unknown key.*epochz"):
+        TrainConfig.load(path)
+    path.write_text("global_batch: many\n")
+    with pytest.raises(ValueError, match="key 'global_batch' must be int"):
+        TrainConfig.load(path)
+
+
+def test_config_yaml_round_trip_and_run_id(tmp_path):
+    cfg = tiny_run(checkpoint_epochs=(1, 2))
+    cfg.save(tmp_path / "c.yaml")
+    again = TrainConfig.load(tmp_path / "c.yaml")
+    assert again == cfg and again.run_id() == cfg.run_id()
+    assert dataclasses.replace(cfg, anneal_end=3).run_id() != cfg.run_id()
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+def test_training_learns_and_logs(tmp_path):
+    final = train(tiny_run(epochs=4), tmp_path, source=tiny_source())
+    assert final.name == "final.pt" and not (tmp_path / "checkpoints" / "last.pt").exists()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss,accuracy,lr,ratio")
+    first, last = rows[1].split(","), rows[-1].split(",")
+    assert int(last[0]) == 32 and float(last[2]) < float(first[2])  # the loss went down
+    ratios = [float(r.split(",")[5]) for r in rows[1:]]
+    assert ratios[0] == 1.0 and ratios[-1] == 0.0  # annealed from random to raster
+    ckpt = load_checkpoint(final)
+    assert ckpt["step"] == 32 and ckpt["config"]["model"] == "rar_tiny"
+    assert TrainConfig.from_dict(ckpt["config"]) == tiny_run(epochs=4)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = tiny_run()
+    ref = train(cfg, tmp_path / "ref", source=tiny_source())
+    for stop_after in (5, 7):  # stop twice, mid-epoch, then finish
+        out = train(cfg, tmp_path / "cut", source=tiny_source(), max_steps=stop_after)
+        assert out.name == "last.pt"
+    done = train(cfg, tmp_path / "cut", source=tiny_source())
+    assert_same_weights(weights(done), weights(ref))
+    assert (tmp_path / "cut" / "metrics.csv").read_text() != ""
+    steps = [r.split(",")[0] for r in (tmp_path / "cut/metrics.csv").read_text().split()[1:]]
+    assert steps == sorted(set(steps), key=int)  # no duplicated rows after the resumes
+
+
+def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
+    # The trunk is the purely random run (anneal 3, 3) keeping a checkpoint at epoch 1.
+    trunk = tiny_run(anneal_start=3, anneal_end=3, checkpoint_epochs=(1,))
+    train(trunk, tmp_path / "trunk", source=tiny_source())
+    branch_point = tmp_path / "trunk/checkpoints/epoch_1.pt"
+    assert load_checkpoint(branch_point)["step"] == 8
+
+    run = tiny_run(anneal_start=1, anneal_end=2, target_order="z-curve")
+    scratch = train(run, tmp_path / "scratch", source=tiny_source())
+    branch = train(run, tmp_path / "branch", source=tiny_source(), init_from=branch_point)
+    assert_same_weights(weights(branch), weights(scratch))
+
+
+def test_branching_past_the_anneal_start_is_refused(tmp_path):
+    trunk = tiny_run(anneal_start=3, anneal_end=3, checkpoint_epochs=(2,))
+    train(trunk, tmp_path / "trunk", source=tiny_source())
+    with pytest.raises(ValueError, match="past this run's anneal start"):
+        train(
+            tiny_run(anneal_start=1, anneal_end=2), tmp_path / "b", source=tiny_source(),
+            init_from=tmp_path / "trunk/checkpoints/epoch_2.pt",
+        )  # fmt: skip
+
+
+def test_resuming_a_different_model_names_the_mismatch(tmp_path):
+    train(tiny_run(), tmp_path, source=tiny_source(), max_steps=2)
+    with pytest.raises(ValueError, match=r"settings differ \(model: 'rar_tiny' -> 'rar_mini'"):
+        train(tiny_run(model="rar_mini"), tmp_path, source=tiny_source())
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+    cfg = tiny_run(lr=1e30, warmup_epochs=0, grad_clip=1e30, checkpoint_minutes=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+"):
+        train(cfg, tmp_path, source=tiny_source())
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_run, tiny_source
+    from rar.train import train
+    import rar.train as t
+    step_fn = t.learning_rate
+    def slow(step, cfg):  # give the parent time to kill us mid-run
+        time.sleep(0.05)
+        return step_fn(step, cfg)
+    t.learning_rate = slow
+    train(tiny_run(checkpoint_minutes=0), {workdir!r}, source=tiny_source())
+    """
+)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    """The killed run saves `last.pt` after every step; the reference and the resume need not
+    (checkpoint timing does not change the computation)."""
+    cfg = tiny_run()
+    ref = train(cfg, tmp_path / "ref", source=tiny_source())
+    code = _KILLED_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "cut"))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    last = tmp_path / "cut/checkpoints/last.pt"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not last.exists() or load_step(last) < 6):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut/checkpoints/final.pt").exists()
+    done = train(cfg, tmp_path / "cut", source=tiny_source())
+    assert_same_weights(weights(done), weights(ref))
+
+
+def load_step(path):
+    try:
+        return load_checkpoint(path)["step"]
+    except Exception:  # being replaced right now
+        return -1
+
+
+# -- distributed ----------------------------------------------------------------------------
+
+
+_DDP_RUN = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_run, tiny_source
+    from rar.train import train
+    torch.set_num_threads(1)
+    train(tiny_run(micro_batch=4), {workdir!r}, source=tiny_source(), device="cpu")
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    """Global batch 8 as 2 processes x 4 equals 1 process x 4 x 2 accumulation steps."""
+    single = train(tiny_run(micro_batch=4), tmp_path / "one", source=tiny_source())
+    code = _DDP_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "two"))
+    port = str(29500 + os.getpid() % 1000)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(r),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+        )
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert_same_weights(
+        weights(tmp_path / "two/checkpoints/final.pt"), weights(single), exact=False
+    )
+
+
+# -- the command line on real shards --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    """Demo photographs (4 classes x 16 images, 64 px) tokenized by a small random
+    MaskGIT-VQGAN (64 codes, 4 x 4 grid) into center+flip shards."""
+    from rar.data.tokenize import tokenize_images
+    from rar.demo_data import make_demo_dataset
+    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+    root = tmp_path_factory.mktemp("demo")
+    images = make_demo_dataset(
+        root / "images", num_classes=4, images_per_class=16, image_size=64, seed=0
+    )
+    torch.manual_seed(0)
+    cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
+    tokenize_images(
+        images / "train", root / "shards", tokenizer=MaskGITVQGAN(cfg).eval(),
+        crop="center+flip", images_per_part=24, num_workers=0, progress=False, batch_size=16,
+    )  # fmt: skip
+    return root / "shards"
+
+
+def test_rar_train_cli_on_shards(demo_shards, tmp_path, capsys):
+    from rar.cli import main
+    from rar.data.shards import load_manifest
+
+    images = load_manifest(demo_shards)["num_source_images"]
+    cfg = tiny_run(
+        codebook_size=64, source_images=images, data=str(demo_shards), data_workers=0,
+        epochs=2, anneal_start=0, anneal_end=2,
+    )  # fmt: skip
+    cfg.save(tmp_path / "run.yaml")
+    args = ["train", "--config", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "run")]
+    assert main(args) == 0
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/final.pt")
+    assert ckpt["step"] == cfg.total_steps == 2 * images // 8
+    assert "done:" in capsys.readouterr().out
+
+
+def test_rar_train_rejects_shards_that_do_not_match(demo_shards, tmp_path):
+    cfg = tiny_run(codebook_size=1024, data=str(demo_shards), data_workers=0)
+    cfg.save(tmp_path / "run.yaml")
+    from rar.train import run
+
+    with pytest.raises(ValueError, match=r"run.yaml: data .* codebook_size 64 \(config: 1024\)"):
+        run(tmp_path / "run.yaml", tmp_path / "run")
