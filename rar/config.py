@@ -12,12 +12,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
+
+from rar.io import atomic_write_text
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
 
@@ -153,20 +153,3 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str and isinstance(value, str):
         return value
     raise ValueError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` so that `path` is either its old self or complete: temporary file in the
-    same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,15 +22,15 @@ import itertools
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rar.io import atomic_open
 
 # ----------------------------------------------------------------------------------------------
 # Common interface
@@ -142,23 +142,13 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> None:
     """
     if not tok.kind:
         raise ValueError(f"{type(tok).__name__} has no checkpoint kind and cannot be saved")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "kind": tok.kind,
         "config": dataclasses.asdict(tok.config),
         "model": {k: v.detach().cpu() for k, v in tok.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save(payload, f)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,6 +463,8 @@ def maskgit_vqgan_from_state_dict(
 def _load_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # a missing or unreadable file keeps its own, clearer error
     except Exception as err:  # pickle, zip and weights_only errors all mean "not ours"
         raise ValueError(f"{path}: cannot be read as a torch checkpoint ({err})") from err
 

@@ -160,6 +160,9 @@ def test_bad_files_are_named(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"other\.pt"):
         load_tokenizer(other)
 
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "absent.bin")
+
     unknown = tmp_path / "unknown.pt"
     torch.save({"kind": "nope", "config": {}, "model": {}}, unknown)
     with pytest.raises(ValueError, match=r"unknown\.pt.*'nope'"):

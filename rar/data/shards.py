@@ -17,17 +17,17 @@ This module is torch-free: `rar verify-shards` runs without importing torch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import tarfile
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rar.io import atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 FORMAT = "rar-token-shards/1"
@@ -53,38 +53,6 @@ class ShardError(RuntimeError):
 # ------------------------------------------------------------------------------------------
 # atomic, deterministic writing
 # ------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary name in the same folder, fsync, then `os.replace`.
-
-    A killed job leaves at most a hidden `.name.tmp-*` file, never a `path` that looks
-    complete; concurrent writers of the same content are harmless (last rename wins).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    # Persist the rename itself (best effort: not every filesystem allows a dir fsync).
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Canonical JSON (sorted keys, 1-space indent, trailing newline), written atomically, so
-    equal content always gives equal bytes."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
