@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rar import presets
 from rar.model import PREFIX, RAR
 from rar.orders import scan_order
 
@@ -38,12 +39,9 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0 = off
 
 
-# The paper's sampling settings per model size (official README_RAR.md / configs).
+# The paper's sampling settings per model size (rar.presets).
 SAMPLING_PRESETS: dict[str, SamplingConfig] = {
-    "rar_b": SamplingConfig(guidance_scale=16.0, guidance_power=2.75, temperature=1.0),
-    "rar_l": SamplingConfig(guidance_scale=15.5, guidance_power=2.5, temperature=1.02),
-    "rar_xl": SamplingConfig(guidance_scale=6.9, guidance_power=1.5, temperature=1.02),
-    "rar_xxl": SamplingConfig(guidance_scale=8.0, guidance_power=1.2, temperature=1.02),
+    name: SamplingConfig(**values) for name, values in presets.SAMPLING_PRESETS.items()
 }
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rar.presets import RAR_CONFIGS
+
 # The official tables are longer than the sequence: 1024 spare positional rows and 100 spare
 # timestep rows. They are dead weight, kept so the released state dicts load with strict=True.
 POS_EMBED_SPARE = 1024
@@ -76,18 +78,6 @@ class RARConfig:
     def null_class(self) -> int:
         """The label meaning "no class" (classifier-free guidance): `num_classes`."""
         return self.num_classes
-
-
-# Named sizes: RAR Table 1 / the official release. Parameter counts at codebook 1024, 1000
-# classes and 256 tokens, as released. The tiny sizes train on a CPU (demo and tests).
-RAR_CONFIGS: dict[str, dict] = {
-    "rar_b": dict(hidden_size=768, num_layers=24, num_heads=16, mlp_size=3072),  # 260,923,648
-    "rar_l": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_size=4096),  # 461,668,352
-    "rar_xl": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_size=5120),  # 955,425,024
-    "rar_xxl": dict(hidden_size=1408, num_layers=40, num_heads=16, mlp_size=6144),  # 1,498,520,704
-    "rar_tiny": dict(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256),
-    "rar_mini": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_size=512),
-}
 
 
 def rar_config(name: str, **overrides) -> RARConfig:

@@ -29,7 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rar.config import TrainConfig, atomic_write_text
+from rar.config import TrainConfig
+from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
 
@@ -256,18 +257,9 @@ def code_version() -> str:
 
 
 def save_checkpoint(path: Path, **state) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: a killed job never
-    leaves a checkpoint that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Atomically (rar.io): a killed job never leaves a checkpoint that looks complete."""
+    with atomic_open(path) as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -377,6 +369,7 @@ def train(
     device: str | torch.device = "auto",
     should_stop: Callable[[], bool] = lambda: False,
     max_steps: int | None = None,
+    until_epoch: float | None = None,
 ) -> Path:
     """Train (or resume) the run `cfg` in `workdir`; return the final checkpoint's path.
 
@@ -386,12 +379,22 @@ def train(
     should_stop: polled after every step; True saves `last.pt` and returns it (the launcher's
         answer to a time-limit or preemption signal).
     max_steps: stop (with `last.pt`) after this many steps in this call; for tests.
+    until_epoch: train one segment: stop at `until_epoch`, write `epoch_<E>.pt` (and
+        `last.pt`, to continue from) and return it. The workflow trains a trunk in segments
+        so that branches can start as soon as their anneal start is reached.
     """
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     final = ckpt_dir / "final.pt"
-    if final.exists():
+    segment_end = None
+    if until_epoch is not None and cfg.step_at(until_epoch) < cfg.total_steps:
+        segment_end = ckpt_dir / f"epoch_{until_epoch:g}.pt"
+        if segment_end.exists():
+            return segment_end
+    if final.exists() and segment_end is None:
         return final
+    if final.exists():
+        raise ValueError(f"{workdir} is finished, and its checkpoint {segment_end} is gone")
     env = DistEnv.from_environ()
     if device == "auto":
         device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
@@ -439,6 +442,15 @@ def train(
     amp = _resolve_precision(cfg, device)
     target = scan_order(cfg.target_order, model.config.grid)
     named_steps = {cfg.step_at(e): e for e in cfg.checkpoint_epochs}
+    stop_step = cfg.total_steps
+    if segment_end is not None:
+        stop_step = cfg.step_at(until_epoch)
+        named_steps[stop_step] = until_epoch
+        if step > stop_step:
+            raise ValueError(
+                f"{last} is at step {step}, past epoch {until_epoch:g} (step {stop_step}), "
+                f"and {segment_end} is missing: retrain the run to re-create it"
+            )
     streams = [
         stream_from(
             source, start_step=step, rank=env.rank * accum + a, world_size=chunks, batch_size=micro
@@ -464,7 +476,7 @@ def train(
     model.train()
     start_step, t_start = step, time.perf_counter()
     t_last_ckpt, t_log, tokens_since_log = time.monotonic(), time.perf_counter(), 0
-    while step < cfg.total_steps:
+    while step < stop_step:
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -532,6 +544,11 @@ def train(
             t_last_ckpt = time.monotonic()
         if stop and step < cfg.total_steps:
             return last
+    if segment_end is not None:  # a trunk segment: keep last.pt for the next segment
+        if not segment_end.exists():  # resumed exactly at the boundary
+            save(segment_end)
+        save(last)
+        return segment_end
     save(final)
     if is_main:
         last.unlink(missing_ok=True)
@@ -545,6 +562,7 @@ def run(
     init_from: str | Path | None = None,
     device: str = "auto",
     should_stop: Callable[[], bool] = lambda: False,
+    until_epoch: float | None = None,
 ) -> Path:
     """`rar train`: train the run described by the YAML file `config_path` on its shards."""
     cfg = TrainConfig.load(config_path)
@@ -553,5 +571,11 @@ def run(
     source = ShardBatchSource(cfg.data, seed=cfg.seed, workers=cfg.data_workers)
     check_data(cfg, source.manifest, f"{config_path}: data {cfg.data}")
     return train(
-        cfg, workdir, source=source, init_from=init_from, device=device, should_stop=should_stop
+        cfg,
+        workdir,
+        source=source,
+        init_from=init_from,
+        device=device,
+        should_stop=should_stop,
+        until_epoch=until_epoch,
     )

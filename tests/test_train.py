@@ -158,6 +158,19 @@ def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
     assert_same_weights(weights(branch), weights(scratch))
 
 
+def test_trunk_trained_in_segments_equals_one_job(tmp_path):
+    trunk = tiny_run(anneal_start=3, anneal_end=3)
+    whole = train(trunk, tmp_path / "whole", source=tiny_source())
+    seg = tmp_path / "seg"
+    first = train(trunk, seg, source=tiny_source(), until_epoch=1)
+    assert first.name == "epoch_1.pt" and load_checkpoint(first)["step"] == 8
+    assert train(trunk, seg, source=tiny_source(), until_epoch=1) == first  # already there
+    second = train(trunk, seg, source=tiny_source(), until_epoch=2)
+    assert load_checkpoint(second)["step"] == 16
+    done = train(trunk, seg, source=tiny_source())
+    assert_same_weights(weights(done), weights(whole))
+
+
 def test_branching_past_the_anneal_start_is_refused(tmp_path):
     trunk = tiny_run(anneal_start=3, anneal_end=3, checkpoint_epochs=(2,))
     train(trunk, tmp_path / "trunk", source=tiny_source())
