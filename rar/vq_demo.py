@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -364,3 +366,69 @@ def evaluate_reconstruction(tok: Tokenizer, images: torch.Tensor, batch_size: in
         "tokens_per_image": tokens,
         "num_images": int(data.shape[0]),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# From an image folder (`rar train-tokenizer`)
+# ----------------------------------------------------------------------------------------------
+
+
+def load_image_folder(folder: str | os.PathLike, *, image_size: int) -> torch.Tensor:
+    """Every image of a class-folder tree (`<class>/<file>`), as uint8 (N, H, W, 3), in sorted
+    path order. Images must already be `image_size` square (the demo set is)."""
+    import numpy as np
+
+    from rar.data.images import list_images, load_rgb
+
+    _, sources = list_images(folder)
+    arrays = []
+    for src in sources:
+        path = Path(folder) / src.relpath
+        img = load_rgb(path)
+        if img.size != (image_size, image_size):
+            raise ValueError(f"{path}: {img.size[0]}x{img.size[1]}, expected {image_size}")
+        arrays.append(np.asarray(img, dtype=np.uint8))
+    if not arrays:
+        raise ValueError(f"{folder}: no images found")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def train_tokenizer_from_folder(
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    quality: str | os.PathLike | None = None,
+    val_images: str | os.PathLike | None = None,
+    config: VQDemoConfig | None = None,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> VQDemo:
+    """Train the demo tokenizer on a class-folder image set, save it to `out` and, with
+    `quality`, write its reconstruction quality (PSNR, codebook usage) on `val_images` (or
+    the training images) as JSON."""
+    from rar.io import atomic_write_json
+
+    cfg = config or VQDemoConfig()
+    train_set = load_image_folder(images, image_size=cfg.image_size)
+    tok = train_vq_demo(train_set, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    save_tokenizer(tok, out)
+    if quality is not None:
+        held_out = val_images is not None and Path(val_images).is_dir()
+        eval_set = (
+            load_image_folder(val_images, image_size=cfg.image_size) if held_out else train_set
+        )
+        report = evaluate_reconstruction(tok, eval_set)
+        report.update(
+            evaluated_on=str(val_images if held_out else images),
+            steps=steps,
+            identity=tok.identity(),
+        )
+        atomic_write_json(quality, report)
+        print(
+            f"tokenizer {out}: PSNR {report['psnr']:.2f} dB, codebook usage "
+            f"{report['codebook_usage']:.0%} (perplexity {report['perplexity']:.1f})",
+            flush=True,
+        )
+    return tok
