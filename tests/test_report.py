@@ -1,0 +1,368 @@
+"""`rar report`: metrics.json -> table rows/columns, missing and failed rows, plots as PNGs.
+
+Every input is written by hand in tmp_path, shaped like what rar/evaluate.py (metrics.json),
+rar/train.py (metrics.csv) and rar/sample.py (grid.png, samples.json) write.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rar import report
+from rar.report import (
+    anneal_grid,
+    make_table,
+    plot_anneal_heatmap,
+    plot_fid_vs_epoch,
+    plot_loss_curves,
+    plot_metric_bars,
+    plot_sample_grids,
+    plot_scan_orders,
+    read_metrics,
+)
+
+# ##########################################################################################
+# Fake inputs
+# ##########################################################################################
+
+
+def write_metrics(
+    path: Path,
+    *,
+    fid: float,
+    isc: float = 250.0,
+    precision: float | None = 0.8,
+    recall: float | None = 0.6,
+    extractor: str = "inception-v3-compat",
+    num_samples: int = 50_000,
+) -> Path:
+    """A metrics.json as rar.evaluate.evaluate() writes it (the fields the report reads)."""
+    s = "" if extractor == "inception-v3-compat" else "_" + extractor.replace("-", "_")
+    reasons = []
+    if s:
+        reasons.append(f"features from {extractor}, not Inception-V3 (inception-v3-compat)")
+    if num_samples != 50_000:
+        reasons.append(f"{num_samples} samples; the paper uses 50000")
+    record = {
+        "format": "rar-metrics/1",
+        f"fid{s}": fid,
+        f"isc{s}_mean": isc,
+        f"isc{s}_std": 3.25,
+        f"precision{s}": precision,
+        f"recall{s}": recall,
+        "comparable_to_paper": not reasons,
+        "not_comparable_because": reasons,
+        "num_samples": num_samples,
+        "extractor": extractor,
+        "sampling": {"preset": "rar_l"},
+        "checkpoint_info": {"epoch": 400},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def row(label: str, keys: dict, paper: dict | None = None, failure=None) -> dict:
+    return {
+        "label": label,
+        "keys": keys,
+        "run": f"run_{label}",
+        "evaluation": f"eval_{label}",
+        "paper": paper or {},
+        "failure": failure,
+    }
+
+
+def assert_png(path: Path, min_side: int = 200) -> None:
+    assert path.exists()
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert min(im.size) >= min_side, im.size
+        # Not a blank page: a plot has more than a handful of distinct colours.
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10
+
+
+def table2_csv(tmp_path: Path, missing=((100, 100),)) -> Path:
+    """A small Table 2: (start, end) for start <= end in {0, 100, 200}, some rows missing."""
+    rows, paths = [], []
+    for s in (0, 100, 200):
+        for e in (0, 100, 200):
+            if s > e:
+                continue
+            r = row(f"{s}-{e}", {"anneal_start": s, "anneal_end": e})
+            p = tmp_path / "evals" / r["evaluation"] / "metrics.json"
+            if (s, e) not in missing:
+                write_metrics(p, fid=2.0 + s / 100 + e / 1000)
+            if (s, e) == (200, 200):
+                r["paper"] = {"fid": 2.1}
+            rows.append(r)
+            paths.append(p)
+    csv = tmp_path / "table2.csv"
+    make_table(table="table2", rows=rows, metrics=paths, csv=csv)
+    return csv
+
+
+# ##########################################################################################
+# Tables
+# ##########################################################################################
+
+
+def test_table_values_diffs_and_column_order(tmp_path):
+    m1 = write_metrics(tmp_path / "a" / "metrics.json", fid=1.73, isc=300.25)
+    m2 = write_metrics(tmp_path / "b" / "metrics.json", fid=2.5, precision=None, recall=None)
+    rows = [
+        row("a", {"anneal_start": 200, "anneal_end": 300}, paper={"fid": 1.70, "is": 299.5}),
+        row("b", {"anneal_start": 0, "anneal_end": 0}),
+    ]
+    df = make_table(table="table2", rows=rows, metrics=[m1, m2], csv=tmp_path / "t.csv")
+
+    assert list(df.columns[:4]) == ["anneal_start", "anneal_end", "fid", "is"]
+    results, paper = report.RESULT_COLUMNS, report.PAPER_COLUMNS
+    assert list(df.columns) == [
+        "anneal_start", "anneal_end", *results, *paper, "run", "evaluation", "label"
+    ]  # fmt: skip
+    a, b = df.iloc[0], df.iloc[1]
+    assert a["fid"] == 1.73 and a["is"] == 300.25 and a["is_std"] == 3.25
+    assert a["fid_diff"] == pytest.approx(0.03) and a["is_diff"] == pytest.approx(0.75)
+    assert a["paper_fid"] == 1.70 and np.isnan(a["paper_precision"]) and np.isnan(a["recall_diff"])
+    assert a["n_samples"] == 50_000 and a["comparable"] and a["status"] == "ok"
+    assert a["run"] == "run_a" and a["evaluation"] == "eval_a"
+    assert np.isnan(b["precision"]) and np.isnan(b["fid_diff"])  # no reference images
+
+    # The CSV round-trips: same rows, integer sample counts, blanks for unknowns.
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert list(back.columns) == list(df.columns)
+    assert back["n_samples"].tolist() == [50_000, 50_000]
+    assert "50000.0" not in (tmp_path / "t.csv").read_text()
+
+
+def test_missing_and_failed_rows_are_kept_and_marked(tmp_path):
+    ok = write_metrics(tmp_path / "ok" / "metrics.json", fid=2.0)
+    failure = tmp_path / "bad" / "failure.txt"
+    failure.parent.mkdir()
+    failure.write_text("NaN loss at step 1234\n")
+    rows = [
+        row("ok", {"model": "rar_b"}),
+        row("gone", {"model": "rar_l"}),
+        row("bad", {"model": "rar_xl"}, paper={"fid": 1.50}, failure=failure),
+        # A failure file left by an earlier attempt does not override a finished evaluation.
+        row("retried", {"model": "rar_xxl"}, failure=failure),
+    ]
+    paths = [ok, tmp_path / "gone" / "metrics.json", tmp_path / "bad" / "metrics.json", ok]
+    md = tmp_path / "t.md"
+    df = make_table(table="table4", rows=rows, metrics=paths, csv=tmp_path / "t.csv", md=md)
+
+    assert len(df) == 4
+    assert df["status"].tolist() == ["ok", "missing", "failed: NaN loss at step 1234", "ok"]
+    assert df["model"].tolist() == ["rar_b", "rar_l", "rar_xl", "rar_xxl"]
+    assert df.loc[2, "paper_fid"] == 1.50 and np.isnan(df.loc[2, "fid_diff"])
+    assert pd.isna(df.loc[1, "n_samples"]) and pd.isna(df.loc[1, "comparable"])
+    text = md.read_text()
+    for model in ("rar_b", "rar_l", "rar_xl", "rar_xxl"):
+        assert f"| {model} |" in text
+    assert "failed: NaN loss at step 1234" in text
+    assert "No metrics for 2 of 4 rows" in text
+
+
+def test_failure_paths_may_be_several(tmp_path):
+    run_failure = tmp_path / "run" / "failure.txt"
+    run_failure.parent.mkdir()
+    run_failure.write_text("out of memory\n")
+    rows = [row("x", {"model": "rar_b"}, failure=[tmp_path / "eval_failure.txt", run_failure])]
+    df = make_table(table="t", rows=rows, metrics=[tmp_path / "none.json"], csv=tmp_path / "t.csv")
+    assert df.loc[0, "status"] == "failed: out of memory"
+
+
+def test_efficientnet_metrics_map_to_the_same_columns_and_say_so(tmp_path):
+    m = write_metrics(
+        tmp_path / "m.json",
+        fid=41.5,
+        isc=7.25,
+        extractor="efficientnet-lite0",
+        num_samples=5_000,
+    )
+    rec = read_metrics(m)
+    assert rec["fid"] == 41.5 and rec["is"] == 7.25 and rec["extractor"] == "efficientnet-lite0"
+    md = tmp_path / "t.md"
+    df = make_table(
+        table="demo",
+        rows=[row("r", {"model": "rar_tiny"}, paper={"fid": 1.5})],
+        metrics=[m],
+        csv=tmp_path / "t.csv",
+        md=md,
+    )
+    assert df.loc[0, "fid"] == 41.5 and df.loc[0, "extractor"] == "efficientnet-lite0"
+    assert not df.loc[0, "comparable"]
+    assert df.loc[0, "status"] == (
+        "ok (efficientnet-lite0, 5,000 samples: not comparable to the paper)"
+    )
+    text = md.read_text()
+    assert "NOT INCEPTION FIDs" in text
+    assert "| FID (efficientnet-lite0)↓ |" in text
+    assert "5,000 samples per evaluation" in text
+    assert "5000 samples; the paper uses 50000" in text  # the reason from metrics.json
+
+
+def test_extractor_suffixes_match_evaluate():
+    pytest.importorskip("torch_fidelity")
+    from rar.evaluate import EXTRACTORS
+
+    for name, spec in EXTRACTORS.items():
+        assert report.extractor_suffix(name) == spec.suffix
+        assert report.EXTRACTOR_SUFFIXES[name] == spec.suffix
+
+
+def test_comparability_note_for_a_small_inception_run(tmp_path):
+    m = write_metrics(tmp_path / "m.json", fid=3.0, num_samples=5_000)
+    df = make_table(
+        table="t", rows=[row("r", {"model": "rar_b"})], metrics=[m], csv=tmp_path / "t.csv"
+    )
+    assert df.loc[0, "status"] == "ok (5,000 samples: not comparable to the paper)"
+
+
+def test_markdown_formats_numbers(tmp_path):
+    m = write_metrics(tmp_path / "m.json", fid=1.734, isc=300.26, precision=0.805, recall=0.6)
+    md = tmp_path / "t.md"
+    make_table(
+        table="table3",
+        rows=[row("r", {"target_order": "z-curve"}, paper={"fid": 1.70})],
+        metrics=[m],
+        csv=tmp_path / "t.csv",
+        md=md,
+    )
+    text = md.read_text()
+    assert text.startswith("# table3\n")
+    line = next(ln for ln in text.splitlines() if ln.startswith("| z-curve"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["z-curve", "1.73", "1.70", "+0.03", "300.3"]
+    assert "0.81" in cells and "0.60" in cells and "50,000" in cells and cells[-1] == "ok"
+
+
+def test_bad_inputs_are_named(tmp_path):
+    m = write_metrics(tmp_path / "m.json", fid=3.0)
+    with pytest.raises(ValueError, match="unknown paper metrics"):
+        make_table(
+            table="t",
+            rows=[row("r", {"model": "rar_b"}, paper={"FID": 1.0})],
+            metrics=[m],
+            csv=tmp_path / "t.csv",
+        )
+    with pytest.raises(ValueError, match="clash"):
+        make_table(table="t", rows=[row("r", {"fid": 1})], metrics=[m], csv=tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="2 rows but 1"):
+        make_table(table="t", rows=[row("a", {}), row("b", {})], metrics=[m], csv=tmp_path / "x")
+
+
+# ##########################################################################################
+# Table plots
+# ##########################################################################################
+
+
+def test_anneal_grid_places_values_at_their_cells(tmp_path):
+    df = pd.read_csv(table2_csv(tmp_path))
+    values, status = anneal_grid(df, "fid")
+    assert list(values.index) == [0, 100, 200] and list(values.columns) == [0, 100, 200]
+    assert values.loc[0, 200] == pytest.approx(2.2)
+    assert values.loc[200, 200] == pytest.approx(4.2)
+    assert np.isnan(values.loc[100, 100]) and status.loc[100, 100] == "missing"
+    assert status.loc[200, 0] is None and np.isnan(values.loc[200, 0])  # start > end: no row
+    paper, _ = anneal_grid(df, "paper_fid")
+    assert paper.loc[200, 200] == 2.1 and np.isnan(paper.loc[0, 0])
+
+
+def test_anneal_heatmap_writes_a_png(tmp_path):
+    out = plot_anneal_heatmap(csv=table2_csv(tmp_path), out=tmp_path / "plots" / "heat.png")
+    assert out == tmp_path / "plots" / "heat.png"
+    assert_png(out)
+    assert not list(out.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_metric_bars_with_missing_rows(tmp_path):
+    m = write_metrics(tmp_path / "a.json", fid=1.9)
+    rows = [row("b", {"model": "rar_b"}, paper={"fid": 1.95}), row("l", {"model": "rar_l"})]
+    csv = tmp_path / "t4.csv"
+    make_table(table="table4", rows=rows, metrics=[m, tmp_path / "none.json"], csv=csv)
+    assert_png(plot_metric_bars(csv=csv, out=tmp_path / "bars.png", key="model"))
+    with pytest.raises(ValueError, match="no column"):
+        plot_metric_bars(csv=csv, out=tmp_path / "x.png", key="target_order")
+
+
+def test_scan_orders_figure(tmp_path):
+    pytest.importorskip("torch")
+    assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
+    assert_png(plot_scan_orders(out=tmp_path / "two.png", grid=4, orders=["z-curve", "alternate"]))
+
+
+# ##########################################################################################
+# Curves and grids
+# ##########################################################################################
+
+
+def write_train_log(path: Path, epochs: int = 40) -> Path:
+    """A metrics.csv as rar.train writes it (METRICS_FIELDS), with a torn last line."""
+    lines = ["step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"]
+    for i in range(epochs * 5):
+        ep = i / 5
+        r = min(1.0, max(0.0, 1 - (ep - 10) / 20))
+        lines.append(f"{i},{ep},{7 - np.log1p(ep):.4f},0.1,1e-4,{r},1.0,1e5,400,{i}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n12,3.")
+    return path
+
+
+def test_train_log_drops_torn_line_and_resumed_duplicates(tmp_path):
+    path = write_train_log(tmp_path / "m.csv", epochs=2)  # 10 rows and a torn "12,3."
+    assert report.read_train_log(path)["step"].tolist() == list(range(10))
+    with path.open("a") as f:  # the torn line, now inside; a resume logs step 7 again
+        f.write("\n7,1.4,0.5,0.1,1e-4,1.0,1.0,1e5,400,99\n")
+    df = report.read_train_log(path)
+    assert df["step"].tolist() == list(range(10))
+    assert df.set_index("step").loc[7, "loss"] == 0.5  # the last record of a step wins
+    assert report.read_train_log(tmp_path / "absent.csv") is None
+    (tmp_path / "header.csv").write_text("step,epoch,loss\n")
+    assert report.read_train_log(tmp_path / "header.csv") is None
+
+
+def test_loss_curves_skip_missing_runs(tmp_path):
+    runs = [
+        {"label": "anneal 10-30", "metrics_csv": write_train_log(tmp_path / "a" / "m.csv")},
+        {"label": "raster", "metrics_csv": write_train_log(tmp_path / "b" / "m.csv", 20)},
+        {"label": "lost", "metrics_csv": tmp_path / "nothing.csv"},
+    ]
+    assert_png(plot_loss_curves(runs=runs, out=tmp_path / "loss.png"))
+    only_missing = [{"label": "lost", "metrics_csv": tmp_path / "nothing.csv"}]
+    assert_png(plot_loss_curves(runs=only_missing, out=tmp_path / "none.png", title="T"))
+
+
+def test_fid_vs_epoch(tmp_path):
+    points = [
+        {"label": lab, "epoch": ep, "metrics": tmp_path / f"{lab}{ep}.json"}
+        for lab in ("raster", "rar")
+        for ep in (100, 200, 400)
+    ]
+    for p in points[:-1]:  # the last point is missing
+        write_metrics(p["metrics"], fid=10 / (1 + p["epoch"] / 100))
+    assert_png(plot_fid_vs_epoch(points=points, out=tmp_path / "fid.png"))
+    assert_png(plot_fid_vs_epoch(points=points[-1:], out=tmp_path / "empty.png"), min_side=100)
+
+
+def test_sample_grids_with_a_missing_one(tmp_path):
+    rng = np.random.default_rng(0)
+    grids = []
+    for name in ("raster", "rar"):
+        d = tmp_path / name
+        d.mkdir()
+        img = rng.integers(0, 255, (4 * 32, 8 * 32, 3), dtype=np.uint8)  # 4 classes x 8
+        Image.fromarray(img).save(d / "grid.png")
+        (d / "samples.json").write_text(json.dumps({"grid_classes": [0, 1, 2, 3]}))
+        grids.append({"label": name, "png": d / "grid.png"})
+    grids.append({"label": "lost", "png": tmp_path / "lost" / "grid.png"})
+    assert_png(plot_sample_grids(grids=grids, out=tmp_path / "grids.png"))
+    assert_png(plot_sample_grids(grids=grids, out=tmp_path / "cut.png", max_rows=2))
+    assert report._grid_image(grids[0]["png"], max_rows=2).shape == (64, 256, 3)
