@@ -527,18 +527,39 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="fail before sampling if `rar evaluate` could not get this extractor's weights",
     )
     p.add_argument("--extractor-weights", default=None, help="weights for --check-extractor")
+    _add_launcher_flags(p)
     p.set_defaults(handler=_run_sample)
 
 
+def _abs(path: str | None) -> str | None:
+    """An absolute path: a launched job may start in another directory."""
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if path else None
+
+
 def _run_sample(args: argparse.Namespace) -> int:
-    from rar.evaluate import ExtractorUnavailable
+    from pathlib import Path
+
+    from rar.evaluate import ExtractorUnavailable, check_extractor_available
+    from rar.launch import LaunchError, launch
     from rar.sample import sample  # heavy import: torch
 
+    launcher = _launcher_from_args(args)
+    if launcher is None:
+        return 2
+    out = Path(args.out).resolve()
     try:
-        sample(
-            args.checkpoint,
-            args.tokenizer,
-            args.out,
+        if args.check_extractor:  # here too: before a job waits in a queue for nothing
+            check_extractor_available(args.check_extractor, args.extractor_weights)
+        launch(
+            sample,
+            _abs(args.checkpoint),
+            _abs(args.tokenizer),
+            str(out),
+            launcher=launcher,
+            record=out.with_name(f"{out.stem}_job.json"),
+            name=f"sample_{out.parent.name}",
             num_per_class=args.num_per_class,
             num_classes=args.num_classes,
             chunk_size=args.chunk_size,
@@ -551,13 +572,13 @@ def _run_sample(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             compile=args.compile,
-            grid_path=args.grid,
+            grid_path=_abs(args.grid),
             merge_timeout_s=args.merge_timeout_s,
             keep_chunks=args.keep_chunks,
             check_extractor=args.check_extractor,
-            extractor_weights=args.extractor_weights,
+            extractor_weights=_abs(args.extractor_weights),
         )
-    except ExtractorUnavailable as err:
+    except (ExtractorUnavailable, LaunchError) as err:
         print(f"rar sample: {err}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -602,28 +623,84 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--prc-batch-size", type=int, default=10000, help="rows per precision/recall block"
     )
     p.add_argument("--no-download", action="store_true", help="never download weights")
+    _add_launcher_flags(p)
     p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from rar.evaluate import ExtractorUnavailable, evaluate  # heavy import: torch
+    from pathlib import Path
 
+    from rar.evaluate import ExtractorUnavailable, check_extractor_available, evaluate
+    from rar.launch import LaunchError, launch
+
+    launcher = _launcher_from_args(args)
+    if launcher is None:
+        return 2
+    out = Path(args.out).resolve()
     try:
-        evaluate(
-            args.samples,
-            args.reference,
+        if args.no_download or launcher.backend != "debug":  # fail before queueing a job
+            check_extractor_available(
+                args.extractor, args.weights, allow_download=not args.no_download
+            )
+        launch(
+            evaluate,
+            _abs(args.samples),
+            _abs(args.reference),
+            launcher=launcher,
+            record=out.with_name(f"{out.stem}_job.json"),
+            name=f"evaluate_{out.parent.name}",
             extractor=args.extractor,
-            weights=args.weights,
-            cache_dir=args.cache_dir,
-            out=args.out,
+            weights=_abs(args.weights),
+            cache_dir=_abs(args.cache_dir),
+            out=str(out),
             device=args.device,
             batch_size=args.batch_size,
             prc_batch_size=args.prc_batch_size,
             allow_download=not args.no_download,
         )
-    except ExtractorUnavailable as err:
+    except (ExtractorUnavailable, LaunchError) as err:
         print(f"rar evaluate: {err}", file=sys.stderr, flush=True)
         return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# plan
+# ------------------------------------------------------------------------------------------
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="print a study's runs, shared trunks, training epochs and GPU-hours",
+        description=(
+            "Resolve a study config into its runs (one per distinct training config, shared "
+            "between tables), the trunk each branch starts from, and the evaluations; print the "
+            "planned training epochs against training every run from scratch, and GPU-hours "
+            "from the config's throughput figures. Torch-free and fast.\n\n"
+            "example: rar plan --config config/config.yaml"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument("--json", action="store_true", help="print the totals as JSON")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from rar.experiments import StudyError, estimate, format_plan, load_study
+
+    try:
+        with open(args.config) as f:
+            study = load_study(yaml.safe_load(f))
+    except (OSError, StudyError) as err:
+        print(f"rar plan: {args.config}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(estimate(study), indent=1) if args.json else format_plan(study))
     return 0
 
 
@@ -632,6 +709,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_plan,
     _add_train_tokenizer,
     _add_bench_sample,
     _add_bench_train,

@@ -1,0 +1,310 @@
+"""`rar evaluate`: metrics through torch-fidelity, content-keyed caches, the offline error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+from PIL import Image
+from torch_fidelity.metric_fid import fid_features_to_statistics
+
+import rar.evaluate as ev
+from rar.evaluate import (
+    EXTRACTORS,
+    ExtractorUnavailable,
+    NpzImages,
+    check_extractor_available,
+    comparability,
+    evaluate,
+    register_efficientnet_lite0,
+)
+from rar.sample import write_npz
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """No test may reach the network or torch-fidelity's name-keyed cache in ~/.cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("RAR_OFFLINE", "1")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    yield
+    assert not (tmp_path / "torch_home" / "fidelity_cache").exists()
+
+
+def _images(seed: int, n: int = 10, size: int = 32, shift: int = 0) -> np.ndarray:
+    """Smooth random pictures (n, size, size, 3) uint8: 4x4 colour noise, upsampled."""
+    rng = np.random.default_rng(seed)
+    low = torch.from_numpy(rng.uniform(0, 255, (n, 3, 4, 4)).astype(np.float32))
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic")
+    x = (x + shift).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _npz(path: Path, images: np.ndarray, **extra) -> Path:
+    labels = np.arange(len(images), dtype=np.int64) % 4
+    write_npz(path, {"arr_0": images, "labels": labels, **extra})
+    return path
+
+
+def _direct(samples: Path, reference: Path, extractor: str, weights: Path | None, **kw) -> dict:
+    """torch-fidelity called directly, without our code in between (and without its cache)."""
+    register_efficientnet_lite0()
+    return torch_fidelity.calculate_metrics(
+        input1=NpzImages(samples),
+        input2=NpzImages(reference),
+        feature_extractor=extractor,
+        feature_extractor_weights_path=str(weights) if weights else None,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        batch_size=10,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> Path:
+    """Randomly initialised Inception in the exact layout torch-fidelity's loader expects."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(inc, "load_state_dict_from_url", lambda *a, **k: {})
+    mp.setattr(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+    torch.manual_seed(0)
+    fe = inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    mp.undo()
+    torch.save(fe.state_dict(), path)
+    inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(path))  # loads strictly
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Weights: offline error, paths
+# ------------------------------------------------------------------------------------------
+
+
+def test_offline_without_inception_weights_says_what_to_fetch(tmp_path):
+    with pytest.raises(ExtractorUnavailable) as err:
+        check_extractor_available("inception-v3-compat")
+    message = str(err.value)
+    assert ev.inception_url() in message and "weights-inception-2015-12-05" in message
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message  # where to put it
+    assert "--weights" in message
+    with pytest.raises(ExtractorUnavailable, match="does not exist"):
+        check_extractor_available("inception-v3-compat", tmp_path / "missing.pth")
+
+
+def test_sampling_fails_before_any_work_when_scoring_would_fail(tmp_path):
+    from rar.sample import sample
+
+    with pytest.raises(ExtractorUnavailable):  # not FileNotFoundError: nothing was loaded
+        sample(
+            tmp_path / "no.bin",
+            tmp_path / "no_tok.bin",
+            tmp_path / "s.npz",
+            check_extractor="inception-v3-compat",
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_found_in_the_cache_or_the_wheel(tmp_path, inception_weights):
+    cached = ev.inception_cache_path()
+    assert cached.is_relative_to(tmp_path / "torch_home")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(inception_weights.read_bytes())
+    assert check_extractor_available("inception-v3-compat") == cached
+    lite = check_extractor_available("efficientnet-lite0")
+    assert lite.name == "efficientnet-lite0-57934424.pth" and lite.is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics equal torch-fidelity's own
+# ------------------------------------------------------------------------------------------
+
+
+def test_metrics_equal_torch_fidelity_called_directly(tmp_path):
+    samples = _npz(tmp_path / "samples.npz", _images(0))
+    reference = _npz(tmp_path / "reference.npz", _images(1))
+    info = {
+        "sampling": {"guidance_scale": 16.0},
+        "seed": 5,
+        "checkpoint_sha256": "ab" * 32,
+        "preset": "rar_b",
+    }
+    (tmp_path / "samples.json").write_text(json.dumps(info))  # as `rar sample` writes it
+    m = evaluate(
+        samples,
+        reference,
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "c",
+        out=tmp_path / "m.json",
+        device="cpu",
+        batch_size=10,
+        verbose=False,
+    )
+    direct = _direct(samples, reference, "efficientnet-lite0", None, isc=True, fid=True, prc=True)
+    assert m["fid_efficientnet_lite0"] == pytest.approx(
+        direct["frechet_inception_distance"], rel=1e-6
+    )
+    assert m["isc_efficientnet_lite0_mean"] == pytest.approx(direct["inception_score_mean"])
+    assert m["isc_efficientnet_lite0_std"] == pytest.approx(direct["inception_score_std"])
+    assert m["precision_efficientnet_lite0"] == direct["precision"]
+    assert m["recall_efficientnet_lite0"] == direct["recall"]
+    # Named for its extractor: nothing in the file can pass for an Inception number.
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert not {"fid", "isc_mean", "precision", "recall"} & set(written)
+    assert written["extractor"] == "efficientnet-lite0" and written["num_samples"] == 10
+    assert written["comparable_to_paper"] is False
+    assert any("10 samples" in r for r in written["not_comparable_because"])
+    assert written["extractor_weights_sha256"].startswith("57934424")
+    assert written["torch_fidelity_version"] == torch_fidelity.__version__
+    assert written["sampling"] == {"guidance_scale": 16.0} and written["sampling_seed"] == 5
+    assert written["checkpoint_sha256"] == "ab" * 32 and written["sampling_preset"] == "rar_b"
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_rises_with_a_shift(tmp_path):
+    base = _npz(tmp_path / "base.npz", _images(2))
+    shifted = _npz(tmp_path / "shifted.npz", _images(2, shift=60))
+    kw = dict(
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "c",
+        device="cpu",
+        batch_size=10,
+        verbose=False,
+    )
+    same = evaluate(base, base, **kw)
+    moved = evaluate(shifted, base, **kw)
+    assert abs(same["fid_efficientnet_lite0"]) < 1e-3
+    assert same["precision_efficientnet_lite0"] == same["recall_efficientnet_lite0"] == 1.0
+    assert moved["fid_efficientnet_lite0"] > 1.0
+
+
+def test_adm_reference_uses_its_mu_sigma_for_fid_and_its_images_for_pr(tmp_path, inception_weights):
+    """An ADM-style batch whose mu/sigma are the samples' own statistics and whose images
+    arr_0 are another set: FID is ~0 only if the file's mu/sigma are used; precision and
+    recall against arr_0 equal torch-fidelity's own."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    n = 4  # the fewest that k = 3 nearest neighbours allow
+    samples = _npz(tmp_path / "samples.npz", _images(3, n=n, size=16))
+    fe = create_feature_extractor(
+        "inception-v3-compat",
+        ["2048"],
+        cuda=False,
+        feature_extractor_weights_path=str(inception_weights),
+        verbose=False,
+    )
+    feats = get_featuresdict_from_dataset(NpzImages(samples), fe, n, False, True, False)
+    stats = fid_features_to_statistics(feats["2048"])
+    adm = _npz(
+        tmp_path / "VIRTUAL_adm.npz",
+        _images(4, n=n, size=16),
+        mu=stats["mu"].astype(np.float64),
+        sigma=stats["sigma"],
+    )
+    m = evaluate(
+        samples,
+        adm,
+        extractor="inception-v3-compat",
+        weights=inception_weights,
+        cache_dir=tmp_path / "c",
+        device="cpu",
+        batch_size=n,
+        isc_splits=1,
+        verbose=False,
+    )
+    prc = _direct(
+        samples, adm, "inception-v3-compat", inception_weights, prc=True, save_cpu_ram=True
+    )
+    assert abs(m["fid"]) < 1e-3 and m["fid_reference_statistics"] == "reference_npz_mu_sigma"
+    assert (m["precision"], m["recall"]) == (prc["precision"], prc["recall"])
+    assert m["isc_mean"] > 0 and m["num_reference_images"] == n
+    # Random weights are not torch-fidelity's: never comparable, whatever the sample count.
+    assert any("Inception weights" in r for r in m["not_comparable_because"])
+
+
+# ------------------------------------------------------------------------------------------
+# Caches keyed by content
+# ------------------------------------------------------------------------------------------
+
+
+def test_reference_cache_follows_the_content_not_the_name(tmp_path):
+    samples = _npz(tmp_path / "samples.npz", _images(6, n=6))
+    folder = tmp_path / "real"
+    for i, im in enumerate(_images(7, n=6)):
+        (folder / f"class_{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"class_{i % 2}" / f"{i}.png")
+    kw = dict(
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        batch_size=10,
+        verbose=False,
+    )
+    first = evaluate(samples, folder, **kw)
+    again = evaluate(samples, folder, **kw)
+    assert again["fid_efficientnet_lite0"] == first["fid_efficientnet_lite0"]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    # The same folder name, other pictures: a new cache entry and new numbers.
+    Image.fromarray(_images(8)[0]).save(folder / "class_0" / "0.png")
+    changed = evaluate(samples, folder, **kw)
+    assert changed["reference_sha256"] != first["reference_sha256"]
+    assert changed["fid_efficientnet_lite0"] != first["fid_efficientnet_lite0"]
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.npz"))
+    weights = first["extractor_weights_sha256"]
+    assert cached == sorted(
+        f"{h}-{weights}.npz" for h in (first["reference_sha256"], changed["reference_sha256"])
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Bookkeeping
+# ------------------------------------------------------------------------------------------
+
+
+def test_comparability_lists_every_departure_from_the_paper():
+    paper = dict(
+        extractor="inception-v3-compat",
+        weights_sha256=ev.INCEPTION_SHA256_PREFIX + "0" * 56,
+        num_samples=50_000,
+        labels=np.repeat(np.arange(1000), 50),
+        image_size=(256, 256),
+        fid_reference="reference_npz_mu_sigma",
+    )
+    assert comparability(**paper) == []
+    assert len(comparability(**{**paper, "num_samples": 10_000})) == 1
+    assert len(comparability(**{**paper, "labels": np.repeat(np.arange(500), 100)})) == 1
+    assert len(comparability(**{**paper, "labels": None})) == 1
+    assert len(comparability(**{**paper, "fid_reference": "reference_images"})) == 1
+    assert len(comparability(**{**paper, "extractor": "efficientnet-lite0"})) == 1
+    assert set(EXTRACTORS) == {"inception-v3-compat", "efficientnet-lite0"}
+
+
+def test_cli_evaluate_offline_fails_at_once_with_the_file_to_fetch(tmp_path, capsys):
+    from rar.cli import main
+
+    samples = _npz(tmp_path / "samples.npz", _images(0, n=4))
+    args = [
+        "evaluate",
+        "--samples",
+        str(samples),
+        "--reference",
+        str(samples),
+        "--out",
+        str(tmp_path / "metrics.json"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    assert main(args) == 1
+    assert ev.inception_url() in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "c").exists()

@@ -1,0 +1,292 @@
+"""`rar sample`: chunk arithmetic, per-chunk seeds, the ADM npz layout, resume and byte identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rar.model import RAR, rar_config
+from rar.sample import (
+    CHUNK_NAME,
+    StreamedArray,
+    chunk_bounds,
+    chunk_dir_for,
+    chunk_generator,
+    chunk_seed,
+    chunks_of_rank,
+    class_labels,
+    load_generator,
+    num_chunks,
+    open_npz_array,
+    resolve_sampling,
+    sample,
+    write_npz,
+)
+from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+NUM_CLASSES, PER_CLASS, CHUNK = 3, 2, 2  # 6 images in 3 chunks
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random RAR (official state-dict layout) and MaskGIT-VQGAN (16 tokens -> 64 px)."""
+    root = tmp_path_factory.mktemp("sample_files")
+    torch.manual_seed(0)
+    model = RAR(rar_config("rar_tiny", codebook_size=64, num_classes=NUM_CLASSES, num_tokens=16))
+    with torch.no_grad():  # leave adaLN-zero so that the classes matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tok = MaskGITVQGAN(
+        MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
+    )
+    torch.save(model.state_dict(), root / "rar_tiny.bin")
+    torch.save(tok.state_dict(), root / "tokenizer.bin")
+    return {"checkpoint": root / "rar_tiny.bin", "tokenizer": root / "tokenizer.bin"}
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    """Tests choose rank and world size themselves, whatever launched pytest (srun, torchrun)."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _sample(files, out, **kw):
+    args = dict(
+        num_per_class=PER_CLASS,
+        chunk_size=CHUNK,
+        seed=3,
+        device="cpu",
+        progress=False,
+        rank=0,
+        world_size=1,
+    )
+    return sample(files["checkpoint"], files["tokenizer"], out, **{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference_run(files, tmp_path_factory) -> Path:
+    """One uninterrupted single-process run: the bytes every other run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "samples.npz"
+    _sample(files, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Chunk arithmetic and seeds
+# ------------------------------------------------------------------------------------------
+
+
+def test_labels_give_exactly_num_per_class_of_every_class():
+    labels = class_labels(1000, 50)
+    assert labels.shape == (50_000,) and labels.dtype == np.int64
+    assert (np.bincount(labels) == 50).all()
+    assert labels[:50].tolist() == [0] * 50 and labels[-1] == 999  # class-major order
+
+
+@pytest.mark.parametrize("n,size", [(50_000, 125), (10, 3), (7, 7), (1, 4)])
+def test_chunks_cover_every_image_once_for_any_world_size(n, size):
+    total = num_chunks(n, size)
+    covered = [i for c in range(total) for i in range(*chunk_bounds(c, n, size))]
+    assert covered == list(range(n))
+    for world in (1, 2, 3, 8):
+        shards = [chunks_of_rank(total, r, world) for r in range(world)]
+        assert sorted(c for s in shards for c in s) == list(range(total))
+        assert all(c % world == r for r, s in enumerate(shards) for c in s)
+    with pytest.raises(IndexError):
+        chunk_bounds(total, n, size)
+
+
+def test_chunk_seeds_are_deterministic_and_distinct():
+    seeds = {chunk_seed(s, i) for s in range(3) for i in range(100)}
+    assert len(seeds) == 300
+    assert chunk_seed(0, 5) == chunk_seed(0, 5) and 0 <= chunk_seed(0, 5) < 2**64
+    a = torch.rand(4, generator=chunk_generator(1, 2, "cpu"))
+    b = torch.rand(4, generator=chunk_generator(1, 2, "cpu"))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, torch.rand(4, generator=chunk_generator(1, 3, "cpu")))
+
+
+# ------------------------------------------------------------------------------------------
+# The npz writer
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_npz_is_byte_deterministic_and_readable(tmp_path, monkeypatch):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.int64)
+    parts = StreamedArray(images.shape, np.dtype(np.uint8), [images[:2], images[2:]])
+    write_npz(tmp_path / "a.npz", {"arr_0": parts, "labels": labels})
+    # np.savez would stamp the clock into the zip; ours must not care what time it is.
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
+    write_npz(tmp_path / "b.npz", {"arr_0": images, "labels": labels})
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz") as z:
+        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
+    mapped = open_npz_array(tmp_path / "a.npz", "arr_0")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)  # compressed: read, not mapped
+    assert np.array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_npz_rejects_a_short_stream(tmp_path):
+    short = StreamedArray((4, 2), np.dtype(np.uint8), [np.zeros((3, 2), np.uint8)])
+    with pytest.raises(ValueError, match="expected"):
+        write_npz(tmp_path / "x.npz", {"arr_0": short})
+    assert not (tmp_path / "x.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Loading and settings
+# ------------------------------------------------------------------------------------------
+
+
+def test_load_generator_reads_training_checkpoints_and_official_files(files, tmp_path):
+    official, desc = load_generator(files["checkpoint"])
+    assert desc["kind"] == "official" and desc["model_size"] == "rar_tiny"
+    ckpt = {
+        "format": "rar-train/1",
+        "model": official.state_dict(),
+        "model_config": desc["model_config"],
+        "config": {"model": "rar_tiny"},
+        "step": 7,
+        "epoch": 1.5,
+    }
+    torch.save(ckpt, tmp_path / "final.pt")
+    ours, desc2 = load_generator(tmp_path / "final.pt")
+    assert desc2["kind"] == "rar-train/1" and desc2["step"] == 7
+    for k, v in official.state_dict().items():
+        assert torch.equal(v, ours.state_dict()[k])
+    torch.save({"a": 1}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="neither"):
+        load_generator(tmp_path / "bad.pt")
+
+
+def test_sampling_settings_come_from_the_preset_then_overrides():
+    s, name = resolve_sampling("rar_b")
+    assert name == "rar_b" and (s.guidance_scale, s.guidance_power) == (16.0, 2.75)
+    s, name = resolve_sampling("rar_tiny", preset="rar_xl", temperature=1.0, order="random")
+    assert name == "rar_xl" and s.guidance_scale == 6.9 and s.temperature == 1.0
+    assert s.order == "random"
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve_sampling(None, preset="rar_q")
+
+
+# ------------------------------------------------------------------------------------------
+# End to end: layout, resume, byte identity
+# ------------------------------------------------------------------------------------------
+
+
+def test_samples_npz_has_the_adm_layout(reference_run):
+    with zipfile.ZipFile(reference_run) as zf:
+        assert sorted(zf.namelist()) == ["arr_0.npy", "labels.npy"]
+    with np.load(reference_run) as z:
+        images, labels = z["arr_0"], z["labels"]
+    assert images.shape == (NUM_CLASSES * PER_CLASS, 64, 64, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len({im.tobytes() for im in images}) == len(images)  # no repeated draws
+    info = json.loads(reference_run.with_suffix(".json").read_text())
+    assert info["num_samples"] == 6 and info["per_class_min"] == info["per_class_max"] == 2
+    assert info["sampling"]["guidance_scale"] == 15.5  # rar_tiny has no preset: the defaults
+    assert len(info["checkpoint_sha256"]) == 64 and info["num_chunks"] == 3
+    from PIL import Image
+
+    grid = Image.open(reference_run.with_name("grid.png"))
+    assert grid.size == (PER_CLASS * 64, NUM_CLASSES * 64)
+    assert not chunk_dir_for(reference_run).exists()  # merged chunks are removed
+
+
+def test_ranks_and_resume_reproduce_the_uninterrupted_file(files, reference_run, tmp_path):
+    """Two "processes" (rank 1 of 2, then rank 0 of 2 after a crash left a half-written file)
+    give the same bytes as one uninterrupted process."""
+    out = tmp_path / "samples.npz"
+    assert _sample(files, out, rank=1, world_size=2, keep_chunks=True) is None
+    chunks = chunk_dir_for(out)
+    assert sorted(p.name for p in chunks.glob("chunk_*")) == [CHUNK_NAME.format(1)]
+    (chunks / f".{CHUNK_NAME.format(0)}.999.tmp").write_bytes(b"half a chunk")  # a crash
+    info = _sample(files, out, rank=0, world_size=2, merge_timeout_s=0)
+    assert out.read_bytes() == reference_run.read_bytes()
+    assert (
+        info["samples_sha256"]
+        == json.loads(reference_run.with_suffix(".json").read_text())["samples_sha256"]
+    )
+
+
+def test_rerun_after_sigkill_skips_finished_chunks(files, reference_run, tmp_path):
+    out = tmp_path / "samples.npz"
+    code = textwrap.dedent(f"""
+        from rar.sample import sample
+        sample({str(files["checkpoint"])!r}, {str(files["tokenizer"])!r}, {str(out)!r},
+               num_per_class={PER_CLASS}, chunk_size={CHUNK}, seed=3, device="cpu",
+               progress=False, keep_chunks=True)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    first = chunk_dir_for(out) / CHUNK_NAME.format(0)
+    deadline = time.monotonic() + 60
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name for p in chunk_dir_for(out).glob("chunk_*.npz")}
+    assert CHUNK_NAME.format(0) in done
+    mtimes = {n: (chunk_dir_for(out) / n).stat().st_mtime_ns for n in done}
+    _sample(files, out, keep_chunks=True)
+    for n, t in mtimes.items():  # finished chunks were kept, not regenerated
+        assert (chunk_dir_for(out) / n).stat().st_mtime_ns == t
+    assert out.read_bytes() == reference_run.read_bytes()
+
+
+def test_chunks_of_other_settings_are_refused(files, tmp_path):
+    out = tmp_path / "samples.npz"
+    _sample(files, out, rank=1, world_size=2)  # leaves chunk 1 made with seed 3
+    with pytest.raises(ValueError, match=r"other settings.*seed"):
+        _sample(files, out, seed=4)
+
+
+def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
+    before = reference_run.stat().st_mtime_ns
+    info = _sample(files, reference_run)
+    assert "nothing to do" in capsys.readouterr().out
+    assert info["num_samples"] == 6 and reference_run.stat().st_mtime_ns == before
+
+
+def test_cli_sample_writes_the_set(files, reference_run, tmp_path, capsys):
+    from rar.cli import main
+
+    out = tmp_path / "cli" / "samples.npz"
+    args = [
+        "sample",
+        "--checkpoint",
+        str(files["checkpoint"]),
+        "--tokenizer",
+        str(files["tokenizer"]),
+        "--out",
+        str(out),
+        "--num-per-class",
+        str(PER_CLASS),
+        "--chunk-size",
+        str(CHUNK),
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert out.read_bytes() == reference_run.read_bytes()
+    assert "wrote" in capsys.readouterr().out
+    # An override changes the plan: recorded in samples.json.
+    assert main([*args[:-4], "--guidance-scale", "1.0", "--out", str(tmp_path / "g1.npz")]) == 0
+    assert json.loads((tmp_path / "g1.json").read_text())["sampling"]["guidance_scale"] == 1.0
