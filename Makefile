@@ -28,8 +28,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The offline demo: the same DAG as the paper's study, on this CPU, into results/demo/.
 demo: install
-	$(BIN)/rar bench-sample --model rar_tiny --batch-size 16 --steps 2
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/demo
 
 clean:
 	rm -rf $(VENV)

@@ -122,30 +122,47 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--write-crop", action="store_true", help="also store <key>.crop per sample")
     p.add_argument("--no-merge", action="store_true", help="never write manifest.json")
+    _add_launcher_flags(p)
     p.set_defaults(handler=_run_tokenize)
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
-    from rar.data.tokenize import parse_parts, tokenize_images  # heavy import: torch
+    from pathlib import Path
 
+    from rar.data.tokenize import parse_parts, tokenize_images  # heavy import: torch
+    from rar.launch import LaunchError, launch
+
+    launcher = _launcher_from_args(args)
+    if launcher is None:
+        return 2
     _setup_logging()
-    summary = tokenize_images(
-        args.images,
-        args.out,
-        tokenizer=args.tokenizer,
-        crop=args.crop,
-        images_per_part=args.images_per_part,
-        shuffle_seed=args.shuffle_seed,
-        parts=parse_parts(args.parts) if args.parts else None,
-        job_index=args.job_index,
-        num_jobs=args.num_jobs,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        num_workers=args.workers,
-        write_crop=args.write_crop,
-        merge=not args.no_merge,
-    )
+    out = Path(args.out).resolve()
+    job = "all" if args.job_index is None else f"{args.job_index}_of_{args.num_jobs}"
+    try:
+        summary = launch(
+            tokenize_images,
+            _abs(args.images),
+            str(out),
+            launcher=launcher,
+            record=out / "jobs" / f"{job}_job.json",
+            name=f"tokenize_{out.name}_{job}",
+            tokenizer=_abs(args.tokenizer),
+            crop=args.crop,
+            images_per_part=args.images_per_part,
+            shuffle_seed=args.shuffle_seed,
+            parts=parse_parts(args.parts) if args.parts else None,
+            job_index=args.job_index,
+            num_jobs=args.num_jobs,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            num_workers=args.workers,
+            write_crop=args.write_crop,
+            merge=not args.no_merge,
+        )
+    except LaunchError as err:
+        print(f"rar tokenize: {err}", file=sys.stderr, flush=True)
+        return 1
     print(
         f"parts run: {len(summary['parts_run'])}, skipped: {len(summary['parts_skipped'])}, "
         f"unreadable files: {summary['num_unreadable']}, manifest: {summary['manifest']}",
@@ -705,10 +722,59 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# profile install
+# ------------------------------------------------------------------------------------------
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="install this repository's Snakemake profiles where Snakemake finds them by name",
+        description=(
+            "Snakemake resolves `--profile NAME` in the working directory, then "
+            "~/.config/snakemake/, then /etc/xdg/snakemake/, never in profiles/. `rar profile "
+            "install slurm` links profiles/slurm to ~/.config/snakemake/slurm so that "
+            "`snakemake --profile slurm results/table2.csv` works from the repository root; an "
+            "existing profile of that name is reported and left alone. Without installing, use "
+            "`--profile profiles/slurm`.\n\n"
+            "example: rar profile install slurm"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("action", choices=["install"], help="what to do")
+    p.add_argument("name", help="a folder of profiles/ (slurm, local, demo)")
+    p.add_argument(
+        "--dest", default="~/.config/snakemake", help="where Snakemake looks for profiles"
+    )
+    p.set_defaults(handler=_run_profile)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "profiles" / args.name
+    if not (source / "config.yaml").exists():
+        print(f"rar profile: no profile {source}", file=sys.stderr)
+        return 2
+    target = Path(args.dest).expanduser() / args.name
+    if target.is_symlink() and target.resolve() == source:
+        print(f"{target} already links to {source}")
+        return 0
+    if target.exists() or target.is_symlink():
+        print(f"{target} exists and is not ours: left alone (use --profile {source})")
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source, target_is_directory=True)
+    print(f"linked {target} -> {source}; run Snakemake from {source.parents[1]}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # entry point
 # ------------------------------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_profile,
     _add_plan,
     _add_train_tokenizer,
     _add_bench_sample,

@@ -212,7 +212,9 @@ def make_demo_dataset(
             print(f"demo data set {out} is complete, nothing to do", flush=True)
             return out
         raise FileExistsError(f"{out} holds a demo set with other parameters {found}; remove it")
-    if out.exists():
+    # An empty folder is fine (Snakemake makes an output's folder before the job runs): the
+    # final rename replaces it.
+    if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists but is not a complete demo set; remove it")
 
     t0 = time.perf_counter()

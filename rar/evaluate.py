@@ -21,6 +21,7 @@ torch-fidelity call with a fixed statistics file):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -346,19 +347,41 @@ def reference_features(
     (`prc_features` (M, D)) of the reference's images, cached in
     `<cache_dir>/<reference_sha256>-<weights_sha256>.npz`: a changed reference or extractor
     gets a new file, never a stale one."""
+    cache = Path(cache_dir) / f"{reference_sha256}-{weights_sha256}.npz"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Evaluations run in parallel (Snakemake jobs, SLURM jobs): the first computes the
+    # reference features, the others wait on the lock and then read its cache.
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _read_reference_cache(cache, verbose=verbose)
+        if cached is not None:
+            return cached
+        return _compute_reference_features(
+            reference, cache, extractor=extractor, feature_extractor=feature_extractor,
+            cuda=cuda, batch_size=batch_size, verbose=verbose,
+        )  # fmt: skip
+
+
+def _read_reference_cache(cache: Path, *, verbose: bool) -> dict[str, np.ndarray] | None:
+    wanted = {"mu", "sigma", "prc_features"}
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as z:
+            if wanted <= set(z.files):
+                if verbose:
+                    print(f"reference features from cache {cache}", flush=True)
+                return {k: z[k] for k in wanted}
+    except (OSError, ValueError):
+        pass  # unreadable: recompute and replace
+    return None
+
+
+def _compute_reference_features(
+    reference, cache: Path, *, extractor, feature_extractor, cuda, batch_size, verbose
+) -> dict[str, np.ndarray]:
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    cache = Path(cache_dir) / f"{reference_sha256}-{weights_sha256}.npz"
-    wanted = {"mu", "sigma", "prc_features"}
-    if cache.exists():
-        try:
-            with np.load(cache) as z:
-                if wanted <= set(z.files):
-                    if verbose:
-                        print(f"reference features from cache {cache}", flush=True)
-                    return {k: z[k] for k in wanted}
-        except (OSError, ValueError):
-            pass  # unreadable: recompute and replace
     spec = EXTRACTORS[extractor]
     feats = extract_features(
         images_dataset(reference),

@@ -1,0 +1,28 @@
+# Evaluation: samples -> FID, IS, precision, recall with torch-fidelity (metrics.json).
+
+
+rule evaluate:
+    input:
+        samples=rules.sample.output.samples,
+        reference=reference_input(),
+    output:
+        metrics=f"{P}/evals/{{evaluation}}/metrics.json",
+    params:
+        evaluation=config["evaluation"],
+        reference=reference_param,
+        weights=extractor_weights_args(),
+        cache=f"{P}/cache/features",
+        launcher=launcher_args("evaluate"),
+    log:
+        f"logs/{study.name}/evaluate/{{evaluation}}.log",
+    benchmark:
+        f"benchmarks/{study.name}/evaluate/{{evaluation}}.tsv"
+    threads: 1
+    resources:
+        launcher_jobs=1,
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} rar evaluate --samples {input.samples} --reference {params.reference} "
+        "--extractor {params.evaluation[extractor]} {params.weights} "
+        "--cache-dir {params.cache} --out {output.metrics} {params.launcher} > {log} 2>&1"

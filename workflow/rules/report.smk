@@ -1,0 +1,120 @@
+# Report: metrics -> results/<table>.csv and .md, and the plots in results/plots/.
+
+
+rule table:
+    input:
+        metrics=table_metrics,
+    output:
+        csv=report(
+            f"{P}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "format": "csv"},
+        ),
+        md=f"{P}/{{table}}.md",
+    params:
+        rows=table_rows,
+    log:
+        f"logs/{study.name}/table/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/make_table.py"
+
+
+rule table_plot:
+    input:
+        csv=f"{P}/{{table}}.csv",
+    output:
+        png=report(
+            f"{P}/plots/{{table}}_fid.png",
+            caption="../report/table_plot.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "FID"},
+        ),
+    params:
+        kind=table_plot_kind,
+    log:
+        f"logs/{study.name}/table_plot/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule loss_curves:
+    input:
+        checkpoints=table_checkpoints,
+    output:
+        png=report(
+            f"{P}/plots/{{table}}_loss.png",
+            caption="../report/loss_curves.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "training loss"},
+        ),
+    params:
+        runs=table_training_logs,
+    log:
+        f"logs/{study.name}/loss_curves/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_loss_curves.py"
+
+
+rule sample_grids:
+    input:
+        grids=table_grids,
+    output:
+        png=report(
+            f"{P}/plots/{{table}}_samples.png",
+            caption="../report/sample_grids.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "samples"},
+        ),
+    params:
+        grids=table_grid_labels,
+    log:
+        f"logs/{study.name}/sample_grids/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_sample_grids.py"
+
+
+rule fid_vs_epoch:
+    input:
+        metrics=curve_metrics,
+    output:
+        png=report(
+            f"{P}/plots/{{table}}_fid_vs_epoch.png",
+            caption="../report/fid_vs_epoch.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "FID vs epoch"},
+        ),
+    params:
+        points=curve_points,
+    log:
+        f"logs/{study.name}/fid_vs_epoch/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_fid_vs_epoch.py"
+
+
+rule scan_orders:
+    output:
+        png=report(
+            f"{P}/plots/scan_orders.png",
+            caption="../report/scan_orders.rst",
+            category="Plots",
+            labels={"plot": "scan orders"},
+        ),
+    params:
+        grid=config["tokenizer"]["grid"],
+    log:
+        f"logs/{study.name}/scan_orders.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_scan_orders.py"
