@@ -51,23 +51,41 @@ def _add_bench_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU)")
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
+    _add_launcher_flags(p)
     p.set_defaults(handler=_run_bench_sample)
 
 
 def _run_bench_sample(args: argparse.Namespace) -> int:
-    from rar.bench import bench_sample  # heavy import: torch
+    from pathlib import Path
 
-    bench_sample(
-        model=args.model,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        dtype=args.dtype,
-        device=args.device,
-        guidance_scale=args.guidance_scale,
-        decoder=args.decoder,
-        compile=args.compile,
-        csv_path=args.csv,
-    )
+    from rar.bench import bench_sample  # heavy import: torch
+    from rar.launch import LaunchError, launch
+
+    launcher = _launcher_from_args(args)
+    if launcher is None:
+        return 2
+    csv_path = Path(args.csv).resolve() if args.csv else None
+    folder = csv_path.parent if csv_path else Path.cwd()
+    record = folder / f"bench_{args.model}_{args.dtype}_job.json"
+    try:
+        launch(
+            bench_sample,
+            launcher=launcher,
+            record=record,
+            name=f"bench_sample_{args.model}_{args.dtype}",
+            model=args.model,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            dtype=args.dtype,
+            device=args.device,
+            guidance_scale=args.guidance_scale,
+            decoder=args.decoder,
+            compile=args.compile,
+            csv_path=str(csv_path) if csv_path else None,
+        )
+    except LaunchError as err:
+        print(f"rar bench-sample: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -722,6 +740,62 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="make a study's tables now, from whatever evaluations exist",
+        description=(
+            "Write results/<table>.csv and .md for the tables of a study from the metrics that "
+            "exist so far: rows still running show as missing, failed ones with their reason "
+            "(failure.txt). The workflow's table rule makes the same files once every row is "
+            "done; this command is for a look in the middle of a long grid.\n\n"
+            "example: rar report --config config/config.yaml --table table2"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument("--table", action="append", help="table(s) to make (default: all)")
+    p.add_argument("--root", default=".", help="folder the study's results/ is under")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from rar.experiments import StudyError, load_study
+    from rar.report import make_table
+
+    try:
+        with open(args.config) as f:
+            study = load_study(yaml.safe_load(f))
+    except (OSError, StudyError) as err:
+        print(f"rar report: {args.config}: {err}", file=sys.stderr)
+        return 2
+    root = Path(args.root)
+    for table in args.table or list(study.tables):
+        if table not in study.tables:
+            print(f"rar report: {args.config} has no table {table!r}", file=sys.stderr)
+            return 2
+        rows = study.report_rows(table)
+        for row in rows:
+            row["failure"] = [str(root / f) for f in row["failure"]]
+        make_table(
+            table=table,
+            rows=rows,
+            metrics=[root / m for m in study.metrics_files(table)],
+            csv=root / study.prefix / f"{table}.csv",
+            md=root / study.prefix / f"{table}.md",
+        )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # profile install
 # ------------------------------------------------------------------------------------------
 
@@ -770,12 +844,76 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# status
+# ------------------------------------------------------------------------------------------
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="one table of every run and evaluation of a study: stage, epochs, jobs, ETA",
+        description=(
+            "For each row of the study's tables (then curve points and trunks): its stage "
+            "(waiting / training / sampling / evaluating / done / failed), epochs done of "
+            "planned (and the trunk checkpoint a branch waits on), the current r and loss, the "
+            "job and its SLURM state (one sacct/squeue call for all jobs; without SLURM the job "
+            "records' own states, marked '?'), requeues, GPU-hours used and an ETA from the "
+            "run's recent throughput; then GPU-hours used against `rar plan`'s figure, runs "
+            "done, and each failure with its reason (failure.txt) and the end of its log. Reads "
+            "only what the stages write; torch-free.\n\n"
+            "example: rar status --config config/demo.yaml --watch 30"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument("--root", default=".", help="directory that results/ and logs/ are in")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=30.0,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (30 if not given) until Ctrl-C",
+    )
+    p.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from rar.experiments import StudyError, load_study
+    from rar.status import collect, format_status, watch
+
+    try:
+        with open(args.config) as f:
+            study = load_study(yaml.safe_load(f))
+    except (OSError, StudyError) as err:
+        print(f"rar status: {args.config}: {err}", file=sys.stderr)
+        return 2
+
+    def render() -> str:
+        status = collect(study, root=args.root)
+        return json.dumps(status.to_dict(), indent=1) if args.json else format_status(status)
+
+    if args.watch is not None:
+        return watch(render, max(args.watch, 1.0))
+    print(render())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # entry point
 # ------------------------------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_report,
     _add_profile,
     _add_plan,
+    _add_status,
     _add_train_tokenizer,
     _add_bench_sample,
     _add_bench_train,

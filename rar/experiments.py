@@ -74,11 +74,12 @@ class Run:
 @dataclass(frozen=True)
 class Evaluation:
     id: str
-    run: str
+    run: str  # a run id, or "official_<name>" for a released checkpoint
     epoch: float  # checkpoint epoch; equal to the run's epochs for the final checkpoint
     final: bool
     sampling: dict
     metrics: dict
+    checkpoint: str | None = None  # a released checkpoint file (no run of ours)
 
     @property
     def num_samples(self) -> int:
@@ -118,10 +119,13 @@ class Study:
         return f"{self.prefix}/evals/{evaluation}"
 
     def checkpoint(self, run: str, epoch: float | None = None) -> str:
-        """The checkpoint file of `run` at `epoch` (None or its last epoch: final.pt)."""
-        cfg = self.runs[run].config
-        if epoch is None or epoch >= cfg.epochs:
+        """The checkpoint file of `run` at `epoch` (None or its last epoch: final.pt). Up to
+        its branch point a branch is its trunk, whose checkpoint that is."""
+        r = self.runs[run]
+        if epoch is None or epoch >= r.config.epochs:
             return f"{self.run_dir(run)}/checkpoints/final.pt"
+        if r.kind == "branch" and epoch <= r.branch_epoch:
+            return self.checkpoint(r.trunk, epoch)
         return f"{self.run_dir(run)}/checkpoints/epoch_{epoch:g}.pt"
 
     # -- the training plan -----------------------------------------------------------------
@@ -131,7 +135,7 @@ class Study:
 
     def naive_epochs(self) -> float:
         """Epochs if every run a table needs trained from scratch, trunks unused."""
-        needed = {row.run for rows in self.tables.values() for row in rows}
+        needed = {row.run for rows in self.tables.values() for row in rows if row.run in self.runs}
         return sum(self.runs[r].config.epochs for r in needed)
 
     def gpu_hours(self, epochs_by_run: dict[str, float] | None = None) -> float | None:
@@ -145,6 +149,27 @@ class Study:
             epochs = (epochs_by_run or {}).get(run.id, run.epochs_to_train)
             total += rate * epochs
         return total
+
+    def report_rows(self, table: str) -> list[dict]:
+        """What rar.report.make_table needs of each row of `table`, failure records included
+        (the evaluation's, then the run's)."""
+        return [
+            {
+                "label": row.label,
+                "keys": row.keys,
+                "run": row.run,
+                "evaluation": row.evaluation,
+                "paper": row.paper,
+                "failure": [
+                    f"{self.eval_dir(row.evaluation)}/failure.txt",
+                    f"{self.run_dir(row.run)}/failure.txt",
+                ],
+            }
+            for row in self.tables[table]
+        ]
+
+    def metrics_files(self, table: str) -> list[str]:
+        return [f"{self.eval_dir(row.evaluation)}/metrics.json" for row in self.tables[table]]
 
     def row_of(self, run: str) -> list[Row]:
         return [row for rows in self.tables.values() for row in rows if row.run == run]
@@ -275,6 +300,22 @@ def load_study(config: dict) -> Study:
                 if 0 < epoch < cfg.epochs:
                     curves[tname].append((rid, float(epoch), sampling))
 
+    official = config.get("official") or {}
+    if official:
+        tables["official"] = []
+        for name, spec in official.items():
+            where = f"official, {name}"
+            sampling = _sampling_settings(_merge(study_sampling, spec.get("sampling", {})))
+            ckpt = spec.get("checkpoint")
+            if not ckpt:
+                raise StudyError(f"{where}: key 'checkpoint' (the released file) is not set")
+            key = f"official_{name}"
+            eid = short_hash({"checkpoint": ckpt, "sampling": sampling, **metric_settings})
+            evaluations[eid] = Evaluation(eid, key, 0.0, True, sampling, metric_settings, ckpt)
+            row = Row("official", name, {"model": name}, key, eid, dict(spec.get("paper", {})))
+            tables["official"].append(row)
+        curves["official"] = []
+
     runs = plan_trunks(configs, {(r, e) for rows in curves.values() for r, e, _ in rows})
     curve_ids = {
         t: [evaluation_of(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
@@ -327,9 +368,15 @@ def plan_trunks(configs: dict[str, TrainConfig], curve_points: set[tuple[str, fl
                 runs[rid] = Run(rid, cfg, "branch", trunk=trunk_id, branch_epoch=cfg.anneal_start)
             else:
                 runs[rid] = Run(rid, cfg, "scratch")
-    # Named checkpoints: branch points (trunks) and the epochs evaluated for curves.
+    # Named checkpoints: branch points (trunks) and the epochs evaluated for curves, kept by
+    # the run that trains through them (a branch's trunk, up to its branch point).
+    keep_at: dict[str, set[float]] = {rid: set(run.segments) for rid, run in runs.items()}
+    for rid, epoch in curve_points:
+        run = runs[rid]
+        early = run.kind == "branch" and epoch <= run.branch_epoch
+        keep_at[run.trunk if early else rid].add(epoch)
     for rid, run in runs.items():
-        keep = set(run.segments) | {e for r, e in curve_points if r == rid}
+        keep = keep_at[rid]
         runs[rid] = replace(run, config=replace(run.config, checkpoint_epochs=tuple(sorted(keep))))
     return runs
 
@@ -339,7 +386,9 @@ def estimate(study: Study) -> dict:
     planned, naive = study.planned_epochs(), study.naive_epochs()
     return {
         "runs": len(study.runs),
-        "table_runs": len({row.run for rows in study.tables.values() for row in rows}),
+        "table_runs": len(
+            {row.run for rows in study.tables.values() for row in rows if row.run in study.runs}
+        ),
         "trunks": sum(r.kind == "trunk" for r in study.runs.values()),
         "branches": sum(r.kind == "branch" for r in study.runs.values()),
         "planned_epochs": planned,

@@ -45,6 +45,7 @@ from submitit.core.utils import JobPaths, pickle_load
 from submitit.local.local import LocalJob
 
 from rar.config import atomic_write_text
+from rar.status import FAILURE_FILE, clear_failure, stdout_log, write_failure
 
 BACKENDS = ("debug", "local", "slurm")
 # SLURM states of a job that can still produce a result (submitit's `InfoWatcher.is_done` list
@@ -287,17 +288,44 @@ def launch(
     record = Path(record)
     arguments = [*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())]
     command = f"{_describe(fn)}({', '.join(arguments)})"
-    if launcher.backend == "debug":
-        return _run_in_process(fn, args, kwargs, record=record, name=name, command=command)
-    job, entry = _reattach(record, launcher=launcher, name=name, command=command)
-    if job is None:
-        job, entry = _submit(fn, args, kwargs, launcher=launcher, name=name, command=command)
-        _write_record(record, entry)
-        print(
-            f"job {job.job_id} submitted ({launcher.backend}); logs in {entry['folder']}",
-            flush=True,
-        )
-    return _wait(job, entry, record=record, poll_s=launcher.poll_s)
+    job = entry = None
+    if launcher.backend != "debug":
+        # Outside the failure record: a live job of another call is this call's error, and
+        # that job may still succeed.
+        job, entry = _reattach(record, launcher=launcher, name=name, command=command)
+    try:
+        if launcher.backend == "debug":
+            result = _run_in_process(fn, args, kwargs, record=record, name=name, command=command)
+        else:
+            if job is None:
+                job, entry = _submit(
+                    fn, args, kwargs, launcher=launcher, name=name, command=command
+                )
+                _write_record(record, entry)
+                print(
+                    f"job {job.job_id} submitted ({launcher.backend}); logs in {entry['folder']}",
+                    flush=True,
+                )
+            result = _wait(job, entry, record=record, poll_s=launcher.poll_s)
+    except Exception as err:  # not KeyboardInterrupt: a cancelled wait is no failed job
+        _record_failure(record, err)
+        raise
+    clear_failure(record.parent)  # this attempt succeeded: an earlier one's reason is stale
+    return result
+
+
+def _record_failure(record: Path, err: Exception) -> None:
+    """`failure.txt` beside the job record (`rar status`, the tables): the reason, and the
+    logs to read: this process's (the Snakemake rule's log) and the job's own stderr."""
+    logs = [stdout_log()]
+    entry = _read_record(record) or {}
+    if entry.get("folder") and entry.get("job_id"):
+        with contextlib.suppress(Exception):  # best effort: the reason matters more
+            logs.append(str(JobPaths(entry["folder"], job_id=entry["job_id"]).stderr))
+    try:
+        write_failure(record.parent, err, logs=[p for p in logs if p])
+    except OSError as write_err:  # never hide the job's error behind this one
+        print(f"could not write {record.parent / FAILURE_FILE}: {write_err}", flush=True)
 
 
 def _describe(fn: Any) -> str:

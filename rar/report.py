@@ -714,3 +714,45 @@ def plot_sample_grids(
         axes[0, 0].set_axis_off()
         axes[0, 0].text(0.5, 0.5, "no sample grids", ha="center", va="center")
     return _save(fig, out)
+
+
+# ##########################################################################################
+# Table 5: sampling throughput
+# ##########################################################################################
+
+
+def make_throughput_table(
+    *, benchmarks: Sequence[PathLike], csv: PathLike, md: PathLike | None = None, paper=None
+) -> pd.DataFrame:
+    """RAR Table 5 from `rar bench-sample` CSVs (one row each): images/s and tokens/s per
+    model and dtype, with the paper's fp32 images/s (one A100, tokenizer decoding included)
+    beside ours where `paper` ({model: images/s}) gives it."""
+    paper = paper or {}
+    frames = [pd.read_csv(path) for path in benchmarks]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not df.empty:
+        is_fp32 = df["dtype"] == "fp32"
+        df["paper_images_per_s"] = [
+            paper.get(m) if fp32 else None for m, fp32 in zip(df["model"], is_fp32, strict=True)
+        ]
+        df["paper_images_per_s"] = pd.to_numeric(df["paper_images_per_s"]).astype(float)
+    atomic_write_text(csv, df.to_csv(index=False))
+    if md is not None:
+        lines = [
+            "# table5: sampling throughput",
+            "",
+            "Images per second generated with the KV cache and classifier-free guidance, "
+            "tokenizer decoding included (RAR Table 5: one A100, fp32, batch 128). Measured "
+            "on the machines named in the last column; compare only rows of the same machine.",
+            "",
+            "| model | dtype | batch | images/s | tokens/s | paper images/s | machine |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in df.to_dict("records"):
+            lines.append(
+                f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {r['images_per_s']:.2f} "
+                f"| {r['tokens_per_s']:,.0f} | {_fmt(r.get('paper_images_per_s'), 1)} "
+                f"| {r['machine']} |"
+            )
+        atomic_write_text(md, "\n".join(lines) + "\n")
+    return df

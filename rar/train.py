@@ -33,6 +33,7 @@ from rar.config import TrainConfig
 from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
+from rar.status import stdout_log, write_failure
 
 CHECKPOINT_FORMAT = "rar-train/1"
 METRICS_FIELDS = [
@@ -565,18 +566,27 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
     until_epoch: float | None = None,
 ) -> Path:
-    """`rar train`: train the run described by the YAML file `config_path` on its shards."""
-    cfg = TrainConfig.load(config_path)
-    if not cfg.data:
-        raise ValueError(f"{config_path}: key 'data' (the token shard directory) is not set")
-    source = ShardBatchSource(cfg.data, seed=cfg.seed, workers=cfg.data_workers)
-    check_data(cfg, source.manifest, f"{config_path}: data {cfg.data}")
-    return train(
-        cfg,
-        workdir,
-        source=source,
-        init_from=init_from,
-        device=device,
-        should_stop=should_stop,
-        until_epoch=until_epoch,
-    )
+    """`rar train`: train the run described by the YAML file `config_path` on its shards.
+
+    A failure leaves `failure.txt` in `workdir` (rar.status), written from inside the job so
+    that it is there even when the launching process died before the job did."""
+    try:
+        cfg = TrainConfig.load(config_path)
+        if not cfg.data:
+            raise ValueError(f"{config_path}: key 'data' (the token shard directory) is not set")
+        source = ShardBatchSource(cfg.data, seed=cfg.seed, workers=cfg.data_workers)
+        check_data(cfg, source.manifest, f"{config_path}: data {cfg.data}")
+        return train(
+            cfg,
+            workdir,
+            source=source,
+            init_from=init_from,
+            device=device,
+            should_stop=should_stop,
+            until_epoch=until_epoch,
+        )
+    except Exception as err:
+        if DistEnv.from_environ().rank == 0:
+            with contextlib.suppress(OSError):  # never hide the error behind this one
+                write_failure(workdir, err, logs=[stdout_log()] if stdout_log() else [])
+        raise

@@ -40,3 +40,14 @@ def test_bench_train_prints_throughput(capsys):
     assert main([*args, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "tokens/s" in out and "fp32" in out
+
+
+def test_profile_install_links_once_and_leaves_others_alone(tmp_path, capsys):
+    assert main(["profile", "install", "slurm", "--dest", str(tmp_path)]) == 0
+    link = tmp_path / "slurm"
+    assert link.is_symlink() and (link / "config.yaml").exists()
+    assert main(["profile", "install", "slurm", "--dest", str(tmp_path)]) == 0  # idempotent
+    (tmp_path / "local").mkdir()  # someone else's profile
+    assert main(["profile", "install", "local", "--dest", str(tmp_path)]) == 1
+    assert "left alone" in capsys.readouterr().out
+    assert main(["profile", "install", "nosuch", "--dest", str(tmp_path)]) == 2

@@ -110,6 +110,16 @@ def test_bad_rows_name_table_row_and_key(paper, row, message):
         load_study(c)
 
 
+def test_official_checkpoints_are_scored_without_training(paper):
+    study = load_study(paper)
+    rows = study.tables["official"]
+    assert [r.label for r in rows] == ["rar_b", "rar_l", "rar_xl", "rar_xxl"]
+    ev = study.evaluations[rows[0].evaluation]
+    assert ev.checkpoint == "resources/rar_b.bin" and ev.sampling["guidance_scale"] == 16.0
+    assert rows[0].paper == {"fid": 1.95}
+    assert not any(r.run in study.runs for r in rows)
+
+
 def test_plan_is_printed_without_torch(paper, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tables_2_and_3(paper)))
@@ -121,3 +131,18 @@ def test_plan_is_printed_without_torch(paper, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "5400 epochs planned vs 8000" in out.stdout
     assert "GPU-hours" in format_plan(load_study(paper))
+
+
+def test_a_branch_scores_early_epochs_on_its_trunk(paper):
+    c = tables_2_and_3(paper)
+    c["tables"]["table2"]["evaluate_epochs"] = [100, 300]
+    study = load_study(c)
+    row = next(
+        r for r in study.tables["table2"] if r.keys == {"anneal_start": 200, "anneal_end": 300}
+    )
+    run = study.runs[row.run]
+    trunk = study.runs[run.trunk]
+    assert study.checkpoint(run.id, 100) == study.checkpoint(trunk.id, 100)  # before the branch
+    assert study.checkpoint(run.id, 300).startswith(study.run_dir(run.id))
+    assert 300.0 in run.config.checkpoint_epochs and 100.0 not in run.config.checkpoint_epochs
+    assert 100.0 in trunk.config.checkpoint_epochs

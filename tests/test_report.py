@@ -366,3 +366,23 @@ def test_sample_grids_with_a_missing_one(tmp_path):
     assert_png(plot_sample_grids(grids=grids, out=tmp_path / "grids.png"))
     assert_png(plot_sample_grids(grids=grids, out=tmp_path / "cut.png", max_rows=2))
     assert report._grid_image(grids[0]["png"], max_rows=2).shape == (64, 256, 3)
+
+
+def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
+    from rar.report import make_throughput_table
+
+    header = "model,params,batch_size,dtype,images_per_s,tokens_per_s,machine\n"
+    rows = {
+        "b32": "rar_b,1,128,fp32,20.5,5248.0,H100\n",
+        "b16": "rar_b,1,128,bf16,41.0,10496.0,H100\n",
+    }
+    paths = []
+    for name, row in rows.items():
+        paths.append(tmp_path / f"{name}.csv")
+        paths[-1].write_text(header + row)
+    df = make_throughput_table(
+        benchmarks=paths, csv=tmp_path / "t5.csv", md=tmp_path / "t5.md", paper={"rar_b": 17.0}
+    )
+    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
+    md = (tmp_path / "t5.md").read_text()
+    assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 import subprocess
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from rar.experiments import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +50,7 @@ def fake_imagenet(tmp_path) -> Path:
         "maskgit-vqgan-imagenet-f16-256.bin",
         "pt_inception-2015-12-05-6726825d.pth",
         "VIRTUAL_imagenet256_labeled.npz",
+        *(f"rar_{size}.bin" for size in ("b", "l", "xl", "xxl")),
     ):
         (tmp_path / "resources" / name).write_bytes(b"")
     return tmp_path
@@ -62,7 +67,88 @@ def test_paper_dry_run_plans_20_runs_with_one_trunk(fake_imagenet):
     )  # fmt: skip
     jobs = job_counts(proc.stdout)
     assert jobs["train"] == 20  # 15 + 6 rows, table2 (200, 300) = table3 row-major
+    assert jobs["sample"] == 24  # and the four released checkpoints (results/official.csv)
     assert jobs["train_segment"] == 3  # the trunk stops at 100, 200 and 300 for branches
-    assert jobs["sample"] == jobs["evaluate"] == 20
+    assert jobs["evaluate"] == 24
     assert jobs["tokenize_part"] == 16 and jobs["shards"] == 1
-    assert jobs["table"] == 2
+    assert jobs["table"] == 3
+
+
+# -- the demo DAG at test scale --------------------------------------------------------------
+
+
+def mini_demo(study: str) -> dict:
+    """config/demo.yaml shrunk: 4 classes of 40 images, 2 epochs, 3 + 2 table rows."""
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    config["study"] = study
+    config["data"]["demo"].update(num_classes=4, images_per_class=40, val_per_class=8)
+    config["data"].update(num_classes=4, source_images=160, images_per_part=80)
+    config["tokenizer"]["train"].update(steps=20, batch_size=16)
+    config["train"].update(epochs=2, global_batch=16, warmup_epochs=0.5, anneal_start=1)
+    config["train"].update(anneal_end=2, log_every=2)
+    config["sampling"].update(num_per_class=4, chunk_size=8)
+    config["tables"] = {
+        "table2": {
+            "rows": [
+                {"anneal_start": 0, "anneal_end": 0},
+                {"anneal_start": 1, "anneal_end": 2},
+                {"anneal_start": 2, "anneal_end": 2, "sampling": {"order": "random"}},
+            ],
+            "evaluate_epochs": [1],
+        },
+        "table3": {
+            "base": {"anneal_start": 1, "anneal_end": 2},
+            "rows": [
+                {"target_order": "row-major"},
+                {"target_order": "z-curve", "sampling": {"order": "z-curve"}},
+            ],
+        },
+    }
+    return config
+
+
+def test_demo_dag_end_to_end(tmp_path):
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(mini_demo("mini"), sort_keys=False))
+    args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
+    snakemake(*args, "--cores", "2", "--config", "launcher=local", timeout=1500)
+    out = tmp_path / "results/mini"
+    with open(out / "table2.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["anneal_start"], r["anneal_end"]) for r in rows] == [
+        ("0", "0"),
+        ("1", "2"),
+        ("2", "2"),
+    ]
+    assert all(r["status"].startswith("ok") and float(r["fid"]) > 0 for r in rows)
+    assert all(r["extractor"] == "efficientnet-lite0" for r in rows)
+    assert "NOT INCEPTION" in (out / "table2.md").read_text()
+    for plot in ("scan_orders", "table2_fid", "table2_loss", "table2_samples", "table3_fid"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert (out / "plots/table2_fid_vs_epoch.png").exists()
+    # the trunk (2, 2) left its branch point; the branch (1, 2) started from it
+    trunk = rows[2]["run"]
+    assert (out / "runs" / trunk / "checkpoints/epoch_1.pt").exists()
+    with open(out / "runs" / rows[1]["run"] / "metrics.csv") as f:
+        first_logged_epoch = float(next(csv.DictReader(f))["epoch"])
+    assert 1 < first_logged_epoch <= 1.5  # it trained from epoch 1 on, not from 0
+    metrics = json.loads((out / "evals" / rows[0]["evaluation"] / "metrics.json").read_text())
+    assert metrics["num_samples"] == 16 and metrics["comparable_to_paper"] is False
+    # a table made in the middle of a grid marks what is missing (rar report)
+    (out / "evals" / rows[1]["evaluation"] / "metrics.json").unlink()
+    from rar.cli import main
+
+    assert (
+        main(["report", "--config", str(path), "--root", str(tmp_path), "--table", "table2"]) == 0
+    )
+    with open(out / "table2.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)][1] == "missing"
+    snakemake(*args, "--cores", "2", "--config", "launcher=local")  # re-scores that row only
+    # a rerun has nothing to do
+    again = snakemake(*args, "--cores", "2", "-n", "--config", "launcher=local")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # re-scoring needs no retraining, and the launcher in use is no reason to rerun
+    redo = snakemake(*args, "--cores", "2", "-n", "--quiet", "rules", "--forcerun", "sample")
+    jobs = job_counts(redo.stdout)
+    assert "train" not in jobs and "train_segment" not in jobs
+    assert jobs["sample"] == jobs["evaluate"] == len(load_study(mini_demo("mini")).evaluations)

@@ -28,8 +28,10 @@ wildcard_constraints:
     run="[0-9a-f]{12}",
     evaluation="[0-9a-f]{12}",
     epoch=r"[0-9]+(\.[0-9]+)?",
-    table="[a-z0-9_]+",
+    table="|".join(study.tables) or "(?!)",  # the config's tables only (not table5)
     job="[0-9]+",
+    model="rar_[a-z]+",
+    dtype="fp32|bf16",
 
 
 # -- data --------------------------------------------------------------------------------
@@ -91,13 +93,15 @@ def evaluation(wildcards):
 
 
 def trained_checkpoint(wildcards):
-    """The run's final checkpoint: intermediate ones exist once the run has finished."""
-    return study.checkpoint(evaluation(wildcards).run)
+    """The run's final checkpoint (intermediate ones exist once the run has finished), or
+    the released checkpoint an official evaluation scores."""
+    ev = evaluation(wildcards)
+    return ev.checkpoint or study.checkpoint(ev.run)
 
 
 def sample_checkpoint(wildcards):
     ev = evaluation(wildcards)
-    return study.checkpoint(ev.run, None if ev.final else ev.epoch)
+    return ev.checkpoint or study.checkpoint(ev.run, None if ev.final else ev.epoch)
 
 
 def sample_args(wildcards):
@@ -135,22 +139,11 @@ def extractor_weights_args(flag="--weights"):
 
 
 def table_metrics(wildcards):
-    return [f"{study.eval_dir(row.evaluation)}/metrics.json" for row in study.tables[wildcards.table]]
+    return study.metrics_files(wildcards.table)
 
 
 def table_rows(wildcards):
-    """What rar.report.make_table needs of each row, failure records included."""
-    return [
-        {
-            "label": row.label,
-            "keys": row.keys,
-            "run": row.run,
-            "evaluation": row.evaluation,
-            "paper": row.paper,
-            "failure": f"{study.run_dir(row.run)}/failure.txt",
-        }
-        for row in study.tables[wildcards.table]
-    ]
+    return study.report_rows(wildcards.table)
 
 
 def table_plot_kind(wildcards):
@@ -162,7 +155,8 @@ def table_plot_kind(wildcards):
 
 
 def _table_runs(table):
-    return list(dict.fromkeys(row.run for row in study.tables[table]))
+    """The training runs of a table's rows (an official checkpoint has none)."""
+    return list(dict.fromkeys(r.run for r in study.tables[table] if r.run in study.runs))
 
 
 def table_checkpoints(wildcards):
@@ -212,12 +206,22 @@ def curve_metrics(wildcards):
     return [point["metrics"] for point in curve_points(wildcards)]
 
 
+def throughput_benchmarks():
+    bench = config.get("throughput_table")
+    if not bench:
+        return []
+    return [f"{P}/throughput/{m}_{d}.csv" for m in bench["models"] for d in bench["dtypes"]]
+
+
 def all_outputs():
     """Every table (CSV and Markdown) with its plots, and the scan-order figure."""
     out = [f"{P}/plots/scan_orders.png"]
+    if config.get("throughput_table"):
+        out += [f"{P}/table5.csv", f"{P}/table5.md"]
     for table in study.tables:
         out += [f"{P}/{table}.csv", f"{P}/{table}.md"]
-        out += [f"{P}/plots/{table}_{kind}.png" for kind in ("fid", "loss", "samples")]
+        plots = ("fid", "loss", "samples") if _table_runs(table) else ("fid", "samples")
+        out += [f"{P}/plots/{table}_{kind}.png" for kind in plots]
         if study.curve_evaluations[table]:
             out.append(f"{P}/plots/{table}_fid_vs_epoch.png")
     return out

@@ -58,19 +58,20 @@ rule tokenize_part:
         out=subpath(output.done, ancestor=2),
         data=config["data"],
         jobs=config["data"]["tokenize_jobs"],
-        launcher=launcher_args("tokenize"),
     log:
         f"logs/{study.name}/tokenize/{{job}}.log",
     benchmark:
         f"benchmarks/{study.name}/tokenize/{{job}}.tsv"
     resources:
         launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("tokenize"),
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar tokenize --images {params.images} --out {params.out} --tokenizer {input.tokenizer} "
         "--crop {params.data[crop]} --images-per-part {params.data[images_per_part]} "
-        "--job-index {wildcards.job} --num-jobs {params.jobs} --no-merge {params.launcher} > {log} 2>&1"
+        "--job-index {wildcards.job} --num-jobs {params.jobs} --no-merge {resources.launcher} > {log} 2>&1"
 
 
 rule shards:

@@ -12,7 +12,6 @@ rule evaluate:
         reference=reference_param,
         weights=extractor_weights_args(),
         cache=f"{P}/cache/features",
-        launcher=launcher_args("evaluate"),
     log:
         f"logs/{study.name}/evaluate/{{evaluation}}.log",
     benchmark:
@@ -20,9 +19,11 @@ rule evaluate:
     threads: 1
     resources:
         launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("evaluate"),
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar evaluate --samples {input.samples} --reference {params.reference} "
         "--extractor {params.evaluation[extractor]} {params.weights} "
-        "--cache-dir {params.cache} --out {output.metrics} {params.launcher} > {log} 2>&1"
+        "--cache-dir {params.cache} --out {output.metrics} {resources.launcher} > {log} 2>&1"

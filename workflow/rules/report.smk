@@ -118,3 +118,44 @@ rule scan_orders:
         "../../environment.yml"
     script:
         "../scripts/plot_scan_orders.py"
+
+
+rule bench_sample:
+    output:
+        csv=f"{P}/throughput/{{model}}_{{dtype}}.csv",
+    params:
+        bench=config.get("throughput_table", {}),
+    log:
+        f"logs/{study.name}/bench_sample/{{model}}_{{dtype}}.log",
+    threads: workflow.cores  # a timing: nothing else should run beside it
+    resources:
+        launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("sample"),
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} rar bench-sample --model {wildcards.model} "
+        "--dtype {wildcards.dtype} --batch-size {params.bench[batch_size]} "
+        "--steps {params.bench[steps]} --csv {output.csv} {resources.launcher} > {log} 2>&1"
+
+
+rule table5:
+    input:
+        benchmarks=throughput_benchmarks(),
+    output:
+        csv=report(
+            f"{P}/table5.csv",
+            caption="../report/table5.rst",
+            category="Tables",
+            labels={"table": "table5", "format": "csv"},
+        ),
+        md=f"{P}/table5.md",
+    params:
+        paper=config.get("throughput_table", {}).get("paper", {}),
+    log:
+        f"logs/{study.name}/table5.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/make_throughput_table.py"

@@ -11,7 +11,6 @@ rule sample:
     params:
         checkpoint=sample_checkpoint,
         args=sample_args,
-        launcher=launcher_args("sample"),
     log:
         f"logs/{study.name}/sample/{{evaluation}}.log",
     benchmark:
@@ -19,8 +18,10 @@ rule sample:
     threads: 1  # this process waits on its launcher job
     resources:
         launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar sample --checkpoint {params.checkpoint} --tokenizer {input.tokenizer} "
-        "--out {output.samples} {params.args} {params.launcher} > {log} 2>&1"
+        "--out {output.samples} {params.args} {resources.launcher} > {log} 2>&1"

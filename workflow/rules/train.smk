@@ -26,7 +26,6 @@ rule train_segment:
     params:
         workdir=subpath(input.config, parent=True),
         init=init_args,
-        launcher=launcher_args("train"),
     log:
         f"logs/{study.name}/train/{{run}}-epoch_{{epoch}}.log",
     benchmark:
@@ -34,11 +33,13 @@ rule train_segment:
     threads: 1  # this process waits on its launcher job
     resources:
         launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("train"),
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar train --config {input.config} --workdir {params.workdir} "
-        "--until-epoch {wildcards.epoch} {params.init} {params.launcher} > {log} 2>&1"
+        "--until-epoch {wildcards.epoch} {params.init} {resources.launcher} > {log} 2>&1"
 
 
 rule train:
@@ -51,7 +52,6 @@ rule train:
     params:
         workdir=subpath(input.config, parent=True),
         init=init_args,
-        launcher=launcher_args("train"),
     log:
         f"logs/{study.name}/train/{{run}}.log",
     benchmark:
@@ -59,7 +59,9 @@ rule train:
     threads: 1  # this process waits on its launcher job
     resources:
         launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("train"),
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar train --config {input.config} --workdir {params.workdir} {params.init} {params.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar train --config {input.config} --workdir {params.workdir} {params.init} {resources.launcher} > {log} 2>&1"
