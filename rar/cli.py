@@ -15,6 +15,27 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, and descriptions wrapped paragraph by paragraph, so that the
+    example after a blank line stays on a line of its own."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(fill(part, width, indent) for part in text.split("\n\n"))
+
+
+def _load_study(path: str, command: str):
+    """The study of config file `path`, or None after printing why it cannot be had."""
+    from rar.experiments import StudyError, load_study_file
+
+    try:
+        return load_study_file(path)
+    except StudyError as err:
+        print(f"rar {command}: {err}", file=sys.stderr)
+        return None
+
+
 # ------------------------------------------------------------------------------------------
 # bench-sample
 # ------------------------------------------------------------------------------------------
@@ -32,7 +53,7 @@ def _add_bench_sample(sub: argparse._SubParsersAction) -> None:
             "one A100 (17.0 images/s, tokenizer decoding included).\n\n"
             "example: rar bench-sample --model rar_tiny --batch-size 32 --steps 3"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
     p.add_argument("--batch-size", type=int, default=128, help="images generated per batch")
@@ -115,7 +136,7 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
             "--tokenizer resources/maskgit-vqgan-imagenet-f16-256.bin --crop tencrop "
             "--job-index $SLURM_ARRAY_TASK_ID --num-jobs 16"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--images", required=True, help="folder holding <wnid>/<file> class folders")
     p.add_argument("--out", required=True, help="shard directory to write")
@@ -199,7 +220,7 @@ def _add_verify_shards(sub: argparse._SubParsersAction) -> None:
             "re-creates it.\n\n"
             "example: rar verify-shards results/data/imagenet-maskgit"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("dir", help="shard directory (holds manifest.json)")
     p.add_argument("--no-sha256", action="store_true", help="skip hashing (sizes, counts only)")
@@ -225,7 +246,7 @@ def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
             "licences in <out>/SOURCES.md.\n\n"
             "example: rar make-demo-data results/demo/images --image-size 32"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("out", help="output folder")
     p.add_argument("--num-classes", type=int, default=8, help="classes (photos), at most 15")
@@ -259,7 +280,7 @@ def _add_bench_loader(sub: argparse._SubParsersAction) -> None:
             "batch) and print samples/s.\n\n"
             "example: rar bench-loader results/demo/data/demo-vq --workers 2 --seconds 10"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("dir", help="shard directory (holds manifest.json)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch")
@@ -297,7 +318,7 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
             "images/s and, on a GPU, model FLOPs utilisation, with the machine and settings.\n\n"
             "example: rar bench-train --model rar_tiny --batch-size 64 --steps 5"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step")
@@ -397,7 +418,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "example: rar train --config results/runs/ab12cd34ef56/config.yaml "
             "--workdir results/runs/ab12cd34ef56"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--config", required=True, help="run config (YAML)")
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
@@ -456,7 +477,7 @@ def _add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
             "example: rar train-tokenizer --images results/demo/images/train "
             "--out results/demo/tokenizer/vq_demo.pt --quality results/demo/tokenizer/quality.json"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--images", required=True, help="class-folder training images")
     p.add_argument("--val-images", default=None, help="held-out images for the quality report")
@@ -518,7 +539,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
             "--out results/evals/ab12cd34ef56/samples.npz --preset rar_b --dtype bf16 "
             "--check-extractor inception-v3-compat"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official rar_*.bin")
     p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
@@ -639,7 +660,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             "--reference resources/VIRTUAL_imagenet256_labeled.npz "
             "--out results/evals/ab12cd34ef56/metrics.json"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--samples", required=True, help="samples .npz (arr_0) or image folder")
     p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
@@ -715,7 +736,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
             "from the config's throughput figures. Torch-free and fast.\n\n"
             "example: rar plan --config config/config.yaml"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
     p.add_argument("--json", action="store_true", help="print the totals as JSON")
@@ -725,15 +746,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 def _run_plan(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
+    from rar.experiments import estimate, format_plan
 
-    from rar.experiments import StudyError, estimate, format_plan, load_study
-
-    try:
-        with open(args.config) as f:
-            study = load_study(yaml.safe_load(f))
-    except (OSError, StudyError) as err:
-        print(f"rar plan: {args.config}: {err}", file=sys.stderr)
+    study = _load_study(args.config, "plan")
+    if study is None:
         return 2
     print(json.dumps(estimate(study), indent=1) if args.json else format_plan(study))
     return 0
@@ -755,7 +771,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
             "done; this command is for a look in the middle of a long grid.\n\n"
             "example: rar report --config config/config.yaml --table table2"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
     p.add_argument("--table", action="append", help="table(s) to make (default: all)")
@@ -766,16 +782,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import yaml
-
-    from rar.experiments import StudyError, load_study
     from rar.report import make_table
 
-    try:
-        with open(args.config) as f:
-            study = load_study(yaml.safe_load(f))
-    except (OSError, StudyError) as err:
-        print(f"rar report: {args.config}: {err}", file=sys.stderr)
+    study = _load_study(args.config, "report")
+    if study is None:
         return 2
     root = Path(args.root)
     for table in args.table or list(study.tables):
@@ -813,7 +823,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
             "`--profile profiles/slurm`.\n\n"
             "example: rar profile install slurm"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("action", choices=["install"], help="what to do")
     p.add_argument("name", help="a folder of profiles/ (slurm, local, demo)")
@@ -863,7 +873,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
             "only what the stages write; torch-free.\n\n"
             "example: rar status --config config/demo.yaml --watch 30"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
     p.add_argument("--root", default=".", help="directory that results/ and logs/ are in")
@@ -883,16 +893,10 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from rar.experiments import StudyError, load_study
     from rar.status import collect, format_status, watch
 
-    try:
-        with open(args.config) as f:
-            study = load_study(yaml.safe_load(f))
-    except (OSError, StudyError) as err:
-        print(f"rar status: {args.config}: {err}", file=sys.stderr)
+    study = _load_study(args.config, "status")
+    if study is None:
         return 2
 
     def render() -> str:

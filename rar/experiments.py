@@ -381,6 +381,21 @@ def plan_trunks(configs: dict[str, TrainConfig], curve_points: set[tuple[str, fl
     return runs
 
 
+def load_study_file(path) -> Study:
+    """`load_study` of a YAML file; every problem (missing file, bad YAML, bad study) is a
+    StudyError that names the file."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+        return load_study(config)
+    except (OSError, yaml.YAMLError, StudyError) as err:
+        raise StudyError(f"{path}: {err}") from err
+    except (KeyError, TypeError, AttributeError) as err:  # not shaped like a study
+        raise StudyError(f"{path}: missing or malformed key {err}") from err
+
+
 def estimate(study: Study) -> dict:
     """Planned vs naive training epochs and GPU-hours (`rar plan`)."""
     planned, naive = study.planned_epochs(), study.naive_epochs()

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,39 @@ def test_demo_dag_end_to_end(tmp_path):
     jobs = job_counts(redo.stdout)
     assert "train" not in jobs and "train_segment" not in jobs
     assert jobs["sample"] == jobs["evaluate"] == len(load_study(mini_demo("mini")).evaluations)
+
+
+def _slurm_running() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm) running")
+def test_demo_dag_through_the_slurm_launcher(tmp_path):
+    """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
+    config = mini_demo("slurm")
+    config["tables"] = {"table2": {"rows": [{"anneal_start": 0, "anneal_end": 0},
+                                           {"anneal_start": 1, "anneal_end": 2},
+                                           {"anneal_start": 2, "anneal_end": 2}]}}  # fmt: skip
+    del config["throughput_table"]
+    path = tmp_path / "slurm.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    launchers = tmp_path / "launch"
+    launchers.mkdir()
+    for stage in ("tokenize", "train", "sample", "evaluate"):
+        settings = dict(
+            backend="slurm", partition="debug", cpus_per_task=1, mem_gb=2, time_min=20,
+            signal_delay_s=30, poll_s=1, folder=str(tmp_path / "submitit"),
+        )  # fmt: skip
+        (launchers / f"{stage}.yaml").write_text(yaml.safe_dump(settings))
+    args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
+    snakemake(
+        *args, "--cores", "2", "--config", "launcher=slurm", f"launcher_dir={launchers}",
+        timeout=1500,
+    )  # fmt: skip
+    with open(tmp_path / "results/slurm/table2.csv") as f:
+        assert all(r["status"].startswith("ok") for r in csv.DictReader(f))
+    records = list((tmp_path / "results/slurm/runs").glob("*/job.json"))
+    assert records and all(json.loads(r.read_text())["backend"] == "slurm" for r in records)
