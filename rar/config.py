@@ -105,22 +105,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build from a mapping, with errors that name the source and the key at fault."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping of training settings")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from err
+        return dataclass_from_dict(cls, data, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        return cls.from_dict(data, source=str(path))
+        return dataclass_from_yaml(cls, path)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -131,25 +120,55 @@ class TrainConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+# ##########################################################################################
+# Settings dataclasses from YAML (TrainConfig here, rar.launch.LauncherConfig)
+# ##########################################################################################
+
+
+def dataclass_from_dict(cls, data: Any, *, source: str):
+    """`cls(**data)` with every value checked against its annotation; errors name `source`
+    and the key at fault (unknown keys, wrong types, the class's own checks)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of {cls.__name__} settings")
+    hints = get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    values = {k: _coerce(v, hints[k], f"{source}: key {k!r}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def dataclass_from_yaml(cls, path: str | os.PathLike):
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return dataclass_from_dict(cls, data, source=str(path))
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check and convert a YAML value to the annotated type (ints are accepted as floats)."""
-    origin = get_origin(hint)
+    """Check and convert a YAML value to an annotation: ints are accepted as floats, lists as
+    tuples; `X | None` accepts None."""
+    origin, args = get_origin(hint), get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = get_origin(hint), get_args(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}")
-        args = get_args(hint)
-        item = args[0]
         if len(args) == 2 and args[1] is not Ellipsis and len(value) != 2:
             raise ValueError(f"{where} must have 2 entries, got {value!r}")
-        return tuple(_coerce(v, item, where) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if hint is bool and isinstance(value, bool):
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if hint is str and isinstance(value, str):
+    if hint in (str, dict) and isinstance(value, hint):
         return value
-    raise ValueError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    name = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{where} must be {name}, got {value!r}")

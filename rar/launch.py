@@ -33,18 +33,17 @@ import shutil
 import subprocess
 import threading
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 from submitit.core.utils import JobPaths, pickle_load
 from submitit.local.local import LocalJob
 
-from rar.config import atomic_write_text
+from rar.config import dataclass_from_dict, dataclass_from_yaml
+from rar.io import atomic_write_text
 from rar.status import FAILURE_FILE, clear_failure, stdout_log, write_failure
 
 BACKENDS = ("debug", "local", "slurm")
@@ -127,52 +126,17 @@ class LauncherConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "launcher config") -> LauncherConfig:
         """Build from a mapping; errors name the source and the key at fault."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping of launcher settings")
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(data) - set(hints))
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(hints)})"
-            )
-        values = {}
-        for key, value in data.items():
-            try:
-                values[key] = _coerce(value, hints[key])
-            except TypeError as err:
-                raise ValueError(f"{source}: key '{key}' {err}, got {value!r}") from None
-        try:
-            return cls(**values)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        return dataclass_from_dict(cls, data, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LauncherConfig:
-        """From a YAML file (e.g. the `launcher:` block a profile points to)."""
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        return cls.from_dict(data, source=str(path))
+        """From a YAML file (a profile's per-stage launcher settings)."""
+        return dataclass_from_yaml(cls, path)
 
     def override(self, **changes: Any) -> LauncherConfig:
         """A copy with the given keys changed; None means "keep" (unset CLI flags)."""
         changed = {k: v for k, v in changes.items() if v is not None}
         return self.from_dict({**dataclasses.asdict(self), **changed}, source="launcher flags")
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Check a YAML value against a field's annotation (ints are accepted as floats)."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (str, dict) and isinstance(value, hint):
-        return value
-    raise TypeError(f"must be {hint.__name__}")
 
 
 # ##########################################################################################
