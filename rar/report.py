@@ -440,7 +440,9 @@ def plot_anneal_heatmap(*, csv: PathLike, out: PathLike, metric: str = "fid") ->
     ax.set_yticks(range(len(values.index)), [f"{c:g}" for c in values.index])
     ax.set_xlabel("anneal end (epoch)")
     ax.set_ylabel("anneal start (epoch)")
-    ax.set_title(f"{label} by randomness-annealing schedule (RAR Table 2; best boxed)", fontsize=10)
+    # Two lines: the extractor's name makes the label long, and one line gets clipped.
+    title = f"{label}\nby randomness-annealing schedule (RAR Table 2; best boxed)"
+    ax.set_title(title, fontsize=10)
     return _save(fig, out)
 
 

@@ -145,6 +145,9 @@ def test_demo_dag_end_to_end(tmp_path):
     with open(out / "table2.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)][1] == "missing"
     snakemake(*args, "--cores", "2", "--config", "launcher=local")  # re-scores that row only
+    # the HTML report with the tables and plots
+    snakemake(*args, "--cores", "2", "--report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 100_000
     # a rerun has nothing to do
     again = snakemake(*args, "--cores", "2", "-n", "--config", "launcher=local")
     assert "Nothing to be done" in again.stdout + again.stderr
