@@ -16,16 +16,10 @@ import torch
 
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
+from rar.runtime import resolve_device
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def machine_description(device: torch.device) -> str:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rar.sample import open_npz_array, sha256_file, write_json, write_npz
+from rar.io import sha256_file
+from rar.sample import open_npz_array, write_json, write_npz
 
 METRICS_FORMAT = "rar-metrics/1"
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes

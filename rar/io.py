@@ -9,6 +9,7 @@ never a file that looks finished to a rerun or to Snakemake. Torch-free.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -40,6 +41,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike, *, block: int = 1 << 24) -> str:
+    """sha256 hex digest of a file's bytes, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -339,6 +339,23 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RARConfig:
     )
 
 
+def rar_from_state_dict(
+    state_dict: dict[str, torch.Tensor], config: RARConfig | None = None, *, source: str = ""
+) -> RAR:
+    """A RAR holding `state_dict`'s tensors (strict: every key, no more), in eval mode. The
+    architecture is `config`, or inferred from the shapes. Built on the meta device and
+    filled with `assign=True`, so a 6 GB checkpoint is never allocated twice."""
+    if config is None:
+        try:
+            config = config_from_state_dict(state_dict)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{source}: {err}" if source else str(err)) from err
+    with torch.device("meta"):
+        model = RAR(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
 def load_official_rar(path: str | Path, **config_overrides) -> RAR:
     """Load a released RAR checkpoint (`rar_b.bin` ... `rar_xxl.bin`, a plain state dict),
     inferring the architecture from its shapes. Returns the model in eval mode, on the CPU.
@@ -352,10 +369,7 @@ def load_official_rar(path: str | Path, **config_overrides) -> RAR:
         config = replace(config_from_state_dict(state_dict), **config_overrides)
     except (ValueError, KeyError) as err:
         raise ValueError(f"{path}: {err}") from err
-    with torch.device("meta"):
-        model = RAR(config)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    return model.eval()
+    return rar_from_state_dict(state_dict, config, source=str(path))
 
 
 def num_parameters(model: nn.Module) -> int:

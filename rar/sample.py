@@ -22,7 +22,6 @@ writes exactly that set:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -40,7 +39,9 @@ import numpy as np
 import torch
 
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
-from rar.model import RAR, RAR_CONFIGS, RARConfig, config_from_state_dict
+from rar.io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_file
+from rar.model import RAR, RAR_CONFIGS, RARConfig, rar_from_state_dict
+from rar.runtime import resolve_device
 
 SAMPLES_FORMAT = "rar-samples/1"
 PAPER_NUM_PER_CLASS = 50  # RAR §4.1 / ADM: 50,000 samples = 50 per ImageNet class
@@ -100,15 +101,6 @@ def chunk_generator(seed: int, index: int, device: torch.device | str) -> torch.
 # ##########################################################################################
 
 
-def sha256_file(path: str | os.PathLike, *, block: int = 1 << 24) -> str:
-    """sha256 hex digest of a file's bytes, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            digest.update(data)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class StreamedArray:
     """An array written piece by piece: `parts` yields C-ordered blocks along axis 0 whose
@@ -141,39 +133,32 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | Streame
     Each value is an array or a `StreamedArray`; member `k` is `k.npy` in npy format 1.0, as
     `np.savez` writes it. Atomic: temporary file in the same folder, fsync, rename.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, value in arrays.items():
-                    if isinstance(value, StreamedArray):
-                        shape, dtype, parts = value.shape, np.dtype(value.dtype), value.parts
-                    else:
-                        value = np.asarray(value)
-                        shape, dtype, parts = value.shape, value.dtype, [value]
-                    header = _npy_header(shape, dtype)
-                    nbytes = math.prod(shape) * dtype.itemsize
-                    info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-                    info.compress_type = zipfile.ZIP_STORED
-                    info.create_system = 3  # "Unix", whatever the writing platform
-                    info.external_attr = 0o644 << 16
-                    info.file_size = len(header) + nbytes
-                    written = 0
-                    with zf.open(info, "w", force_zip64=True) as member:
-                        member.write(header)
-                        for part in parts:
-                            part = np.ascontiguousarray(part, dtype=dtype)
-                            member.write(part.data.cast("B") if part.size else b"")
-                            written += part.nbytes
-                    if written != nbytes:
-                        raise ValueError(f"{name}: wrote {written} bytes, expected {nbytes}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_open(path) as f,
+        zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+    ):
+        for name, value in arrays.items():
+            if isinstance(value, StreamedArray):
+                shape, dtype, parts = value.shape, np.dtype(value.dtype), value.parts
+            else:
+                value = np.asarray(value)
+                shape, dtype, parts = value.shape, value.dtype, [value]
+            header = _npy_header(shape, dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3  # "Unix", whatever the writing platform
+            info.external_attr = 0o644 << 16
+            info.file_size = len(header) + nbytes
+            written = 0
+            with zf.open(info, "w", force_zip64=True) as member:
+                member.write(header)
+                for part in parts:
+                    part = np.ascontiguousarray(part, dtype=dtype)
+                    member.write(part.data.cast("B") if part.size else b"")
+                    written += part.nbytes
+            if written != nbytes:
+                raise ValueError(f"{name}: wrote {written} bytes, expected {nbytes}")
 
 
 def open_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
@@ -208,22 +193,9 @@ def open_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
         return npz[key]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_grid(
@@ -250,7 +222,7 @@ def save_grid(
             canvas[r * H : (r + 1) * H, j * W : (j + 1) * W] = images[c * num_per_class + j]
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG")
-    _atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return classes
 
 
@@ -282,21 +254,15 @@ def load_generator(path: str | os.PathLike) -> tuple[RAR, dict]:
             "epoch": obj.get("epoch"),
         }
     elif all(isinstance(v, torch.Tensor) for v in obj.values()):
-        try:
-            config = config_from_state_dict(obj)
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"{path}: {err}") from err
-        state_dict = obj
-        desc = {"kind": "official", "model_size": _size_name(config)}
+        config, state_dict = None, obj
+        desc = {"kind": "official"}
     else:
         raise ValueError(f"{path}: neither a rar-train checkpoint nor an official RAR state dict")
-    # Same as rar.model.load_official_rar, from the dict already in memory: a 6 GB XXL file is
-    # read once, and the meta-device build allocates nothing before `assign=True`.
-    with torch.device("meta"):
-        model = RAR(config)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    desc["model_config"] = dataclasses.asdict(config)
-    return model.eval(), desc
+    # From the dict already in memory: a 6 GB XXL file is read once.
+    model = rar_from_state_dict(state_dict, config, source=str(path))
+    desc.setdefault("model_size", _size_name(model.config))
+    desc["model_config"] = dataclasses.asdict(model.config)
+    return model, desc
 
 
 def _size_name(config: RARConfig) -> str | None:
@@ -339,12 +305,6 @@ def resolve_sampling(
 # ##########################################################################################
 # Sampling
 # ##########################################################################################
-
-
-def _resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -526,7 +486,7 @@ def sample(
     info_path = info_path_for(out)
     grid_path = Path(grid_path) if grid_path is not None else out.with_name("grid.png")
     chunk_dir = chunk_dir_for(out)
-    dev = _resolve_device(device, env.local_rank)
+    dev = resolve_device(device, env.local_rank)
     amp_dtype = _amp_dtype(dtype, dev)
     started = time.perf_counter()
 

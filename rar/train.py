@@ -33,6 +33,7 @@ from rar.config import TrainConfig
 from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
+from rar.runtime import resolve_device
 from rar.status import stdout_log, write_failure
 
 CHECKPOINT_FORMAT = "rar-train/1"
@@ -397,9 +398,7 @@ def train(
     if final.exists():
         raise ValueError(f"{workdir} is finished, and its checkpoint {segment_end} is gone")
     env = DistEnv.from_environ()
-    if device == "auto":
-        device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device, env.local_rank)
     if env.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = env.rank == 0

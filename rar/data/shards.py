@@ -17,7 +17,6 @@ This module is torch-free: `rar verify-shards` runs without importing torch.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar.io import atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
+from rar.io import (  # noqa: F401 (re-exported for rar.data)
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+)
 
 MANIFEST = "manifest.json"
 FORMAT = "rar-token-shards/1"
@@ -73,14 +76,6 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
             info.type = tarfile.REGTYPE
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

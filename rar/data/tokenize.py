@@ -43,6 +43,7 @@ from rar.data.shards import (
     sidecar_name,
     tar_bytes,
 )
+from rar.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ------------------------------------------------------------------------------------------
