@@ -11,6 +11,20 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    run="[0-9a-f]{12}",
+    evaluation="[0-9a-f]{12}",
+    sweep="[0-9a-f]{12}",
+    stop=r"final|epoch_[0-9]+(\.[0-9]+)?",
+    dataset=one_of(study.datasets),
+    table=one_of(study.tables),  # the config's tables only (not table5)
+    job="[0-9]+",
+    model="rar_[a-z]+",
+    dtype="fp32|bf16",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"

@@ -12,28 +12,47 @@ list it in `_COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
     """Defaults in the help, and descriptions wrapped paragraph by paragraph, so that the
-    example after a blank line stays on a line of its own."""
+    example after a blank line stays on a line of its own.
+
+    "(default: X)" is appended only where it says something: not when the help text already
+    speaks of its default ("(default: the model's)"), and not when X is None, False or empty
+    (a required option, an unset override, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "(default" in text
+            or default is argparse.SUPPRESS
+            or default is None
+            or default is False
+            or default in ("", [], ())
+            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, "*"))
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         fill = super()._fill_text
         return "\n\n".join(fill(part, width, indent) for part in text.split("\n\n"))
 
 
-def _load_study(path: str, command: str):
-    """The study of config file `path`, or None after printing why it cannot be had."""
-    from rar.experiments import StudyError, load_study_file
+def _load_study(path: str):
+    """The study of config file `path`; its StudyError (naming the file and key) reaches
+    `main`, which prints it as this command's error."""
+    from rar.experiments import load_study_file
 
-    try:
-        return load_study_file(path)
-    except StudyError as err:
-        print(f"rar {command}: {err}", file=sys.stderr)
-        return None
+    return load_study_file(path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -80,33 +99,27 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rar.bench import bench_sample  # heavy import: torch
-    from rar.launch import LaunchError, launch
+    from rar.launch import launch
 
     launcher = _launcher_from_args(args)
-    if launcher is None:
-        return 2
     csv_path = Path(args.csv).resolve() if args.csv else None
     folder = csv_path.parent if csv_path else Path.cwd()
     record = folder / f"bench_{args.model}_{args.dtype}_job.json"
-    try:
-        launch(
-            bench_sample,
-            launcher=launcher,
-            record=record,
-            name=f"bench_sample_{args.model}_{args.dtype}",
-            model=args.model,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            dtype=args.dtype,
-            device=args.device,
-            guidance_scale=args.guidance_scale,
-            decoder=args.decoder,
-            compile=args.compile,
-            csv_path=str(csv_path) if csv_path else None,
-        )
-    except LaunchError as err:
-        print(f"rar bench-sample: {err}", file=sys.stderr, flush=True)
-        return 1
+    launch(
+        bench_sample,
+        launcher=launcher,
+        record=record,
+        name=f"bench_sample_{args.model}_{args.dtype}",
+        model=args.model,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        dtype=args.dtype,
+        device=args.device,
+        guidance_scale=args.guidance_scale,
+        decoder=args.decoder,
+        compile=args.compile,
+        csv_path=str(csv_path) if csv_path else None,
+    )
     return 0
 
 
@@ -169,39 +182,33 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rar.data.tokenize import parse_parts, tokenize_images  # heavy import: torch
-    from rar.launch import LaunchError, launch
+    from rar.launch import launch
 
     launcher = _launcher_from_args(args)
-    if launcher is None:
-        return 2
     _setup_logging()
     out = Path(args.out).resolve()
     job = "all" if args.job_index is None else f"{args.job_index}_of_{args.num_jobs}"
-    try:
-        summary = launch(
-            tokenize_images,
-            _abs(args.images),
-            str(out),
-            launcher=launcher,
-            record=out / "jobs" / f"{job}_job.json",
-            name=f"tokenize_{out.name}_{job}",
-            tokenizer=_abs(args.tokenizer),
-            crop=args.crop,
-            images_per_part=args.images_per_part,
-            shuffle_seed=args.shuffle_seed,
-            parts=parse_parts(args.parts) if args.parts else None,
-            job_index=args.job_index,
-            num_jobs=args.num_jobs,
-            batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
-            num_workers=args.workers,
-            write_crop=args.write_crop,
-            merge=not args.no_merge,
-        )
-    except LaunchError as err:
-        print(f"rar tokenize: {err}", file=sys.stderr, flush=True)
-        return 1
+    summary = launch(
+        tokenize_images,
+        _abs(args.images),
+        str(out),
+        launcher=launcher,
+        record=out / "jobs" / f"{job}_job.json",
+        name=f"tokenize_{out.name}_{job}",
+        tokenizer=_abs(args.tokenizer),
+        crop=args.crop,
+        images_per_part=args.images_per_part,
+        shuffle_seed=args.shuffle_seed,
+        parts=parse_parts(args.parts) if args.parts else None,
+        job_index=args.job_index,
+        num_jobs=args.num_jobs,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        num_workers=args.workers,
+        write_crop=args.write_crop,
+        merge=not args.no_merge,
+    )
     print(
         f"parts run: {len(summary['parts_run'])}, skipped: {len(summary['parts_skipped'])}, "
         f"unreadable files: {summary['num_unreadable']}, manifest: {summary['manifest']}",
@@ -277,8 +284,9 @@ def _add_bench_loader(sub: argparse._SubParsersAction) -> None:
         help="measure the token loader's throughput (samples/s)",
         description=(
             "Stream batches from a token shard directory for --seconds (after one warm-up "
-            "batch) and print samples/s.\n\n"
-            "example: rar bench-loader results/demo/data/demo-vq --workers 2 --seconds 10"
+            "batch) and print samples/s. After `make demo`, the demo's data folder is the one "
+            "folder under results/demo/data/.\n\n"
+            "example: rar bench-loader results/demo/data/* --workers 2 --seconds 10"
         ),
         formatter_class=_Formatter,
     )
@@ -380,8 +388,8 @@ def _add_launcher_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _launcher_from_args(args: argparse.Namespace):
-    """The LauncherConfig of --launcher-config plus the flags; None (after printing why) when
-    they are invalid."""
+    """The LauncherConfig of --launcher-config plus the flags; ValueError naming the file or
+    key at fault when they are invalid."""
     from rar.launch import LauncherConfig
 
     try:
@@ -399,8 +407,7 @@ def _launcher_from_args(args: argparse.Namespace):
             max_requeues=args.max_requeues,
         )
     except (OSError, ValueError) as err:
-        print(f"rar: launcher settings: {err}", file=sys.stderr, flush=True)
-        return None
+        raise ValueError(f"launcher settings: {err}") from err
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -437,31 +444,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.launch import LaunchError, TrainJob, launch
+    from rar.launch import TrainJob, launch
 
     launcher = _launcher_from_args(args)
-    if launcher is None:
-        return 2
     workdir = Path(args.workdir).resolve()
     if launcher.backend == "debug":
         from rar.train import run as job  # in this process, exactly as without a launcher
     else:
         job = TrainJob()  # rar.train.run in a job that saves last.pt and requeues on timeout
-    try:
-        final = launch(
-            job,
-            str(Path(args.config).resolve()),  # the job may start in another directory
-            str(workdir),
-            init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
-            device=args.device,
-            until_epoch=args.until_epoch,
-            launcher=launcher,
-            record=workdir / "job.json",
-            name=f"train_{workdir.name}",
-        )
-    except LaunchError as err:
-        print(f"rar train: {err}", file=sys.stderr, flush=True)
-        return 1
+    final = launch(
+        job,
+        str(Path(args.config).resolve()),  # the job may start in another directory
+        str(workdir),
+        init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
+        device=args.device,
+        until_epoch=args.until_epoch,
+        launcher=launcher,
+        record=workdir / "job.json",
+        name=f"train_{workdir.name}",
+    )
     print(f"done: {final}", flush=True)
     return 0
 
@@ -520,6 +521,8 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from rar.presets import DEFAULT_CHUNK_SIZE, GUIDANCE_SCHEDULES  # torch-free
+
     p = sub.add_parser(
         "sample",
         help="generate the FID sample set (ADM .npz layout) from a checkpoint",
@@ -532,8 +535,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
             "seeded from (--seed, chunk index), so the file does not depend on the number of "
             "processes or on restarts: a rerun skips finished chunks and gives identical bytes. "
             "Under torchrun/srun each process (RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS) takes "
-            "chunks i % world == rank and rank 0 merges. Sampling settings: --preset (default: "
-            "the model size's), each overridden by its own flag.\n\n"
+            "chunks i % world == rank and rank 0 merges. The file is class-interleaved (every "
+            "block of num-classes images holds each class once, in a seeded order), so ADM's "
+            "evaluator, which takes IS over consecutive splits, sees balanced splits. Sampling "
+            "settings: --preset (default: the model size's), each overridden by its own flag; "
+            "--guidance-scale-from reads the scale picked by `rar sweep-guidance`.\n\n"
             "example: rar sample --checkpoint resources/rar_b.bin "
             "--tokenizer resources/maskgit-vqgan-imagenet-f16-256.bin "
             "--out results/evals/ab12cd34ef56/samples.npz --preset rar_b --dtype bf16 "
@@ -548,8 +554,16 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-classes", type=int, default=None, help="classes 0..C-1 (default: the model's)"
     )
-    p.add_argument("--chunk-size", type=int, default=125, help="images per chunk (keep on resume)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-chunk seeds")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="images per chunk; with --seed it decides which images are drawn, so keep it on "
+        "resume (the study schema's default too)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="base seed of the per-chunk seeds and the label order"
+    )
     p.add_argument(
         "--preset",
         choices=["rar_b", "rar_l", "rar_xl", "rar_xxl"],
@@ -557,7 +571,20 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="the paper's sampling settings of a model size (default: the model's own size)",
     )
     p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (over preset)")
+    p.add_argument(
+        "--guidance-scale-from",
+        default=None,
+        metavar="FILE",
+        help="JSON file whose 'guidance_scale' (from `rar sweep-guidance`) overrides "
+        "--guidance-scale",
+    )
     p.add_argument("--guidance-power", type=float, default=None, help="pow-cosine exponent")
+    p.add_argument(
+        "--guidance-schedule",
+        choices=GUIDANCE_SCHEDULES,
+        default=None,
+        help="how guidance rises over the steps (default: the preset's)",
+    )
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature")
     p.add_argument("--order", default=None, help="scan order name or 'random' (over preset)")
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
@@ -595,48 +622,51 @@ def _abs(path: str | None) -> str | None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
-    from rar.evaluate import ExtractorUnavailable, check_extractor_available
-    from rar.launch import LaunchError, launch
-    from rar.sample import sample  # heavy import: torch
+    from rar.evaluate import check_extractor_available
+    from rar.launch import launch
+    from rar.sample import read_guidance_scale, sample  # heavy: torch
 
     launcher = _launcher_from_args(args)
-    if launcher is None:
-        return 2
     out = Path(args.out).resolve()
-    try:
-        if args.check_extractor:  # here too: before a job waits in a queue for nothing
-            check_extractor_available(args.check_extractor, args.extractor_weights)
-        launch(
-            sample,
-            _abs(args.checkpoint),
-            _abs(args.tokenizer),
-            str(out),
-            launcher=launcher,
-            record=out.with_name(f"{out.stem}_job.json"),
-            name=f"sample_{out.parent.name}",
-            num_per_class=args.num_per_class,
-            num_classes=args.num_classes,
-            chunk_size=args.chunk_size,
-            seed=args.seed,
-            preset=args.preset,
-            guidance_scale=args.guidance_scale,
-            guidance_power=args.guidance_power,
-            temperature=args.temperature,
-            order=args.order,
-            device=args.device,
-            dtype=args.dtype,
-            compile=args.compile,
-            grid_path=_abs(args.grid),
-            merge_timeout_s=args.merge_timeout_s,
-            keep_chunks=args.keep_chunks,
-            check_extractor=args.check_extractor,
-            extractor_weights=_abs(args.extractor_weights),
-        )
-    except (ExtractorUnavailable, LaunchError) as err:
-        print(f"rar sample: {err}", file=sys.stderr, flush=True)
-        return 1
+    guidance_scale, sweep = args.guidance_scale, None
+    if args.guidance_scale_from is not None:  # a bad file: ValueError naming it, exit 2
+        guidance_scale = read_guidance_scale(args.guidance_scale_from)
+        sweep = {"file": _abs(args.guidance_scale_from)}
+        sweep.update(json.loads(Path(args.guidance_scale_from).read_text()))
+        print(f"guidance scale {guidance_scale} from {args.guidance_scale_from}", flush=True)
+    if args.check_extractor:  # here too: before a job waits in a queue for nothing
+        check_extractor_available(args.check_extractor, args.extractor_weights)
+    launch(
+        sample,
+        _abs(args.checkpoint),
+        _abs(args.tokenizer),
+        str(out),
+        launcher=launcher,
+        record=out.with_name(f"{out.stem}_job.json"),
+        name=f"sample_{out.parent.name}",
+        num_per_class=args.num_per_class,
+        num_classes=args.num_classes,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        preset=args.preset,
+        guidance_scale=guidance_scale,
+        guidance_sweep=sweep,
+        guidance_power=args.guidance_power,
+        guidance_schedule=args.guidance_schedule,
+        temperature=args.temperature,
+        order=args.order,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        grid_path=_abs(args.grid),
+        merge_timeout_s=args.merge_timeout_s,
+        keep_chunks=args.keep_chunks,
+        check_extractor=args.check_extractor,
+        extractor_weights=_abs(args.extractor_weights),
+    )
     return 0
 
 
@@ -664,16 +694,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--samples", required=True, help="samples .npz (arr_0) or image folder")
     p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
-    p.add_argument(
-        "--extractor",
-        choices=["inception-v3-compat", "efficientnet-lite0"],
-        default="inception-v3-compat",
-        help="feature extractor of all four metrics",
-    )
-    p.add_argument("--weights", default=None, help="the extractor's weights file")
-    p.add_argument("--cache-dir", default="resources/fid_cache", help="reference feature cache")
+    _add_scoring_flags(p, "feature extractor of all four metrics")
     p.add_argument("--out", required=True, help="metrics.json to write")
-    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     p.add_argument("--batch-size", type=int, default=64, help="images per extractor batch")
     p.add_argument(
         "--prc-batch-size", type=int, default=10000, help="rows per precision/recall block"
@@ -683,40 +705,132 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_evaluate)
 
 
+def _add_scoring_flags(p: argparse.ArgumentParser, extractor_help: str) -> None:
+    """The flags of every command that scores samples (evaluate, sweep-guidance)."""
+    p.add_argument(
+        "--extractor",
+        choices=["inception-v3-compat", "efficientnet-lite0"],
+        default="inception-v3-compat",
+        help=extractor_help,
+    )
+    p.add_argument("--weights", default=None, help="the extractor's weights file")
+    p.add_argument("--cache-dir", default="resources/fid_cache", help="reference feature cache")
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.evaluate import ExtractorUnavailable, check_extractor_available, evaluate
-    from rar.launch import LaunchError, launch
+    from rar.evaluate import check_extractor_available, evaluate
+    from rar.launch import launch
 
     launcher = _launcher_from_args(args)
-    if launcher is None:
-        return 2
     out = Path(args.out).resolve()
-    try:
-        if args.no_download or launcher.backend != "debug":  # fail before queueing a job
-            check_extractor_available(
-                args.extractor, args.weights, allow_download=not args.no_download
-            )
-        launch(
-            evaluate,
-            _abs(args.samples),
-            _abs(args.reference),
-            launcher=launcher,
-            record=out.with_name(f"{out.stem}_job.json"),
-            name=f"evaluate_{out.parent.name}",
-            extractor=args.extractor,
-            weights=_abs(args.weights),
-            cache_dir=_abs(args.cache_dir),
-            out=str(out),
-            device=args.device,
-            batch_size=args.batch_size,
-            prc_batch_size=args.prc_batch_size,
-            allow_download=not args.no_download,
-        )
-    except (ExtractorUnavailable, LaunchError) as err:
-        print(f"rar evaluate: {err}", file=sys.stderr, flush=True)
-        return 1
+    if args.no_download or launcher.backend != "debug":  # fail before queueing a job
+        check_extractor_available(args.extractor, args.weights, allow_download=not args.no_download)
+    launch(
+        evaluate,
+        _abs(args.samples),
+        _abs(args.reference),
+        launcher=launcher,
+        record=out.with_name(f"{out.stem}_job.json"),
+        name=f"evaluate_{out.parent.name}",
+        extractor=args.extractor,
+        weights=_abs(args.weights),
+        cache_dir=_abs(args.cache_dir),
+        out=str(out),
+        device=args.device,
+        batch_size=args.batch_size,
+        prc_batch_size=args.prc_batch_size,
+        allow_download=not args.no_download,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# sweep-guidance
+# ------------------------------------------------------------------------------------------
+
+
+def _add_sweep_guidance(sub: argparse._SubParsersAction) -> None:
+    from rar.presets import DEFAULT_CHUNK_SIZE, GUIDANCE_SCHEDULES  # torch-free
+
+    p = sub.add_parser(
+        "sweep-guidance",
+        help="sample a checkpoint at several guidance scales, score each, keep the best",
+        description=(
+            "The paper does not give its ablations' guidance scale: sample --checkpoint at "
+            "every --scales value (--num-per-class images per class each), score every set "
+            "against --reference, and write --out (guidance.json) with the scale of the lowest "
+            "FID and every point. `rar sample --guidance-scale-from guidance.json` then uses "
+            "that scale. Resumable: finished scales are not redone.\n\n"
+            "example: rar sweep-guidance --checkpoint results/runs/ab12cd34ef56/checkpoints/"
+            "final.pt --tokenizer resources/maskgit-vqgan-imagenet-f16-256.bin --scales 2 4 8 "
+            "--guidance-schedule linear --temperature 1.0 --reference "
+            "resources/VIRTUAL_imagenet256_labeled.npz --out results/sweeps/0123456789ab/"
+            "guidance.json"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or a released rar_*.bin")
+    p.add_argument("--tokenizer", required=True, help="tokenizer weights (decodes the samples)")
+    p.add_argument("--scales", type=float, nargs="+", required=True, help="guidance scales")
+    p.add_argument("--out", required=True, help="guidance.json to write")
+    p.add_argument("--num-per-class", type=int, default=10, help="images per class and scale")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="images per chunk")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the per-chunk seeds")
+    p.add_argument(
+        "--guidance-schedule",
+        choices=GUIDANCE_SCHEDULES,
+        default=None,
+        help="how guidance rises over the steps (default: the model size's preset's)",
+    )
+    p.add_argument("--guidance-power", type=float, default=None, help="pow-cosine exponent")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature")
+    p.add_argument("--order", default=None, help="scan order name or 'random'")
+    p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
+    _add_scoring_flags(p, "feature extractor of the FID that picks the scale")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default="fp32", help="autocast")
+    _add_launcher_flags(p)
+    p.set_defaults(handler=_run_sweep_guidance)
+
+
+def _run_sweep_guidance(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rar.evaluate import check_extractor_available
+    from rar.launch import launch
+    from rar.sweep import sweep_guidance
+
+    launcher = _launcher_from_args(args)
+    out = Path(args.out).resolve()
+    check_extractor_available(args.extractor, args.weights)  # before any sampling
+    sampling = {
+        "num_per_class": args.num_per_class,
+        "chunk_size": args.chunk_size,
+        "seed": args.seed,
+        "guidance_schedule": args.guidance_schedule,
+        "guidance_power": args.guidance_power,
+        "temperature": args.temperature,
+        "order": args.order,
+    }
+    launch(
+        sweep_guidance,
+        _abs(args.checkpoint),
+        _abs(args.tokenizer),
+        str(out),
+        launcher=launcher,
+        record=out.with_name(f"{out.stem}_job.json"),
+        name=f"sweep_{out.parent.name}",
+        scales=args.scales,
+        reference=_abs(args.reference),
+        extractor=args.extractor,
+        weights=_abs(args.weights),
+        cache_dir=_abs(args.cache_dir),
+        sampling={k: v for k, v in sampling.items() if v is not None},
+        device=args.device,
+        dtype=args.dtype,
+    )
     return 0
 
 
@@ -739,19 +853,23 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         formatter_class=_Formatter,
     )
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
-    p.add_argument("--json", action="store_true", help="print the totals as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole plan as JSON: totals, data sets, each table's recipe and rows, "
+        "every run with its resolved training config and tables, every evaluation and sweep "
+        "with its resolved settings",
+    )
     p.set_defaults(handler=_run_plan)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
     import json
 
-    from rar.experiments import estimate, format_plan
+    from rar.experiments import format_plan, plan_dict
 
-    study = _load_study(args.config, "plan")
-    if study is None:
-        return 2
-    print(json.dumps(estimate(study), indent=1) if args.json else format_plan(study))
+    study = _load_study(args.config)
+    print(json.dumps(plan_dict(study), indent=1) if args.json else format_plan(study))
     return 0
 
 
@@ -765,10 +883,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report",
         help="make a study's tables now, from whatever evaluations exist",
         description=(
-            "Write results/<table>.csv and .md for the tables of a study from the metrics that "
-            "exist so far: rows still running show as missing, failed ones with their reason "
-            "(failure.txt). The workflow's table rule makes the same files once every row is "
-            "done; this command is for a look in the middle of a long grid.\n\n"
+            "Make the tables of a study from the metrics that exist so far: rows still running "
+            "show as missing, failed ones with their reason (failure.txt). A table whose every "
+            "row has metrics is written to results/<table>.csv and .md, the same bytes the "
+            "workflow's table rule writes; a partial one goes to <table>.partial.csv and .md, "
+            "so a look in the middle of a long grid never replaces a finished table.\n\n"
             "example: rar report --config config/config.yaml --table table2"
         ),
         formatter_class=_Formatter,
@@ -784,24 +903,37 @@ def _run_report(args: argparse.Namespace) -> int:
 
     from rar.report import make_table
 
-    study = _load_study(args.config, "report")
-    if study is None:
-        return 2
+    study = _load_study(args.config)
     root = Path(args.root)
     for table in args.table or list(study.tables):
         if table not in study.tables:
-            print(f"rar report: {args.config} has no table {table!r}", file=sys.stderr)
-            return 2
+            raise ValueError(
+                f"{args.config} has no table {table!r} (it has {', '.join(study.tables)})"
+            )
         rows = study.report_rows(table)
         for row in rows:
             row["failure"] = [str(root / f) for f in row["failure"]]
-        make_table(
+            row["sweep"] = str(root / row["sweep"]) if row["sweep"] else None
+        folder = root / study.prefix
+        partial = {ext: folder / f"{table}.partial.{ext}" for ext in ("csv", "md")}
+        df = make_table(
             table=table,
             rows=rows,
             metrics=[root / m for m in study.metrics_files(table)],
-            csv=root / study.prefix / f"{table}.csv",
-            md=root / study.prefix / f"{table}.md",
+            csv=partial["csv"],
+            md=partial["md"],
         )
+        missing = int((~df["status"].str.startswith("ok")).sum())
+        if missing:
+            print(
+                f"{table}: {missing} of {len(df)} rows without metrics: written to "
+                f"{partial['csv']} (and .md); {folder / f'{table}.csv'} is left as it was",
+                flush=True,
+            )
+            continue
+        for ext, path in partial.items():  # complete: it becomes the table
+            path.replace(folder / f"{table}.{ext}")
+        print(f"{table}: complete -> {folder / f'{table}.csv'} (and .md)", flush=True)
     return 0
 
 
@@ -838,8 +970,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     source = Path(__file__).resolve().parents[1] / "profiles" / args.name
     if not (source / "config.yaml").exists():
-        print(f"rar profile: no profile {source}", file=sys.stderr)
-        return 2
+        raise ValueError(f"no profile {args.name!r}: {source / 'config.yaml'} does not exist")
     target = Path(args.dest).expanduser() / args.name
     if target.is_symlink() and target.resolve() == source:
         print(f"{target} already links to {source}")
@@ -867,10 +998,12 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
             "(waiting / training / sampling / evaluating / done / failed), epochs done of "
             "planned (and the trunk checkpoint a branch waits on), the current r and loss, the "
             "job and its SLURM state (one sacct/squeue call for all jobs; without SLURM the job "
-            "records' own states, marked '?'), requeues, GPU-hours used and an ETA from the "
-            "run's recent throughput; then GPU-hours used against `rar plan`'s figure, runs "
-            "done, and each failure with its reason (failure.txt) and the end of its log. Reads "
-            "only what the stages write; torch-free.\n\n"
+            "records' own states, marked '?'), requeues, GPU-hours used (CPU-h for jobs that ran "
+            "without a GPU, as the job record says) and an ETA from the run's recent throughput; "
+            "then GPU-hours used against `rar plan`'s figure, runs done, and each failure with "
+            "its reason (failure.txt) and the end of its log. Reads only what the stages write; "
+            "torch-free. Exits 1 when any row has failed (with --watch: at the last redraw), "
+            "else 0.\n\n"
             "example: rar status --config config/demo.yaml --watch 30"
         ),
         formatter_class=_Formatter,
@@ -895,18 +1028,77 @@ def _run_status(args: argparse.Namespace) -> int:
 
     from rar.status import collect, format_status, watch
 
-    study = _load_study(args.config, "status")
-    if study is None:
-        return 2
+    study = _load_study(args.config)
+
+    failed = False
 
     def render() -> str:
+        nonlocal failed
         status = collect(study, root=args.root)
+        failed = status.failed
         return json.dumps(status.to_dict(), indent=1) if args.json else format_status(status)
 
     if args.watch is not None:
-        return watch(render, max(args.watch, 1.0))
-    print(render())
-    return 0
+        watch(render, max(args.watch, 1.0))
+    else:
+        print(render())
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------
+# errors: one line each
+# ------------------------------------------------------------------------------------------
+
+DEBUG_ENV = "RAR_DEBUG"
+_DEBUG_HELP = f"on an error, print the traceback, not one line (also {DEBUG_ENV}=1)"
+# Our own errors that mean bad input, by module: looked up only when their module is loaded
+# (it is, once one was raised), so that this module imports neither torch nor submitit.
+_INPUT_ERRORS = (
+    ("yaml", "YAMLError"),  # a config file that is not YAML
+    ("rar.data.shards", "ShardError"),  # a shard or manifest.json missing, corrupt, mismatched
+    ("rar.evaluate", "ExtractorUnavailable"),  # weights to bring (the message names the file)
+)
+
+
+def _loaded(module: str, name: str) -> type | None:
+    return getattr(sys.modules.get(module), name, None)
+
+
+def exit_code(err: BaseException) -> int:
+    """2 when the input is at fault (a file, key or value: ValueError, which StudyError and
+    JSON errors are, OSError, KeyError, and the errors of _INPUT_ERRORS), else 1."""
+    kinds = [ValueError, OSError, KeyError]
+    kinds += [cls for cls in (_loaded(m, n) for m, n in _INPUT_ERRORS) if cls is not None]
+    return 2 if isinstance(err, tuple(kinds)) else 1
+
+
+def error_message(err: BaseException) -> str:
+    """`err` in one line. Its message names what is at fault; the exception's name is added
+    where the message alone would not say what happened (a KeyError's bare key, an unexpected
+    error). A launched job's failure (rar.launch.LaunchError, whose text holds the job's
+    traceback) becomes its first line, the exception that stopped the job, and the job's log."""
+    text = str(err).strip()
+    launch_error = _loaded("rar.launch", "LaunchError")
+    if launch_error is not None and isinstance(err, launch_error):
+        from rar.status import failure_reason  # torch-free
+
+        head, _, rest = text.partition("\n")
+        if rest:
+            text = f"{head.rstrip(':')}: {failure_reason(text)}"
+        log = getattr(err, "log", None)
+        return f"{text} (job log: {log})" if log else text
+    if not text or isinstance(err, KeyError) or exit_code(err) == 1:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rar-pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 # ------------------------------------------------------------------------------------------
@@ -927,6 +1119,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_make_demo_data,
     _add_bench_loader,
     _add_sample,
+    _add_sweep_guidance,
     _add_evaluate,
 ]
 
@@ -937,18 +1130,47 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reproducible experiment pipeline for Randomized Autoregressive visual generation "
             "(RAR, arXiv 2411.00776). Each subcommand is one pipeline stage; `rar CMD --help` "
-            "gives its defaults and an example."
+            "gives its defaults and an example.\n\n"
+            "On an error a command prints one line, `rar CMD: error: ...`, naming the file, key "
+            "or value at fault, and exits 2 for bad input, 1 for anything else (130 on Ctrl-C); "
+            f"--debug or {DEBUG_ENV}=1 prints the traceback instead."
         ),
+        formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in _COMMANDS:
         add(sub)
+    for name, p in sub.choices.items():
+        p.set_defaults(command=name)
+        # Also after the command (`rar train ... --debug`); SUPPRESS keeps `rar --debug train`.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error ends as one line on stderr and an exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        return 130
+    except BrokenPipeError:  # `rar status | head`: the reader left, nothing is wrong
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no real file (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:
+        code = exit_code(err)
+        if debug:
+            traceback.print_exc()
+        else:
+            hint = "" if code == 2 else " (run with --debug for the traceback)"
+            print(f"rar {args.command}: error: {error_message(err)}{hint}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -18,8 +18,24 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from rar.io import atomic_write_text
+from rar.presets import ARCHITECTURES
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
+
+# What a setting means for a run, declared once for every consumer (the study's run ids in
+# rar.experiments, resume and branch checks in rar.train):
+# - OUTSIDE_IDENTITY: never changes the weights a run ends with (which checkpoints it keeps,
+#   how often, logging, performance switches). Left out of the run id; a resume may see them
+#   changed, so a config edit that adds an FID-vs-epoch point lets running jobs resume.
+OUTSIDE_IDENTITY = frozenset(
+    {"checkpoint_epochs", "checkpoint_minutes", "log_every", "compile", "deterministic"}
+)
+# - RESUME_FREE: may also differ on a resume. `data` is part of the id (the data set's folder
+#   names dataset, tokenizer and crop) but a resume may find the same shards moved.
+RESUME_FREE = OUTSIDE_IDENTITY | {"data"}
+# - BRANCH_KEYS: where a branch may differ from the trunk it starts from (RAR §3.2: runs that
+#   differ only in these are identical while r = 1), on top of RESUME_FREE.
+BRANCH_KEYS = frozenset({"anneal_start", "anneal_end", "target_order"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,7 @@ class TrainConfig:
 
     # -- model ------------------------------------------------------------------------
     model: str = "rar_l"  # a named size of rar.model.RAR_CONFIGS
+    architecture: str = "adaln"  # RAR §4.1: "adaln" (final models) or "plain" ViT (ablations)
     codebook_size: int = 1024  # MaskGIT-VQGAN
     num_classes: int = 1000
     num_tokens: int = 256  # 16 x 16
@@ -60,6 +77,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # `last.pt` this often; 0 = after every step
     log_every: int = 50  # optimizer steps between metrics.csv rows
     compile: bool = False  # torch.compile the model (GPU)
+    deterministic: bool = False  # GPU: deterministic kernels (cost unmeasured); CPU: always
 
     def __post_init__(self) -> None:
         # Canonical types (3 -> 3.0 for float fields, lists -> tuples), so equal settings
@@ -79,6 +97,10 @@ class TrainConfig:
             problems.append(f"micro_batch {self.micro_batch} does not divide {self.global_batch}")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append(f"precision {self.precision!r} is not auto, fp32 or bf16")
+        if self.architecture not in ARCHITECTURES:
+            problems.append(
+                f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -115,8 +137,17 @@ class TrainConfig:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def run_id(self) -> str:
-        """Short hash of the canonical JSON of this config: the run's identity."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The run's identity: a short hash of every setting that changes its weights
+        (everything but OUTSIDE_IDENTITY), as canonical JSON."""
+        d = {k: v for k, v in self.to_dict().items() if k not in OUTSIDE_IDENTITY}
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def trunk_key(self) -> str:
+        """Equal for runs that may share a trunk: everything but BRANCH_KEYS and
+        OUTSIDE_IDENTITY."""
+        d = {k: v for k, v in self.to_dict().items() if k not in OUTSIDE_IDENTITY | BRANCH_KEYS}
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

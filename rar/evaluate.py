@@ -192,9 +192,11 @@ def _efficientnet_feature_extractor_class():
             super().__init__(name, features_list)
             from efficientnet_lite_pytorch import EfficientNet
 
+            from rar.checkpoint import load_file
+
             path = feature_extractor_weights_path or efficientnet_lite0_weights_path()
             self.net = EfficientNet.from_name("efficientnet-lite0")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path, what="EfficientNet-Lite0 weights (a state dict)")
             self.net.load_state_dict(state, strict=True)
             self.requires_grad_(False)
             self.eval()
@@ -551,9 +553,16 @@ def evaluate(
     results.update(fid_statistics_to_metric(pair[0], pair[1], verbose))
     # Fewer samples than splits would leave empty splits (NaN); the splits used are recorded.
     isc_splits = min(isc_splits, num_samples)
+    # torch-fidelity's seeded shuffle makes IS depend on the file's order. Features go in
+    # class order first (a stable sort by label: the identity for class-sorted files), so the
+    # class-interleaved layout of rar.sample (rar-samples/2) scores as the same images sorted.
+    labels = _samples_labels(samples)
+    isc_feats = feats[spec.isc_layer]
+    if labels is not None and len(labels) == len(isc_feats):
+        isc_feats = isc_feats[torch.from_numpy(np.argsort(labels, kind="stable"))]
     results.update(
         isc_features_to_metric(
-            feats[spec.isc_layer], splits=isc_splits, shuffle=True, rng_seed=2020
+            isc_feats, splits=isc_splits, shuffle=True, rng_seed=2020
         )  # shuffle with seed 2020: torch-fidelity's defaults
     )
     if ref:
@@ -575,7 +584,6 @@ def evaluate(
     for key in names.values():
         metrics.setdefault(key, None)  # precision/recall need reference images
 
-    labels = _samples_labels(samples)
     info = _samples_info(samples)
     reasons = comparability(
         extractor=extractor,
@@ -616,6 +624,7 @@ def evaluate(
         "sampling_preset": info.get("preset"),
         "sampling_seed": info.get("seed"),
         "sampling_dtype": info.get("dtype"),
+        "guidance_sweep": info.get("guidance_sweep"),  # the sweep that chose the scale
         "num_per_class": info.get("num_per_class"),
         "checkpoint": info.get("checkpoint"),
         "checkpoint_sha256": info.get("checkpoint_sha256"),

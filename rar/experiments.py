@@ -1,13 +1,24 @@
 """Studies: the config's tables -> runs, evaluations and the training plan. Torch-free.
 
 The Snakefile imports this module at parse time (DESIGN.md), so it imports neither torch nor
-anything that does. A study config (`config/config.yaml`, `config/demo.yaml`) holds experiment
-facts; this module turns it into:
+anything that does. `load_study` is the one way any tool reads a study (the Snakefile,
+`rar plan`, `rar status`, `rar report`): it applies `rar/schemas/study.schema.yaml` (checks,
+then the defaults written there), then the checks that need the package, and it is the only
+place identities come from. A study config (`config/config.yaml`, `config/demo.yaml`) holds
+experiment facts; this module turns it into:
 
+- data sets: one per (dataset, tokenizer, crop) the rows use, tokenized once. The paper's two
+  recipes train on different crops (RAR §4.1: center + flip for the ablations, ten-crop for
+  the final models), so a row's crop is part of its run's identity through its data folder;
 - runs: the resolved training configs (`rar.config.TrainConfig`). A run's id is a hash of the
-  settings that change its weights, so the same run reached from two tables is trained once;
-- evaluations: (run, checkpoint epoch, sampling settings, metric settings), hashed the same way,
-  so re-scoring never retrains;
+  settings that change its weights (`TrainConfig.run_id`), so the same run reached from two
+  tables is trained once;
+- evaluations: (run, checkpoint epoch, sampling settings, metric settings), hashed the same
+  way, so re-scoring never retrains;
+- guidance sweeps: a row whose sampling lists `guidance_scales` is sampled at each scale on a
+  smaller set, scored, and evaluated for its table at the scale with the lowest FID (the paper
+  does not give the ablations' scale). A sweep is keyed like an evaluation, so rows with the
+  same run and settings share it;
 - the trunk plan (RAR §3.2, annealing): runs that differ only in `anneal_start`, `anneal_end`
   and `target_order` are identical while r = 1. One trunk trained with r = 1 throughout (the
   purely random run) leaves a checkpoint at every anneal start the tables use, and each run
@@ -21,24 +32,35 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from rar.config import TrainConfig
-from rar.presets import RAR_CONFIGS, SAMPLING_PRESETS
+from rar.presets import (
+    ARCHITECTURES,
+    GUIDANCE_SCHEDULES,
+    RAR_CONFIGS,
+    SAMPLING_PRESETS,
+    SCAN_ORDERS,
+)
 
-# Settings that do not change a run's weights, left out of its id: which checkpoints it keeps,
-# how often, logging, and compilation (a performance switch).
-NOT_IDENTITY = frozenset({"checkpoint_epochs", "checkpoint_minutes", "log_every", "compile"})
-# Settings in which runs sharing a trunk may differ (all others must be equal).
-BRANCH_KEYS = frozenset({"anneal_start", "anneal_end", "target_order"}) | NOT_IDENTITY
-SCAN_ORDERS = ("row-major", "spiral-in", "spiral-out", "z-curve", "subsample", "alternate")
-SAMPLING_KEYS = ("preset", "guidance_scale", "guidance_power", "temperature", "order")
-_ROW_META = ("sampling", "paper", "label")  # row keys that are not training settings
+SCHEMA = Path(__file__).parent / "schemas" / "study.schema.yaml"
+# Sampling keys a table's base or a row may set; they make an evaluation's identity.
+SAMPLING_KEYS = (
+    "preset", "guidance_scale", "guidance_scales", "guidance_power", "guidance_schedule",
+    "temperature", "order",
+)  # fmt: skip
+_ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
+_NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
+# The crops of the data stage (rar.data.images) and how they appear in folder names.
+CROPS = {"center": "center", "center+flip": "center_flip", "tencrop": "tencrop"}
 
 
 class StudyError(ValueError):
-    """A study config that cannot be run; the message names the table, row and key."""
+    """A study config that cannot be run; the message names the file, the key path and the
+    value at fault."""
 
 
 def short_hash(obj: Any) -> str:
@@ -47,14 +69,19 @@ def short_hash(obj: Any) -> str:
 
 
 def run_id(cfg: TrainConfig) -> str:
-    """The run's identity: a hash of every setting that changes its weights."""
-    d = cfg.to_dict()
-    return short_hash({k: v for k, v in d.items() if k not in NOT_IDENTITY})
+    """The run's identity (`TrainConfig.run_id`: the settings that change its weights)."""
+    return cfg.run_id()
 
 
 # ##########################################################################################
 # The pieces of a study
 # ##########################################################################################
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str  # folder name: <dataset>-<tokenizer>-<crop>
+    crop: str
 
 
 @dataclass(frozen=True)
@@ -72,6 +99,23 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """Sampling one checkpoint at several guidance scales to pick the scale with the lowest
+    FID. `sampling` holds every setting but the scale; `metrics` its (smaller) sample count."""
+
+    id: str
+    run: str
+    scales: tuple[float, ...]
+    sampling: dict
+    metrics: dict
+    checkpoint: str | None = None  # a released checkpoint file (no run of ours)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.scales) * self.metrics["num_per_class"] * self.metrics["num_classes"]
+
+
+@dataclass(frozen=True)
 class Evaluation:
     id: str
     run: str  # a run id, or "official_<name>" for a released checkpoint
@@ -80,6 +124,7 @@ class Evaluation:
     sampling: dict
     metrics: dict
     checkpoint: str | None = None  # a released checkpoint file (no run of ours)
+    sweep: str | None = None  # the sweep whose chosen guidance scale this evaluation uses
 
     @property
     def num_samples(self) -> int:
@@ -100,23 +145,27 @@ class Row:
 class Study:
     name: str
     prefix: str  # where outputs go: "results" or "results/<name>"
-    config: dict
+    config: dict  # validated, defaults filled
+    datasets: dict[str, DataSet]
     runs: dict[str, Run]
     evaluations: dict[str, Evaluation]
+    sweeps: dict[str, Sweep]
     tables: dict[str, list[Row]]
     curve_evaluations: dict[str, list[str]]  # table -> evaluations at intermediate epochs
 
     # -- paths (DESIGN.md "Files") ---------------------------------------------------------
 
-    @property
-    def data_dir(self) -> str:
-        return _data_dir(self.prefix, self.config)
+    def data_dir(self, dataset: str) -> str:
+        return f"{self.prefix}/data/{dataset}"
 
     def run_dir(self, run: str) -> str:
         return f"{self.prefix}/runs/{run}"
 
     def eval_dir(self, evaluation: str) -> str:
         return f"{self.prefix}/evals/{evaluation}"
+
+    def sweep_dir(self, sweep: str) -> str:
+        return f"{self.prefix}/sweeps/{sweep}"
 
     def checkpoint(self, run: str, epoch: float | None = None) -> str:
         """The checkpoint file of `run` at `epoch` (None or its last epoch: final.pt). Up to
@@ -128,6 +177,9 @@ class Study:
             return self.checkpoint(r.trunk, epoch)
         return f"{self.run_dir(run)}/checkpoints/epoch_{epoch:g}.pt"
 
+    def dataset_of(self, run: str) -> str:
+        return Path(self.runs[run].config.data).name
+
     # -- the training plan -----------------------------------------------------------------
 
     def planned_epochs(self) -> float:
@@ -135,12 +187,18 @@ class Study:
 
     def naive_epochs(self) -> float:
         """Epochs if every run a table needs trained from scratch, trunks unused."""
-        needed = {row.run for rows in self.tables.values() for row in rows if row.run in self.runs}
-        return sum(self.runs[r].config.epochs for r in needed)
+        return sum(self.runs[r].config.epochs for r in self.table_runs())
+
+    def table_runs(self, table: str | None = None) -> list[str]:
+        """The training runs of a table's rows (all tables: None), in row order; an official
+        checkpoint has none."""
+        names = [table] if table else list(self.tables)
+        rows = [row for t in names for row in self.tables[t]]
+        return list(dict.fromkeys(r.run for r in rows if r.run in self.runs))
 
     def gpu_hours(self, epochs_by_run: dict[str, float] | None = None) -> float | None:
         """GPU-hours from the config's `throughput.gpu_hours_per_epoch` per model size."""
-        rates = self.config.get("throughput", {}).get("gpu_hours_per_epoch", {})
+        rates = self.config["throughput"].get("gpu_hours_per_epoch", {})
         total = 0.0
         for run in self.runs.values():
             rate = rates.get(run.config.model)
@@ -150,23 +208,60 @@ class Study:
             total += rate * epochs
         return total
 
+    def recipe(self, table: str) -> dict:
+        """What the rows of `table` share of the paper's two recipes (RAR §4.1): architecture,
+        data crop, guidance schedule and sweep; a key whose rows differ lists the values."""
+        rows = self.tables[table]
+
+        def values(get) -> Any:
+            found = list(dict.fromkeys(get(row) for row in rows))
+            return found[0] if len(found) == 1 else found
+
+        def run_cfg(row: Row) -> TrainConfig | None:
+            run = self.runs.get(row.run)
+            return run.config if run else None
+
+        def sampling(row: Row) -> dict:
+            return self.evaluations[row.evaluation].sampling
+
+        return {
+            "architecture": values(lambda r: run_cfg(r).architecture if run_cfg(r) else "released"),
+            "crop": values(
+                lambda r: (
+                    self.datasets[self.dataset_of(r.run)].crop if r.run in self.runs else "released"
+                )
+            ),
+            "guidance_schedule": values(lambda r: sampling(r)["guidance_schedule"]),
+            "guidance_scales": values(
+                lambda r: tuple(
+                    sampling(r).get("guidance_scales") or [sampling(r)["guidance_scale"]]
+                )
+            ),
+            "samples": values(lambda r: self.evaluations[r.evaluation].num_samples),
+        }
+
     def report_rows(self, table: str) -> list[dict]:
         """What rar.report.make_table needs of each row of `table`, failure records included
-        (the evaluation's, then the run's)."""
-        return [
-            {
-                "label": row.label,
-                "keys": row.keys,
-                "run": row.run,
-                "evaluation": row.evaluation,
-                "paper": row.paper,
-                "failure": [
-                    f"{self.eval_dir(row.evaluation)}/failure.txt",
-                    f"{self.run_dir(row.run)}/failure.txt",
-                ],
-            }
-            for row in self.tables[table]
-        ]
+        (the evaluation's, then its sweep's, then the run's)."""
+        out = []
+        for row in self.tables[table]:
+            ev = self.evaluations[row.evaluation]
+            failures = [f"{self.eval_dir(row.evaluation)}/failure.txt"]
+            if ev.sweep:
+                failures.append(f"{self.sweep_dir(ev.sweep)}/failure.txt")
+            failures.append(f"{self.run_dir(row.run)}/failure.txt")
+            out.append(
+                {
+                    "label": row.label,
+                    "keys": row.keys,
+                    "run": row.run,
+                    "evaluation": row.evaluation,
+                    "paper": row.paper,
+                    "failure": failures,
+                    "sweep": f"{self.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else None,
+                }
+            )
+        return out
 
     def metrics_files(self, table: str) -> list[str]:
         return [f"{self.eval_dir(row.evaluation)}/metrics.json" for row in self.tables[table]]
@@ -176,12 +271,111 @@ class Study:
 
 
 # ##########################################################################################
-# Building a study from its config
+# The schema: validation and defaults
 # ##########################################################################################
 
 
-def _data_dir(prefix: str, config: dict) -> str:
-    return f"{prefix}/data/{config['data']['dataset']}-{config['tokenizer']['name']}"
+@cache
+def _schema() -> dict:
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _resolve(schema: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref:
+        target = _schema()
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+        return {**_resolve(target), **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    """Write the schema's `default`s into `instance` where a key is missing, recursively (what
+    Snakemake's `validate(..., set_default=True)` does, for every consumer)."""
+    schema = _resolve(schema)
+    for sub in schema.get("allOf", []):
+        _fill_defaults(instance, sub)
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            sub = _resolve(sub) if isinstance(sub, dict) else {}
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in instance.items():
+                if key not in props:
+                    _fill_defaults(value, extra)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill_defaults(item, schema["items"])
+
+
+def _key_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out.lstrip(".") or "(top level)"
+
+
+def _known_keys(schema: dict) -> set[str]:
+    schema = _resolve(schema)
+    known = set(schema.get("properties", {}))
+    for sub in schema.get("allOf", []):
+        known |= _known_keys(sub)
+    return known
+
+
+def _describe(error) -> str | None:
+    """One line for a jsonschema error: the key path, then what is wrong with which value."""
+    where = _key_path(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        known = _known_keys(error.schema)
+        unknown = sorted(set(error.instance) - known)
+        if not unknown:  # a side effect of another error inside (reported on its own)
+            return None
+        names = ", ".join(map(repr, unknown))
+        return f"{where}: unknown key(s) {names} (known: {', '.join(sorted(known))})"
+    if error.validator == "pattern":
+        return (
+            f"{where}: {error.instance!r} has characters that are not allowed here (letters, "
+            "digits, spaces and _ . / + = : @ , ~ - only: a path or name, never shell syntax)"
+        )
+    if error.validator == "enum":
+        known = ", ".join(map(repr, error.validator_value))
+        return f"{where}: {error.instance!r} is not one of {known}"
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: Any, *, source: str = "config") -> dict:
+    """`config` checked against the study schema, with its defaults filled in (a new dict).
+    Raises StudyError naming `source`, the key path and the value."""
+    import jsonschema
+
+    if not isinstance(config, dict):
+        raise StudyError(
+            f"{source}: a study config is a mapping of keys, got {type(config).__name__}"
+        )
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [line for line in map(_describe, errors) if line]
+        more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
+        lines = lines[:5]
+        raise StudyError(f"{source}: " + "; ".join(lines) + more)
+    config = copy.deepcopy(config)
+    _fill_defaults(config, _schema())
+    return config
+
+
+# ##########################################################################################
+# Building a study from its config
+# ##########################################################################################
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -195,53 +389,89 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _train_settings(config: dict, data_dir: str) -> dict:
+def _dataset_name(config: dict, crop: str) -> str:
+    return f"{config['data']['dataset']}-{config['tokenizer']['name']}-{CROPS[crop]}"
+
+
+def _train_settings(config: dict) -> dict:
     """The study-wide training settings: the config's `train:` plus what data and tokenizer
-    fix (codebook, classes, tokens, the shard directory and the epoch size)."""
+    fix (codebook, classes, tokens and the epoch size)."""
     data, tok = config["data"], config["tokenizer"]
     fixed = {
-        "data": data_dir,
         "source_images": data["source_images"],
         "num_classes": data["num_classes"],
         "codebook_size": tok["codebook_size"],
         "num_tokens": tok["grid"] ** 2,
     }
-    return {**config.get("train", {}), **fixed}
-
-
-def _sampling_settings(sampling: dict) -> dict:
-    """Resolved sampling settings: the preset's values, overridden by explicit keys."""
-    preset = sampling.get("preset")
-    if preset is not None and preset not in SAMPLING_PRESETS:
+    clash = sorted(set(config["train"]) & {*fixed, "data"})
+    if clash:
         raise StudyError(
-            f"sampling: unknown preset {preset!r}; known: {', '.join(SAMPLING_PRESETS)}"
+            f"train: {', '.join(clash)} follow from `data` and `tokenizer`; do not set them here"
         )
-    resolved = dict(SAMPLING_PRESETS.get(preset, {}))
+    return {**config["train"], **fixed}
+
+
+def _check_name(value: Any, known, where: str, what: str) -> None:
+    if value not in known:
+        raise StudyError(f"{where}: unknown {what} {value!r}; known: {', '.join(known)}")
+
+
+def _sampling_settings(sampling: dict, where: str) -> dict:
+    """Resolved sampling settings: the preset's values, overridden by explicit keys; a sweep
+    (`guidance_scales`) replaces `guidance_scale`."""
+    preset = sampling.get("preset")
+    if preset is not None:
+        _check_name(preset, SAMPLING_PRESETS, f"{where}: sampling.preset", "preset")
+    resolved = {"guidance_schedule": "pow-cosine", **SAMPLING_PRESETS.get(preset, {})}
     resolved.update({k: v for k, v in sampling.items() if k in SAMPLING_KEYS and k != "preset"})
-    resolved["order"] = resolved.get("order", "row-major")
-    if resolved["order"] not in (*SCAN_ORDERS, "random"):
-        raise StudyError(f"sampling: unknown order {resolved['order']!r}")
-    missing = [k for k in ("guidance_scale", "guidance_power", "temperature") if k not in resolved]
+    resolved.setdefault("order", "row-major")
+    _check_name(resolved["order"], (*SCAN_ORDERS, "random"), f"{where}: sampling.order", "order")
+    _check_name(
+        resolved["guidance_schedule"],
+        GUIDANCE_SCHEDULES,
+        f"{where}: sampling.guidance_schedule",
+        "guidance schedule",
+    )
+    needed = ["guidance_scale", "temperature"]
+    if "guidance_scales" in resolved:  # a sweep: the scale is chosen later
+        resolved["guidance_scales"] = sorted(float(s) for s in resolved["guidance_scales"])
+        resolved.pop("guidance_scale", None)
+        needed.remove("guidance_scale")
+    if resolved["guidance_schedule"] == "pow-cosine":
+        needed.append("guidance_power")
+    else:  # only pow-cosine has an exponent; keep it out of the identity otherwise
+        resolved.pop("guidance_power", None)
+    missing = [k for k in needed if k not in resolved]
     if missing:
-        raise StudyError(f"sampling: set a preset or {', '.join(missing)}")
+        raise StudyError(f"{where}: sampling: set a preset or {', '.join(missing)}")
     return {k: resolved[k] for k in sorted(resolved)}
 
 
 def _row_config(train: dict, overrides: dict, where: str) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise StudyError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    if "target_order" in overrides and overrides["target_order"] not in SCAN_ORDERS:
+    unknown = sorted(set(overrides) - known - {"data"})
+    if unknown or "data" in overrides:
+        bad = unknown or ["data"]
         raise StudyError(
-            f"{where}: unknown scan order {overrides['target_order']!r}; known: "
-            f"{', '.join(SCAN_ORDERS)}"
+            f"{where}: unknown key(s) {', '.join(map(repr, bad))} (a row sets TrainConfig keys, "
+            f"`crop`, `sampling`, `paper` and `label`)"
         )
-    model = overrides.get("model", train.get("model", "rar_l"))
-    if model not in RAR_CONFIGS:
-        raise StudyError(f"{where}: unknown model size {model!r}; known: {', '.join(RAR_CONFIGS)}")
+    settings = {**train, **overrides}
+    _check_name(settings.get("model", "rar_l"), RAR_CONFIGS, f"{where}: model", "model size")
+    _check_name(
+        settings.get("target_order", "row-major"),
+        SCAN_ORDERS,
+        f"{where}: target_order",
+        "scan order",
+    )
+    _check_name(
+        settings.get("architecture", "adaln"),
+        ARCHITECTURES,
+        f"{where}: architecture",
+        "architecture",
+    )
     try:
-        return TrainConfig.from_dict({**train, **overrides}, source=where)
+        return TrainConfig.from_dict(settings, source=where)
     except ValueError as err:
         raise StudyError(str(err)) from err
 
@@ -250,87 +480,145 @@ def _label(keys: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in keys.items())
 
 
-def load_study(config: dict) -> Study:
-    """Resolve a (schema-validated) study config into runs, evaluations, tables and trunks."""
-    name = config.get("study", "paper")
-    prefix = "results" if name == "paper" else f"results/{name}"
-    data_dir = _data_dir(prefix, config)
-    train = _train_settings(config, data_dir)
-    study_sampling = config.get("sampling", {})
-    metric_settings = {
-        "extractor": config["evaluation"]["extractor"],
-        "reference": config["evaluation"].get("reference"),
-        "num_per_class": study_sampling.get("num_per_class", 50),
-        "num_classes": config["data"]["num_classes"],
-        "seed": study_sampling.get("seed", 0),
-    }
-    configs: dict[str, TrainConfig] = {}
-    evaluations: dict[str, Evaluation] = {}
-    tables: dict[str, list[Row]] = {}
-    curves: dict[str, list[tuple[str, float, dict]]] = {}
+class _Builder:
+    """Collects a study's runs, evaluations and sweeps while its tables are read."""
 
-    def evaluation_of(rid: str, epoch: float, final: bool, sampling: dict) -> str:
-        eid = short_hash({"run": rid, "epoch": epoch, "sampling": sampling, **metric_settings})
-        evaluations[eid] = Evaluation(eid, rid, epoch, final, sampling, metric_settings)
+    def __init__(self, config: dict, prefix: str) -> None:
+        self.config = config
+        self.prefix = prefix
+        self.train = _train_settings(config)
+        sampling = config["sampling"]
+        self.metric_settings = {
+            "extractor": config["evaluation"]["extractor"],
+            "reference": config["evaluation"]["reference"],
+            "num_per_class": sampling["num_per_class"],
+            "num_classes": config["data"]["num_classes"],
+            "seed": sampling["seed"],
+        }
+        self.datasets: dict[str, DataSet] = {}
+        self.configs: dict[str, TrainConfig] = {}
+        self.evaluations: dict[str, Evaluation] = {}
+        self.sweeps: dict[str, Sweep] = {}
+
+    def dataset(self, crop: str) -> str:
+        name = _dataset_name(self.config, crop)
+        self.datasets.setdefault(name, DataSet(name, crop))
+        return f"{self.prefix}/data/{name}"
+
+    def run(self, overrides: dict, crop: str, where: str) -> TrainConfig:
+        cfg = _row_config({**self.train, "data": self.dataset(crop)}, overrides, where)
+        self.configs.setdefault(cfg.run_id(), cfg)
+        return cfg
+
+    def sweep(self, run: str, sampling: dict, checkpoint: str | None) -> str | None:
+        """The sweep that picks `sampling`'s guidance scale (None: no sweep)."""
+        if "guidance_scales" not in sampling:
+            return None
+        base = {k: v for k, v in sampling.items() if k != "guidance_scales"}
+        metrics = {
+            **self.metric_settings,
+            "num_per_class": self.config["sampling"]["sweep_per_class"],
+        }
+        scales = tuple(sampling["guidance_scales"])
+        key = {"checkpoint": checkpoint} if checkpoint else {"run": run}
+        sid = short_hash({**key, "scales": scales, "sampling": base, **metrics})
+        self.sweeps[sid] = Sweep(sid, run, scales, base, metrics, checkpoint)
+        return sid
+
+    def evaluation(
+        self, run: str, epoch: float, final: bool, sampling: dict, checkpoint: str | None = None
+    ) -> str:
+        sweep = self.sweep(run, sampling, checkpoint)
+        key = {"checkpoint": checkpoint} if checkpoint else {"run": run, "epoch": epoch}
+        eid = short_hash({**key, "sampling": sampling, **self.metric_settings})
+        self.evaluations[eid] = Evaluation(
+            eid, run, epoch, final, sampling, self.metric_settings, checkpoint, sweep
+        )
         return eid
 
-    for tname, table in (config.get("tables") or {}).items():
-        base = table.get("base", {})
-        rows = table.get("rows") or []
-        if not rows:
-            raise StudyError(f"table {tname}: no rows")
+
+def load_study(config: Any, *, source: str = "config") -> Study:
+    """Resolve a study config into data sets, runs, evaluations, sweeps, tables and trunks.
+
+    The one loader of every tool: the schema's checks and defaults first (`validate_config`),
+    then the package's. Every error is a StudyError naming `source`, the key and the value.
+    """
+    config = validate_config(config, source=source)
+    try:
+        return _build(config)
+    except StudyError as err:
+        raise StudyError(f"{source}: {err}") from None
+
+
+def _build(config: dict) -> Study:
+    study_name = config["study"]
+    prefix = "results" if study_name == "paper" else f"results/{study_name}"
+    b = _Builder(config, prefix)
+    study_sampling = {k: v for k, v in config["sampling"].items() if k in SAMPLING_KEYS}
+    tables: dict[str, list[Row]] = {}
+    curves: dict[str, list[tuple[str, float, dict]]] = {}
+    _row_config({**b.train, "data": ""}, {}, "train")  # the study-wide keys, checked early
+
+    for tname, table in config["tables"].items():
+        base, rows = table["base"], table["rows"]
         # The table's columns: the keys its rows set, in order of first appearance.
-        varying = list(dict.fromkeys(k for r in rows for k in r if k not in _ROW_META))
-        tables[tname], curves[tname] = [], []
+        varying = list(dict.fromkeys(k for r in rows for k in r if k not in _NOT_COLUMNS))
+        tables[tname], curves[tname], seen = [], [], {}
         for i, row in enumerate(rows):
-            where = f"table {tname}, row {i + 1}"
+            where = f"tables.{tname}.rows[{i}]"
             merged = _merge(base, row)
-            sampling = _sampling_settings(_merge(study_sampling, merged.get("sampling", {})))
-            train_over = {
-                k: v for k, v in merged.items() if k not in ("sampling", "paper", "label")
-            }
-            cfg = _row_config(train, train_over, where)
-            rid = run_id(cfg)
-            configs.setdefault(rid, cfg)
-            eid = evaluation_of(rid, cfg.epochs, True, sampling)
-            keys = {k: row.get(k, base.get(k, getattr(cfg, k, None))) for k in varying}
+            sampling = _sampling_settings(_merge(study_sampling, merged.get("sampling", {})), where)
+            overrides = {k: v for k, v in merged.items() if k not in _ROW_META}
+            cfg = b.run(overrides, merged.get("crop", config["data"]["crop"]), where)
+            rid = cfg.run_id()
+            eid = b.evaluation(rid, cfg.epochs, True, sampling)
+            if eid in seen:
+                raise StudyError(
+                    f"{where}: the same run and evaluation as tables.{tname}.rows[{seen[eid]}] "
+                    "(a duplicate row)"
+                )
+            seen[eid] = i
+            keys = {k: _column_value(k, row, base, cfg) for k in varying}
             label = row.get("label") or _label(keys)
             tables[tname].append(Row(tname, label, keys, rid, eid, dict(row.get("paper", {}))))
-            for epoch in table.get("evaluate_epochs", []):
+            for epoch in table["evaluate_epochs"]:
                 if 0 < epoch < cfg.epochs:
                     curves[tname].append((rid, float(epoch), sampling))
 
-    official = config.get("official") or {}
+    official = config["official"]
     if official:
-        tables["official"] = []
+        tables["official"], curves["official"] = [], []
         for name, spec in official.items():
-            where = f"official, {name}"
-            sampling = _sampling_settings(_merge(study_sampling, spec.get("sampling", {})))
-            ckpt = spec.get("checkpoint")
-            if not ckpt:
-                raise StudyError(f"{where}: key 'checkpoint' (the released file) is not set")
+            where = f"official.{name}"
+            sampling = _sampling_settings(_merge(study_sampling, spec["sampling"]), where)
             key = f"official_{name}"
-            eid = short_hash({"checkpoint": ckpt, "sampling": sampling, **metric_settings})
-            evaluations[eid] = Evaluation(eid, key, 0.0, True, sampling, metric_settings, ckpt)
-            row = Row("official", name, {"model": name}, key, eid, dict(spec.get("paper", {})))
-            tables["official"].append(row)
-        curves["official"] = []
+            eid = b.evaluation(key, 0.0, True, sampling, checkpoint=spec["checkpoint"])
+            tables["official"].append(
+                Row("official", name, {"model": name}, key, eid, spec["paper"])
+            )
 
-    runs = plan_trunks(configs, {(r, e) for rows in curves.values() for r, e, _ in rows})
+    runs = plan_trunks(b.configs, {(r, e) for rows in curves.values() for r, e, _ in rows})
     curve_ids = {
-        t: [evaluation_of(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
+        t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
     }
-    return Study(name, prefix, config, runs, evaluations, tables, curve_ids)
+    return Study(
+        study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids
+    )
+
+
+def _column_value(key: str, row: dict, base: dict, cfg: TrainConfig) -> Any:
+    """What a table shows in column `key` for a row: the row's own value, else the base's,
+    else the resolved one."""
+    if key in row:
+        return row[key]
+    if key in base:
+        return base[key]
+    return getattr(cfg, key, None)
 
 
 # ##########################################################################################
 # The trunk plan
 # ##########################################################################################
-
-
-def _trunk_key(cfg: TrainConfig) -> str:
-    d = cfg.to_dict()
-    return short_hash({k: v for k, v in d.items() if k not in BRANCH_KEYS})
 
 
 def plan_trunks(configs: dict[str, TrainConfig], curve_points: set[tuple[str, float]]) -> dict:
@@ -342,13 +630,13 @@ def plan_trunks(configs: dict[str, TrainConfig], curve_points: set[tuple[str, fl
     """
     groups: dict[str, list[str]] = {}
     for rid, cfg in configs.items():
-        groups.setdefault(_trunk_key(cfg), []).append(rid)
+        groups.setdefault(cfg.trunk_key(), []).append(rid)
     runs: dict[str, Run] = {}
     for members in groups.values():
         any_cfg = configs[members[0]]
         E = any_cfg.epochs
         trunk_cfg = replace(any_cfg, anneal_start=E, anneal_end=E, target_order="row-major")
-        trunk_id = run_id(trunk_cfg)
+        trunk_id = trunk_cfg.run_id()
         late = [r for r in members if configs[r].anneal_start > 0 and r != trunk_id]
         # A trunk pays when the epochs its branches skip exceed what it costs itself (nothing
         # extra when a table needs the purely random run anyway).
@@ -389,21 +677,22 @@ def load_study_file(path) -> Study:
     try:
         with open(path) as f:
             config = yaml.safe_load(f)
-        return load_study(config)
-    except (OSError, yaml.YAMLError, StudyError) as err:
+    except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: {err}") from err
-    except (KeyError, TypeError, AttributeError) as err:  # not shaped like a study
-        raise StudyError(f"{path}: missing or malformed key {err}") from err
+    return load_study(config, source=str(path))
+
+
+# ##########################################################################################
+# The plan: `rar plan`
+# ##########################################################################################
 
 
 def estimate(study: Study) -> dict:
-    """Planned vs naive training epochs and GPU-hours (`rar plan`)."""
+    """Planned vs naive training epochs, GPU-hours, evaluations and samples (`rar plan`)."""
     planned, naive = study.planned_epochs(), study.naive_epochs()
     return {
         "runs": len(study.runs),
-        "table_runs": len(
-            {row.run for rows in study.tables.values() for row in rows if row.run in study.runs}
-        ),
+        "table_runs": len(study.table_runs()),
         "trunks": sum(r.kind == "trunk" for r in study.runs.values()),
         "branches": sum(r.kind == "branch" for r in study.runs.values()),
         "planned_epochs": planned,
@@ -411,13 +700,104 @@ def estimate(study: Study) -> dict:
         "saved_fraction": 1 - planned / naive if naive else 0.0,
         "gpu_hours": study.gpu_hours(),
         "evaluations": len(study.evaluations),
+        "sweeps": len(study.sweeps),
         "samples": sum(e.num_samples for e in study.evaluations.values()),
+        "sweep_samples": sum(s.num_samples for s in study.sweeps.values()),
     }
 
 
+def plan_dict(study: Study) -> dict:
+    """Everything `rar plan --json` prints: every run with its resolved training config and
+    the tables it serves, every evaluation and sweep with its resolved settings."""
+    tables_of = {rid: sorted({row.table for row in study.row_of(rid)}) for rid in study.runs}
+    return {
+        "study": study.name,
+        "prefix": study.prefix,
+        "totals": estimate(study),
+        "datasets": [
+            {"name": d.name, "crop": d.crop, "dir": study.data_dir(d.name)}
+            for d in study.datasets.values()
+        ],
+        "tables": {
+            name: {
+                "recipe": study.recipe(name),
+                "rows": [
+                    {
+                        "label": r.label,
+                        "keys": r.keys,
+                        "run": r.run,
+                        "evaluation": r.evaluation,
+                        "paper": r.paper,
+                    }
+                    for r in rows
+                ],
+            }
+            for name, rows in study.tables.items()
+        },
+        "runs": [
+            {
+                "id": run.id,
+                "kind": run.kind,
+                "trunk": run.trunk,
+                "branch_epoch": run.branch_epoch,
+                "segments": list(run.segments),
+                "epochs_to_train": run.epochs_to_train,
+                "tables": tables_of[run.id],
+                "config": run.config.to_dict(),
+            }
+            for run in study.runs.values()
+        ],
+        "evaluations": [
+            {
+                "id": ev.id,
+                "run": ev.run,
+                "epoch": ev.epoch,
+                "final": ev.final,
+                "checkpoint": ev.checkpoint,
+                "sweep": ev.sweep,
+                "sampling": ev.sampling,
+                "metrics": ev.metrics,
+                "num_samples": ev.num_samples,
+            }
+            for ev in study.evaluations.values()
+        ],
+        "sweeps": [
+            {
+                "id": s.id,
+                "run": s.run,
+                "checkpoint": s.checkpoint,
+                "scales": list(s.scales),
+                "sampling": s.sampling,
+                "metrics": s.metrics,
+                "num_samples": s.num_samples,
+            }
+            for s in study.sweeps.values()
+        ],
+    }
+
+
+def _recipe_line(name: str, recipe: dict) -> str:
+    arch = {"plain": "plain ViT", "adaln": "adaLN (final)"}.get(recipe["architecture"])
+    scales = recipe["guidance_scales"]
+    if isinstance(scales, tuple) and len(scales) > 1:
+        guidance = f"sweep over {', '.join(f'{s:g}' for s in scales)}"
+    elif isinstance(scales, tuple):
+        guidance = f"scale {scales[0]:g}"
+    else:
+        guidance = "per-row scales"
+    samples = recipe["samples"]
+    samples = f"{samples:,}" if isinstance(samples, int) else "/".join(f"{s:,}" for s in samples)
+    return (
+        f"  {name}: architecture {arch or recipe['architecture']}, crop {recipe['crop']}, "
+        f"guidance {recipe['guidance_schedule']} ({guidance}), {samples} samples per evaluation"
+    )
+
+
 def format_plan(study: Study) -> str:
-    """Human-readable plan: one line per run, then the totals."""
-    lines = [f"study {study.name}: outputs under {study.prefix}/"]
+    """Human-readable plan: the recipe of each table, one line per run, then the totals."""
+    lines = [f"study {study.name}: outputs under {study.prefix}/", "tables:"]
+    lines += [_recipe_line(name, study.recipe(name)) for name in study.tables]
+    lines.append("runs:")
     for run in sorted(study.runs.values(), key=lambda r: (r.kind != "trunk", r.id)):
         labels = "; ".join(f"{row.table} ({row.label})" for row in study.row_of(run.id))
         if run.kind == "trunk":
@@ -427,21 +807,26 @@ def format_plan(study: Study) -> str:
         else:
             how = "from scratch"
         lines.append(
-            f"  {run.id}  {run.config.model:8s} {run.epochs_to_train:>7g} epochs  {how}"
-            + (f"  <- {labels}" if labels else "")
+            f"  {run.id}  {run.config.model:8s} {run.config.architecture:5s} "
+            f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
+            f"{run.epochs_to_train:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
         )
     e = estimate(study)
     lines.append(
         f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
         f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
-        f"({e['trunks']} trunks, {e['branches']} branches)"
+        f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
     )
     if e["gpu_hours"] is not None:
         lines.append(f"estimated: {e['gpu_hours']:,.0f} GPU-hours (throughput in the config)")
     else:
         lines.append("estimated GPU-hours: set throughput.gpu_hours_per_epoch in the config")
-    n = e["samples"]
-    lines.append(f"evaluations: {e['evaluations']} ({n:,} samples)")
+    lines.append(f"evaluations: {e['evaluations']} ({e['samples']:,} samples)")
+    if study.sweeps:
+        lines.append(
+            f"guidance sweeps: {e['sweeps']} ({e['sweep_samples']:,} samples, scored in the "
+            "sweep jobs)"
+        )
     if any(ev.num_samples < PAPER_SAMPLES for ev in study.evaluations.values()):
         lines.append(
             f"note: under {PAPER_SAMPLES:,} samples per evaluation: not comparable to the paper"

@@ -7,7 +7,11 @@ with a mask, so every decode step has the same shapes and `torch.compile` compil
 
 Sampling follows the official `RAR.generate` (bytedance/1d-tokenizer `modeling/rar.py`):
 guidance by batch doubling with the null class, `uncond + (cond - uncond) * s` with the
-pow-cosine schedule of MDT, temperature dividing the logits, then a multinomial draw.
+pow-cosine schedule of MDT, temperature dividing the logits, then a multinomial draw. The
+ablations' linear schedule (MUSE) and a constant one are the other `GUIDANCE_SCHEDULES`.
+
+Both architectures of `rar.model` run through the same steps: the plain ViT's
+`model.condition` is None, and its blocks and head ignore it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,18 @@ import torch
 from rar import presets
 from rar.model import PREFIX, RAR
 from rar.orders import scan_order
+from rar.presets import GUIDANCE_SCHEDULES
 
 # ##########################################################################################
 # Sampling settings
 # ##########################################################################################
+
+
+def _check_schedule(schedule: str) -> None:
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(
+            f"unknown guidance schedule {schedule!r}; known: {', '.join(GUIDANCE_SCHEDULES)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,11 @@ class SamplingConfig:
     order: str = "row-major"  # a scan order name or "random"
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
+    # RAR §4.1: "pow-cosine" (MDT) for the final models, "linear" (MUSE) for the ablations
+    guidance_schedule: str = "pow-cosine"
+
+    def __post_init__(self) -> None:
+        _check_schedule(self.guidance_schedule)
 
 
 # The paper's sampling settings per model size (rar.presets).
@@ -45,12 +62,37 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
 }
 
 
-def guidance_schedule(step: int, num_steps: int, scale: float, power: float) -> float:
-    """Guidance scale at `step` of `num_steps` ("pow-cosine", from MDT as used by RAR):
-    s = (g - 1) * (1 - cos(pi * (t / N) ** p)) / 2 + 1. It rises from 1 to about g; p = 0 makes
-    it the constant g (0 ** 0 = 1)."""
+def guidance_scale_at(
+    step: int, num_steps: int, *, scale: float, power: float, schedule: str = "pow-cosine"
+) -> float:
+    """Guidance scale s at `step` (0-based) of `num_steps`, in the convention of the guided
+    logits `uncond + (cond - uncond) * s` (s = 1: unguided). With g = `scale`, t = `step`,
+    N = `num_steps`:
+
+    - "pow-cosine" (MDT, Gao et al. 2023; RAR's final models, official `RAR.generate`):
+      s = (g - 1) * (1 - cos(pi * (t / N) ** p)) / 2 + 1 with p = `power`. It rises from 1 to
+      about g; p = 0 makes it the constant g (0 ** 0 = 1).
+    - "linear" (MUSE, Chang et al. 2023; RAR's ablations, §4.1): as the official MaskGIT
+      sampler of the same authors (1d-tokenizer `modeling/maskgit.py`, `guidance_decay`)
+      defines it, the logits are `cond + (cond - uncond) * w` with w = g * t / N, so
+      s = 1 + g * t / N: step 0 is unguided and s approaches 1 + g. Note that g is MUSE's w
+      here, one less than the scale the other schedules reach.
+    - "constant": s = g at every step.
+
+    `power` only matters for "pow-cosine". Raises ValueError on an unknown schedule.
+    """
+    _check_schedule(schedule)
+    if schedule == "constant":
+        return scale
+    if schedule == "linear":
+        return 1 + scale * step / num_steps
     ramp = (1 - math.cos(math.pi * (step / num_steps) ** power)) / 2
     return (scale - 1) * ramp + 1
+
+
+def guidance_schedule(step: int, num_steps: int, scale: float, power: float) -> float:
+    """The pow-cosine guidance scale (`guidance_scale_at(..., schedule="pow-cosine")`)."""
+    return guidance_scale_at(step, num_steps, scale=scale, power=power, schedule="pow-cosine")
 
 
 # ##########################################################################################
@@ -178,6 +220,7 @@ def generate(
     guidance_scale: float,
     guidance_power: float,
     temperature: float,
+    guidance_schedule: str = "pow-cosine",
     order: str | torch.Tensor = "row-major",
     top_k: int = 0,
     top_p: float = 1.0,
@@ -187,21 +230,26 @@ def generate(
 ) -> torch.Tensor:
     """Generate token grids for class `labels` (B,) -> (B, N) int64 codes in raster layout.
 
-    guidance_scale, guidance_power: classifier-free guidance g and the pow-cosine exponent p
-        (`guidance_schedule`); when the schedule is 1 at every step the unconditional half of
-        the batch is skipped.
+    guidance_scale, guidance_power, guidance_schedule: classifier-free guidance g, the
+        pow-cosine exponent p and the schedule name (`guidance_scale_at`; GUIDANCE_SCHEDULES);
+        when the scale is 1 at every step the unconditional half of the batch is skipped.
     temperature: divides the logits. top_k / top_p: optional filtering, off by default.
     order: scan-order name, permutation(s), or "random" (see `resolve_orders`).
     generator: source of every random draw (orders and tokens), on the labels' device.
     amp_dtype: e.g. torch.bfloat16 for autocast on GPU; None = the model's dtype.
     compile: torch.compile the decode step (GPU; "reduce-overhead" uses CUDA graphs).
     """
+    B, N = labels.shape[0], model.config.num_tokens
+    scales = [
+        guidance_scale_at(
+            t, N, scale=guidance_scale, power=guidance_power, schedule=guidance_schedule
+        )
+        for t in range(N)
+    ]
     was_training = model.training
     model.eval()
     device = labels.device
-    B, N = labels.shape[0], model.config.num_tokens
     orders = resolve_orders(order, B, model.config.grid, device=device, generator=generator)
-    scales = [guidance_schedule(t, N, guidance_scale, guidance_power) for t in range(N)]
     guided = any(s != 1.0 for s in scales)
     if guided:  # batch doubling: [conditional; unconditional with the null class]
         labels = torch.cat([labels, torch.full_like(labels, model.config.null_class)])

@@ -61,7 +61,13 @@ UNKNOWN_GRACE_S = 120.0
 
 
 class LaunchError(RuntimeError):
-    """The job could not be submitted, or it ended without a result (the message says why)."""
+    """The job could not be submitted, or it ended without a result (the message says why:
+    its first line, then the job's traceback or the end of its log). `log`: the job's stderr
+    file, when there is one (`rar` prints it beside the one-line error)."""
+
+    def __init__(self, message: str, *, log: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.log = str(log) if log else None
 
 
 # ##########################################################################################
@@ -324,6 +330,11 @@ def _run_in_process(fn, args, kwargs, *, record: Path, name: str, command: str) 
         backend="debug", job_id=f"pid-{os.getpid()}", name=name, command=command,
         submitted=_now(), folder=None, tasks=1, requeues=0, state="RUNNING",
     )  # fmt: skip
+    # The GPUs it uses (`rar status` labels its hours GPU-h or CPU-h); a device that does not
+    # resolve is left to the stage to report.
+    with contextlib.suppress(RuntimeError, ValueError, TypeError):
+        if "device" in kwargs:
+            entry["gpus"] = _in_process_gpus(kwargs["device"])
     _write_record(record, entry)
     print(f"job {entry['job_id']} RUNNING (debug: in-process)", flush=True)
     try:
@@ -333,6 +344,16 @@ def _run_in_process(fn, args, kwargs, *, record: Path, name: str, command: str) 
         raise
     _write_record(record, {**entry, "state": "COMPLETED"})
     return result
+
+
+def _in_process_gpus(device: Any) -> int:
+    """GPUs an in-process job on `device` uses: every process of a torchrun (WORLD_SIZE) has
+    one when the device resolves to CUDA, none otherwise."""
+    from rar.runtime import resolve_device  # torch: the stage imports it anyway
+
+    if resolve_device(device or "auto").type != "cuda":
+        return 0
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _executor(launcher: LauncherConfig, name: str) -> submitit.Executor:
@@ -383,6 +404,7 @@ def _submit(fn, args, kwargs, *, launcher: LauncherConfig, name: str, command: s
         backend=launcher.backend, job_id=str(job.job_id), name=name, command=command,
         submitted=_now(), folder=str(job.paths.folder),
         tasks=launcher.tasks * launcher.nodes, requeues=0, state="SUBMITTED",
+        gpus=launcher.gpus_per_node * launcher.nodes,  # requested; 0: a CPU job
     )  # fmt: skip
     return job, entry
 
@@ -523,7 +545,11 @@ def _wait(job: submitit.Job, entry: dict[str, Any], *, record: Path, poll_s: flo
     _write_record(record, {**entry, "state": "FAILED"})
     if outcome is not None:
         # The job's traceback; its last line is the exception that stopped it.
-        raise LaunchError(f"job {job.job_id} ({entry['name']}) failed:\n{outcome[1].rstrip()}")
+        raise LaunchError(
+            f"job {job.job_id} ({entry['name']}) failed:\n{outcome[1].rstrip()}",
+            log=job.paths.stderr,
+        )
     raise LaunchError(
-        f"job {job.job_id} ({entry['name']}) ended {state} without a result\n{_log_tail(job)}"
+        f"job {job.job_id} ({entry['name']}) ended {state} without a result\n{_log_tail(job)}",
+        log=job.paths.stderr,
     )

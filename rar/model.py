@@ -21,6 +21,23 @@ Differences from the official module, none of which changes a number: the forwar
 the last image token (its output predicts nothing, and causal attention means no other position
 sees it), returns only the N logits that predict tokens, and the KV cache is a static buffer
 passed in by `rar.generate` instead of a growing `torch.cat` inside each attention layer.
+
+Two architectures (`RARConfig.architecture`). "adaln" is the released model above, the one of
+the paper's final results (Table 4). "plain" is the plain ViT of the ablations (Tables 2 and
+3): RAR §4.1 says only that they use a plain ViT without adaLN, and no code for it was released.
+Our choices, each the smallest change that removes adaLN and nothing else:
+
+- same sizes, embedding table, sequence `[cls_token, class token, image tokens]`, positional
+  and target-aware positional tables (spare rows included), QK-norm causal attention, MLP and
+  dropout, so the two differ only in how the class conditions the blocks; the class then
+  enters through its token in the sequence alone (as in LlamaGen's class-conditional GPT);
+- standard pre-norm blocks, `x + attn(norm1(x))` then `x + mlp(norm2(x))`, with affine
+  LayerNorms and no gates: exactly `Block` without `adaLN_modulation` (timm's ViT block), so
+  every remaining parameter keeps its name;
+- no `timesteps_embeddings`: that table only builds the adaLN condition;
+- an affine LayerNorm before `lm_head` (`norm_before_head`, timm ViT's final `norm`), since no
+  adaLN supplies the scale and shift the released head's non-affine norm relies on;
+- the official initialisation without its adaLN-zero part (nothing left to zero).
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar.presets import RAR_CONFIGS
+from rar.presets import ARCHITECTURES, RAR_CONFIGS
 
 # The official tables are longer than the sequence: 1024 spare positional rows and 100 spare
 # timestep rows. They are dead weight, kept so the released state dicts load with strict=True.
@@ -60,8 +77,13 @@ class RARConfig:
     num_tokens: int = 256  # 16 x 16 token grid (256 x 256 images, f16)
     dropout: float = 0.1  # RAR §4.1: dropout 0.1 on residual branches
     attn_dropout: float = 0.1  # and on attention probabilities
+    architecture: str = "adaln"  # RAR §4.1: "adaln" (final models), "plain" ViT (ablations)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; known: {', '.join(ARCHITECTURES)}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -162,8 +184,9 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block with adaLN-zero conditioning (DiT §3.2)."""
+class PlainBlock(nn.Module):
+    """Pre-norm transformer block without conditioning (the ablations' plain ViT): LayerNorm,
+    attention, residual; LayerNorm, MLP, residual."""
 
     def __init__(self, config: RARConfig) -> None:
         super().__init__()
@@ -172,6 +195,23 @@ class Block(nn.Module):
         self.attn = Attention(D, config.num_heads, config.attn_dropout, config.dropout)
         self.norm2 = nn.LayerNorm(D, eps=1e-6)
         self.mlp = Mlp(D, config.mlp_size, config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None = None, **attn_kwargs
+    ) -> torch.Tensor:
+        """x: (B, T, D). `c` is ignored: the same call as `Block`, so rar.generate runs both."""
+        x = x + self.attn(self.norm1(x), **attn_kwargs)
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class Block(PlainBlock):
+    """Pre-norm transformer block with adaLN-zero conditioning (DiT §3.2): `PlainBlock`'s
+    layers (and parameter names) plus the modulation, registered last as in the release."""
+
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__(config)
+        D = config.hidden_size
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, **attn_kwargs) -> torch.Tensor:
@@ -216,9 +256,14 @@ class RAR(nn.Module):
         self.embeddings = nn.Embedding(config.codebook_size + 1 + config.num_classes + 1, D)
         self.pos_embed = nn.Parameter(torch.zeros(1, N + POS_EMBED_SPARE, D))
         self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, N + POS_EMBED_SPARE, D))
-        self.timesteps_embeddings = nn.Parameter(torch.zeros(1, N + TIMESTEP_SPARE, D))
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.adaln_before_head = FinalLayer(D)
+        self.adaln = config.architecture == "adaln"
+        if self.adaln:
+            self.timesteps_embeddings = nn.Parameter(torch.zeros(1, N + TIMESTEP_SPARE, D))
+            self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+            self.adaln_before_head = FinalLayer(D)
+        else:
+            self.blocks = nn.ModuleList(PlainBlock(config) for _ in range(config.num_layers))
+            self.norm_before_head = nn.LayerNorm(D, eps=1e-6)
         self.lm_head = nn.Linear(D, config.codebook_size)
         self.reset_parameters()
 
@@ -227,7 +272,7 @@ class RAR(nn.Module):
         """The official initialisation: truncated normal (std 0.02) for weights, embeddings and
         positional tables, zero biases, unit LayerNorms, and adaLN-zero (every modulation
         output starts at 0, so each block starts as the identity; DiT §3.2). `cls_token` stays
-        zero, as in the official code."""
+        zero, as in the official code. The plain ViT gets the same minus the adaLN part."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -236,8 +281,11 @@ class RAR(nn.Module):
             elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for table in (self.pos_embed, self.target_aware_pos_embed, self.timesteps_embeddings):
+        for table in (self.pos_embed, self.target_aware_pos_embed):
             nn.init.trunc_normal_(table, std=0.02)
+        if not self.adaln:
+            return
+        nn.init.trunc_normal_(self.timesteps_embeddings, std=0.02)
         for mod in [b.adaLN_modulation for b in self.blocks] + [
             self.adaln_before_head.adaLN_modulation
         ]:
@@ -251,9 +299,12 @@ class RAR(nn.Module):
         row, which is exactly `codebook + 1 + C`."""
         return labels + self.config.codebook_size + 1
 
-    def condition(self, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def condition(self, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         """adaLN condition of sequence positions `positions` (T,): the class embedding plus a
-        per-position "timestep" embedding. labels: (B,) -> (B, T, D)."""
+        per-position "timestep" embedding. labels: (B,) -> (B, T, D); None for the plain ViT,
+        whose blocks and head take no condition."""
+        if not self.adaln:
+            return None
         cls_emb = self.embeddings(self.class_ids(labels))  # (B, D)
         return cls_emb[:, None, :] + self.timesteps_embeddings[0, positions][None]
 
@@ -277,8 +328,11 @@ class RAR(nn.Module):
             x = x + self.target_aware_pos_embed[0, PREFIX + target]
         return x
 
-    def head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Final adaLN and projection to codebook logits: (B, T, D) -> (B, T, codebook)."""
+    def head(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Final norm (adaLN under condition `c` (B, T, D), or the plain ViT's affine LayerNorm,
+        which ignores `c`) and projection to codebook logits: (B, T, D) -> (B, T, codebook)."""
+        if not self.adaln:
+            return self.lm_head(self.norm_before_head(x))
         return self.lm_head(self.adaln_before_head(x, c))
 
     # -- training / scoring --------------------------------------------------------------
@@ -310,7 +364,8 @@ class RAR(nn.Module):
         c = self.condition(labels, torch.arange(N + 1, device=tokens.device))  # (B, N + 1, D)
         for block in self.blocks:
             x = block(x, c)
-        return self.head(x[:, 1:], c[:, 1:])  # outputs at positions 1..N predict o_0..o_{N-1}
+        # Outputs at positions 1..N predict o_0..o_{N-1}.
+        return self.head(x[:, 1:], None if c is None else c[:, 1:])
 
 
 # ##########################################################################################
@@ -319,7 +374,8 @@ class RAR(nn.Module):
 
 
 def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RARConfig:
-    """Infer the architecture of an official-layout state dict from its shapes."""
+    """Infer the architecture of an official-layout state dict from its shapes: "adaln" when
+    it has adaLN modulation weights (the release), "plain" (the ablations' ViT) otherwise."""
     required = ["cls_token", "embeddings.weight", "pos_embed", "lm_head.weight"]
     missing = [k for k in required if k not in state_dict]
     if missing:
@@ -328,6 +384,7 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RARConfig:
     num_layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
     head_dim = state_dict["blocks.0.attn.q_norm.weight"].shape[0]
     codebook = state_dict["lm_head.weight"].shape[0]
+    adaln = any("adaLN_modulation" in k for k in state_dict)  # the plain ViT has none
     return RARConfig(
         hidden_size=hidden,
         num_layers=num_layers,
@@ -336,6 +393,7 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> RARConfig:
         codebook_size=codebook,
         num_classes=state_dict["embeddings.weight"].shape[0] - codebook - 2,
         num_tokens=state_dict["pos_embed"].shape[1] - POS_EMBED_SPARE,
+        architecture="adaln" if adaln else "plain",
     )
 
 
@@ -362,9 +420,9 @@ def load_official_rar(path: str | Path, **config_overrides) -> RAR:
 
     `config_overrides` set the fields the weights do not determine (dropout rates).
     """
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
+    from rar.checkpoint import load_file
+
+    state_dict = load_file(path, what="an official RAR state dict (rar_{b,l,xl,xxl}.bin)")
     try:
         config = replace(config_from_state_dict(state_dict), **config_overrides)
     except (ValueError, KeyError) as err:

@@ -5,8 +5,25 @@ raster index (row * grid + col) of the k-th token visited.
 
 RAR §3.2: during training each sequence is permuted at random with probability r, and r
 anneals linearly from 1 to 0 between an anneal start and end epoch. Table 3 trains models that
-converge to other scan orders than raster; those orders are defined as in Taming Transformers
-(Esser et al., `taming/modules/transformer/permuter.py`), which the paper follows.
+converge to other scan orders than raster. Those orders are the ones the paper's supplementary
+Fig. 6 draws on the 16x16 grid (shared/reference/paper_scan_orders_16.json holds them cell by
+cell, and the tests check every entry). Row-major, z-curve and alternate agree with Taming
+Transformers (Esser et al., `taming/modules/transformer/permuter.py`); the other three do not:
+
+- spiral-out starts next to the centre, at (row 7, col 8) = raster 120, and moves down, left,
+  up, right with legs 1, 1, 2, 2, 3, 3, ... (Taming's spiral is this one turned by 180 degrees:
+  it starts at raster 135 and moves up);
+- spiral-in is spiral-out reversed;
+- subsample is one level of 2x2 space-to-depth: for each cell (r, c) of the top-left 8x8
+  quadrant in raster order it visits (r, c), (r, c+8), (r+8, c), (r+8, c+8), i.e. 0, 8, 128,
+  136, 1, 9, 129, 137, ... (Taming's subsample recurses, coarse to fine: 0, 8, 128, 136, 4, ...).
+
+On any power-of-two grid g >= 4 (the offline demo uses 8x8, the tests 4x4) the same rules
+apply with 8 -> g/2: spiral-out starts at (g/2 - 1, g/2) and ends at (0, 0), and the spiral on
+g is the first g*g steps of the spiral on 2g, shifted into the central g x g block; subsample
+pairs each cell of the top-left g/2 x g/2 quadrant with its three copies offset by g/2.
+Taming's variants are not offered: no table of the paper uses them, and a second pair of
+spirals would invite training with the wrong one (Taming's spiral is `g*g - 1 - spiral-out`).
 """
 
 from __future__ import annotations
@@ -14,11 +31,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SCAN_ORDERS = ("row-major", "spiral-in", "spiral-out", "z-curve", "subsample", "alternate")
-
+from rar.presets import SCAN_ORDERS  # the names, torch-free (the workflow reads them)
 
 # ##########################################################################################
-# Scan orders
+# Scan orders (RAR Table 3, as drawn in the paper's supplementary Fig. 6)
 # ##########################################################################################
 
 
@@ -28,15 +44,12 @@ def _check_grid(grid: int) -> None:
 
 
 def _subsample(grid: int) -> np.ndarray:
-    """Coarse to fine: repeated 2x2 space-to-depth. The parity split made first becomes the
-    most significant digit of the visiting index, so the first four visits are the corners of
-    the coarsest lattice (0, g/2, g/2*g, ...)."""
-    idx = np.arange(grid * grid).reshape(1, grid, grid)
-    while idx.shape[1] > 1:
-        c, h, w = idx.shape
-        idx = idx.reshape(c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3)  # (c, 2, 2, h/2, w/2)
-        idx = idx.reshape(c * 4, h // 2, w // 2)
-    return idx.ravel()
+    """One level of 2x2 space-to-depth (RAR Fig. 6): for each cell (r, c) of the top-left
+    g/2 x g/2 quadrant in raster order, visit (r, c), (r, c + g/2), (r + g/2, c),
+    (r + g/2, c + g/2)."""
+    h = grid // 2
+    idx = np.arange(grid * grid).reshape(2, h, 2, h)  # (quadrant row, r, quadrant col, c)
+    return idx.transpose(1, 3, 0, 2).ravel()  # (r, c, quadrant row, quadrant col)
 
 
 def _z_curve(grid: int) -> np.ndarray:
@@ -50,11 +63,12 @@ def _z_curve(grid: int) -> np.ndarray:
 
 
 def _spiral_out(grid: int) -> np.ndarray:
-    """From the centre (row g/2, col g/2 - 1) outwards: up, right, down, left with legs of
-    1, 1, 2, 2, 3, 3, ...; the last leg is one step short and ends at the last index."""
-    r, c = grid // 2, grid // 2 - 1
+    """From next to the centre (row g/2 - 1, col g/2) outwards (RAR Fig. 6): down, left, up,
+    right with legs of 1, 1, 2, 2, 3, 3, ...; the last leg (up the first column) is one step
+    short and ends at raster index 0."""
+    r, c = grid // 2 - 1, grid // 2
     path = [r * grid + c]
-    moves = [(-1, 0), (0, 1), (1, 0), (0, -1)]  # up, right, down, left
+    moves = [(1, 0), (0, -1), (-1, 0), (0, 1)]  # down, left, up, right
     leg, turn = 1, 0
     while len(path) < grid * grid:
         for _ in range(2):  # two legs of each length

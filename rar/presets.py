@@ -1,17 +1,19 @@
-"""Named model sizes and the paper's sampling settings. Torch-free (the workflow reads them
-while parsing the Snakefile); `rar.model` and `rar.generate` build on these tables."""
+"""Named model sizes, architectures and the paper's sampling settings. Torch-free (the workflow
+reads them while parsing the Snakefile); `rar.model` and `rar.generate` build on these tables."""
 
 from __future__ import annotations
 
-# RAR Table 1 / the official release. Parameter counts at codebook 1024, 1000 classes and 256
-# tokens, as released. The tiny sizes train on a CPU (demo and tests).
+# RAR Table 1 / the official release. Trailing comments: parameters at codebook 1024, 1000
+# classes and 256 tokens, with adaLN (as released; the exact counts are in README.md and
+# tests/test_model.py) | as the plain ViT of the ablations (`architecture="plain"`, RAR §4.1).
+# The tiny sizes train on a CPU (demo and tests).
 RAR_CONFIGS: dict[str, dict] = {
-    "rar_b": dict(hidden_size=768, num_layers=24, num_heads=16, mlp_size=3072),  # 260,923,648
-    "rar_l": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_size=4096),  # 461,668,352
-    "rar_xl": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_size=5120),  # 955,425,024
-    "rar_xxl": dict(hidden_size=1408, num_layers=40, num_heads=16, mlp_size=6144),  # 1,498,520,704
-    "rar_tiny": dict(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256),
-    "rar_mini": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_size=512),
+    "rar_b": dict(hidden_size=768, num_layers=24, num_heads=16, mlp_size=3072),  # 260.9M | 174.4M
+    "rar_l": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_size=4096),  # 461.7M | 308.1M
+    "rar_xl": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_size=5120),  # 955.4M | 636.9M
+    "rar_xxl": dict(hidden_size=1408, num_layers=40, num_heads=16, mlp_size=6144),  # 1.50B | 1.02B
+    "rar_tiny": dict(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256),  # 0.54M | 0.46M
+    "rar_mini": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_size=512),  # 1.99M | 1.51M
 }
 
 # The paper's sampling settings per model size (official README_RAR.md and configs):
@@ -22,3 +24,23 @@ SAMPLING_PRESETS: dict[str, dict] = {
     "rar_xl": dict(guidance_scale=6.9, guidance_power=1.5, temperature=1.02),
     "rar_xxl": dict(guidance_scale=8.0, guidance_power=1.2, temperature=1.02),
 }
+
+# Generator architectures (rar.model.RARConfig.architecture). RAR §4.1: the ablations (Tables 2
+# and 3) use a plain ViT, the final models (Table 4) add adaLN conditioning.
+ARCHITECTURES: tuple[str, ...] = ("adaln", "plain")
+
+# Classifier-free guidance schedules (rar.generate.guidance_scale_at): "pow-cosine" (MDT, Gao
+# et al. 2023), RAR's final models; "linear" (MUSE, Chang et al. 2023), RAR's ablations;
+# "constant" for reference. The SAMPLING_PRESETS above are all pow-cosine.
+GUIDANCE_SCHEDULES: tuple[str, ...] = ("constant", "linear", "pow-cosine")
+
+# The six scan orders of RAR Table 3, as drawn in the paper's supplementary Fig. 6
+# (rar.orders builds them).
+SCAN_ORDERS: tuple[str, ...] = (
+    "row-major", "spiral-in", "spiral-out", "z-curve", "subsample", "alternate",
+)  # fmt: skip
+
+# Images per sampling chunk. With the seed it decides which images are drawn (one generator per
+# chunk), so it is part of a sample set's identity: the one default of rar.sample.sample(),
+# `rar sample`, `rar sweep-guidance` and the study schema's `sampling.chunk_size`.
+DEFAULT_CHUNK_SIZE = 250

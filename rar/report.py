@@ -56,7 +56,7 @@ DECIMALS = {"fid": 2, "is": 1, "is_std": 1, "precision": 2, "recall": 2}  # as t
 LOWER_IS_BETTER = {"fid"}
 RESULT_COLUMNS = [
     "fid", "is", "is_std", "precision", "recall", "n_samples", "extractor", "comparable",
-    "status",
+    "guidance_scale", "guidance_sweep", "status",
 ]  # fmt: skip
 PAPER_COLUMNS = [c for m in PAPER_METRICS for c in (f"paper_{m}", f"{m}_diff")]
 ID_COLUMNS = ["run", "evaluation", "label"]
@@ -95,6 +95,7 @@ def read_metrics(path: PathLike | None) -> dict | None:
     out.update(
         n_samples=record.get("num_samples"),
         extractor=extractor,
+        guidance_scale=(record.get("sampling") or {}).get("guidance_scale"),
         comparable=bool(record.get("comparable_to_paper", False)),
         reasons=list(record.get("not_comparable_because") or []),
     )
@@ -138,6 +139,27 @@ def read_train_log(path: PathLike) -> pd.DataFrame | None:
     df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "epoch", df.columns[-1]])
     df = df.drop_duplicates("step", keep="last").sort_values("step")
     return df if len(df) else None
+
+
+def _guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
+    """The guidance scale an evaluation used, and its sweep's FIDs ("2: 3.10, 4: 2.51*, ...",
+    * = chosen, ! = chosen at an edge of the range) when a sweep chose it."""
+    from rar.sweep import read_sweep
+
+    result = read_sweep(sweep) if sweep else None
+    scale = (metrics or {}).get("guidance_scale")
+    if result is None:
+        return {"guidance_scale": scale, "guidance_sweep": None}
+    chosen = result["guidance_scale"]
+    mark = "!" if result["at_edge"] else "*"
+    cells = [
+        f"{p['guidance_scale']:g}: {p['fid']:.2f}" + (mark if p["guidance_scale"] == chosen else "")
+        for p in result["points"]
+    ]
+    return {
+        "guidance_scale": scale if scale is not None else chosen,
+        "guidance_sweep": ", ".join(cells),
+    }
 
 
 def _status(metrics: dict | None, failure: str | None) -> str:
@@ -196,6 +218,7 @@ def make_table(
         m = read_metrics(path)
         rec = {k: row.get("keys", {}).get(k) for k in key_cols}
         rec.update({c: (m or {}).get(c) for c in RESULT_COLUMNS[:-1]})
+        rec.update(_guidance_cells(m, row.get("sweep")))
         rec["status"] = _status(m, read_failure(row.get("failure")))
         for name in PAPER_METRICS:
             ours, theirs = rec[name], paper.get(name)
@@ -296,6 +319,13 @@ def _caption(df: pd.DataFrame, reasons: list[list[str]]) -> list[str]:
     ]
     if holes:
         paras.append(f"**No metrics for {len(holes)} of {len(df)} rows:** " + "; ".join(holes))
+    if df["guidance_sweep"].notna().any():
+        paras.append(
+            "guidance: the classifier-free guidance scale of the evaluation. The paper does not "
+            "give its ablations' scale, so each row's scale was chosen by a sweep: FID at each "
+            "scale on a smaller sample set (the sweep column; * = chosen, ! = chosen at an edge "
+            "of the swept range, which should then be widened)."
+        )
     paras.append("paper: the RAR paper's value where known (arXiv 2411.00776); Δ = ours − paper.")
     return paras
 
@@ -315,6 +345,10 @@ def table_markdown(
         if df[f"paper_{m}"].notna().any():
             cols.append((f"paper {METRIC_NAMES[m]}", f"paper_{m}", DECIMALS[m], False))
             cols.append((f"Δ{METRIC_NAMES[m]}", f"{m}_diff", DECIMALS[m], True))
+    if df["guidance_scale"].notna().any():
+        cols.append(("guidance", "guidance_scale", None, False))
+    if df["guidance_sweep"].notna().any():
+        cols.append(("sweep: FID by scale", "guidance_sweep", None, False))
     cols += [("samples", "n_samples", None, False), ("status", "status", None, False)]
 
     lines = [f"# {table}", "", *(p + "\n" for p in _caption(df, reasons))]
@@ -505,61 +539,58 @@ def plot_metric_bars(*, csv: PathLike, out: PathLike, key: str, metric: str = "f
 # ##########################################################################################
 
 
-def plot_scan_orders(*, out: PathLike, grid: int = 8, orders: Sequence[str] | None = None) -> Path:
-    """The scan orders (default all six of rar.orders.SCAN_ORDERS) on a `grid` x `grid` token
-    grid: each cell shows the step at which it is visited, coloured early (dark) to late
-    (bright), with arrows where the path steps to a neighbouring cell. 2 x 3 panels for the
-    six orders."""
+def plot_scan_orders(*, out: PathLike, grid: int = 16, orders: Sequence[str] | None = None) -> Path:
+    """The scan orders (default all six of rar.orders.SCAN_ORDERS) drawn as the paper's
+    supplementary Fig. 6 draws them: on the `grid` x `grid` token grid (the paper's 16x16 by
+    default, whatever grid a study trains on), each cell prints the step at which it is visited
+    and is coloured by it (early dark, late bright), and a thin line joins the cell centres in
+    visiting order. 2 x 3 panels for the six orders."""
+    from matplotlib import colormaps, patheffects
+
     from rar.orders import SCAN_ORDERS, scan_order  # imports torch
 
     orders = list(orders or SCAN_ORDERS)
     ncols = min(3, len(orders))
     nrows = math.ceil(len(orders) / ncols)
-    fig = _figure(3.3 * ncols, 3.5 * nrows + 0.4)
+    side = 4.8 if grid >= 16 else 3.3  # 16x16 needs ~35 px a cell for three-digit numbers
+    fig = _figure(side * ncols, (side + 0.3) * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    cmap = colormaps["viridis"]
+    n = grid * grid
     for ax, name in zip(axes, orders, strict=False):  # spare panels stay empty
         visit = scan_order(name, grid).numpy()  # visit[k] = raster index of the k-th token
-        step = np.empty(grid * grid, dtype=int)
-        step[visit] = np.arange(grid * grid)  # the inverse: raster index -> visiting step
-        ax.imshow(step.reshape(grid, grid), cmap="viridis")
+        step = np.empty(n, dtype=int)
+        step[visit] = np.arange(n)  # the inverse: raster index -> visiting step
+        ax.imshow(step.reshape(grid, grid), cmap=cmap, vmin=0, vmax=n - 1)
         rows, cols = np.divmod(visit, grid)
-        dr, dc = np.diff(rows), np.diff(cols)
-        # Arrows only between neighbouring cells (diagonals included, for the z-curve): the
-        # long jumps of subsample or row-major would cross every number. Each arrow covers
-        # the middle 40% of its step so that it sits between the numbers, not over them.
-        near = np.hypot(dr, dc) < 1.5
-        ax.quiver(
-            cols[:-1][near] + 0.3 * dc[near],
-            rows[:-1][near] + 0.3 * dr[near],
-            0.4 * dc[near],
-            0.4 * dr[near],
-            angles="xy",
-            scale_units="xy",
-            scale=1,
-            color="white",
-            alpha=0.8,
-            width=0.008,
-            headwidth=4,
-            headlength=4,
-        )
+        # The whole path, long jumps included (subsample, z-curve, row-major line ends), as
+        # in Fig. 6: thin and faint; each number is outlined in its cell's colour, which
+        # masks the lines crossing it.
+        ax.plot(cols, rows, color="white", lw=0.5, alpha=0.5)
+        ax.plot(cols[0], rows[0], "o", ms=9 * 16 / grid, mfc="none", mec="red", mew=1.2)
         if grid <= 16:  # numbers stop being readable beyond that
-            for k, idx in enumerate(visit):
-                r, c = divmod(int(idx), grid)
+            for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+                red, green, blue, _ = rgba = cmap(k / (n - 1))
+                light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # luma of the cell
                 ax.text(
                     c,
                     r,
                     str(k),
                     ha="center",
                     va="center",
-                    fontsize=max(4, 56 // grid),
-                    color="black" if k > 0.6 * grid * grid else "white",
+                    fontsize=max(5.0, 88 / grid),
+                    color="black" if light else "white",
+                    path_effects=[patheffects.withStroke(linewidth=2, foreground=rgba)],
                 )
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[len(orders) :]:
         ax.set_axis_off()
-    fig.suptitle(f"Scan orders on a {grid}x{grid} token grid (RAR Table 3): number = visiting step")
+    fig.suptitle(
+        f"Scan orders on a {grid}x{grid} token grid (RAR Table 3, supplementary Fig. 6): "
+        "number = visiting step, red circle = first token"
+    )
     return _save(fig, out)
 
 
@@ -655,6 +686,47 @@ def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid")
         text += f" ({missing} of {len(points)} points missing)"
     ax.set_title(text, fontsize=10)
     ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_guidance_sweeps(*, points: list[dict], out: PathLike) -> Path:
+    """FID against the guidance scale, one line per row, the chosen scale marked.
+
+    points: [{"label", "guidance": a sweep's guidance.json}]; rows whose sweep has not run
+    are counted in the title. Small multiples when there are more than eight rows, so that
+    colours never repeat within a panel."""
+    from rar.sweep import read_sweep
+
+    sweeps = [(p["label"], read_sweep(p["guidance"])) for p in points]
+    done = [(label, s) for label, s in sweeps if s is not None]
+    per_panel = 8
+    panels = [done[i : i + per_panel] for i in range(0, len(done), per_panel)] or [[]]
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(5.0 * cols, 3.8 * rows)
+    for k, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for i, (label, sweep) in enumerate(panel):
+            xs = [pt["guidance_scale"] for pt in sweep["points"]]
+            ys = [pt["fid"] for pt in sweep["points"]]
+            color = f"C{i}"
+            ax.plot(xs, ys, marker="o", ms=3, color=color, label=label)
+            ax.plot([sweep["guidance_scale"]], [sweep["best"]], marker="*", ms=12, color=color)
+        if panel:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no sweep yet", transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel("FID (sweep samples)")
+        ax.grid(alpha=0.3)
+    n_samples = {pt.get("num_samples") for _, s in done for pt in s["points"]} - {None}
+    title = "FID against guidance scale\n(* = the scale the table's evaluation used"
+    if n_samples:
+        title += f"; {'/'.join(f'{n:,}' for n in sorted(n_samples))} samples per point"
+    title += ")"
+    if len(done) < len(sweeps):
+        title += f"; {len(sweeps) - len(done)} of {len(sweeps)} sweeps missing"
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)
 
 

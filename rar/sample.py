@@ -4,19 +4,28 @@ The paper's numbers (RAR Table 1-6) come from 50,000 images, 50 per ImageNet cla
 the ADM suite (Dhariwal & Nichol, guided-diffusion `evaluations/evaluator.py`). This module
 writes exactly that set:
 
-- the label list is `[c for c in classes for _ in range(num_per_class)]`, cut in order into
-  fixed chunks of `chunk_size` images;
-- chunk i is generated with a torch.Generator seeded from `SeedSequence([seed, i])`, so every
-  image depends only on (seed, its chunk), never on the number of processes or on restarts.
-  (DiT's `sample_ddp.py` seeds per rank, `global_seed * world_size + rank`, which changes the
-  samples when the GPU count changes; per-chunk seeds keep DiT's sharding without that.)
+- ADM layout: class-interleaved. The label list is `num_per_class` blocks of `num_classes`
+  images; block b holds every class exactly once, in the order
+  `default_rng(SeedSequence([seed, b], spawn_key=(LABEL_STREAM,))).permutation(num_classes)`
+  (`class_labels`). Why: ADM's evaluator takes the Inception Score over consecutive splits of
+  5,000 images of `arr_0`, unshuffled; a class-sorted file (0,0,...,1,1,...; rar-samples/1)
+  gives it splits of 100 classes each, so a flat marginal p(y) is never seen and the IS comes
+  out deflated. Interleaved, every split (and every prefix) is class-balanced;
+- the list is cut in order into fixed chunks of `chunk_size` images (DEFAULT_CHUNK_SIZE, the
+  study schema's `sampling.chunk_size`); chunk i is generated with a torch.Generator seeded from
+  `SeedSequence([seed, i])`, so every image depends only on (seed, its index), never on the
+  number of processes or on restarts. (DiT's `sample_ddp.py` seeds per rank,
+  `global_seed * world_size + rank`, which changes the samples when the GPU count changes;
+  per-chunk seeds keep DiT's sharding without that.)
 - processes (RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS) take chunks `i % world == rank`;
   each chunk is written atomically under `<out>.chunks/`, so a rerun after a crash or SIGKILL
-  skips finished chunks;
+  skips finished chunks; `<out>.chunks/plan.json` records the settings and the format
+  (SAMPLES_FORMAT), and chunks of other settings or of an older format are refused;
 - when every chunk exists, rank 0 (or any later single-process call) merges them into
-  `<out>` (`arr_0`: (N, H, W, 3) uint8, `labels`: (N,) int64), a PNG grid and `<out stem>.json`.
-  The `.npz` is written with fixed zip metadata, so an interrupted and an uninterrupted run
-  give byte-identical files (numpy's `savez` stamps the current time into the zip).
+  `<out>` (`arr_0`: (N, H, W, 3) uint8, `labels`: (N,) int64, aligned), a PNG grid (rows by
+  class, picked by label) and `<out stem>.json`. The `.npz` is written with fixed zip metadata,
+  so an interrupted and an uninterrupted run give byte-identical files (numpy's `savez` stamps
+  the current time into the zip).
 """
 
 from __future__ import annotations
@@ -38,28 +47,43 @@ from typing import Any
 import numpy as np
 import torch
 
+from rar import presets
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from rar.io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_file
 from rar.model import RAR, RAR_CONFIGS, RARConfig, rar_from_state_dict
 from rar.runtime import resolve_device
 
-SAMPLES_FORMAT = "rar-samples/1"
+# rar-samples/1: class-sorted labels; rar-samples/2: class-interleaved (the ADM layout above).
+SAMPLES_FORMAT = "rar-samples/2"
 PAPER_NUM_PER_CLASS = 50  # RAR §4.1 / ADM: 50,000 samples = 50 per ImageNet class
+# Images per chunk (rar.presets: the one default of sample(), `rar sample` and the study
+# schema's `sampling.chunk_size`, which a test holds equal).
+DEFAULT_CHUNK_SIZE = presets.DEFAULT_CHUNK_SIZE
 CHUNK_NAME = "chunk_{:06d}.npz"
+LABEL_STREAM = 1  # SeedSequence spawn key of the label order: apart from the chunk streams
+GUIDANCE_SCALE_KEY = "guidance_scale"  # the key `--guidance-scale-from` reads (rar sweep-guidance)
 
 # ##########################################################################################
 # Chunk arithmetic and seeds
 # ##########################################################################################
 
 
-def class_labels(num_classes: int, num_per_class: int) -> np.ndarray:
+def label_block(seed: int, block: int, num_classes: int) -> np.ndarray:
+    """The classes of block `block` of the output, in order -> (num_classes,) int64: a
+    permutation of range(num_classes) that depends only on (seed, block)."""
+    seq = np.random.SeedSequence([seed, block], spawn_key=(LABEL_STREAM,))
+    return np.random.default_rng(seq).permutation(num_classes).astype(np.int64)
+
+
+def class_labels(num_classes: int, num_per_class: int, *, seed: int) -> np.ndarray:
     """The label of every image, in output order -> (num_classes * num_per_class,) int64:
-    `num_per_class` copies of class 0, then of class 1, ..."""
+    `num_per_class` consecutive blocks, each holding every class once (`label_block`), so that
+    any run of consecutive images is class-balanced (the ADM layout of the module docstring)."""
     if num_classes <= 0 or num_per_class <= 0:
         raise ValueError(
             f"need num_classes > 0 and num_per_class > 0, got {num_classes}, {num_per_class}"
         )
-    return np.repeat(np.arange(num_classes, dtype=np.int64), num_per_class)
+    return np.concatenate([label_block(seed, b, num_classes) for b in range(num_per_class)])
 
 
 def num_chunks(num_images: int, chunk_size: int) -> int:
@@ -200,26 +224,28 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_grid(
     images: np.ndarray,
+    labels: np.ndarray,
     path: str | os.PathLike,
     *,
     num_classes: int,
-    num_per_class: int,
     max_classes: int = 16,
     per_class: int = 8,
 ) -> list[int]:
-    """A PNG for people to look at: one row per class, `per_class` samples each, for up to
-    `max_classes` classes spread evenly over the label range. images: (N, H, W, 3) uint8 in
-    output order (class-major). Returns the classes shown."""
+    """A PNG for people to look at: one row per class, its first `per_class` samples (picked
+    by label, whatever the file's order), for up to `max_classes` classes spread evenly over
+    the label range. images: (N, H, W, 3) uint8; labels: (N,) the class of each image.
+    Returns the classes shown."""
     from PIL import Image
 
     spread = np.linspace(0, num_classes - 1, min(max_classes, num_classes))
     classes = sorted({int(c) for c in spread})
-    cols = min(per_class, num_per_class)
+    rows = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+    cols = min(len(r) for r in rows)
     _, H, W, _ = images.shape
     canvas = np.zeros((len(classes) * H, cols * W, 3), dtype=np.uint8)
-    for r, c in enumerate(classes):
-        for j in range(cols):
-            canvas[r * H : (r + 1) * H, j * W : (j + 1) * W] = images[c * num_per_class + j]
+    for r, indices in enumerate(rows):
+        for j, i in enumerate(indices[:cols]):
+            canvas[r * H : (r + 1) * H, j * W : (j + 1) * W] = images[i]
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -239,11 +265,12 @@ def load_generator(path: str | os.PathLike) -> tuple[RAR, dict]:
     ("rar-train/1" or "official"), `model_size` (a name of RAR_CONFIGS or None), `step`/`epoch`
     for our checkpoints, and the `model_config`.
     """
+    from rar.checkpoint import load_file
     from rar.train import CHECKPOINT_FORMAT
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
+    obj = load_file(
+        path, what="a RAR generator: a rar-train/1 checkpoint or an official RAR state dict"
+    )
     if obj.get("format") == CHECKPOINT_FORMAT:
         config = RARConfig(**obj["model_config"])
         state_dict = obj["model"]
@@ -273,12 +300,33 @@ def _size_name(config: RARConfig) -> str | None:
     return None
 
 
+def read_guidance_scale(path: str | os.PathLike) -> float:
+    """The classifier-free guidance scale stored under GUIDANCE_SCALE_KEY in JSON file `path`
+    (written by a guidance sweep, `rar sweep-guidance`). Raises ValueError naming the file and
+    the key when the file is missing, is not JSON or lacks a finite number under the key."""
+    path = Path(path)
+    want = f"a JSON object with a number under {GUIDANCE_SCALE_KEY!r}"
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (expected {want})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err}); expected {want}") from None
+    if not isinstance(obj, dict) or GUIDANCE_SCALE_KEY not in obj:
+        raise ValueError(f"{path}: no key {GUIDANCE_SCALE_KEY!r} (expected {want})")
+    value = obj[GUIDANCE_SCALE_KEY]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{path}: {GUIDANCE_SCALE_KEY!r} is {value!r}, not a finite number")
+    return float(value)
+
+
 def resolve_sampling(
     model_size: str | None,
     *,
     preset: str | None = None,
     guidance_scale: float | None = None,
     guidance_power: float | None = None,
+    guidance_schedule: str | None = None,
     temperature: float | None = None,
     order: str | None = None,
     top_k: int | None = None,
@@ -286,6 +334,7 @@ def resolve_sampling(
 ) -> tuple[SamplingConfig, str | None]:
     """The sampling settings: `preset` (a SAMPLING_PRESETS name), else the preset of the
     model's size when it has one, else SamplingConfig's defaults; then each given override.
+    guidance_schedule: one of rar.presets.GUIDANCE_SCHEDULES (SamplingConfig checks it).
     Returns (settings, name of the preset used or None)."""
     if preset is not None and preset not in SAMPLING_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(SAMPLING_PRESETS)}")
@@ -294,6 +343,7 @@ def resolve_sampling(
     overrides = {
         "guidance_scale": guidance_scale,
         "guidance_power": guidance_power,
+        "guidance_schedule": guidance_schedule,
         "temperature": temperature,
         "order": order,
         "top_k": top_k,
@@ -332,6 +382,13 @@ def _check_plan(chunk_dir: Path, plan: dict) -> None:
     path = chunk_dir / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
+        if old.get("format") != plan["format"]:
+            raise ValueError(
+                f"{chunk_dir} holds chunks of an unfinished sampling in the layout "
+                f"{old.get('format')!r} (rar-samples/1: class-sorted labels), which cannot be "
+                f"mixed with {plan['format']!r} (class-interleaved labels); delete that folder "
+                "to start over"
+            )
         if old != plan:
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             raise ValueError(
@@ -361,6 +418,7 @@ def _generate_chunk(
         torch.from_numpy(labels).to(device),
         guidance_scale=sampling.guidance_scale,
         guidance_power=sampling.guidance_power,
+        guidance_schedule=sampling.guidance_schedule,
         temperature=sampling.temperature,
         order=sampling.order,
         top_k=sampling.top_k,
@@ -433,11 +491,13 @@ def sample(
     *,
     num_per_class: int = PAPER_NUM_PER_CLASS,
     num_classes: int | None = None,
-    chunk_size: int = 125,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     seed: int = 0,
     preset: str | None = None,
     guidance_scale: float | None = None,
     guidance_power: float | None = None,
+    guidance_schedule: str | None = None,
+    guidance_sweep: dict | None = None,
     temperature: float | None = None,
     order: str | None = None,
     top_k: int | None = None,
@@ -460,15 +520,20 @@ def sample(
     `rar.tokenizer.load_tokenizer` reads (the official `maskgit-vqgan-imagenet-f16-256.bin`).
     num_classes: default the model's. chunk_size: images per chunk (one generate call; the
         chunk layout and the seed fix the samples, so keep it when resuming).
-    preset / guidance_scale / guidance_power / temperature / order / top_k / top_p: see
-        `resolve_sampling`; the preset defaults to the model size's (rar_b ... rar_xxl).
+    seed: fixes the label order (`class_labels`) and every chunk's generator.
+    preset / guidance_scale / guidance_power / guidance_schedule / temperature / order /
+        top_k / top_p: see `resolve_sampling`; the preset defaults to the model size's
+        (rar_b ... rar_xxl).
+    guidance_sweep: the guidance sweep that chose `guidance_scale` (`rar.sweep`), recorded
+        in samples.json and from there in metrics.json.
     dtype: "fp32", "bf16" (autocast for the transformer) or "auto" (bf16 on GPU).
     compile: torch.compile the decode step (GPU). rank / world_size: default from the
         environment (torchrun or SLURM); this process makes chunks i % world_size == rank.
     check_extractor / extractor_weights: fail at once, before sampling, when `rar evaluate`
         would not find that feature extractor's weights (`rar.evaluate.check_extractor_available`).
 
-    Writes `out` (`arr_0` (N, H, W, 3) uint8, `labels` (N,) int64), `grid_path` (default
+    Writes `out` (`arr_0` (N, H, W, 3) uint8, `labels` (N,) int64, class-interleaved: the ADM
+    layout of the module docstring), `grid_path` (default
     `grid.png` beside `out`) and `samples.json` (`out` with suffix .json). Returns that JSON
     as a dict from the process that merged (rank 0), None from the others.
     """
@@ -496,6 +561,7 @@ def sample(
         preset=preset,
         guidance_scale=guidance_scale,
         guidance_power=guidance_power,
+        guidance_schedule=guidance_schedule,
         temperature=temperature,
         order=order,
         top_k=top_k,
@@ -504,7 +570,7 @@ def sample(
     num_classes = model.config.num_classes if num_classes is None else num_classes
     if not 0 < num_classes <= model.config.num_classes:
         raise ValueError(f"num_classes {num_classes} must be in 1..{model.config.num_classes}")
-    labels = class_labels(num_classes, num_per_class)
+    labels = class_labels(num_classes, num_per_class, seed=seed)
     total = num_chunks(len(labels), chunk_size)
     # Everything that determines the images; a resume must match it exactly.
     plan = {
@@ -520,10 +586,18 @@ def sample(
     }
     if out.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
-        if info.get("plan") == plan:
+        old = info.get("plan") or {}
+        if old == plan:
             print(f"{out} is complete with these settings; nothing to do", flush=True)
             return info if rank == 0 else None
-        print(f"{out} was made with other settings; sampling again", flush=True)
+        if old.get("format") != SAMPLES_FORMAT:
+            print(
+                f"{out} has the layout {old.get('format')!r}, not {SAMPLES_FORMAT!r} "
+                "(class-interleaved); sampling again",
+                flush=True,
+            )
+        else:
+            print(f"{out} was made with other settings; sampling again", flush=True)
 
     from rar.tokenizer import load_tokenizer
 
@@ -587,6 +661,7 @@ def sample(
         compile=compile,
         device=str(dev),
         world_size=world_size,
+        guidance_sweep=guidance_sweep,
         wall_seconds_merging_process=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
     )
@@ -643,7 +718,7 @@ def _merge(
 
     write_npz(out, {"arr_0": StreamedArray(shape, np.dtype(np.uint8), parts()), "labels": labels})
     images = open_npz_array(out, "arr_0")
-    shown = save_grid(images, grid_path, num_classes=num_classes, num_per_class=num_per_class)
+    shown = save_grid(images, labels, grid_path, num_classes=num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     return {
         "format": SAMPLES_FORMAT,

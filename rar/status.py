@@ -207,12 +207,17 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def record_gpus(record: dict[str, Any] | None) -> int:
-    """GPUs a job held: its `gpus` if recorded, else its tasks (one per GPU), else 1."""
-    for key in ("gpus", "tasks"):
-        with contextlib.suppress(TypeError, ValueError):
-            value = int((record or {}).get(key))
-            if value > 0:
-                return value
+    """GPUs a job held: its `gpus` (0 for a CPU job) as rar.launch records it; in a record
+    older than that field, its tasks (one per GPU), else 1."""
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0, int((record or {}).get("gpus")))
+    return record_processes(record)
+
+
+def record_processes(record: dict[str, Any] | None) -> int:
+    """Processes a job ran (its tasks), at least 1."""
+    with contextlib.suppress(TypeError, ValueError):
+        return max(1, int((record or {}).get("tasks")))
     return 1
 
 
@@ -335,7 +340,8 @@ class RowStatus:
     job_state: str | None = None  # "?"-suffixed in the table when unverified
     job_verified: bool = True
     requeues: int = 0
-    gpu_hours: float = 0.0  # the run's, so far
+    gpu_hours: float = 0.0  # the run's training, so far: time x GPUs of its job
+    cpu_hours: float = 0.0  # the same for a job without a GPU: time x processes
     eta_s: float | None = None  # until this stage's output, at the recent throughput
     reason: str | None = None  # failed: why (failure.txt or the job's end state)
     log: str | None = None  # the log to read for this row's current stage
@@ -355,6 +361,12 @@ class Status:
     gpu_hours_planned: float | None
     slurm: bool  # whether SLURM answered (False: job states are the records' own)
     columns: dict[str, list[str]] = field(default_factory=dict)  # table -> its row keys
+    cpu_hours_used: float = 0.0  # training hours of jobs without a GPU (the CPU demo)
+
+    @property
+    def failed(self) -> bool:
+        """Whether any row has failed (`rar status` then exits 1)."""
+        return any(row.stage == "failed" for row in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -379,9 +391,13 @@ class _Reader:
             self._progress[run] = read_progress(self.path(self.study.run_dir(run)) / "metrics.csv")
         return self._progress[run]
 
-    def gpu_hours(self, run: str) -> float:
+    def hours(self, run: str) -> tuple[float, float]:
+        """(GPU-hours, CPU-hours) of a run's training: its time x the GPUs of its job, or x
+        its processes when the job had no GPU."""
         record = read_record(self.path(self.study.run_dir(run)) / "job.json")
-        return self.progress(run).elapsed_s / 3600 * record_gpus(record)
+        hours = self.progress(run).elapsed_s / 3600
+        gpus = record_gpus(record)
+        return (hours * gpus, 0.0) if gpus else (0.0, hours * record_processes(record))
 
     def log(self, rule: str, name: str) -> Path | None:
         """The newest Snakemake log of `rule` for `name` (a trunk has one per segment)."""
@@ -510,11 +526,12 @@ def row_status(reader: _Reader, label: str, run_id: str, ev_id: str | None) -> R
         target_epoch = max(run.segments) if run.segments else run.config.epochs
     target = reader.path(study.checkpoint(run_id, target_epoch))
     progress = reader.progress(run_id)
+    gpu_hours, cpu_hours = reader.hours(run_id)
     row = RowStatus(
         label=label, run=run_id, evaluation=ev_id, stage="done",
         epoch=target_epoch if target.exists() else (progress.epoch or 0.0),
         epochs=target_epoch, ratio=progress.ratio, loss=progress.loss,
-        gpu_hours=reader.gpu_hours(run_id),
+        gpu_hours=gpu_hours, cpu_hours=cpu_hours,
     )  # fmt: skip
     if not target.exists():
         _train_row(reader, row, run, target)
@@ -590,10 +607,11 @@ def collect(study: Study, *, root: str | Path = ".", use_slurm: bool = True) -> 
         runs_total=len(study.runs),
         evaluations_done=evals_done,
         evaluations_total=len(study.evaluations),
-        gpu_hours_used=sum(reader.gpu_hours(r) for r in study.runs),
+        gpu_hours_used=sum(reader.hours(r)[0] for r in study.runs),
         gpu_hours_planned=estimate(study)["gpu_hours"],
         slurm=slurm is not None,
         columns={t: list(rows[0].keys) for t, rows in study.tables.items() if rows},
+        cpu_hours_used=sum(reader.hours(r)[1] for r in study.runs),
     )
 
 
@@ -609,7 +627,10 @@ def _target_epoch(study: Study, run: Run) -> float:
 # Text output
 # ##########################################################################################
 
+# The hours column is "GPU-h", or "CPU-h" when every job with hours ran without a GPU (the CPU
+# demo), or "hours" with the unit in each cell when both kinds ran.
 HEADER = ("row", "run", "stage", "epochs", "r", "loss", "job", "requeues", "GPU-h", "ETA", "note")
+HOURS = HEADER.index("GPU-h")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -626,13 +647,26 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_hours(hours: float | None) -> str:
-    """GPU-hours, readable from a CPU demo's 0.0012 to a study's 29,776."""
+    """Hours, readable from a CPU demo's 0.0012 to a study's 29,776 GPU-hours."""
     if hours is None:
         return "?"
     return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
 
 
-def _cells(row: RowStatus) -> tuple[str, ...]:
+def _hours_units(rows: list[RowStatus]) -> set[str]:
+    """The kinds of hours the rows used: {"GPU"}, {"CPU"}, both, or none."""
+    return {"GPU" if r.gpu_hours else "CPU" for r in rows if r.gpu_hours or r.cpu_hours}
+
+
+def _hours_cell(row: RowStatus, mixed: bool) -> str:
+    if not mixed:
+        return format_hours(row.gpu_hours or row.cpu_hours)
+    if row.gpu_hours:
+        return f"{format_hours(row.gpu_hours)} GPU"
+    return f"{format_hours(row.cpu_hours)} CPU" if row.cpu_hours else "0"
+
+
+def _cells(row: RowStatus, mixed: bool = False) -> tuple[str, ...]:
     job = "-"
     if row.job_id:
         job = f"{row.job_id} {row.job_state}{'' if row.job_verified else '?'}"
@@ -642,13 +676,16 @@ def _cells(row: RowStatus) -> tuple[str, ...]:
         row.label, row.run, row.stage, epochs,
         "-" if row.ratio is None else f"{row.ratio:.2f}",
         "-" if row.loss is None else f"{row.loss:.4f}",
-        job, str(row.requeues), format_hours(row.gpu_hours), format_duration(row.eta_s), note,
+        job, str(row.requeues), _hours_cell(row, mixed), format_duration(row.eta_s), note,
     )  # fmt: skip
 
 
 def format_status(status: Status) -> str:
     """The table, then the totals and the failed rows with the end of their logs."""
-    cells = [HEADER, *(_cells(r) for r in status.rows)]
+    units = _hours_units(status.rows)
+    header = list(HEADER)
+    header[HOURS] = "hours" if len(units) > 1 else f"{next(iter(units), 'GPU')}-h"
+    cells = [tuple(header), *(_cells(r, mixed=len(units) > 1) for r in status.rows)]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER) - 1)]
     lines = [
         f"study {status.study} at {status.generated}"
@@ -665,6 +702,10 @@ def format_status(status: Status) -> str:
         "",
         f"GPU-hours: {format_hours(status.gpu_hours_used)} used of "
         f"{format_hours(planned)} planned (rar plan)",
+    ]
+    if status.cpu_hours_used:
+        lines.append(f"CPU-hours: {format_hours(status.cpu_hours_used)} used by jobs without a GPU")
+    lines += [
         f"runs: {status.runs_done}/{status.runs_total} done; evaluations: "
         f"{status.evaluations_done}/{status.evaluations_total} done",
     ]

@@ -461,12 +461,9 @@ def maskgit_vqgan_from_state_dict(
 
 
 def _load_file(path: str | os.PathLike) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise  # a missing or unreadable file keeps its own, clearer error
-    except Exception as err:  # pickle, zip and weights_only errors all mean "not ours"
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({err})") from err
+    from rar.checkpoint import load_file  # CheckpointMissing is also a FileNotFoundError
+
+    return load_file(path, what="a tokenizer file (a state dict)", expect=None)
 
 
 def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 256) -> MaskGITVQGAN:

@@ -4,7 +4,8 @@
 `workdir/checkpoints/last.pt` when it exists. Everything random in a step (label dropout, the
 permutation draws, dropout masks) is seeded from (seed, step, chunk), where a chunk is one
 micro-batch of the global batch; the data position follows from the step. So a run stopped at
-any step and resumed from its checkpoint ends bit-identical (on CPU) to an uninterrupted run,
+any step and resumed from its checkpoint ends bit-identical (on CPU at any thread count, the
+same for both runs: the CPU always trains with deterministic algorithms) to an uninterrupted run,
 a branch from a trunk checkpoint equals the run trained from scratch, and the result does not
 depend on how the global batch is split over GPUs and accumulation steps (to fp tolerance).
 """
@@ -29,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rar.config import TrainConfig
+from rar.checkpoint import CheckpointError, load_file
+from rar.config import BRANCH_KEYS, RESUME_FREE, TrainConfig
 from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
@@ -41,13 +43,6 @@ METRICS_FIELDS = [
     "step", "epoch", "loss", "accuracy", "lr", "ratio", "grad_norm",
     "tokens_per_s", "images_per_s", "elapsed_s",
 ]  # fmt: skip
-
-# Keys a branch may change relative to the trunk it starts from: the anneal, the order it
-# converges to, and which checkpoints it keeps. Anything else would make the trunk's
-# prefix a different run.
-BRANCH_KEYS = frozenset({"anneal_start", "anneal_end", "target_order", "checkpoint_epochs"})
-# Keys that do not change the computation, so a resume may see them changed.
-RESUME_FREE_KEYS = frozenset({"checkpoint_minutes", "log_every", "data"})
 
 
 # ##########################################################################################
@@ -230,6 +225,7 @@ def model_from_config(cfg: TrainConfig) -> RAR:
     return RAR(
         rar_config(
             cfg.model,
+            architecture=cfg.architecture,
             codebook_size=cfg.codebook_size,
             num_classes=cfg.num_classes,
             num_tokens=cfg.num_tokens,
@@ -264,11 +260,130 @@ def save_checkpoint(path: Path, **state) -> None:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
 
+# `last.pt` keeps its predecessor until the new one is complete (`save_last`).
+LAST, LAST_PREV, LAST_NEXT = "last.pt", "last.prev.pt", "last.next.pt"
+
+
+def save_last(path: Path, **state) -> None:
+    """Write `path` (`last.pt`) keeping the previous one as `last.prev.pt`: write
+    `last.next.pt` (atomically, fsynced), rename last -> prev, rename next -> last. A crash
+    at any point leaves complete files only (between the renames: prev and next), and a
+    last.pt that is bad anyway (a disk that lied, a bad copy) still has prev behind it
+    (`find_resume_point`)."""
+    staged, prev = path.with_name(LAST_NEXT), path.with_name(LAST_PREV)
+    save_checkpoint(staged, **state)
+    if path.exists():
+        os.replace(path, prev)
+    os.replace(staged, path)
+    with contextlib.suppress(OSError):  # persist the renames (best effort, as rar.io)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a training checkpoint of this pipeline")
+    """A training checkpoint of this pipeline; CheckpointError (a ValueError) naming the file
+    when it is missing, truncated, unsafe or something else (rar.checkpoint)."""
+    what = f"a training checkpoint of this pipeline ({CHECKPOINT_FORMAT})"
+    ckpt = load_file(path, what=what)
+    if ckpt.get("format") != CHECKPOINT_FORMAT or not {"model", "step"} <= ckpt.keys():
+        raise CheckpointError(f"{path}: not {what} (format {ckpt.get('format')!r})")
     return ckpt
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path  # the checkpoint to resume from
+    ckpt: dict
+    failed: tuple[tuple[Path, str], ...]  # this run's checkpoints that did not load, and why
+
+
+def find_resume_point(ckpt_dir: Path) -> ResumePoint | None:
+    """The newest of this run's own checkpoints that loads; None when it has none at all.
+
+    `last.pt` first (the normal case: one load). When it is missing or does not load, the
+    highest step among `last.next.pt` (complete, not yet renamed), `last.prev.pt` and the
+    newest `epoch_*.pt` that loads. Raises CheckpointError listing every file and why it
+    failed when checkpoints exist but none of them loads: a run is only ever started from
+    scratch when it has no checkpoint at all.
+    """
+    last = ckpt_dir / LAST
+    failed: list[tuple[Path, str]] = []
+    if last.exists():
+        try:
+            return ResumePoint(last, load_checkpoint(last), ())
+        except CheckpointError as err:
+            failed.append((last, str(err)))
+    named = sorted(ckpt_dir.glob("epoch_*.pt"), key=_epoch_of_name, reverse=True)
+    best: tuple[Path, dict] | None = None
+    for path in [ckpt_dir / LAST_NEXT, ckpt_dir / LAST_PREV, *named]:
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            failed.append((path, str(err)))
+            continue
+        if best is None or ckpt["step"] > best[1]["step"]:
+            best = path, ckpt
+        if path in named:
+            break  # older epoch files hold earlier steps
+    if best is None and failed:
+        listing = "\n".join(f"  {p.name}: {why}" for p, why in failed)
+        raise CheckpointError(
+            f"{ckpt_dir}: none of this run's checkpoints loads, so it can neither resume nor "
+            f"start again without losing them:\n{listing}\nNothing was changed; move the "
+            "folder away to train the run from scratch."
+        )
+    return ResumePoint(best[0], best[1], tuple(failed)) if best else None
+
+
+def _epoch_of_name(path: Path) -> float:
+    try:
+        return float(path.name[len("epoch_") : -len(".pt")])
+    except ValueError:
+        return -math.inf
+
+
+def _set_aside(point: ResumePoint, metrics_csv: Path) -> None:
+    """After a resume from anything but a good `last.pt`: rename the files that did not load
+    to `<name>.corrupt-<UTC time>` (kept for inspection, and out of the way of the next
+    `save_last`, which would otherwise overwrite `last.prev.pt` with a bad `last.pt`), and say
+    what was used and what is trained again."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for path, why in point.failed:
+        kept = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while kept.exists():
+            n += 1
+            kept = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        os.replace(path, kept)
+        print(f"WARNING: {why}; kept as {kept}", flush=True)
+    step = point.ckpt["step"]
+    reached = _last_logged_step(metrics_csv)
+    lost = (
+        f"metrics.csv had reached step {reached}, so at least {reached - step} steps are "
+        "trained again"
+        if reached is not None and reached > step
+        else "how many steps the lost checkpoint held is unknown"
+    )
+    why = "does not load" if point.failed and point.failed[0][0].name == LAST else "is missing"
+    print(
+        f"WARNING: {point.path.parent / LAST} {why}; resuming from {point.path} at step "
+        f"{step} instead: {lost}",
+        flush=True,
+    )
+
+
+def _last_logged_step(metrics_csv: Path) -> int | None:
+    try:
+        with metrics_csv.open() as f:
+            steps = [int(r["step"]) for r in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return max(steps, default=None)
 
 
 def _config_differences(a: TrainConfig, b: TrainConfig) -> set[str]:
@@ -282,7 +397,7 @@ def _check_compatible(cfg: TrainConfig, ckpt: dict, path: Path, *, branch: bool)
         saved = TrainConfig.from_dict(ckpt["config"], source=str(path))
     except ValueError as err:
         raise ValueError(f"{path}: its config does not load: {err}") from err
-    allowed = (BRANCH_KEYS if branch else frozenset()) | RESUME_FREE_KEYS
+    allowed = (BRANCH_KEYS if branch else frozenset()) | RESUME_FREE
     changed = _config_differences(cfg, saved) - allowed
     if changed:
         detail = ", ".join(
@@ -362,6 +477,41 @@ def _resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | 
     return None
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """`torch.use_deterministic_algorithms(True)` for the duration, then the caller's setting.
+
+    CPU (always on): the backward of the positional tables' advanced indexing
+    (`pos_embed[0, PREFIX + at]` in rar.model) is an index_put with accumulate, which
+    PyTorch runs as a multi-threaded scatter of atomic adds once it exceeds one parallel grain
+    (32,768 elements: e.g. rar_mini at 32 x 15 x 128); its summation order, and so the last bits
+    of the gradient, then changes from run to run. Deterministic mode runs that scatter
+    serially. Measured cost (2-core CPU, median and minimum of 60 steps): 0-4 % per step for
+    rar_tiny at micro-batch 4 and rar_mini at 32 and 64, within the machine's noise.
+    GPU (`deterministic: true`): deterministic kernels throughout, and cuBLAS with a fixed
+    workspace (`CUBLAS_WORKSPACE_CONFIG=:4096:8`, which cuBLAS reads at its first call, so it
+    is set here, before the model exists; a process that ran cuBLAS earlier must export it
+    itself). Cost unmeasured here: PyTorch's reproducibility notes say "deterministic
+    operations are often slower than nondeterministic operations"
+    (https://pytorch.org/docs/stable/notes/randomness.html). An operation without a
+    deterministic implementation raises RuntimeError instead of running.
+    """
+    if not enabled:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def train(
     cfg: TrainConfig,
     workdir: str | Path,
@@ -377,14 +527,36 @@ def train(
 
     source: where the token batches come from (`BatchSource`).
     init_from: a named checkpoint of another run to branch from (ignored when this run has
-        its own `last.pt` to resume from).
+        checkpoints of its own to resume from).
     should_stop: polled after every step; True saves `last.pt` and returns it (the launcher's
         answer to a time-limit or preemption signal).
     max_steps: stop (with `last.pt`) after this many steps in this call; for tests.
     until_epoch: train one segment: stop at `until_epoch`, write `epoch_<E>.pt` (and
         `last.pt`, to continue from) and return it. The workflow trains a trunk in segments
         so that branches can start as soon as their anneal start is reached.
+
+    On the CPU, and on GPUs with `cfg.deterministic`, the run uses deterministic algorithms
+    (`deterministic_algorithms`); the caller's setting is restored on return.
     """
+    device = resolve_device(device, DistEnv.from_environ().local_rank)
+    with deterministic_algorithms(device.type == "cpu" or cfg.deterministic, device):
+        return _train(
+            cfg, workdir, source=source, init_from=init_from, device=device,
+            should_stop=should_stop, max_steps=max_steps, until_epoch=until_epoch,
+        )  # fmt: skip
+
+
+def _train(
+    cfg: TrainConfig,
+    workdir: str | Path,
+    *,
+    source: BatchSource,
+    init_from: str | Path | None,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+    max_steps: int | None,
+    until_epoch: float | None,
+) -> Path:
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     final = ckpt_dir / "final.pt"
@@ -416,17 +588,28 @@ def train(
     model = model_from_config(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
     step = 0
-    last = ckpt_dir / "last.pt"
-    resume_from = last if last.exists() else (Path(init_from) if init_from else None)
-    if resume_from is not None:
+    last = ckpt_dir / LAST
+    # This run's own newest checkpoint that loads (last.pt, else its predecessors); a branch
+    # starts from `init_from` only when the run has no checkpoint at all.
+    point = find_resume_point(ckpt_dir)
+    resume_from, ckpt, branch = (point.path, point.ckpt, False) if point else (None, None, False)
+    if point is None and init_from:
+        resume_from, branch = Path(init_from), True
         ckpt = load_checkpoint(resume_from)
-        _check_compatible(cfg, ckpt, resume_from, branch=resume_from != last)
+    if resume_from is not None:
+        _check_compatible(cfg, ckpt, resume_from, branch=branch)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         if is_main:
-            what = "resuming" if resume_from == last else "branching"
+            what = "branching" if branch else "resuming"
             print(f"{what} from {resume_from} at step {step}", flush=True)
+    if point is not None and point.path != last:
+        if env.world_size > 1:
+            dist.barrier()  # every rank has read the files before any is renamed
+        if is_main:
+            _set_aside(point, workdir / "metrics.csv")
+    del ckpt, point  # a checkpoint's tensors are not needed past this point
     if is_main:  # the workflow writes this file first: leave it (and its mtime) alone
         saved_config = workdir / "config.yaml"
         if not saved_config.exists() or TrainConfig.load(saved_config) != cfg:
@@ -459,10 +642,11 @@ def train(
         for a in range(accum)
     ]
 
-    def save(path: Path) -> None:
+    def save(path: Path, *, may_fail: bool = False) -> None:
+        """may_fail: a periodic `last.pt` that cannot be written (disk full) is reported and
+        the run goes on; the previous one stays valid, and the next interval tries again."""
         if is_main:
-            save_checkpoint(
-                path,
+            state = dict(
                 model=model.state_dict(),
                 optimizer=optimizer.state_dict(),
                 step=step,
@@ -471,6 +655,12 @@ def train(
                 model_config=model.config.__dict__,
                 code_version=code_version(),
             )
+            try:
+                (save_last if path == last else save_checkpoint)(path, **state)
+            except OSError as err:
+                if not may_fail:
+                    raise
+                print(f"WARNING: could not write {path} at step {step} ({err})", flush=True)
         if env.world_size > 1:
             dist.barrier()
 
@@ -541,7 +731,7 @@ def train(
             stop = bool(flag.item())
         due = time.monotonic() - t_last_ckpt >= cfg.checkpoint_minutes * 60
         if (due or stop) and step < cfg.total_steps:
-            save(last)
+            save(last, may_fail=not stop)
             t_last_ckpt = time.monotonic()
         if stop and step < cfg.total_steps:
             return last
@@ -552,7 +742,8 @@ def train(
         return segment_end
     save(final)
     if is_main:
-        last.unlink(missing_ok=True)
+        for name in (LAST, LAST_PREV, LAST_NEXT):
+            (ckpt_dir / name).unlink(missing_ok=True)
     return final
 
 

@@ -305,6 +305,6 @@ def test_cli_evaluate_offline_fails_at_once_with_the_file_to_fetch(tmp_path, cap
         "--cache-dir",
         str(tmp_path / "c"),
     ]
-    assert main(args) == 1
+    assert main(args) == 2  # bad input: one error line naming the file to fetch
     assert ev.inception_url() in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "c").exists()

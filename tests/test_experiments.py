@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rar.experiments import StudyError, estimate, format_plan, load_study, run_id
+from rar.experiments import StudyError, estimate, format_plan, load_study, plan_dict, run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +39,82 @@ def test_tables_2_and_3_need_20_runs_and_5400_epochs(paper):
     assert sum(r.kind == "scratch" for r in study.runs.values()) == 5  # anneal start 0
 
 
-def test_shared_rows_are_one_run(paper):
+def test_shared_rows_are_one_run_and_the_recipes_are_two(paper):
+    """Table 2's (200, 300) row is Table 3's raster row; Table 4's RAR-L is another run (the
+    final recipe: adaLN, ten-crop), trained on another data set."""
     study = load_study(paper)
     t2 = next(
         r for r in study.tables["table2"] if r.keys == {"anneal_start": 200, "anneal_end": 300}
     )
     t3 = next(r for r in study.tables["table3"] if r.keys["target_order"] == "row-major")
     t4 = next(r for r in study.tables["table4"] if r.keys["model"] == "rar_l")
-    assert t2.run == t3.run == t4.run
+    assert t2.run == t3.run != t4.run
+    ablation, final = study.runs[t2.run].config, study.runs[t4.run].config
+    assert (ablation.architecture, final.architecture) == ("plain", "adaln")
+    assert study.datasets[study.dataset_of(t2.run)].crop == "center+flip"
+    assert study.datasets[study.dataset_of(t4.run)].crop == "tencrop"
+    assert study.runs[t4.run].kind == "scratch"
+    assert len(study.datasets) == 2
+
+
+def test_the_plan_shows_each_tables_recipe(paper):
+    study = load_study(paper)
+    for table in ("table2", "table3"):
+        recipe = study.recipe(table)
+        assert recipe["architecture"] == "plain" and recipe["crop"] == "center+flip"
+        assert recipe["guidance_schedule"] == "linear" and len(recipe["guidance_scales"]) > 1
+    final = study.recipe("table4")
+    assert (final["architecture"], final["crop"], final["guidance_schedule"]) == (
+        "adaln", "tencrop", "pow-cosine",
+    )  # fmt: skip
+    text = format_plan(study)
+    assert "table2: architecture plain ViT, crop center+flip, guidance linear (sweep" in text
+    assert "table4: architecture adaLN (final), crop tencrop, guidance pow-cosine" in text
+
+
+def test_sweeps_are_shared_and_feed_the_final_evaluation(paper):
+    study = load_study(tables_2_and_3(paper))
+    rows = study.tables["table2"] + study.tables["table3"]
+    swept = [study.evaluations[r.evaluation] for r in rows]
+    assert all(ev.sweep in study.sweeps for ev in swept)
+    sweep = study.sweeps[swept[0].sweep]
+    assert sweep.scales == (2.0, 4.0, 6.0, 8.0, 12.0)
+    assert sweep.metrics["num_per_class"] == 10 and "guidance_scale" not in sweep.sampling
+    # Table 2 (200, 300) and Table 3 row-major: one run, one evaluation, one sweep.
+    assert len(study.sweeps) == len({ev.id for ev in swept}) == 20
+    assert estimate(study)["sweep_samples"] == 20 * 5 * 10_000
+
+
+def test_plan_json_lists_resolved_runs_and_evaluations(paper):
+    plan = plan_dict(load_study(paper))
+    json.dumps(plan)  # serialisable
+    runs = {r["id"]: r for r in plan["runs"]}
+    assert all(
+        set(r["config"]) >= {"architecture", "model", "data", "epochs"} for r in runs.values()
+    )
+    t4_rar_l = next(r for r in plan["tables"]["table4"]["rows"] if r["keys"]["model"] == "rar_l")
+    assert runs[t4_rar_l["run"]]["tables"] == ["table4"]
+    ev = next(e for e in plan["evaluations"] if e["sweep"])
+    assert ev["sampling"]["guidance_schedule"] == "linear" and ev["num_samples"] == 50_000
+    assert {d["crop"] for d in plan["datasets"]} == {"center+flip", "tencrop"}
+
+
+def test_paper_values_in_the_config_equal_the_papers_tables(paper):
+    """Every number paper_tables.csv prints for Tables 2-4 is in config.yaml's rows."""
+    ref = REPO.parent / "shared/reference/paper_tables.csv"
+    if not ref.exists():
+        pytest.skip("shared/reference is not beside the checkout")
+    study = load_study(paper)
+    expected = {}
+    for line in csv.DictReader(ref.open()):
+        if line["table"] in ("table2", "table3", "table4"):
+            values = {m: float(line[m]) for m in ("fid", "is", "precision", "recall")}
+            expected[(line["table"], int(line["row"]))] = values
+    for (table, i), values in expected.items():
+        assert study.tables[table][i - 1].paper == values, (table, i)
+    assert [r.paper for r in study.tables["official"]] == [
+        expected[("table4", i)] for i in range(1, 5)
+    ]
 
 
 def test_the_purely_random_row_is_the_trunk_and_samples_in_random_order(paper):
@@ -89,25 +159,92 @@ def test_sampling_presets_apply_per_row(paper):
     assert (s["guidance_scale"], s["guidance_power"], s["temperature"]) == (16.0, 2.75, 1.0)
 
 
+ROW = r"tables\.table2\.rows\[0\]"
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"target_order": "hilbert"}, r"table table2, row 1: unknown scan order 'hilbert'"),
+        ({"target_order": "hilbert"}, ROW + r": target_order: unknown scan order 'hilbert'"),
+        ({"anneal_start": 300, "anneal_end": 200}, ROW + r".*anneal_start 300.0 > anneal_end"),
+        ({"anneal_end": 500}, ROW + r".*anneal_end 500.0 > epochs 400.0"),
+        ({"model": "rar_q"}, ROW + r": model: unknown model size 'rar_q'"),
+        ({"epochz": 3}, ROW + r": unknown key\(s\) 'epochz'"),
+        ({"global_batch": "big"}, ROW + r": key 'global_batch' must be int"),
+        ({"architecture": "vit"}, ROW + r": architecture: unknown architecture 'vit'"),
+        ({"crop": "fivecrop"}, ROW + r"\.crop: 'fivecrop' is not one of"),
+        ({"paper": {"fdi": 2.0}}, ROW + r"\.paper: unknown key\(s\) 'fdi'"),
         (
-            {"anneal_start": 300, "anneal_end": 200},
-            r"table2, row 1.*anneal_start 300.0 > anneal_end",
+            {"sampling": {"guidance_schedule": "cubic"}},
+            ROW + r".*unknown guidance schedule 'cubic'",
         ),
-        ({"anneal_end": 500}, r"table2, row 1.*anneal_end 500.0 > epochs 400.0"),
-        ({"model": "rar_q"}, r"table2, row 1: unknown model size 'rar_q'"),
-        ({"epochz": 3}, r"table2, row 1: unknown key\(s\) epochz"),
-        ({"global_batch": "big"}, r"table2, row 1: key 'global_batch' must be int"),
+        ({"sampling": {"guidance_scales": []}}, ROW + r"\.sampling\.guidance_scales: \[\] should"),
+        ({"sampling": {"order": "hilbert"}}, ROW + r": sampling.order: unknown order 'hilbert'"),
     ],
 )
-def test_bad_rows_name_table_row_and_key(paper, row, message):
+def test_bad_rows_name_file_key_and_value(paper, row, message):
     c = copy.deepcopy(paper)
     c["tables"] = {"table2": {"rows": [row]}}
-    with pytest.raises(StudyError, match=message):
-        load_study(c)
+    with pytest.raises(StudyError, match="^my.yaml: " + message):
+        load_study(c, source="my.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(tabels={}), r"\(top level\): unknown key\(s\) 'tabels'"),
+        (lambda c: c["train"].update(epochs=-1), r"train.*epochs"),
+        (lambda c: c["train"].update(target_order="hilbert"), r"train: target_order: unknown scan"),
+        (lambda c: c["sampling"].update(order="hilbert"), r"unknown order 'hilbert'"),
+        (
+            lambda c: c["sampling"].update(num_per_class="50"),
+            r"sampling.num_per_class: '50' is not",
+        ),
+        (
+            lambda c: c["data"].update(images="imgs$(touch x)"),
+            r"data.images: 'imgs\$\(touch x\)' has",
+        ),
+        (
+            lambda c: c["official"]["rar_b"].update(paper={"fdi": 1}),
+            r"official.rar_b.paper: unknown",
+        ),
+        (
+            lambda c: c["tables"]["table2"]["rows"].append(dict(c["tables"]["table2"]["rows"][0])),
+            r"tables.table2.rows\[15\]: the same run and evaluation as tables.table2.rows\[0\]",
+        ),
+    ],
+)
+def test_bad_configs_are_refused_before_any_work(paper, edit, message):
+    c = copy.deepcopy(paper)
+    edit(c)
+    with pytest.raises(StudyError, match="^config.yaml: .*" + message):
+        load_study(c, source="config.yaml")
+
+
+def test_every_tool_sees_the_same_study_defaults_filled(paper):
+    """The raw YAML and the schema-filled config resolve to the same ids (the Snakefile gets
+    the same dict load_study_file reads), and defaults come from the schema."""
+    raw = load_study(paper)
+    filled = load_study(raw.config)
+    assert raw.evaluations.keys() == filled.evaluations.keys()
+    assert raw.runs.keys() == filled.runs.keys()
+    assert raw.config["evaluation"]["reference"] == paper["evaluation"]["reference"]
+    assert raw.config["launcher"] == "debug" and raw.config["sampling"]["chunk_size"] == 250
+    assert raw.name == "paper"  # not the last official checkpoint's name
+
+
+def test_the_schema_names_what_the_package_knows():
+    import yaml as _yaml
+
+    from rar.presets import GUIDANCE_SCHEDULES
+
+    schema = _yaml.safe_load((REPO / "rar/schemas/study.schema.yaml").read_text())
+    crops = schema["$defs"]["crop"]["enum"]
+    from rar.experiments import CROPS
+
+    assert sorted(crops) == sorted(CROPS)
+    assert "guidance_schedule" in schema["$defs"]["sampling_keys"]["properties"]
+    assert GUIDANCE_SCHEDULES == ("constant", "linear", "pow-cosine")
 
 
 def test_official_checkpoints_are_scored_without_training(paper):
@@ -116,7 +253,7 @@ def test_official_checkpoints_are_scored_without_training(paper):
     assert [r.label for r in rows] == ["rar_b", "rar_l", "rar_xl", "rar_xxl"]
     ev = study.evaluations[rows[0].evaluation]
     assert ev.checkpoint == "resources/rar_b.bin" and ev.sampling["guidance_scale"] == 16.0
-    assert rows[0].paper == {"fid": 1.95}
+    assert rows[0].paper["fid"] == 1.95
     assert not any(r.run in study.runs for r in rows)
 
 

@@ -1,4 +1,4 @@
-"""KV-cache generation, classifier-free guidance and its schedule."""
+"""KV-cache generation, classifier-free guidance and its schedules, for both architectures."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 from rar.generate import (
     SAMPLING_PRESETS,
     KVCache,
+    SamplingConfig,
     decode_one_token,
     generate,
+    guidance_scale_at,
     guidance_schedule,
     prefill,
     resolve_orders,
@@ -17,17 +19,30 @@ from rar.generate import (
 )
 from rar.model import PREFIX, RAR, config_from_state_dict, rar_config
 from rar.orders import SCAN_ORDERS, scan_order
+from rar.presets import ARCHITECTURES, GUIDANCE_SCHEDULES
 
 
-@pytest.fixture(scope="module")
-def model() -> RAR:
+def _tiny_model(architecture: str) -> RAR:
     torch.manual_seed(0)
-    cfg = rar_config("rar_tiny", codebook_size=32, num_classes=10, num_tokens=16)
+    cfg = rar_config(
+        "rar_tiny", codebook_size=32, num_classes=10, num_tokens=16, architecture=architecture
+    )
     m = RAR(cfg).eval()
     with torch.no_grad():  # leave adaLN-zero: make every block and the head do something
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return m
+
+
+@pytest.fixture(scope="module")
+def model() -> RAR:
+    return _tiny_model("adaln")
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch_model(request) -> RAR:
+    """The tiny model in each architecture (the released adaLN one and the plain ViT)."""
+    return _tiny_model(request.param)
 
 
 def _decode_all(model, tokens, labels, orders):
@@ -47,14 +62,14 @@ def _decode_all(model, tokens, labels, orders):
 
 
 @pytest.mark.parametrize("order", ["row-major", "random", "spiral-in"])
-def test_kv_cache_logits_equal_full_forward(model, order):
+def test_kv_cache_logits_equal_full_forward(arch_model, order):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(32, (3, 16), generator=g)
     labels = torch.tensor([0, 5, 10])  # 10 = the null class
     orders = resolve_orders(order, 3, 4, device="cpu", generator=g)
     with torch.no_grad():
-        full = model(tokens, labels, orders)
-        cached = _decode_all(model, tokens, labels, orders)
+        full = arch_model(tokens, labels, orders)
+        cached = _decode_all(arch_model, tokens, labels, orders)
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
 
 
@@ -62,13 +77,58 @@ def test_guidance_schedule_values():
     expected = {0: 1.0, 64: 1.018, 128: 1.803, 192: 7.404, 255: 15.996}
     for t, s in expected.items():
         assert guidance_schedule(t, 256, 16.0, 2.75) == pytest.approx(s, abs=1e-3)
+        pow_cosine = guidance_scale_at(t, 256, scale=16.0, power=2.75, schedule="pow-cosine")
+        assert pow_cosine == guidance_schedule(t, 256, 16.0, 2.75)
     assert all(guidance_schedule(t, 256, 4.0, 0.0) == 4.0 for t in range(256))
+    assert guidance_scale_at(7, 256, scale=16.0, power=2.75) == guidance_schedule(7, 256, 16, 2.75)
+
+
+def test_linear_schedule_is_muses():
+    """MUSE / the official MaskGIT sampler: logits cond + (cond - uncond) * w, w = g * t / N,
+    i.e. s = 1 + w in our convention. Step 0 is unguided; half-way w = g / 2."""
+    g, N = 4.0, 256
+    assert guidance_scale_at(0, N, scale=g, power=2.0, schedule="linear") == 1.0
+    assert guidance_scale_at(N // 2, N, scale=g, power=2.0, schedule="linear") == 1 + g / 2
+    assert guidance_scale_at(64, N, scale=g, power=0.0, schedule="linear") == 2.0
+    assert guidance_scale_at(N - 1, N, scale=g, power=2.0, schedule="linear") == pytest.approx(
+        1 + g * 255 / 256
+    )
+
+
+def test_constant_schedule_is_g_everywhere():
+    assert all(
+        guidance_scale_at(t, 256, scale=3.5, power=2.0, schedule="constant") == 3.5
+        for t in range(256)
+    )
+
+
+def test_unknown_schedule_is_refused_by_name():
+    match = "unknown guidance schedule 'cosine'; known: constant, linear, pow-cosine"
+    with pytest.raises(ValueError, match=match):
+        guidance_scale_at(0, 16, scale=2.0, power=1.0, schedule="cosine")
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(guidance_schedule="cosine")
+    with pytest.raises(ValueError, match=match):
+        generate(
+            _tiny_model("adaln"),
+            torch.tensor([1]),
+            guidance_scale=2.0,
+            guidance_power=1.0,
+            temperature=1.0,
+            guidance_schedule="cosine",
+        )
+
+
+def test_schedules_are_the_shared_names():
+    assert GUIDANCE_SCHEDULES == ("constant", "linear", "pow-cosine")
+    assert SamplingConfig().guidance_schedule == "pow-cosine"
 
 
 def test_presets_are_the_papers():
     b, xxl = SAMPLING_PRESETS["rar_b"], SAMPLING_PRESETS["rar_xxl"]
     assert (b.temperature, b.guidance_scale, b.guidance_power) == (1.0, 16.0, 2.75)
     assert (xxl.temperature, xxl.guidance_scale, xxl.guidance_power) == (1.02, 8.0, 1.2)
+    assert all(p.guidance_schedule == "pow-cosine" for p in SAMPLING_PRESETS.values())
 
 
 def test_output_is_raster_layout_of_valid_codes(model):
@@ -85,12 +145,12 @@ def test_output_is_raster_layout_of_valid_codes(model):
     assert ids.min() >= 0 and ids.max() < 32
 
 
-def test_generation_is_deterministic_given_a_generator(model):
+def test_generation_is_deterministic_given_a_generator(arch_model):
     labels = torch.tensor([3, 4, 5])
     kwargs = dict(guidance_scale=3.0, guidance_power=1.5, temperature=1.0, order="random")
-    a = generate(model, labels, generator=torch.Generator().manual_seed(11), **kwargs)
-    b = generate(model, labels, generator=torch.Generator().manual_seed(11), **kwargs)
-    c = generate(model, labels, generator=torch.Generator().manual_seed(12), **kwargs)
+    a = generate(arch_model, labels, generator=torch.Generator().manual_seed(11), **kwargs)
+    b = generate(arch_model, labels, generator=torch.Generator().manual_seed(11), **kwargs)
+    c = generate(arch_model, labels, generator=torch.Generator().manual_seed(12), **kwargs)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -128,6 +188,32 @@ def test_guidance_combines_conditional_and_null_class(model):
         for t in range(16):
             cond, uncond = model(tokens, labels)[:, t], model(tokens, null)[:, t]
             tokens[:, t] = (uncond + (cond - uncond) * g).argmax(-1)
+    assert torch.equal(ids, tokens)
+
+
+@pytest.mark.parametrize("schedule", GUIDANCE_SCHEDULES)
+def test_generation_follows_each_schedule(arch_model, schedule):
+    """Near-greedy generation under each schedule picks argmax(u + (c - u) * s_t) with s_t
+    from `guidance_scale_at`, for both architectures (the plain ViT is guided through its
+    class token alone)."""
+    labels = torch.tensor([2, 6])
+    g, p = 3.0, 1.5
+    ids = generate(
+        arch_model,
+        labels,
+        guidance_scale=g,
+        guidance_power=p,
+        temperature=1e-5,
+        guidance_schedule=schedule,
+    )
+    assert ids.shape == (2, 16) and ids.min() >= 0 and ids.max() < 32
+    tokens = torch.zeros(2, 16, dtype=torch.long)
+    null = torch.full_like(labels, arch_model.config.null_class)
+    with torch.no_grad():
+        for t in range(16):
+            s = guidance_scale_at(t, 16, scale=g, power=p, schedule=schedule)
+            cond, uncond = arch_model(tokens, labels)[:, t], arch_model(tokens, null)[:, t]
+            tokens[:, t] = (uncond + (cond - uncond) * s).argmax(-1)
     assert torch.equal(ids, tokens)
 
 

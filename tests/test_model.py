@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from rar.model import (
     load_official_rar,
     num_parameters,
     rar_config,
+    rar_from_state_dict,
 )
+from rar.presets import ARCHITECTURES
 
 # The official parameter counts (bytedance/1d-tokenizer release; reference JSON).
 OFFICIAL_PARAMS = {
@@ -21,6 +25,14 @@ OFFICIAL_PARAMS = {
     "rar_l": 461_668_352,
     "rar_xl": 955_425_024,
     "rar_xxl": 1_498_520_704,
+}
+# The plain ViT of the ablations (RAR §4.1): the above minus every adaLN modulation, the final
+# adaLN and the timestep table, plus an affine LayerNorm before the head (README.md).
+PLAIN_PARAMS = {
+    "rar_b": 174_425_344,
+    "rar_l": 308_064_256,
+    "rar_xl": 636_873_984,
+    "rar_xxl": 1_017_925_248,
 }
 
 
@@ -36,6 +48,14 @@ def _batch(cfg: RARConfig, B: int = 3, seed: int = 0):
     return tokens, labels
 
 
+@pytest.fixture(params=ARCHITECTURES)
+def arch_config(request) -> RARConfig:
+    """The tiny config in each architecture."""
+    return rar_config(
+        "rar_tiny", codebook_size=32, num_classes=10, num_tokens=16, architecture=request.param
+    )
+
+
 def _randomised(cfg: RARConfig, seed: int = 0) -> RAR:
     """A model whose adaLN and cls token are not zero, so no block is the identity."""
     torch.manual_seed(seed)
@@ -46,12 +66,41 @@ def _randomised(cfg: RARConfig, seed: int = 0) -> RAR:
     return model
 
 
-def test_logit_shapes(tiny_config):
-    model = RAR(tiny_config).eval()
-    tokens, labels = _batch(tiny_config)
+def test_logit_shapes(arch_config):
+    model = RAR(arch_config).eval()
+    tokens, labels = _batch(arch_config)
     logits = model(tokens, labels)
     assert logits.shape == (3, 16, 32)
     assert logits.dtype == torch.float32
+
+
+def test_plain_vit_parameter_names(tiny_config):
+    """The plain ViT keeps every name of the adaLN model except the adaLN modulations, the
+    final adaLN and the timestep table, and adds an affine LayerNorm before the head."""
+    adaln = set(RAR(tiny_config).state_dict())
+    plain = set(RAR(dataclasses.replace(tiny_config, architecture="plain")).state_dict())
+    assert not any("adaLN" in k or "adaln" in k or "timesteps" in k for k in plain)
+    dropped = {k for k in adaln if "adaLN_modulation" in k or "adaln_before_head" in k}
+    assert plain == (adaln - dropped - {"timesteps_embeddings"}) | {
+        "norm_before_head.weight",
+        "norm_before_head.bias",
+    }
+
+
+def test_plain_vit_blocks_are_unconditioned_pre_norm(tiny_config):
+    """x + attn(norm1(x)), then x + mlp(norm2(x)); the class reaches the output only through
+    its token in the sequence, and the head normalises with an affine LayerNorm."""
+    model = _randomised(dataclasses.replace(tiny_config, architecture="plain"))
+    assert model.condition(torch.tensor([1]), torch.arange(3)) is None
+    block = model.blocks[0]
+    x = torch.randn(2, 5, 64)
+    expected = x + block.attn(block.norm1(x))
+    expected = expected + block.mlp(block.norm2(expected))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, None), expected)
+        torch.testing.assert_close(
+            model.head(x, None), model.lm_head(model.norm_before_head(x)), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
@@ -59,6 +108,13 @@ def test_named_sizes_match_official_parameter_counts(name):
     with torch.device("meta"):
         model = RAR(rar_config(name))
     assert num_parameters(model) == OFFICIAL_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list(PLAIN_PARAMS))
+def test_plain_named_sizes_parameter_counts(name):
+    with torch.device("meta"):
+        model = RAR(rar_config(name, architecture="plain"))
+    assert num_parameters(model) == PLAIN_PARAMS[name]
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
@@ -73,13 +129,13 @@ def test_named_sizes_are_file_name_safe():
     assert all(name.replace("_", "").isalnum() and name.islower() for name in RAR_CONFIGS)
 
 
-def test_logits_depend_only_on_earlier_tokens_in_the_order(tiny_config):
-    model = _randomised(tiny_config)
-    tokens, labels = _batch(tiny_config, B=1)
+def test_logits_depend_only_on_earlier_tokens_in_the_order(arch_config):
+    model = _randomised(arch_config)
+    tokens, labels = _batch(arch_config, B=1)
     orders = torch.randperm(16, generator=torch.Generator().manual_seed(3))[None]
     k = 7  # change the token visited k-th: logits[:, :k + 1] predict earlier visits
     changed = tokens.clone()
-    changed[0, orders[0, k]] = (tokens[0, orders[0, k]] + 1) % tiny_config.codebook_size
+    changed[0, orders[0, k]] = (tokens[0, orders[0, k]] + 1) % arch_config.codebook_size
     a, b = model(tokens, labels, orders), model(changed, labels, orders)
     torch.testing.assert_close(a[:, : k + 1], b[:, : k + 1], rtol=0, atol=0)
     assert not torch.allclose(a[:, k + 1 :], b[:, k + 1 :])
@@ -99,24 +155,70 @@ def test_config_rejects_bad_shapes():
         RARConfig(num_tokens=15)
     with pytest.raises(ValueError, match="unknown model size 'rar_q'"):
         rar_config("rar_q")
+    with pytest.raises(ValueError, match="unknown architecture 'vit'; known: adaln, plain"):
+        rar_config("rar_tiny", architecture="vit")
 
 
-def test_config_is_inferred_from_a_state_dict():
-    cfg = rar_config("rar_mini", codebook_size=48, num_classes=7, num_tokens=64)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_config_is_inferred_from_a_state_dict(architecture):
+    cfg = rar_config(
+        "rar_mini", codebook_size=48, num_classes=7, num_tokens=64, architecture=architecture
+    )
     with torch.device("meta"):
         sd = RAR(cfg).state_dict()
     assert config_from_state_dict(sd) == cfg
+    assert config_from_state_dict(sd).architecture == architecture
 
 
-def test_load_official_rar_round_trip(tmp_path, tiny_config):
-    model = _randomised(tiny_config)
+def test_load_official_rar_round_trip(tmp_path, arch_config):
+    model = _randomised(arch_config)
     path = tmp_path / "rar_tiny.bin"
     torch.save(model.state_dict(), path)
     loaded = load_official_rar(path)
-    assert loaded.config == tiny_config
+    assert loaded.config == arch_config
     assert not loaded.training
-    tokens, labels = _batch(tiny_config)
+    tokens, labels = _batch(arch_config)
     torch.testing.assert_close(loaded(tokens, labels), model(tokens, labels), rtol=0, atol=0)
+
+
+def test_state_dict_of_the_other_architecture_does_not_load(tiny_config):
+    plain = RAR(dataclasses.replace(tiny_config, architecture="plain")).state_dict()
+    with pytest.raises(RuntimeError, match="adaLN_modulation"):
+        rar_from_state_dict(plain, tiny_config)
+
+
+def test_plain_checkpoint_round_trips_through_load_generator(tmp_path):
+    """A training checkpoint of a plain ViT, written as rar.train writes it (`model_config` is
+    the RARConfig's fields), loads as a plain ViT through rar.sample.load_generator."""
+    from rar.config import TrainConfig
+    from rar.sample import load_generator
+    from rar.train import model_from_config, save_checkpoint
+
+    cfg = TrainConfig(
+        model="rar_tiny", architecture="plain", codebook_size=32, num_classes=10, num_tokens=16
+    )
+    model = model_from_config(cfg)
+    assert model.config.architecture == "plain"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "last.pt"
+    save_checkpoint(
+        path,
+        model=model.state_dict(),
+        step=3,
+        epoch=cfg.epoch_at(3),
+        config=cfg.to_dict(),
+        model_config=dataclasses.asdict(model.config),
+    )
+    loaded, desc = load_generator(path)
+    assert loaded.config == model.config
+    assert desc["model_config"]["architecture"] == "plain"
+    assert (desc["model_size"], desc["step"]) == ("rar_tiny", 3)
+    model.eval()
+    tokens, labels = _batch(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, labels), model(tokens, labels), rtol=0, atol=0)
 
 
 def test_load_official_rar_names_the_file_on_bad_input(tmp_path):

@@ -1,6 +1,9 @@
-"""Scan orders (RAR Table 3), shuffling, and the randomness annealing schedule."""
+"""Scan orders (RAR Table 3 / supplementary Fig. 6), shuffling, and the randomness annealing."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,32 @@ from rar.orders import (
     unshuffle,
 )
 
+# As tests/conftest.py finds it (not importable here: pytest runs with --import-mode=importlib).
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="module")
+def paper_orders():
+    """The six orders as the paper's Fig. 6 draws them at 16x16 (shared/reference/README.md)."""
+    path = REFERENCE / "paper_scan_orders_16.json"
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared/ folder is absent)")
+    return json.loads(path.read_text())
+
+
+def inverse(order: torch.Tensor) -> torch.Tensor:
+    """Raster index -> visiting step (the number the figure prints in each cell)."""
+    step = torch.empty_like(order)
+    step[order] = torch.arange(len(order))
+    return step
+
+
+@pytest.mark.parametrize("name", SCAN_ORDERS)
+def test_scan_orders_are_the_papers_fig6(paper_orders, name):
+    order = scan_order(name, 16)
+    assert order.tolist() == paper_orders[name]["order"]
+    assert inverse(order).view(16, 16).tolist() == paper_orders[name]["visit_index_grid"]
+
 
 @pytest.mark.parametrize("grid", [4, 8, 16, 32])
 @pytest.mark.parametrize("name", SCAN_ORDERS)
@@ -28,9 +57,9 @@ def test_scan_orders_are_permutations(name, grid):
     ("name", "prefix"),
     [
         ("row-major", [0, 1, 2, 3, 4]),
-        ("subsample", [0, 8, 128, 136, 4, 12, 132, 140]),
+        ("subsample", [0, 8, 128, 136, 1, 9, 129, 137]),
         ("z-curve", [0, 1, 16, 17, 2, 3, 18, 19]),
-        ("spiral-out", [135, 119, 120, 136, 152, 151, 150, 134]),
+        ("spiral-out", [120, 136, 135, 119, 103, 104, 105, 121]),  # down, left, up 2, right 2
         ("alternate", [0, 1, 2, 15, 16, 17, 30, 31]),
     ],
 )
@@ -43,10 +72,61 @@ def test_documented_prefixes_on_16x16(name, prefix):
         assert order[: len(prefix)] == prefix
 
 
-def test_spiral_out_ends_at_the_last_index_and_spiral_in_reverses_it():
-    out = scan_order("spiral-out", 16)
-    assert out[-1].item() == 255
-    assert torch.equal(scan_order("spiral-in", 16), out.flip(0))
+def test_spiral_and_subsample_on_4x4():
+    """The generalisation written out by hand: start (g/2 - 1, g/2); quadrant offset g/2."""
+    assert scan_order("spiral-out", 4).tolist() == [
+        6,
+        10,
+        9,
+        5,
+        1,
+        2,
+        3,
+        7,
+        11,
+        15,
+        14,
+        13,
+        12,
+        8,
+        4,
+        0,
+    ]
+    assert scan_order("subsample", 4).tolist() == [
+        0,
+        2,
+        8,
+        10,
+        1,
+        3,
+        9,
+        11,
+        4,
+        6,
+        12,
+        14,
+        5,
+        7,
+        13,
+        15,
+    ]
+
+
+@pytest.mark.parametrize("grid", [4, 8, 16, 32])
+def test_spiral_out_ends_at_the_first_index_and_spiral_in_reverses_it(grid):
+    out = scan_order("spiral-out", grid)
+    assert out[0].item() == (grid // 2 - 1) * grid + grid // 2
+    assert out[-1].item() == 0
+    assert torch.equal(scan_order("spiral-in", grid), out.flip(0))
+
+
+@pytest.mark.parametrize("grid", [4, 8, 16])
+def test_spiral_on_g_is_the_centre_of_the_spiral_on_2g(grid):
+    """The natural generalisation: the first g*g steps on a 2g grid cover its central g x g
+    block, and shifted back they are the spiral on g (so 8x8 is the middle of Fig. 6)."""
+    big = scan_order("spiral-out", 2 * grid)[: grid * grid]
+    rows, cols = big // (2 * grid) - grid // 2, big % (2 * grid) - grid // 2
+    assert torch.equal(rows * grid + cols, scan_order("spiral-out", grid))
 
 
 @pytest.mark.parametrize("grid", [4, 8, 16])
@@ -55,6 +135,19 @@ def test_spiral_moves_one_cell_at_a_time(grid):
     rows, cols = order // grid, order % grid
     steps = (rows.diff().abs() + cols.diff().abs()).tolist()
     assert set(steps) == {1}
+
+
+@pytest.mark.parametrize("grid", [4, 8, 16])
+def test_subsample_visits_one_cell_of_each_quadrant_in_turn(grid):
+    """Every group of four is (r, c) of the top-left quadrant (raster order) and its copies
+    offset by g/2: right, down, and both."""
+    h = grid // 2
+    groups = scan_order("subsample", grid).view(-1, 4)  # (g*g/4, 4)
+    first = groups[:, 0]
+    assert torch.equal(first, torch.arange(h * h) // h * grid + torch.arange(h * h) % h)
+    assert torch.equal(
+        groups - first[:, None], torch.tensor([0, h, h * grid, h * grid + h]).expand_as(groups)
+    )
 
 
 def test_z_curve_visits_2x2_blocks_first():

@@ -1,7 +1,9 @@
-"""`rar sample`: chunk arithmetic, per-chunk seeds, the ADM npz layout, resume and byte identity."""
+"""`rar sample`: chunk arithmetic, per-chunk seeds, the ADM npz layout (class-interleaved),
+resume and byte identity for any number of ranks, settings and their CLI flags."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -19,6 +21,8 @@ import torch
 from rar.model import RAR, rar_config
 from rar.sample import (
     CHUNK_NAME,
+    DEFAULT_CHUNK_SIZE,
+    SAMPLES_FORMAT,
     StreamedArray,
     chunk_bounds,
     chunk_dir_for,
@@ -26,11 +30,14 @@ from rar.sample import (
     chunk_seed,
     chunks_of_rank,
     class_labels,
+    label_block,
     load_generator,
     num_chunks,
     open_npz_array,
+    read_guidance_scale,
     resolve_sampling,
     sample,
+    save_grid,
     write_npz,
 )
 from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
@@ -88,11 +95,28 @@ def reference_run(files, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------
 
 
-def test_labels_give_exactly_num_per_class_of_every_class():
-    labels = class_labels(1000, 50)
+def _assert_interleaved(labels: np.ndarray, num_classes: int) -> None:
+    """Every consecutive block of `num_classes` labels holds each class exactly once."""
+    blocks = labels.reshape(-1, num_classes)
+    assert (np.sort(blocks, axis=1) == np.arange(num_classes)).all()
+
+
+def test_labels_are_class_interleaved_in_a_seeded_order():
+    labels = class_labels(1000, 50, seed=0)
     assert labels.shape == (50_000,) and labels.dtype == np.int64
     assert (np.bincount(labels) == 50).all()
-    assert labels[:50].tolist() == [0] * 50 and labels[-1] == 999  # class-major order
+    _assert_interleaved(labels, 1000)
+    # ADM's IS splits (5,000 consecutive images, unshuffled) each hold every class 5 times.
+    assert (np.bincount(labels[5_000:10_000], minlength=1000) == 5).all()
+    assert np.array_equal(labels, class_labels(1000, 50, seed=0))
+    assert not np.array_equal(labels, class_labels(1000, 50, seed=1))
+    # Block b depends only on (seed, b): not on how many blocks there are; blocks differ.
+    assert np.array_equal(class_labels(1000, 3, seed=0), labels[:3000])
+    assert np.array_equal(label_block(0, 7, 1000), labels[7000:8000])
+    assert not np.array_equal(labels[:1000], labels[1000:2000])
+    assert not np.array_equal(labels[:1000], np.arange(1000))  # a permutation, not 0..999
+    with pytest.raises(ValueError):
+        class_labels(0, 50, seed=0)
 
 
 @pytest.mark.parametrize("n,size", [(50_000, 125), (10, 3), (7, 7), (1, 4)])
@@ -177,6 +201,11 @@ def test_load_generator_reads_training_checkpoints_and_official_files(files, tmp
 def test_sampling_settings_come_from_the_preset_then_overrides():
     s, name = resolve_sampling("rar_b")
     assert name == "rar_b" and (s.guidance_scale, s.guidance_power) == (16.0, 2.75)
+    assert s.guidance_schedule == "pow-cosine"
+    s, _ = resolve_sampling("rar_b", guidance_schedule="linear")
+    assert s.guidance_schedule == "linear" and s.guidance_scale == 16.0
+    with pytest.raises(ValueError, match="guidance schedule"):
+        resolve_sampling("rar_b", guidance_schedule="cosine")
     s, name = resolve_sampling("rar_tiny", preset="rar_xl", temperature=1.0, order="random")
     assert name == "rar_xl" and s.guidance_scale == 6.9 and s.temperature == 1.0
     assert s.order == "random"
@@ -195,11 +224,15 @@ def test_samples_npz_has_the_adm_layout(reference_run):
     with np.load(reference_run) as z:
         images, labels = z["arr_0"], z["labels"]
     assert images.shape == (NUM_CLASSES * PER_CLASS, 64, 64, 3) and images.dtype == np.uint8
-    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert labels.dtype == np.int64
+    assert np.array_equal(labels, class_labels(NUM_CLASSES, PER_CLASS, seed=3))
+    _assert_interleaved(labels, NUM_CLASSES)
     assert len({im.tobytes() for im in images}) == len(images)  # no repeated draws
     info = json.loads(reference_run.with_suffix(".json").read_text())
     assert info["num_samples"] == 6 and info["per_class_min"] == info["per_class_max"] == 2
+    assert info["format"] == info["plan"]["format"] == SAMPLES_FORMAT == "rar-samples/2"
     assert info["sampling"]["guidance_scale"] == 15.5  # rar_tiny has no preset: the defaults
+    assert info["sampling"]["guidance_schedule"] == "pow-cosine"
     assert len(info["checkpoint_sha256"]) == 64 and info["num_chunks"] == 3
     from PIL import Image
 
@@ -222,6 +255,58 @@ def test_ranks_and_resume_reproduce_the_uninterrupted_file(files, reference_run,
         info["samples_sha256"]
         == json.loads(reference_run.with_suffix(".json").read_text())["samples_sha256"]
     )
+
+
+def test_three_ranks_reproduce_the_single_process_file(files, reference_run, tmp_path):
+    """Ranks 1 and 2 of 3 first (as separate jobs would), then rank 0 merges: same bytes."""
+    out = tmp_path / "samples.npz"
+    for rank in (2, 1):
+        assert _sample(files, out, rank=rank, world_size=3, keep_chunks=True) is None
+    assert sorted(p.name for p in chunk_dir_for(out).glob("chunk_*")) == [
+        CHUNK_NAME.format(1),
+        CHUNK_NAME.format(2),
+    ]
+    _sample(files, out, rank=0, world_size=3, merge_timeout_s=0)
+    assert out.read_bytes() == reference_run.read_bytes()
+
+
+def test_each_image_was_generated_for_its_label(files, reference_run):
+    """Regenerating chunk k from the stored labels and the chunk's generator gives the stored
+    images: labels[i] is the class image i was made for."""
+    from rar.generate import SamplingConfig, generate
+    from rar.tokenizer import load_tokenizer, to_uint8
+
+    model, _ = load_generator(files["checkpoint"])
+    tok = load_tokenizer(files["tokenizer"])
+    s = SamplingConfig()
+    with np.load(reference_run) as z:
+        images, labels = z["arr_0"], z["labels"]
+    for k in range(num_chunks(len(labels), CHUNK)):
+        start, stop = chunk_bounds(k, len(labels), CHUNK)
+        ids = generate(
+            model,
+            torch.from_numpy(labels[start:stop]),
+            guidance_scale=s.guidance_scale,
+            guidance_power=s.guidance_power,
+            guidance_schedule=s.guidance_schedule,
+            temperature=s.temperature,
+            order=s.order,
+            generator=chunk_generator(3, k, "cpu"),
+        )
+        assert np.array_equal(to_uint8(tok.decode(ids)).numpy(), images[start:stop])
+
+
+def test_grid_rows_are_classes_picked_by_label(tmp_path):
+    """Whatever the file's order, grid row r shows only class r's images."""
+    from PIL import Image
+
+    labels = class_labels(4, 3, seed=0)
+    images = np.zeros((12, 2, 2, 3), np.uint8) + (60 * labels[:, None, None, None]).astype(np.uint8)
+    shown = save_grid(images, labels, tmp_path / "grid.png", num_classes=4, per_class=2)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert shown == [0, 1, 2, 3] and grid.shape == (4 * 2, 2 * 2, 3)
+    for r, c in enumerate(shown):
+        assert (grid[r * 2 : (r + 1) * 2] == 60 * c).all()
 
 
 def test_rerun_after_sigkill_skips_finished_chunks(files, reference_run, tmp_path):
@@ -254,6 +339,15 @@ def test_chunks_of_other_settings_are_refused(files, tmp_path):
     _sample(files, out, rank=1, world_size=2)  # leaves chunk 1 made with seed 3
     with pytest.raises(ValueError, match=r"other settings.*seed"):
         _sample(files, out, seed=4)
+
+
+def test_chunks_of_the_old_class_sorted_layout_are_refused(files, tmp_path):
+    out = tmp_path / "samples.npz"
+    chunks = chunk_dir_for(out)
+    chunks.mkdir()
+    (chunks / "plan.json").write_text(json.dumps({"format": "rar-samples/1", "seed": 3}))
+    with pytest.raises(ValueError, match=r"rar-samples/1.*class-sorted.*delete that folder"):
+        _sample(files, out)
 
 
 def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
@@ -290,3 +384,86 @@ def test_cli_sample_writes_the_set(files, reference_run, tmp_path, capsys):
     # An override changes the plan: recorded in samples.json.
     assert main([*args[:-4], "--guidance-scale", "1.0", "--out", str(tmp_path / "g1.npz")]) == 0
     assert json.loads((tmp_path / "g1.json").read_text())["sampling"]["guidance_scale"] == 1.0
+
+
+def _cli_args(files, out) -> list[str]:
+    return [
+        "sample",
+        "--checkpoint",
+        str(files["checkpoint"]),
+        "--tokenizer",
+        str(files["tokenizer"]),
+        "--out",
+        str(out),
+        "--num-per-class",
+        "1",
+        "--chunk-size",
+        str(NUM_CLASSES),
+        "--device",
+        "cpu",
+    ]
+
+
+def test_cli_guidance_schedule_and_scale_from_file_are_recorded(files, tmp_path, capsys):
+    from rar.cli import main
+
+    picked = tmp_path / "guidance.json"
+    picked.write_text(json.dumps({"guidance_scale": 2.5, "fid": 3.1}))  # as sweep-guidance
+    out = tmp_path / "samples.npz"
+    extra = ["--guidance-schedule", "linear", "--guidance-scale", "9.0"]
+    assert main([*_cli_args(files, out), *extra, "--guidance-scale-from", str(picked)]) == 0
+    sampling = json.loads(out.with_suffix(".json").read_text())["sampling"]
+    assert sampling["guidance_schedule"] == "linear"
+    assert sampling["guidance_scale"] == 2.5  # the file's scale wins over --guidance-scale
+    assert read_guidance_scale(picked) == 2.5
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "no such file"),
+        ("{not json", "not JSON"),
+        ('{"fid": 2.0}', "no key 'guidance_scale'"),
+        ('{"guidance_scale": "high"}', "not a finite number"),
+    ],
+)
+def test_cli_guidance_scale_from_a_bad_file_is_one_clear_error(
+    files, tmp_path, capsys, content, match
+):
+    from rar.cli import main
+
+    picked = tmp_path / "guidance.json"
+    if content is not None:
+        picked.write_text(content)
+    out = tmp_path / "samples.npz"
+    assert main([*_cli_args(files, out), "--guidance-scale-from", str(picked)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and str(picked) in err and "guidance_scale" in err
+    assert not out.exists() and not chunk_dir_for(out).exists()  # nothing was sampled
+
+
+def test_chunk_size_has_one_default(files, tmp_path, monkeypatch):
+    """sample()'s signature, `rar sample` and the study schema's `sampling.chunk_size` all
+    use DEFAULT_CHUNK_SIZE (rar.presets, torch-free)."""
+    import yaml
+
+    import rar.launch
+    from rar.cli import build_parser, main
+    from rar.experiments import SCHEMA
+
+    assert DEFAULT_CHUNK_SIZE == 250
+    assert inspect.signature(sample).parameters["chunk_size"].default == DEFAULT_CHUNK_SIZE
+    calls = []
+    monkeypatch.setattr(rar.launch, "launch", lambda fn, *a, **kw: calls.append(kw))
+    args = _cli_args(files, tmp_path / "samples.npz")
+    i = args.index("--chunk-size")
+    assert main(args[:i] + args[i + 2 :]) == 0
+    assert calls[0]["chunk_size"] == DEFAULT_CHUNK_SIZE
+    assert main(args) == 0 and calls[1]["chunk_size"] == NUM_CLASSES
+    for command in ("sample", "sweep-guidance"):
+        sub = build_parser()._subparsers._group_actions[0].choices[command]
+        flag = next(a for a in sub._actions if "--chunk-size" in a.option_strings)
+        assert flag.default == DEFAULT_CHUNK_SIZE
+    schema = yaml.safe_load(SCHEMA.read_text())
+    chunk = schema["properties"]["sampling"]["allOf"][1]["properties"]["chunk_size"]
+    assert chunk["default"] == DEFAULT_CHUNK_SIZE

@@ -40,6 +40,8 @@ def study_config() -> dict:
     """config/demo.yaml with a small grid: two scratch runs, a trunk, a branch, and a table3 row
     (the anneal (4, 4) row makes the trunk a table run; (2, 3) branches from it at epoch 2)."""
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    # A fixed guidance for every row (the demo's own tables pick theirs by a sweep).
+    config["sampling"] = {**config["sampling"], "guidance_scale": 2.0, "guidance_power": 1.0}
     config["tables"] = {
         "table2": {
             "rows": [
@@ -201,6 +203,50 @@ def test_gpu_hours_and_eta_arithmetic(grid, no_slurm):
     assert format_duration(2 * 86400 + 3 * 3600) == "2d3h"
 
 
+def test_hours_are_labelled_by_what_the_jobs_used(grid, no_slurm):
+    """A job recorded with no GPU (the CPU demo, `gpus: 0`) has CPU-hours, not GPU-hours; the
+    column is named after what the jobs used, with the unit in each cell when both ran."""
+    study, root, runs = grid
+    for run in runs.values():  # every job on the CPU (the training one: 4 processes)
+        record = root / study.run_dir(run) / "job.json"
+        if record.exists():
+            data = json.loads(record.read_text())
+            record.write_text(json.dumps({**data, "gpus": 0}))
+    status = collect(study, root=root)
+    training = by_run(status)[runs["training"]]
+    assert (training.gpu_hours, training.cpu_hours) == (0.0, pytest.approx(450 / 3600 * 4))
+    assert status.gpu_hours_used == 0.0
+    assert status.cpu_hours_used == pytest.approx((200 + 450 * 4 + 120 + 30) / 3600)
+    text = format_status(status)
+    header = next(line for line in text.splitlines() if line.startswith("row "))
+    assert "CPU-h" in header and "GPU-h" not in header
+    assert "GPU-hours: 0 used" in text and "CPU-hours: 0.597 used by jobs without a GPU" in text
+
+    record = root / study.run_dir(runs["done"]) / "job.json"  # one GPU job among CPU jobs
+    record.write_text(json.dumps({**json.loads(record.read_text()), "gpus": 2}))
+    status = collect(study, root=root)
+    assert by_run(status)[runs["done"]].gpu_hours == pytest.approx(200 / 3600 * 2)
+    text = format_status(status)
+    header = next(line for line in text.splitlines() if line.startswith("row "))
+    assert " hours " in header and "0.111 GPU" in text and "0.5 CPU" in text
+
+
+def test_status_exits_0_when_nothing_failed(grid, no_slurm, capsys):
+    from rar.cli import main
+
+    _, root, runs = grid
+    config = root / "study.yaml"
+    config.write_text(yaml.safe_dump(study_config()))
+    argv = ["status", "--config", str(config), "--root", str(root)]
+    assert main(argv) == 1
+    assert "failed: 1" in capsys.readouterr().out
+    study = load_study(study_config())
+    failed_dir = root / study.run_dir(runs["failed"])
+    (failed_dir / FAILURE_FILE).unlink()
+    write_record(failed_dir / "job.json", job_id=f"pid-{os.getpid()}", state="RUNNING")
+    assert main(argv) == 0
+
+
 def test_progress_skips_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.csv").write_text(f"{FIELDS}\n10,0.5,5,0,0,1,1,1,1,10\n20,1.0,4,0,0")
     progress = read_progress(tmp_path / "metrics.csv")
@@ -213,7 +259,8 @@ def test_json_round_trip(grid, no_slurm, capsys):
     _, root, runs = grid
     config = root / "study.yaml"
     config.write_text(yaml.safe_dump(study_config()))
-    assert main(["status", "--config", str(config), "--root", str(root), "--json"]) == 0
+    # exit 1: a row has failed
+    assert main(["status", "--config", str(config), "--root", str(root), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     again = Status.from_dict(data)
     assert again.to_dict() == data
@@ -331,6 +378,16 @@ def test_debug_launch_writes_failure_and_a_later_success_clears_it(tmp_path):
 
     assert launch(lambda: "ok", launcher=launcher, record=record, name="train_run") == "ok"
     assert not failure.exists()
+
+
+def test_a_debug_job_records_whether_it_uses_a_gpu(tmp_path):
+    """The job record says how many GPUs the job uses: 0 on the CPU (`rar status`: CPU-h)."""
+    record = tmp_path / "run" / "job.json"
+    record.parent.mkdir()
+    launcher = LauncherConfig(backend="debug")
+    assert launch(lambda device: device, device="cpu", launcher=launcher, record=record,
+                  name="train_run") == "cpu"  # fmt: skip
+    assert json.loads(record.read_text())["gpus"] == 0
 
 
 def test_launch_error_writes_failure(tmp_path, monkeypatch):

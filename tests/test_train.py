@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 import pytest
 import torch
 
+from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
 from rar.train import (
     TensorBatchSource,
@@ -235,6 +237,146 @@ def load_step(path):
         return load_checkpoint(path)["step"]
     except Exception:  # being replaced right now
         return -1
+
+
+# -- damaged checkpoints --------------------------------------------------------------------
+
+
+def test_corrupt_last_resumes_from_the_previous_one(tmp_path, capsys):
+    cfg = tiny_run(log_every=1)
+    ref = train(cfg, tmp_path / "ref", source=tiny_source())
+    cut, ckpts = tmp_path / "cut", tmp_path / "cut/checkpoints"
+    train(cfg, cut, source=tiny_source(), max_steps=5)
+    train(cfg, cut, source=tiny_source(), max_steps=2)
+    assert load_checkpoint(ckpts / "last.pt")["step"] == 7
+    assert load_checkpoint(ckpts / "last.prev.pt")["step"] == 5  # kept by the second save
+    bad = (ckpts / "last.pt").read_bytes()[:3000]  # e.g. a disk that filled up
+    (ckpts / "last.pt").write_bytes(bad)
+    capsys.readouterr()
+
+    done = train(cfg, cut, source=tiny_source())
+    out = capsys.readouterr().out
+    assert "last.pt (3,000 bytes) is truncated" in out
+    assert f"resuming from {ckpts / 'last.prev.pt'} at step 5" in out
+    assert "metrics.csv had reached step 7, so at least 2 steps are trained again" in out
+    kept = list(ckpts.glob("last.pt.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bad  # set aside, never deleted
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(["final.pt", kept[0].name])
+    assert_same_weights(weights(done), weights(ref))
+    steps = [int(r.split(",")[0]) for r in (cut / "metrics.csv").read_text().split()[1:]]
+    assert steps == list(range(1, cfg.total_steps + 1))
+
+
+def test_resume_falls_back_to_the_newest_named_checkpoint(tmp_path, capsys):
+    cfg = tiny_run(checkpoint_epochs=(1,))
+    ref = train(cfg, tmp_path / "ref", source=tiny_source())
+    cut, ckpts = tmp_path / "cut", tmp_path / "cut/checkpoints"
+    train(cfg, cut, source=tiny_source(), max_steps=10)  # epoch_1.pt (step 8), last.pt
+    train(cfg, cut, source=tiny_source(), max_steps=2)  # last.pt 12, last.prev.pt 10
+    (ckpts / "last.pt").unlink()  # as if lost between save_last's two renames
+    (ckpts / "last.prev.pt").write_bytes(b"\0" * 100)
+    capsys.readouterr()
+
+    done = train(cfg, cut, source=tiny_source())
+    out = capsys.readouterr().out
+    assert f"{ckpts / 'last.pt'} is missing; resuming from {ckpts / 'epoch_1.pt'} at step 8" in out
+    assert len(list(ckpts.glob("last.prev.pt.corrupt-*"))) == 1
+    assert_same_weights(weights(done), weights(ref))
+
+
+def test_when_no_checkpoint_loads_the_run_fails_listing_each(tmp_path):
+    cfg = tiny_run()
+    train(cfg, tmp_path, source=tiny_source(), max_steps=2)
+    train(cfg, tmp_path, source=tiny_source(), max_steps=1)
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "last.pt").write_bytes(b"")
+    (ckpts / "last.prev.pt").write_bytes(b"not a checkpoint")
+    pattern = r"(?s)none of this run's checkpoints loads.*last\.pt: .*\(0 bytes\).*last\.prev\.pt: "
+    for init_from in (None, ckpts / "x.pt"):  # nor does it branch instead
+        with pytest.raises(CheckpointError, match=pattern):
+            train(cfg, tmp_path, source=tiny_source(), init_from=init_from)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.prev.pt", "last.pt"]  # untouched
+
+
+def test_a_periodic_save_that_fails_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
+    import rar.train
+
+    def disk_full(path, **state):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    ref = train(tiny_run(), tmp_path / "ref", source=tiny_source())
+    real = rar.train.save_checkpoint
+    monkeypatch.setattr(
+        rar.train, "save_checkpoint",
+        lambda path, **state: (disk_full if path.name == "last.next.pt" else real)(path, **state),
+    )  # fmt: skip
+    cfg = tiny_run(checkpoint_minutes=0)  # last.pt after every step
+    done = train(cfg, tmp_path / "full", source=tiny_source())
+    assert "could not write" in capsys.readouterr().out
+    assert_same_weights(weights(done), weights(ref))
+    with pytest.raises(OSError, match="No space left"):  # stopping without it loses work
+        train(cfg, tmp_path / "stop", source=tiny_source(), max_steps=2)
+
+
+# -- determinism at any thread count --------------------------------------------------------
+
+
+def mini_run(**overrides) -> TrainConfig:
+    """rar_mini at micro-batch 32: the positional tables' index backward sees 32 x 15 x 128 =
+    61,440 rows, above PyTorch's parallel grain (32,768). There, without deterministic
+    algorithms, it is a multi-threaded scatter of atomic adds and two runs differ."""
+    base = dict(model="rar_mini", global_batch=32, micro_batch=32, anneal_start=0)
+    return tiny_run(**{**base, **overrides})
+
+
+def test_two_threads_give_identical_runs_and_the_callers_setting_is_restored(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = train(mini_run(epochs=2, anneal_end=2), tmp_path / "a", source=tiny_source())
+        b = train(mini_run(epochs=2, anneal_end=2), tmp_path / "b", source=tiny_source())
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert_same_weights(weights(a), weights(b))
+
+
+@pytest.mark.slow
+def test_rar_train_killed_and_rerun_at_default_threads_is_bit_identical(demo_shards, tmp_path):
+    """`rar train` as people run it (its default thread count: the machine's cores), killed
+    with SIGKILL once a checkpoint exists and run again, ends bit for bit where an
+    uninterrupted `rar train` ends."""
+    from rar.data.shards import load_manifest
+
+    cfg = mini_run(
+        codebook_size=64, source_images=load_manifest(demo_shards)["num_source_images"],
+        data=str(demo_shards), data_workers=0, epochs=10, anneal_start=2, anneal_end=8,
+        checkpoint_minutes=0,
+    )  # fmt: skip
+    cfg.save(tmp_path / "run.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    def rar_train(workdir):
+        return [
+            sys.executable, "-m", "rar.cli", "train", "--config", str(tmp_path / "run.yaml"),
+            "--workdir", str(workdir), "--device", "cpu", "--launcher", "debug",
+        ]  # fmt: skip
+
+    subprocess.run(rar_train(tmp_path / "ref"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(rar_train(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL)
+    last = tmp_path / "cut/checkpoints/last.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut/checkpoints/final.pt").exists()  # killed mid-run
+    out = subprocess.run(rar_train(tmp_path / "cut"), env=env, check=True, capture_output=True)
+    assert "resuming from" in out.stdout.decode()
+    assert_same_weights(
+        weights(tmp_path / "cut/checkpoints/final.pt"),
+        weights(tmp_path / "ref/checkpoints/final.pt"),
+    )
 
 
 # -- distributed ----------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,12 +69,25 @@ def test_paper_dry_run_plans_20_runs_with_one_trunk(fake_imagenet):
         "--configfile", str(path), "--replace-workflow-config",
     )  # fmt: skip
     jobs = job_counts(proc.stdout)
-    assert jobs["train"] == 20  # 15 + 6 rows, table2 (200, 300) = table3 row-major
+    # 15 + 6 rows, table2 (200, 300) = table3 row-major: 20 runs, and the trunk's three
+    # segments ending at 100, 200 and 300 for the branches
+    assert jobs["train"] == 20 + 3
+    assert jobs["sweep_guidance"] == 20  # the ablations' guidance scale, chosen per run
     assert jobs["sample"] == 24  # and the four released checkpoints (results/official.csv)
-    assert jobs["train_segment"] == 3  # the trunk stops at 100, 200 and 300 for branches
     assert jobs["evaluate"] == 24
-    assert jobs["tokenize_part"] == 16 and jobs["shards"] == 1
+    assert jobs["tokenize_part"] == 16 and jobs["shards"] == 1  # center + flip only
     assert jobs["table"] == 3
+
+
+def test_paper_dry_run_tokenizes_two_data_sets_and_trains_table4_on_its_own(fake_imagenet):
+    proc = snakemake(
+        "-n", "--quiet", "rules", "-d", str(fake_imagenet),
+        "--configfile", str(REPO / "config/config.yaml"),
+    )  # fmt: skip
+    jobs = job_counts(proc.stdout)
+    assert jobs["shards"] == 2 and jobs["tokenize_part"] == 32  # center+flip and ten-crop
+    assert jobs["train"] == 20 + 3 + 4  # Table 4's four sizes, RAR-L included
+    assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28
 
 
 # -- the demo DAG at test scale --------------------------------------------------------------
@@ -87,9 +102,15 @@ def mini_demo(study: str) -> dict:
     config["tokenizer"]["train"].update(steps=20, batch_size=16)
     config["train"].update(epochs=2, global_batch=16, warmup_epochs=0.5, anneal_start=1)
     config["train"].update(anneal_end=2, log_every=2)
-    config["sampling"].update(num_per_class=4, chunk_size=8)
+    config["sampling"].update(num_per_class=4, sweep_per_class=2, chunk_size=8)
+    ablation = {
+        "architecture": "plain",
+        "crop": "center+flip",
+        "sampling": {"guidance_schedule": "linear", "guidance_scales": [1.0, 4.0]},
+    }
     config["tables"] = {
         "table2": {
+            "base": ablation,
             "rows": [
                 {"anneal_start": 0, "anneal_end": 0},
                 {"anneal_start": 1, "anneal_end": 2},
@@ -98,7 +119,7 @@ def mini_demo(study: str) -> dict:
             "evaluate_epochs": [1],
         },
         "table3": {
-            "base": {"anneal_start": 1, "anneal_end": 2},
+            "base": {**ablation, "anneal_start": 1, "anneal_end": 2},
             "rows": [
                 {"target_order": "row-major"},
                 {"target_order": "z-curve", "sampling": {"order": "z-curve"}},
@@ -135,15 +156,36 @@ def test_demo_dag_end_to_end(tmp_path):
     assert 1 < first_logged_epoch <= 1.5  # it trained from epoch 1 on, not from 0
     metrics = json.loads((out / "evals" / rows[0]["evaluation"] / "metrics.json").read_text())
     assert metrics["num_samples"] == 16 and metrics["comparable_to_paper"] is False
-    # a table made in the middle of a grid marks what is missing (rar report)
-    (out / "evals" / rows[1]["evaluation"] / "metrics.json").unlink()
+    # the guidance sweep chose each row's scale, and the evaluation used it
+    assert all(float(r["guidance_scale"]) in (1.0, 4.0) and r["guidance_sweep"] for r in rows)
+    assert metrics["sampling"]["guidance_schedule"] == "linear"
+    assert metrics["sampling"]["guidance_scale"] == float(rows[0]["guidance_scale"])
+    assert (out / "plots/table2_guidance.png").stat().st_size > 1000
+
+    # Every tool sees the study the workflow ran: rar status says everything is done, and
+    # rar report rebuilds the workflow's tables byte for byte.
     from rar.cli import main
 
-    assert (
-        main(["report", "--config", str(path), "--root", str(tmp_path), "--table", "table2"]) == 0
-    )
-    with open(out / "table2.csv") as f:
+    tables = {p.name: p.read_bytes() for p in out.glob("table[23].*")}
+    report = ["report", "--config", str(path), "--root", str(tmp_path)]
+    assert main(report) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("table[23].*")} == tables
+    status = subprocess.run(
+        [sys.executable, "-m", "rar.cli", "status", "--config", str(path), "--root",
+         str(tmp_path), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    state = json.loads(status.stdout)
+    assert state["runs_done"] == state["runs_total"] == len(load_study(mini_demo("mini")).runs)
+    assert state["evaluations_done"] == state["evaluations_total"]
+
+    # A table made in the middle of a grid marks what is missing (rar report) in its own
+    # file, and never replaces the finished one.
+    (out / "evals" / rows[1]["evaluation"] / "metrics.json").unlink()
+    assert main([*report, "--table", "table2"]) == 0
+    with open(out / "table2.partial.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)][1] == "missing"
+    assert (out / "table2.csv").read_bytes() == tables["table2.csv"]
     snakemake(*args, "--cores", "2", "--config", "launcher=local")  # re-scores that row only
     # the HTML report with the tables and plots
     snakemake(*args, "--cores", "2", "--report", str(tmp_path / "report.html"))
@@ -154,7 +196,7 @@ def test_demo_dag_end_to_end(tmp_path):
     # re-scoring needs no retraining, and the launcher in use is no reason to rerun
     redo = snakemake(*args, "--cores", "2", "-n", "--quiet", "rules", "--forcerun", "sample")
     jobs = job_counts(redo.stdout)
-    assert "train" not in jobs and "train_segment" not in jobs
+    assert "train" not in jobs and "sweep_guidance" not in jobs
     assert jobs["sample"] == jobs["evaluate"] == len(load_study(mini_demo("mini")).evaluations)
 
 
@@ -192,3 +234,74 @@ def test_demo_dag_through_the_slurm_launcher(tmp_path):
         assert all(r["status"].startswith("ok") for r in csv.DictReader(f))
     records = list((tmp_path / "results/slurm/runs").glob("*/job.json"))
     assert records and all(json.loads(r.read_text())["backend"] == "slurm" for r in records)
+
+
+# -- no config string is ever executed --------------------------------------------------------
+
+PAYLOADS = ("$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m} '", 'x" ; touch {m} "')
+
+
+def _string_fields(obj, path=()):
+    """Every (key path, value) of a string leaf in a config."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _string_fields(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _string_fields(v, (*path, i))
+    elif isinstance(obj, str):
+        yield path, obj
+
+
+def _set(obj, path, value):
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+
+
+def test_no_config_string_reaches_a_shell(tmp_path):
+    """A value with shell syntax in any string field is refused by the schema, or (free text:
+    labels, descriptions) never appears unquoted in a command: the workflow's dry run prints
+    every shell command, and each parses back with the payload inside one literal argument."""
+    from rar.experiments import StudyError
+
+    marker = tmp_path / "PWNED"
+    config = mini_demo("inject")
+    config["evaluation"].update(weights="resources/w.pth", reference="resources/ref.npz")
+    config["launcher_dir"] = "profiles/slurm"
+    config["official"] = {
+        "rar_b": {"checkpoint": "resources/rar_b.bin", "sampling": {"preset": "rar_b"}}
+    }
+    config["tables"]["table2"]["description"] = "annealing"
+    config["tables"]["table2"]["rows"][0]["label"] = "raster"
+    fields = list(_string_fields(config))
+    assert len(fields) > 20
+    accepted = []
+    for path, _ in fields:
+        for payload in PAYLOADS:
+            c = copy.deepcopy(config)
+            _set(c, path, payload.format(m=marker))
+            try:
+                load_study(c)
+            except StudyError:
+                continue
+            accepted.append((path, c))
+    assert {p for p, _ in accepted} == {
+        ("tables", "table2", "description"),
+        ("tables", "table2", "rows", 0, "label"),
+    }
+    for name in ("w.pth", "ref.npz", "rar_b.bin"):  # present, so the dry run has a DAG
+        (tmp_path / "resources").mkdir(exist_ok=True)
+        (tmp_path / "resources" / name).write_bytes(b"")
+    for _path, c in accepted[:: len(PAYLOADS)]:  # one payload per accepted field suffices
+        cfg = tmp_path / "inject.yaml"
+        cfg.write_text(yaml.safe_dump(c))
+        proc = snakemake(
+            "-n", "-p", "-d", str(tmp_path), "--configfile", str(cfg),
+            "--replace-workflow-config", "--forceall",
+        )  # fmt: skip
+        for line in proc.stdout.splitlines():
+            if "touch" in line:
+                tokens = shlex.split(line)
+                assert not any(t == "touch" for t in tokens), line
+    assert not marker.exists()

@@ -44,6 +44,7 @@ import torch
 import webdataset as wds
 
 from rar.data.shards import (
+    MANIFEST,
     ShardError,
     iter_samples,
     load_manifest,
@@ -169,7 +170,7 @@ class TokenShards(torch.utils.data.IterableDataset):
         self.items_per_shard = [s["num_samples"] // self.group for s in self.shards]
         self.num_items = sum(self.items_per_shard)
         if self.num_items == 0:
-            raise ShardError(f"{self.dir}: the manifest lists no samples")
+            raise ShardError(f"{self.dir / MANIFEST}: lists no samples")
         self._check(verify)
 
     # -- bookkeeping -----------------------------------------------------------------------

@@ -215,17 +215,59 @@ def shard_problem_message(directory: Path, name: str, problem: str, manifest: di
 # ------------------------------------------------------------------------------------------
 
 
+# What readers rely on (rar.data.loader, verify_shards, rar.train's data check), as
+# rar.data.tokenize.merge_parts writes it: key -> type, for the manifest and each shard entry.
+_MANIFEST_KEYS = {
+    "shards": list, "num_samples": int, "num_source_images": int, "num_classes": int,
+    "samples_per_image": int, "tokens_per_sample": int, "tokenizer": dict,
+}  # fmt: skip
+_SHARD_KEYS = {"name": str, "part": int, "num_samples": int, "size": int, "sha256": str}
+_REMAKE = (
+    "rerun the `rar tokenize` command that made the directory: finished parts are skipped and "
+    "the merge step writes the manifest again"
+)
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with the shape of a parsed manifest ("key 'shards' is missing"), or None."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, found {type(manifest).__name__}"
+    if manifest.get("format") != FORMAT:
+        return f"unknown format {manifest.get('format')!r}, expected {FORMAT}"
+    for where, entry, keys in [
+        ("", manifest, _MANIFEST_KEYS),
+        *((f"shards[{i}] ", s, _SHARD_KEYS) for i, s in enumerate(manifest.get("shards", []))),
+    ]:
+        if not isinstance(entry, dict):
+            return f"{where}expected a JSON object, found {type(entry).__name__}"
+        for key, kind in keys.items():
+            if key not in entry:
+                return f"{where}key {key!r} is missing"
+            value = entry[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                return f"{where}key {key!r} must be {_JSON_TYPES[kind]}, found {value!r}"
+    return None
+
+
+_JSON_TYPES = {list: "a list", int: "an integer", dict: "a JSON object", str: "a string"}
+
+
 def load_manifest(directory: str | os.PathLike) -> dict:
-    """Read `<directory>/manifest.json`; ShardError (with the fix) when it is absent."""
+    """Read `<directory>/manifest.json`; ShardError naming the file, the problem and the fix
+    when it is absent, not JSON, or not the shape `merge_parts` writes."""
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise ShardError(
             f"{path} not found: tokenization of {directory} has not finished. Run (or rerun) "
             "`rar tokenize` for every part; the merge step writes the manifest when all exist"
         )
-    manifest = read_json(path)
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ShardError(f"{path}: not readable JSON ({err}); {_REMAKE}") from None
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise ShardError(f"{path}: {problem}; {_REMAKE}")
     return manifest
 
 

@@ -1,58 +1,70 @@
-# Helpers for the rules: the study (tables -> runs, evaluations, trunk plan) and the input
-# functions. Torch-free: parsing the workflow imports only rar.experiments.
-from snakemake.utils import validate
+# Helpers for the rules: the study (tables -> data sets, runs, evaluations, sweeps, trunks) and
+# the input functions. Torch-free: parsing the workflow imports only rar.experiments.
+#
+# Quoting: every value put on a command line is quoted (`{x:q}`; a list quotes each
+# element), and argument lists are built here as lists, never as one string, so a config
+# value is always one literal argument and never shell syntax.
+import re
+import shlex
 
 from rar.experiments import StudyError, load_study
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The one study loader of every tool (rar plan / status / report use the same): the schema's
+# checks and defaults, then identities. `config` stays Snakemake's; rules read `C`.
 try:
-    study = load_study(config)
+    study = load_study(config, source="config (--configfile / profile)")
 except StudyError as err:
-    raise WorkflowError(f"config: {err}") from None
+    raise WorkflowError(str(err)) from None
 
+C = study.config
 P = study.prefix  # results/ (paper) or results/<study>/ (the demo)
-DATA = study.data_dir
 
 
 def launcher_args(stage):
     """Where a heavy stage runs (rar.launch): the backend from the profile, and the stage's
-    resources from `<launcher_dir>/<stage>.yaml` when the profile names such a folder."""
-    args = f"--launcher {config.get('launcher', 'debug')}"
-    folder = config.get("launcher_dir")
-    return args + (f" --launcher-config {folder}/{stage}.yaml" if folder else "")
+    resources from `<launcher_dir>/<stage>.yaml` when the profile names such a folder. A
+    resource must be a string, so this one is quoted here."""
+    args = ["--launcher", C["launcher"]]
+    if C["launcher_dir"]:
+        args += ["--launcher-config", f"{C['launcher_dir']}/{stage}.yaml"]
+    return shlex.join(args)
 
 
-
-wildcard_constraints:
-    run="[0-9a-f]{12}",
-    evaluation="[0-9a-f]{12}",
-    epoch=r"[0-9]+(\.[0-9]+)?",
-    table="|".join(study.tables) or "(?!)",  # the config's tables only (not table5)
-    job="[0-9]+",
-    model="rar_[a-z]+",
-    dtype="fp32|bf16",
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 # -- data --------------------------------------------------------------------------------
 
 
+def is_demo():
+    return "demo" in C["data"]
+
+
 def image_dir():
     """Where the training images are: the demo makes its own, the paper's are linked."""
-    if "demo" in config["data"]:
-        return f"{P}/images/train"
-    return config["data"]["images"]
+    return f"{P}/images/train" if is_demo() else C["data"]["images"]
 
 
 def image_marker():
     """A file that exists once the image folder is complete (the demo's dataset.json)."""
-    return f"{P}/images/dataset.json" if "demo" in config["data"] else []
+    return f"{P}/images/dataset.json" if is_demo() else []
 
 
 def tokenizer_file():
     """The tokenizer weights: trained by the pipeline (demo) or the released file."""
-    tok = config["tokenizer"]
+    tok = C["tokenizer"]
     return f"{P}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+
+
+def dataset_crop(wildcards):
+    return study.datasets[wildcards.dataset].crop
+
+
+def manifest_of_run(wildcards):
+    return f"{study.data_dir(study.dataset_of(wildcards.run))}/manifest.json"
 
 
 # -- training ----------------------------------------------------------------------------
@@ -62,77 +74,122 @@ def run_config_dict(wildcards):
     return study.runs[wildcards.run].config.to_dict()
 
 
-def segment_start(wildcards):
-    """The checkpoint a trunk segment ending at `epoch` continues from ([] for the first)."""
-    run = study.runs[wildcards.run]
-    earlier = [s for s in run.segments if s < float(wildcards.epoch)]
-    return study.checkpoint(run.id, max(earlier)) if earlier else []
+def stop_epoch(wildcards):
+    """The epoch a training job ends at: a named checkpoint's, or the run's last."""
+    if wildcards.stop == "final":
+        return study.runs[wildcards.run].config.epochs
+    return float(wildcards.stop.removeprefix("epoch_"))
 
 
 def train_start(wildcards):
-    """What a run's last training job starts from: a trunk's last segment, a branch's trunk
-    checkpoint at its anneal start, or nothing (from scratch)."""
+    """The checkpoint a training job continues from: a trunk's previous segment, a branch's
+    trunk checkpoint at its anneal start, or nothing (from scratch)."""
     run = study.runs[wildcards.run]
-    if run.kind == "trunk" and run.segments:
-        return study.checkpoint(run.id, run.segments[-1])
+    epoch = stop_epoch(wildcards)
+    if run.kind == "trunk":
+        earlier = [s for s in run.segments if s < epoch]
+        return study.checkpoint(run.id, max(earlier)) if earlier else []
     if run.kind == "branch":
         return study.checkpoint(run.trunk, run.branch_epoch)
     return []
 
 
-def init_args(wildcards, input):
-    """`--init-from CKPT` when the job continues from a checkpoint (input `start`)."""
-    return f"--init-from {input.start}" if input.start else ""
+def train_args(wildcards, input):
+    """`--until-epoch E` for a segment, `--init-from CKPT` when the job continues."""
+    args = [] if wildcards.stop == "final" else ["--until-epoch", f"{stop_epoch(wildcards):g}"]
+    return args + (["--init-from", input.start] if input.start else [])
 
 
-# -- sampling and evaluation ---------------------------------------------------------------
+# -- sampling, sweeps and evaluation ----------------------------------------------------------
 
 
 def evaluation(wildcards):
     return study.evaluations[wildcards.evaluation]
 
 
+def _checkpoint_of(run, epoch, checkpoint):
+    """A released file, or our run's checkpoint at `epoch` (None: its final one)."""
+    return checkpoint or study.checkpoint(run, epoch)
+
+
 def trained_checkpoint(wildcards):
     """The run's final checkpoint (intermediate ones exist once the run has finished), or
     the released checkpoint an official evaluation scores."""
     ev = evaluation(wildcards)
-    return ev.checkpoint or study.checkpoint(ev.run)
+    return _checkpoint_of(ev.run, None, ev.checkpoint)
 
 
 def sample_checkpoint(wildcards):
     ev = evaluation(wildcards)
-    return ev.checkpoint or study.checkpoint(ev.run, None if ev.final else ev.epoch)
+    return _checkpoint_of(ev.run, None if ev.final else ev.epoch, ev.checkpoint)
 
 
-def sample_args(wildcards):
+def sweep_result(wildcards):
+    """The guidance.json an evaluation takes its scale from ([] without a sweep)."""
+    ev = evaluation(wildcards)
+    return f"{study.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else []
+
+
+def _sampling_flags(sampling):
+    flags = ["--temperature", sampling["temperature"], "--order", sampling["order"]]
+    flags += ["--guidance-schedule", sampling["guidance_schedule"]]
+    if "guidance_power" in sampling:
+        flags += ["--guidance-power", sampling["guidance_power"]]
+    return flags + ["--chunk-size", C["sampling"]["chunk_size"]]
+
+
+def _extractor_flags(flag):
+    weights = C["evaluation"]["weights"]
+    return [flag, weights] if weights else []
+
+
+def sample_args(wildcards, input):
     ev = evaluation(wildcards)
     s = ev.sampling
-    return (
-        f"--guidance-scale {s['guidance_scale']} --guidance-power {s['guidance_power']} "
-        f"--temperature {s['temperature']} --order {s['order']} "
-        f"--num-per-class {ev.metrics['num_per_class']} --seed {ev.metrics['seed']} "
-        f"--chunk-size {config['sampling'].get('chunk_size', 250)} "
+    if input.guidance:
+        scale = ["--guidance-scale-from", input.guidance]
+    else:
+        scale = ["--guidance-scale", s["guidance_scale"]]
+    return [
+        *scale,
+        *_sampling_flags(s),
+        "--num-per-class", ev.metrics["num_per_class"],
+        "--seed", ev.metrics["seed"],
         # fail before sampling when the metric's extractor weights cannot be had
-        f"--check-extractor {ev.metrics['extractor']} {extractor_weights_args('--extractor-weights')}"
-    )
+        "--check-extractor", ev.metrics["extractor"],
+        *_extractor_flags("--extractor-weights"),
+    ]  # fmt: skip
+
+
+def sweep(wildcards):
+    return study.sweeps[wildcards.sweep]
+
+
+def sweep_checkpoint(wildcards):
+    s = sweep(wildcards)
+    return _checkpoint_of(s.run, None, s.checkpoint)
+
+
+def sweep_args(wildcards):
+    s = sweep(wildcards)
+    return [
+        "--scales", *s.scales,
+        *_sampling_flags(s.sampling),
+        "--num-per-class", s.metrics["num_per_class"],
+        "--seed", s.metrics["seed"],
+        "--extractor", s.metrics["extractor"],
+        *_extractor_flags("--weights"),
+    ]  # fmt: skip
 
 
 def reference_param(wildcards, input):
     """Real images to compare with: the ADM reference batch (paper), or the demo's held-out
     images (made with the training images, never trained on)."""
-    if config["evaluation"].get("reference"):
-        return input.reference
-    return f"{P}/images/val"
+    return input.reference if C["evaluation"]["reference"] else f"{P}/images/val"
 
 
 def reference_input():
-    ref = config["evaluation"].get("reference")
-    return ref if ref else image_marker()
-
-
-def extractor_weights_args(flag="--weights"):
-    weights = config["evaluation"].get("weights")
-    return f"{flag} {weights}" if weights else ""
+    return C["evaluation"]["reference"] or image_marker()
 
 
 # -- targets -----------------------------------------------------------------------------
@@ -140,6 +197,10 @@ def extractor_weights_args(flag="--weights"):
 
 def table_metrics(wildcards):
     return study.metrics_files(wildcards.table)
+
+
+def table_sweeps(wildcards):
+    return [row["sweep"] for row in study.report_rows(wildcards.table) if row["sweep"]]
 
 
 def table_rows(wildcards):
@@ -154,13 +215,8 @@ def table_plot_kind(wildcards):
     return {"plot": "bars", "key": next(iter(keys))}
 
 
-def _table_runs(table):
-    """The training runs of a table's rows (an official checkpoint has none)."""
-    return list(dict.fromkeys(r.run for r in study.tables[table] if r.run in study.runs))
-
-
 def table_checkpoints(wildcards):
-    return [study.checkpoint(run) for run in _table_runs(wildcards.table)]
+    return [study.checkpoint(run) for run in study.table_runs(wildcards.table)]
 
 
 def table_training_logs(wildcards):
@@ -169,7 +225,7 @@ def table_training_logs(wildcards):
         labels.setdefault(row.run, row.label)
     return [
         {"label": labels[run], "metrics_csv": f"{study.run_dir(run)}/metrics.csv"}
-        for run in _table_runs(wildcards.table)
+        for run in study.table_runs(wildcards.table)
     ]
 
 
@@ -181,6 +237,14 @@ def table_grid_labels(wildcards):
     return [
         {"label": row.label, "png": f"{study.eval_dir(row.evaluation)}/grid.png"}
         for row in study.tables[wildcards.table]
+    ]
+
+
+def table_sweep_points(wildcards):
+    return [
+        {"label": row["label"], "guidance": row["sweep"]}
+        for row in study.report_rows(wildcards.table)
+        if row["sweep"]
     ]
 
 
@@ -207,7 +271,7 @@ def curve_metrics(wildcards):
 
 
 def throughput_benchmarks():
-    bench = config.get("throughput_table")
+    bench = C.get("throughput_table")
     if not bench:
         return []
     return [f"{P}/throughput/{m}_{d}.csv" for m in bench["models"] for d in bench["dtypes"]]
@@ -216,12 +280,14 @@ def throughput_benchmarks():
 def all_outputs():
     """Every table (CSV and Markdown) with its plots, and the scan-order figure."""
     out = [f"{P}/plots/scan_orders.png"]
-    if config.get("throughput_table"):
+    if C.get("throughput_table"):
         out += [f"{P}/table5.csv", f"{P}/table5.md"]
     for table in study.tables:
         out += [f"{P}/{table}.csv", f"{P}/{table}.md"]
-        plots = ("fid", "loss", "samples") if _table_runs(table) else ("fid", "samples")
+        plots = ("fid", "loss", "samples") if study.table_runs(table) else ("fid", "samples")
         out += [f"{P}/plots/{table}_{kind}.png" for kind in plots]
         if study.curve_evaluations[table]:
             out.append(f"{P}/plots/{table}_fid_vs_epoch.png")
+        if any(study.evaluations[row.evaluation].sweep for row in study.tables[table]):
+            out.append(f"{P}/plots/{table}_guidance.png")
     return out

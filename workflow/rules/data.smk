@@ -1,4 +1,5 @@
-# Data: images -> (demo: a tokenizer trained here) -> token shards in parallel parts -> verified.
+# Data: images -> (demo: a tokenizer trained here) -> token shards in parallel parts -> verified,
+# once per data set (dataset, tokenizer, crop) that a table's rows train on.
 
 
 rule demo_images:
@@ -6,7 +7,7 @@ rule demo_images:
         dataset=f"{P}/images/dataset.json",
     params:
         out=subpath(output.dataset, parent=True),
-        demo=config["data"].get("demo", {}),
+        demo=C["data"].get("demo", {}),
     log:
         f"logs/{study.name}/demo_images.log",
     benchmark:
@@ -14,24 +15,25 @@ rule demo_images:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar make-demo-data {params.out} --num-classes {params.demo[num_classes]} "
-        "--images-per-class {params.demo[images_per_class]} "
-        "--val-per-class {params.demo[val_per_class]} "
-        "--image-size {params.demo[image_size]} --seed {params.demo[seed]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar make-demo-data {params.out:q} "
+        "--num-classes {params.demo[num_classes]:q} "
+        "--images-per-class {params.demo[images_per_class]:q} "
+        "--val-per-class {params.demo[val_per_class]:q} "
+        "--image-size {params.demo[image_size]:q} --seed {params.demo[seed]:q} > {log:q} 2>&1"
 
 
 rule demo_tokenizer:
     input:
         dataset=rules.demo_images.output.dataset,
     output:
-        tokenizer=f"{P}/tokenizer/{config['tokenizer']['name']}.pt",
+        tokenizer=f"{P}/tokenizer/{C['tokenizer']['name']}.pt",
         quality=f"{P}/tokenizer/quality.json",
     params:
         images=f"{P}/images/train",
         val=f"{P}/images/val",
-        train=config["tokenizer"].get("train", {}),
-        image_size=config["data"].get("demo", {}).get("image_size", 32),
-        codebook=config["tokenizer"]["codebook_size"],
+        train=C["tokenizer"].get("train", {}),
+        image_size=C["data"].get("demo", {}).get("image_size", 32),
+        codebook=C["tokenizer"]["codebook_size"],
     log:
         f"logs/{study.name}/demo_tokenizer.log",
     benchmark:
@@ -40,11 +42,11 @@ rule demo_tokenizer:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar train-tokenizer --images {params.images} --val-images {params.val} "
-        "--out {output.tokenizer} --quality {output.quality} "
-        "--image-size {params.image_size} --codebook-size {params.codebook} "
-        "--downsample {params.train[downsample]} --steps {params.train[steps]} "
-        "--batch-size {params.train[batch_size]} --seed {params.train[seed]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar train-tokenizer --images {params.images:q} "
+        "--val-images {params.val:q} --out {output.tokenizer:q} --quality {output.quality:q} "
+        "--image-size {params.image_size:q} --codebook-size {params.codebook:q} "
+        "--downsample {params.train[downsample]:q} --steps {params.train[steps]:q} "
+        "--batch-size {params.train[batch_size]:q} --seed {params.train[seed]:q} > {log:q} 2>&1"
 
 
 rule tokenize_part:
@@ -52,16 +54,17 @@ rule tokenize_part:
         images=image_marker(),
         tokenizer=tokenizer_file(),
     output:
-        done=touch(f"{DATA}/jobs/{{job}}.done"),
+        done=touch(f"{P}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
         images=image_dir(),
         out=subpath(output.done, ancestor=2),
-        data=config["data"],
-        jobs=config["data"]["tokenize_jobs"],
+        crop=dataset_crop,
+        per_part=C["data"]["images_per_part"],
+        jobs=C["data"]["tokenize_jobs"],
     log:
-        f"logs/{study.name}/tokenize/{{job}}.log",
+        f"logs/{study.name}/tokenize/{{dataset}}/{{job}}.log",
     benchmark:
-        f"benchmarks/{study.name}/tokenize/{{job}}.tsv"
+        f"benchmarks/{study.name}/tokenize/{{dataset}}/{{job}}.tsv"
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
@@ -69,29 +72,33 @@ rule tokenize_part:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar tokenize --images {params.images} --out {params.out} --tokenizer {input.tokenizer} "
-        "--crop {params.data[crop]} --images-per-part {params.data[images_per_part]} "
-        "--job-index {wildcards.job} --num-jobs {params.jobs} --no-merge {resources.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} --out {params.out:q} "
+        "--tokenizer {input.tokenizer:q} --crop {params.crop:q} "
+        "--images-per-part {params.per_part:q} --job-index {wildcards.job:q} "
+        "--num-jobs {params.jobs:q} --no-merge {resources.launcher} > {log:q} 2>&1"
 
 
 rule shards:
     input:
-        jobs=expand(f"{DATA}/jobs/{{job}}.done", job=range(config["data"]["tokenize_jobs"])),
+        jobs=expand(
+            f"{P}/data/{{{{dataset}}}}/jobs/{{job}}.done", job=range(C["data"]["tokenize_jobs"])
+        ),
         tokenizer=tokenizer_file(),
     output:
-        manifest=f"{DATA}/manifest.json",
+        manifest=f"{P}/data/{{dataset}}/manifest.json",
     params:
         images=image_dir(),
         out=subpath(output.manifest, parent=True),
-        data=config["data"],
+        crop=dataset_crop,
+        per_part=C["data"]["images_per_part"],
     log:
-        f"logs/{study.name}/shards.log",
+        f"logs/{study.name}/shards/{{dataset}}.log",
     benchmark:
-        f"benchmarks/{study.name}/shards.tsv"
+        f"benchmarks/{study.name}/shards/{{dataset}}.tsv"
     conda:
         "../../environment.yml"
     shell:
         # Every part exists: this run only merges the manifest; then check every shard.
-        "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images} --out {params.out} --tokenizer {input.tokenizer} "
-        "--crop {params.data[crop]} --images-per-part {params.data[images_per_part]} "
-        "&& rar verify-shards {params.out}) > {log} 2>&1"
+        "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} --out {params.out:q} "
+        "--tokenizer {input.tokenizer:q} --crop {params.crop:q} "
+        "--images-per-part {params.per_part:q} && rar verify-shards {params.out:q}) > {log:q} 2>&1"

@@ -8,9 +8,9 @@ rule evaluate:
     output:
         metrics=f"{P}/evals/{{evaluation}}/metrics.json",
     params:
-        evaluation=config["evaluation"],
+        extractor=C["evaluation"]["extractor"],
         reference=reference_param,
-        weights=extractor_weights_args(),
+        weights=_extractor_flags("--weights"),
         cache=f"{P}/cache/features",
     log:
         f"logs/{study.name}/evaluate/{{evaluation}}.log",
@@ -24,6 +24,6 @@ rule evaluate:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar evaluate --samples {input.samples} --reference {params.reference} "
-        "--extractor {params.evaluation[extractor]} {params.weights} "
-        "--cache-dir {params.cache} --out {output.metrics} {resources.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar evaluate --samples {input.samples:q} "
+        "--reference {params.reference:q} --extractor {params.extractor:q} {params.weights:q} "
+        "--cache-dir {params.cache:q} --out {output.metrics:q} {resources.launcher} > {log:q} 2>&1"

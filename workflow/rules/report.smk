@@ -4,6 +4,7 @@
 rule table:
     input:
         metrics=table_metrics,
+        sweeps=table_sweeps,
     output:
         csv=report(
             f"{P}/{{table}}.csv",
@@ -102,6 +103,26 @@ rule fid_vs_epoch:
         "../scripts/plot_fid_vs_epoch.py"
 
 
+rule guidance_sweeps:
+    input:
+        sweeps=table_sweeps,
+    output:
+        png=report(
+            f"{P}/plots/{{table}}_guidance.png",
+            caption="../report/guidance_sweeps.rst",
+            category="Plots",
+            labels={"table": "{table}", "plot": "guidance sweep"},
+        ),
+    params:
+        points=table_sweep_points,
+    log:
+        f"logs/{study.name}/guidance_sweeps/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_guidance_sweeps.py"
+
+
 rule scan_orders:
     output:
         png=report(
@@ -110,8 +131,6 @@ rule scan_orders:
             category="Plots",
             labels={"plot": "scan orders"},
         ),
-    params:
-        grid=config["tokenizer"]["grid"],
     log:
         f"logs/{study.name}/scan_orders.log",
     conda:
@@ -124,7 +143,7 @@ rule bench_sample:
     output:
         csv=f"{P}/throughput/{{model}}_{{dtype}}.csv",
     params:
-        bench=config.get("throughput_table", {}),
+        bench=C.get("throughput_table", {}),
     log:
         f"logs/{study.name}/bench_sample/{{model}}_{{dtype}}.log",
     threads: workflow.cores  # a timing: nothing else should run beside it
@@ -152,7 +171,7 @@ rule table5:
         ),
         md=f"{P}/table5.md",
     params:
-        paper=config.get("throughput_table", {}).get("paper", {}),
+        paper=C.get("throughput_table", {}).get("paper", {}),
     log:
         f"logs/{study.name}/table5.log",
     conda:

@@ -1,10 +1,41 @@
-# Sampling: a run's checkpoint -> num_per_class images per class (ADM .npz) + a grid.
+# Sampling: a run's checkpoint -> num_per_class images per class (ADM .npz) + a grid; and the
+# guidance sweeps that choose an evaluation's scale when the study lists several.
+
+
+rule sweep_guidance:
+    input:
+        checkpoint=sweep_checkpoint,
+        tokenizer=tokenizer_file(),
+        reference=reference_input(),
+    output:
+        guidance=f"{P}/sweeps/{{sweep}}/guidance.json",
+    params:
+        args=sweep_args,
+        reference=reference_param,
+        cache=f"{P}/cache/features",
+    log:
+        f"logs/{study.name}/sweep/{{sweep}}.log",
+    benchmark:
+        f"benchmarks/{study.name}/sweep/{{sweep}}.tsv"
+    threads: 1  # this process waits on its launcher job
+    resources:
+        launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("sample"),
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} rar sweep-guidance --checkpoint {input.checkpoint:q} "
+        "--tokenizer {input.tokenizer:q} --out {output.guidance:q} "
+        "--reference {params.reference:q} --cache-dir {params.cache:q} {params.args:q} "
+        "{resources.launcher} > {log:q} 2>&1"
 
 
 rule sample:
     input:
         trained=trained_checkpoint,
         tokenizer=tokenizer_file(),
+        guidance=sweep_result,
     output:
         samples=f"{P}/evals/{{evaluation}}/samples.npz",
         grid=f"{P}/evals/{{evaluation}}/grid.png",
@@ -23,5 +54,6 @@ rule sample:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar sample --checkpoint {params.checkpoint} --tokenizer {input.tokenizer} "
-        "--out {output.samples} {params.args} {resources.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar sample --checkpoint {params.checkpoint:q} "
+        "--tokenizer {input.tokenizer:q} --out {output.samples:q} {params.args:q} "
+        "{resources.launcher} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
-# Training: one config per run, trunks in segments, branches from the trunk, scratch runs.
-# The in-progress checkpoints/last.pt is never declared: Snakemake deletes the outputs of a
-# failed job, and last.pt is what a rerun resumes from.
+# Training: one config per run; one rule for every training job: a trunk's segments (stop =
+# epoch_<E>, each continuing from the previous one), a branch from its trunk's checkpoint, a
+# run from scratch (stop = final). The in-progress checkpoints/last.pt is never declared:
+# Snakemake deletes the outputs of a failed job, and last.pt is what a rerun resumes from.
 
 
 rule run_config:
@@ -16,46 +17,20 @@ rule run_config:
         "../scripts/write_run_config.py"
 
 
-rule train_segment:
-    input:
-        config=rules.run_config.output.config,
-        manifest=rules.shards.output.manifest,
-        start=segment_start,
-    output:
-        checkpoint=f"{P}/runs/{{run}}/checkpoints/epoch_{{epoch}}.pt",
-    params:
-        workdir=subpath(input.config, parent=True),
-        init=init_args,
-    log:
-        f"logs/{study.name}/train/{{run}}-epoch_{{epoch}}.log",
-    benchmark:
-        f"benchmarks/{study.name}/train/{{run}}-epoch_{{epoch}}.tsv"
-    threads: 1  # this process waits on its launcher job
-    resources:
-        launcher_jobs=1,
-        # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("train"),
-    conda:
-        "../../environment.yml"
-    shell:
-        "OMP_NUM_THREADS={threads} rar train --config {input.config} --workdir {params.workdir} "
-        "--until-epoch {wildcards.epoch} {params.init} {resources.launcher} > {log} 2>&1"
-
-
 rule train:
     input:
         config=rules.run_config.output.config,
-        manifest=rules.shards.output.manifest,
+        manifest=manifest_of_run,
         start=train_start,
     output:
-        checkpoint=f"{P}/runs/{{run}}/checkpoints/final.pt",
+        checkpoint=f"{P}/runs/{{run}}/checkpoints/{{stop}}.pt",
     params:
         workdir=subpath(input.config, parent=True),
-        init=init_args,
+        args=train_args,
     log:
-        f"logs/{study.name}/train/{{run}}.log",
+        f"logs/{study.name}/train/{{run}}-{{stop}}.log",
     benchmark:
-        f"benchmarks/{study.name}/train/{{run}}.tsv"
+        f"benchmarks/{study.name}/train/{{run}}-{{stop}}.tsv"
     threads: 1  # this process waits on its launcher job
     resources:
         launcher_jobs=1,
@@ -64,4 +39,5 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar train --config {input.config} --workdir {params.workdir} {params.init} {resources.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar train --config {input.config:q} "
+        "--workdir {params.workdir:q} {params.args:q} {resources.launcher} > {log:q} 2>&1"

@@ -1,0 +1,150 @@
+"""Guidance sweeps: sample one checkpoint at several guidance scales, score each, keep the best.
+
+The paper does not give the guidance scale (or temperature) of its ablations (Tables 2 and 3,
+linear guidance; shared/reference/README.md), and every autoregressive image model's FID
+depends strongly on it, so a fair reproduction tunes it per run as the paper's authors must
+have: each scale is sampled on a smaller set (the study's `sweep_per_class`, 10,000 images
+for ImageNet), scored with the study's extractor, and the scale with the lowest FID is written
+to `guidance.json`, which the table's full evaluation reads (`rar sample
+--guidance-scale-from`). The sweep's own numbers stay beside it, so a reader sees how flat or
+sharp the optimum is and whether it sits at an edge of the range (then widen the range).
+
+One job does the whole sweep: the checkpoint, the tokenizer and the extractor load once, and
+both stages resume (sampling by chunks, scoring by the per-scale metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from rar.io import atomic_write_text
+
+FORMAT = "rar-guidance-sweep/1"
+
+
+def pick_best(points: list[dict], metric: str) -> dict:
+    """The point with the lowest `metric` (ties: the smaller scale, i.e. less guidance).
+
+    points: [{"guidance_scale": float, metric: float, ...}]; a point whose metric is missing
+    or not finite cannot win. Raises ValueError when no point has the metric.
+    """
+    scored = [
+        p for p in points if isinstance(p.get(metric), (int, float)) and math.isfinite(p[metric])
+    ]
+    if not scored:
+        raise ValueError(f"no sweep point has a finite {metric!r}")
+    return min(scored, key=lambda p: (p[metric], p["guidance_scale"]))
+
+
+def summarize(points: list[dict], metric: str) -> dict:
+    """What `guidance.json` holds: the chosen scale, the metric it was chosen by, every point,
+    and whether the choice lies at an edge of the swept range."""
+    best = pick_best(points, metric)
+    scales = sorted(p["guidance_scale"] for p in points)
+    return {
+        "format": FORMAT,
+        "guidance_scale": best["guidance_scale"],
+        "chosen_by": f"lowest {metric}",
+        "metric": metric,
+        "best": best[metric],
+        "at_edge": len(scales) > 1 and best["guidance_scale"] in (scales[0], scales[-1]),
+        "points": sorted(points, key=lambda p: p["guidance_scale"]),
+    }
+
+
+def sweep_point(scale: float, metrics: dict) -> dict:
+    """One point of a sweep from its metrics.json: FID, IS, precision, recall under their
+    plain names, whatever the extractor ("fid" or the demo's "fid_efficientnet_lite0")."""
+    from rar.evaluate import EXTRACTORS
+
+    names = EXTRACTORS[metrics["extractor"]].metric_names()
+    plain = {
+        "frechet_inception_distance": "fid",
+        "inception_score_mean": "is",
+        "precision": "precision",
+        "recall": "recall",
+    }
+    point = {"guidance_scale": scale}
+    point.update({ours: metrics.get(names[theirs]) for theirs, ours in plain.items()})
+    point["num_samples"] = metrics.get("num_samples")
+    return point
+
+
+def sweep_guidance(
+    checkpoint: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    scales: list[float],
+    reference: str | os.PathLike,
+    extractor: str,
+    weights: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = "resources/fid_cache",
+    sampling: dict[str, Any],
+    device: str = "auto",
+    dtype: str = "fp32",
+) -> dict | None:
+    """Sample `checkpoint` at every scale of `scales` and score each; write `out`.
+
+    sampling: keyword arguments of `rar.sample.sample` shared by every scale
+        (num_per_class, chunk_size, seed, guidance_schedule, guidance_power, temperature,
+        order, ...); `guidance_scale` is set per point.
+    Writes `<out folder>/scale_<g>/samples.npz` and `metrics.json` per scale, then `out`
+    (guidance.json, `summarize`). Returns its content from rank 0, None from other ranks.
+    """
+    from rar.evaluate import evaluate
+    from rar.sample import sample
+
+    if not scales:
+        raise ValueError("a guidance sweep needs at least one scale")
+    folder = Path(out).parent
+    points = []
+    for scale in sorted(scales):
+        point_dir = folder / f"scale_{scale:g}"
+        metrics_path = point_dir / "metrics.json"
+        if not metrics_path.exists():
+            info = sample(
+                checkpoint,
+                tokenizer,
+                point_dir / "samples.npz",
+                **{**sampling, "guidance_scale": scale},
+                device=device,
+                dtype=dtype,
+            )
+            if info is None:  # another rank merges and scores
+                continue
+            evaluate(
+                point_dir / "samples.npz",
+                reference,
+                extractor=extractor,
+                weights=weights,
+                cache_dir=cache_dir,
+                out=metrics_path,
+                device=device,
+            )
+        points.append(sweep_point(scale, json.loads(metrics_path.read_text())))
+    if len(points) < len(scales):
+        return None
+    result = summarize(points, "fid")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    best = result["guidance_scale"]
+    edge = " (at an edge of the range: consider widening it)" if result["at_edge"] else ""
+    print(
+        f"guidance sweep: scale {best:g} has the lowest FID {result['best']:.3f}{edge}", flush=True
+    )
+    return result
+
+
+def read_sweep(path: str | os.PathLike) -> dict | None:
+    """A sweep's guidance.json, or None when it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a guidance sweep result ({FORMAT})")
+    return data
