@@ -211,9 +211,10 @@ def _slurm_running() -> bool:
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
     config = mini_demo("slurm")
-    config["tables"] = {"table2": {"rows": [{"anneal_start": 0, "anneal_end": 0},
-                                           {"anneal_start": 1, "anneal_end": 2},
-                                           {"anneal_start": 2, "anneal_end": 2}]}}  # fmt: skip
+    config["tables"] = {"table2": {"base": config["tables"]["table2"]["base"],  # with sweeps
+                                   "rows": [{"anneal_start": 0, "anneal_end": 0},
+                                            {"anneal_start": 1, "anneal_end": 2},
+                                            {"anneal_start": 2, "anneal_end": 2}]}}  # fmt: skip
     del config["throughput_table"]
     path = tmp_path / "slurm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
