@@ -259,6 +259,12 @@ def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=8, help="classes (photos), at most 15")
     p.add_argument("--images-per-class", type=int, default=500, help="train images per class")
     p.add_argument("--val-per-class", type=int, default=50, help="val images per class")
+    p.add_argument(
+        "--test-per-class",
+        type=int,
+        default=0,
+        help="test images per class: a second held-out set, scored against val/ like samples",
+    )
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_make_demo_data)
@@ -272,6 +278,7 @@ def _run_make_demo_data(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         images_per_class=args.images_per_class,
         val_per_class=args.val_per_class,
+        test_per_class=args.test_per_class,
         image_size=args.image_size,
         seed=args.seed,
     )
@@ -437,17 +444,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="train one segment: stop at this epoch, write checkpoints/epoch_<E>.pt and exit",
     )
+    p.add_argument(
+        "--settings",
+        default=None,
+        metavar="JSON",
+        help="settings outside the run's identity (rar.config.OUTSIDE_IDENTITY: checkpoints "
+        "kept, logging) over --config's, as a JSON object; the workflow passes the study's "
+        "current ones, so editing them never rewrites the run's config or retrains it",
+    )
     _add_launcher_flags(p)
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from rar.launch import TrainJob, launch
 
     launcher = _launcher_from_args(args)
     workdir = Path(args.workdir).resolve()
+    try:
+        settings = json.loads(args.settings) if args.settings else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--settings: not JSON ({err}): {args.settings!r}") from None
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"--settings: expected a JSON object, got {args.settings!r}")
     if launcher.backend == "debug":
         from rar.train import run as job  # in this process, exactly as without a launcher
     else:
@@ -459,6 +481,7 @@ def _run_train(args: argparse.Namespace) -> int:
         init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
         device=args.device,
         until_epoch=args.until_epoch,
+        settings=settings,
         launcher=launcher,
         record=workdir / "job.json",
         name=f"train_{workdir.name}",
@@ -688,14 +711,38 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             "download; offline, the command fails at once and says which file to fetch.\n\n"
             "example: rar evaluate --samples results/evals/ab12cd34ef56/samples.npz "
             "--reference resources/VIRTUAL_imagenet256_labeled.npz "
-            "--out results/evals/ab12cd34ef56/metrics.json"
+            "--out results/evals/ab12cd34ef56/metrics.json\n\n"
+            "Every FID gets a 95% bootstrap interval (fid_ci_low, fid_ci_high: the sample "
+            "features resampled, no image work). --probe-images (a class-folder set of real "
+            "training images) adds class_accuracy, a linear probe's agreement with the class "
+            "each sample was generated for. Several sample sets against one reference score "
+            "in one job, loading the extractor, reference and probe once: repeat --samples "
+            "and --out in pairs (the i-th --out is the i-th --samples' metrics.json)."
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--samples", required=True, help="samples .npz (arr_0) or image folder")
+    p.add_argument(
+        "--samples",
+        required=True,
+        action="append",
+        help="samples .npz (arr_0) or image folder; repeat to score several",
+    )
     p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
     _add_scoring_flags(p, "feature extractor of all four metrics")
-    p.add_argument("--out", required=True, help="metrics.json to write")
+    p.add_argument(
+        "--out", required=True, action="append", help="metrics.json to write, one per --samples"
+    )
+    p.add_argument(
+        "--probe-images",
+        default=None,
+        help="real training images in class folders: fit a linear probe for class_accuracy",
+    )
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of the FID's 95%% interval (0: none)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per extractor batch")
     p.add_argument(
         "--prc-batch-size", type=int, default=10000, help="rows per precision/recall block"
@@ -721,27 +768,33 @@ def _add_scoring_flags(p: argparse.ArgumentParser, extractor_help: str) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.evaluate import check_extractor_available, evaluate
+    from rar.evaluate import check_extractor_available, evaluate_many
     from rar.launch import launch
 
     launcher = _launcher_from_args(args)
-    out = Path(args.out).resolve()
+    if len(args.samples) != len(args.out):
+        raise ValueError(
+            f"{len(args.samples)} --samples but {len(args.out)} --out: give them in pairs"
+        )
+    outs = [Path(o).resolve() for o in args.out]
+    out = outs[0]
     if args.no_download or launcher.backend != "debug":  # fail before queueing a job
         check_extractor_available(args.extractor, args.weights, allow_download=not args.no_download)
     launch(
-        evaluate,
-        _abs(args.samples),
+        evaluate_many,
+        [(_abs(s), str(o)) for s, o in zip(args.samples, outs, strict=True)],
         _abs(args.reference),
         launcher=launcher,
         record=out.with_name(f"{out.stem}_job.json"),
-        name=f"evaluate_{out.parent.name}",
+        name=f"evaluate_{out.parent.name}" + (f"_and_{len(outs) - 1}" if len(outs) > 1 else ""),
         extractor=args.extractor,
         weights=_abs(args.weights),
         cache_dir=_abs(args.cache_dir),
-        out=str(out),
         device=args.device,
         batch_size=args.batch_size,
         prc_batch_size=args.prc_batch_size,
+        bootstrap_resamples=args.bootstrap_resamples,
+        probe_images=_abs(args.probe_images),
         allow_download=not args.no_download,
     )
     return 0
@@ -860,16 +913,24 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         "every run with its resolved training config and tables, every evaluation and sweep "
         "with its resolved settings",
     )
+    p.add_argument(
+        "--throughput",
+        default=None,
+        help="throughput measured by `rar preflight` (default: <results>/preflight/"
+        "throughput.json when it exists); its figures replace the config's estimates",
+    )
     p.set_defaults(handler=_run_plan)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
     import json
 
-    from rar.experiments import format_plan, plan_dict
+    from rar.experiments import format_plan, measured_throughput, plan_dict
 
     study = _load_study(args.config)
-    print(json.dumps(plan_dict(study), indent=1) if args.json else format_plan(study))
+    measured = measured_throughput(study, args.throughput)
+    plan = plan_dict(study, measured) if args.json else None
+    print(json.dumps(plan, indent=1) if args.json else format_plan(study, measured))
     return 0
 
 
@@ -915,13 +976,14 @@ def _run_report(args: argparse.Namespace) -> int:
             row["failure"] = [str(root / f) for f in row["failure"]]
             row["sweep"] = str(root / row["sweep"]) if row["sweep"] else None
         folder = root / study.prefix
-        partial = {ext: folder / f"{table}.partial.{ext}" for ext in ("csv", "md")}
+        partial = {ext: folder / f"{table}.partial.{ext}" for ext in ("csv", "md", "html")}
         df = make_table(
             table=table,
             rows=rows,
             metrics=[root / m for m in study.metrics_files(table)],
             csv=partial["csv"],
             md=partial["md"],
+            html=partial["html"],
         )
         missing = int((~df["status"].str.startswith("ok")).sum())
         if missing:
@@ -981,6 +1043,202 @@ def _run_profile(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(source, target_is_directory=True)
     print(f"linked {target} -> {source}; run Snakemake from {source.parents[1]}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# preflight, fetch
+# ------------------------------------------------------------------------------------------
+
+
+def _add_preflight(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preflight",
+        help="rehearse the whole grid at toy scale through the profile; check every resource",
+        description=(
+            "Before the grid: check that every file the config names exists, loads and is "
+            "the expected thing (released RAR and MaskGIT-VQGAN state dicts, Inception weights, "
+            "ADM's reference batch), that ImageNet's folder is complete and that each stage's "
+            "launcher settings fit the cluster (partition, GPUs, nodes, time limit); then run "
+            "every stage once at toy scale through the same launcher settings as the grid: a "
+            "handful of images tokenized, a few steps of the study's model size on the study's "
+            "layout (DDP, precision, compile) with one forced requeue whose resumed run must "
+            "match an uninterrupted one, a few images sampled, scored, a table made. Writes "
+            "OUT/report.md (one line per check: PASS / FAIL / SKIP, what was measured, the "
+            "fix) and OUT/throughput.json (training and sampling images/s per GPU, which "
+            "`rar plan` then uses for its GPU-hours). Exits 1 when a check fails.\n\n"
+            "example: rar preflight --config config/config.yaml --profile slurm"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="study config (default: the profile's configfile, else config/config.yaml)",
+    )
+    p.add_argument(
+        "--config-json", default=None, help="the study as JSON (what the workflow's rule passes)"
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="Snakemake profile to take the launcher settings from: a folder, or a name of "
+        "profiles/ or ~/.config/snakemake/ (slurm, local, demo)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["debug", "local", "slurm"],
+        default=None,
+        help="backend of the stages (default: the profile's, else the config's launcher key)",
+    )
+    p.add_argument(
+        "--launcher-dir",
+        default=None,
+        help="folder of per-stage settings <stage>.yaml (default: the profile's launcher_dir)",
+    )
+    p.add_argument("--out", default=None, help="report folder (default: <results>/preflight)")
+    p.add_argument("--model", default=None, help="rehearse this model size instead of the study's")
+    p.add_argument("--classes", type=int, default=4, help="image classes of the handful")
+    p.add_argument("--images-per-class", type=int, default=4, help="images of each class")
+    p.add_argument("--train-steps", type=int, default=6, help="optimizer steps of each run")
+    p.add_argument(
+        "--sample-batch",
+        type=int,
+        default=0,
+        help="images per timed sampling batch (default: the study's sampling.chunk_size)",
+    )
+    p.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto'")
+    p.add_argument("--time-min", type=int, default=20, help="time limit of each job, minutes")
+    p.add_argument(
+        "--checks-only", action="store_true", help="check files and settings; submit nothing"
+    )
+    p.set_defaults(handler=_run_preflight)
+
+
+def _profile_settings(profile: str) -> dict:
+    """launcher, launcher_dir and configfile of a Snakemake profile (its config.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    candidates = [
+        Path(profile),
+        Path(__file__).resolve().parents[1] / "profiles" / profile,
+        Path("~/.config/snakemake").expanduser() / profile,
+    ]
+    folder = next((c for c in candidates if (c / "config.yaml").is_file()), None)
+    if folder is None:
+        raise ValueError(
+            f"no Snakemake profile {profile!r} (looked for {candidates[0]}/config.yaml and in "
+            "profiles/ and ~/.config/snakemake/)"
+        )
+    data = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    out = {k: v for k, v in (item.split("=", 1) for item in data.get("config", []) if "=" in item)}
+    if data.get("configfile"):
+        out["configfile"] = data["configfile"]
+    return out
+
+
+def _run_preflight(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rar.preflight import Scale, format_lines, run_preflight
+
+    profile = _profile_settings(args.profile) if args.profile else {}
+    if args.config_json is not None:
+        from rar.experiments import load_study
+
+        study = load_study(json.loads(args.config_json), source="--config-json")
+        config_file = "<your study config>"
+    else:
+        config_file = args.config or profile.get("configfile") or "config/config.yaml"
+        study = _load_study(config_file)
+    backend = args.launcher or profile.get("launcher") or study.config["launcher"]
+    launcher_dir = args.launcher_dir
+    if launcher_dir is None:
+        launcher_dir = profile.get("launcher_dir", study.config["launcher_dir"])
+    out = Path(args.out or f"{study.prefix}/preflight")
+    scale = Scale(
+        classes=args.classes,
+        images_per_class=args.images_per_class,
+        train_steps=args.train_steps,
+        sample_batch=args.sample_batch,
+    )
+    checks = run_preflight(
+        study,
+        config_file=config_file,
+        out=out,
+        backend=backend,
+        launcher_dir=launcher_dir,
+        scale=scale,
+        model=args.model,
+        device=args.device,
+        time_cap_min=args.time_min,
+        checks_only=args.checks_only,
+    )
+    print(format_lines(checks), flush=True)
+    failed = sum(c.ok is False for c in checks)
+    verdict = f"{failed} check(s) FAILED" if failed else "all checks passed"
+    print(f"{verdict}; report: {out / 'report.md'}", flush=True)
+    return 1 if failed else 0
+
+
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fetch",
+        help="download the weights and reference files a study needs (resumable, verified)",
+        description=(
+            "Download what the study config names into its paths (resources/ by default): the "
+            "released rar_{b,l,xl,xxl}.bin and maskgit-vqgan-imagenet-f16-256.bin from the "
+            "Hugging Face Hub ($HF_ENDPOINT), torch-fidelity's Inception weights and ADM's "
+            "reference batch. Each file downloads to <file>.part with a progress bar, resumes "
+            "from there when cut (run the command again), and is renamed into place only "
+            "after its size and sha256 (the Hub's, or the published prefix) and content check "
+            "out. Files already there are checked and kept. Offline, it fails at once and "
+            "lists each file, its URL and where to put it.\n\n"
+            "example: rar fetch --config config/config.yaml --only maskgit_vqgan inception"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="fetch only these: rar_b rar_l rar_xl rar_xxl maskgit_vqgan inception adm_reference",
+    )
+    p.add_argument("--root", default=".", help="folder the config's paths are relative to")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        help="base URL to fetch the files that are not on the Hub from (their paths kept)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to wait for each host"
+    )
+    p.add_argument("--list", action="store_true", help="print what would be fetched; no network")
+    p.set_defaults(handler=_run_fetch)
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from rar.fetch import fetch, plan  # torch-free
+
+    study = _load_study(args.config)
+    if args.list:
+        for item in plan(study.config, root=args.root, only=args.only, mirror=args.mirror):
+            there = "present" if item.dest.is_file() else "missing"
+            print(f"{item.needed.resource.name:14s} {there:8s} {item.dest} <- {item.url}")
+        return 0
+    records = fetch(
+        study.config,
+        root=args.root,
+        only=args.only,
+        mirror=args.mirror,
+        connect_timeout=args.connect_timeout,
+    )
+    for r in records:
+        print(f"{r['status']:10s} {r['path']} (config key {r['key']})", flush=True)
     return 0
 
 
@@ -1102,6 +1360,37 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------------------
+# init-checkpoint (the tables' "untrained model" row)
+# ------------------------------------------------------------------------------------------
+
+
+def _add_init_checkpoint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init-checkpoint",
+        help="save a run's model at its initial weights (step 0): the untrained-model row",
+        description=(
+            "Build the model of a run config with the run's seed, exactly as `rar train` does "
+            "before its first step, and save it as a step-0 training checkpoint that `rar "
+            "sample` takes like any other: samples from it are a table's ceiling row "
+            "(untrained model).\n\n"
+            "example: rar init-checkpoint --config results/demo/runs/ab12cd34ef56/config.yaml "
+            "--out results/demo/untrained/ab12cd34ef56.pt"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--config", required=True, help="the run's config.yaml (rar.config)")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.set_defaults(handler=_run_init_checkpoint)
+
+
+def _run_init_checkpoint(args: argparse.Namespace) -> int:
+    from rar.reference_rows import write_untrained_checkpoint
+
+    write_untrained_checkpoint(args.config, args.out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # entry point
 # ------------------------------------------------------------------------------------------
 
@@ -1109,6 +1398,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_report,
     _add_profile,
     _add_plan,
+    _add_preflight,
+    _add_fetch,
     _add_status,
     _add_train_tokenizer,
     _add_bench_sample,
@@ -1121,6 +1412,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_sample,
     _add_sweep_guidance,
     _add_evaluate,
+    _add_init_checkpoint,
 ]
 
 

@@ -21,6 +21,7 @@ from rar.io import atomic_write_text
 from rar.presets import ARCHITECTURES
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
+WANDB_MODES = ("off", "online", "offline")
 
 # What a setting means for a run, declared once for every consumer (the study's run ids in
 # rar.experiments, resume and branch checks in rar.train):
@@ -29,6 +30,9 @@ IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
 #   changed, so a config edit that adds an FID-vs-epoch point lets running jobs resume.
 OUTSIDE_IDENTITY = frozenset(
     {"checkpoint_epochs", "checkpoint_minutes", "log_every", "compile", "deterministic"}
+    # watching a run (rar.tracking, rar.validate): loggers, validation and sample grids
+    | {"tensorboard", "wandb", "wandb_project", "log_dir", "log_group"}
+    | {"val_every", "val_data", "sample_every"}
 )
 # - RESUME_FREE: may also differ on a resume. `data` is part of the id (the data set's folder
 #   names dataset, tokenizer and crop) but a resume may find the same shards moved.
@@ -78,6 +82,15 @@ class TrainConfig:
     log_every: int = 50  # optimizer steps between metrics.csv rows
     compile: bool = False  # torch.compile the model (GPU)
     deterministic: bool = False  # GPU: deterministic kernels (cost unmeasured); CPU: always
+    # -- watching a run (README "Watching a grid"); rank 0 only, never stops training -----
+    tensorboard: bool = False  # log to TensorBoard (pip install tensorboard)
+    wandb: str = "off"  # Weights & Biases: "off", "online" or "offline" (pip install wandb)
+    wandb_project: str = "rar"
+    log_dir: str = ""  # the study's TensorBoard folder, a sub-folder per run; "" = <workdir>/tb
+    log_group: str = ""  # the study: the W&B group of its runs
+    val_every: float = 0  # epochs between held-out NLLs (validation.csv); 0 = off
+    val_data: str = ""  # held-out token shards; "" = <data>/val (README "Watching a grid")
+    sample_every: float = 0  # epochs between fixed-seed sample grids (samples/); 0 = off
 
     def __post_init__(self) -> None:
         # Canonical types (3 -> 3.0 for float fields, lists -> tuples), so equal settings
@@ -97,6 +110,10 @@ class TrainConfig:
             problems.append(f"micro_batch {self.micro_batch} does not divide {self.global_batch}")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append(f"precision {self.precision!r} is not auto, fp32 or bf16")
+        if self.wandb not in WANDB_MODES:
+            problems.append(f"wandb {self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
+        if self.val_every < 0 or self.sample_every < 0:
+            problems.append("val_every and sample_every must not be negative (0 = off)")
         if self.architecture not in ARCHITECTURES:
             problems.append(
                 f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
@@ -128,6 +145,18 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build from a mapping, with errors that name the source and the key at fault."""
         return dataclass_from_dict(cls, data, source=source)
+
+    def with_settings(self, settings: dict[str, Any], *, source: str) -> TrainConfig:
+        """This run with `settings` applied, which may only be keys outside its identity
+        (OUTSIDE_IDENTITY): what a study may change while the run is in flight (the
+        checkpoints it keeps, logging) without making it another run."""
+        identity = sorted(set(settings) - OUTSIDE_IDENTITY)
+        if identity:
+            raise ValueError(
+                f"{source}: {', '.join(identity)} would make it another run; only "
+                f"{', '.join(sorted(OUTSIDE_IDENTITY))} may be set here"
+            )
+        return TrainConfig.from_dict({**self.to_dict(), **settings}, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:

@@ -7,12 +7,21 @@ at different scales and positions, sometimes mirrored, resized to `image_size` p
 
     <out>/train/<class>/<i>.png   images_per_class per class
     <out>/val/<class>/<i>.png     val_per_class per class (different random crops)
+    <out>/test/<class>/<i>.png    test_per_class per class, when > 0 (other crops again)
     <out>/SOURCES.md, sources.json  photo names, licences, sources (credited in the README)
     <out>/dataset.json            the parameters; marks the set complete
 
 Deterministic: the same seed gives the same bytes (numpy's PCG64 draws, PIL's resampling and
 PNG encoder on a given installation). Atomic and idempotent: built in a temporary folder
 beside `out`, then renamed; a complete set with the same parameters is left alone.
+
+The splits: the tokenizer and the models train on `train/`; `val/` is the FID reference
+every evaluation scores against; `test/` is a second held-out set, disjoint from both, that
+is scored against `val/` exactly as samples are (the tables' "real held-out images" row: the
+FID floor, what a perfect generator would reach at that sample count). Make `test/` as large
+as one evaluation's samples (the study's `num_per_class`), because FID falls with the sample
+count. Each split draws from its own random stream, so adding `test/` leaves the bytes of
+`train/` and `val/` unchanged.
 """
 
 from __future__ import annotations
@@ -186,13 +195,15 @@ def make_demo_dataset(
     num_classes: int = 8,
     images_per_class: int = 500,
     val_per_class: int = 50,
+    test_per_class: int = 0,
     image_size: int = 32,
     seed: int = 0,
 ) -> Path:
     """Build (or find) the demo image set; returns `out_dir`.
 
     num_classes: 1..len(PHOTOS) (15) distinct photographs, in PHOTOS order.
-    images_per_class / val_per_class: PNGs per class in train/ and val/.
+    images_per_class / val_per_class / test_per_class: PNGs per class in train/, val/ and
+        test/ (none: no test/ folder).
     image_size: side in pixels (32 or 64 for the demo tokenizers).
     """
     if not 1 <= num_classes <= len(PHOTOS):
@@ -205,6 +216,8 @@ def make_demo_dataset(
         "image_size": image_size,
         "seed": seed,
     }
+    if test_per_class:  # absent when 0, so sets made before test/ existed stay complete
+        params["test_per_class"] = test_per_class
     marker = out / "dataset.json"
     if marker.exists():
         found = json.loads(marker.read_text()).get("params")
@@ -225,9 +238,10 @@ def make_demo_dataset(
         work_side = 8 * image_size  # crops >= 0.3 x short side still downsample >= 2.4x
         for c, photo in enumerate(photos):
             img = _load_photo(photo.name, work_side)
-            for split_id, (split, n) in enumerate(
-                (("train", images_per_class), ("val", val_per_class))
-            ):
+            splits = (("train", images_per_class), ("val", val_per_class), ("test", test_per_class))
+            for split_id, (split, n) in enumerate(splits):
+                if split == "test" and not n:
+                    continue
                 # One stream per (seed, class, split): a class's images do not depend on how
                 # many classes or images of the other split are made.
                 rng = np.random.default_rng([seed, c, split_id])
@@ -251,6 +265,6 @@ def make_demo_dataset(
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
-    n = num_classes * (images_per_class + val_per_class)
+    n = num_classes * (images_per_class + val_per_class + test_per_class)
     print(f"wrote demo data set {out}: {n} images in {time.perf_counter() - t0:.1f} s", flush=True)
     return out

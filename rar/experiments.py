@@ -196,16 +196,35 @@ class Study:
         rows = [row for t in names for row in self.tables[t]]
         return list(dict.fromkeys(r.run for r in rows if r.run in self.runs))
 
-    def gpu_hours(self, epochs_by_run: dict[str, float] | None = None) -> float | None:
-        """GPU-hours from the config's `throughput.gpu_hours_per_epoch` per model size."""
-        rates = self.config["throughput"].get("gpu_hours_per_epoch", {})
+    def gpu_hours_per_epoch(self, measured: dict | None = None) -> dict[str, tuple[float, str]]:
+        """GPU-hours per epoch by model size, each with its source: "measured" (training
+        images/s per GPU from `rar preflight`'s throughput file, `measured_throughput`:
+        source images / (3600 x images/s)) or "estimate" (the config's
+        `throughput.gpu_hours_per_epoch`, the fallback for sizes not measured)."""
+        rates = {
+            model: (rate, "estimate")
+            for model, rate in self.config["throughput"].get("gpu_hours_per_epoch", {}).items()
+        }
+        images = self.config["data"]["source_images"]
+        for model, record in ((measured or {}).get("train") or {}).items():
+            per_gpu = record.get("images_per_s_per_gpu") if isinstance(record, dict) else None
+            if isinstance(per_gpu, (int, float)) and per_gpu > 0:
+                rates[model] = (images / (3600 * per_gpu), "measured")
+        return rates
+
+    def gpu_hours(
+        self, epochs_by_run: dict[str, float] | None = None, measured: dict | None = None
+    ) -> float | None:
+        """GPU-hours of the plan from `gpu_hours_per_epoch` (measured figures first, then the
+        config's); None when a model size has neither."""
+        rates = self.gpu_hours_per_epoch(measured)
         total = 0.0
         for run in self.runs.values():
             rate = rates.get(run.config.model)
             if rate is None:
                 return None
             epochs = (epochs_by_run or {}).get(run.id, run.epochs_to_train)
-            total += rate * epochs
+            total += rate[0] * epochs
         return total
 
     def recipe(self, table: str) -> dict:
@@ -393,7 +412,7 @@ def _dataset_name(config: dict, crop: str) -> str:
     return f"{config['data']['dataset']}-{config['tokenizer']['name']}-{CROPS[crop]}"
 
 
-def _train_settings(config: dict) -> dict:
+def _train_settings(config: dict, prefix: str) -> dict:
     """The study-wide training settings: the config's `train:` plus what data and tokenizer
     fix (codebook, classes, tokens and the epoch size)."""
     data, tok = config["data"], config["tokenizer"]
@@ -408,7 +427,10 @@ def _train_settings(config: dict) -> dict:
         raise StudyError(
             f"train: {', '.join(clash)} follow from `data` and `tokenizer`; do not set them here"
         )
-    return {**config["train"], **fixed}
+    # Where the study's runs are watched (README "Watching a grid"): one TensorBoard folder
+    # and one W&B group per study; `train:` may set others.
+    watch = {"log_dir": f"{prefix}/tb", "log_group": config["study"]}
+    return {**watch, **config["train"], **fixed}
 
 
 def _check_name(value: Any, known, where: str, what: str) -> None:
@@ -486,7 +508,7 @@ class _Builder:
     def __init__(self, config: dict, prefix: str) -> None:
         self.config = config
         self.prefix = prefix
-        self.train = _train_settings(config)
+        self.train = _train_settings(config, prefix)
         sampling = config["sampling"]
         self.metric_settings = {
             "extractor": config["evaluation"]["extractor"],
@@ -687,8 +709,26 @@ def load_study_file(path) -> Study:
 # ##########################################################################################
 
 
-def estimate(study: Study) -> dict:
-    """Planned vs naive training epochs, GPU-hours, evaluations and samples (`rar plan`)."""
+def measured_throughput(study: Study, path: str | Path | None = None) -> dict | None:
+    """The throughput `rar preflight` measured on the user's nodes (`throughput.json`: training
+    and sampling images/s per GPU by model size), from `path` or, by default,
+    `<prefix>/preflight/throughput.json` when it exists; None without one. A file that is not
+    such a record is a StudyError naming it."""
+    file = Path(path) if path else Path(study.prefix) / "preflight" / "throughput.json"
+    if path is None and not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise StudyError(f"{file}: not a readable throughput record ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        raise StudyError(f"{file}: not a throughput record of `rar preflight` (no 'train' figures)")
+    return {**data, "file": str(file)}
+
+
+def estimate(study: Study, measured: dict | None = None) -> dict:
+    """Planned vs naive training epochs, GPU-hours, evaluations and samples (`rar plan`);
+    GPU-hours from `measured` figures (`measured_throughput`) where they exist."""
     planned, naive = study.planned_epochs(), study.naive_epochs()
     return {
         "runs": len(study.runs),
@@ -698,7 +738,12 @@ def estimate(study: Study) -> dict:
         "planned_epochs": planned,
         "naive_epochs": naive,
         "saved_fraction": 1 - planned / naive if naive else 0.0,
-        "gpu_hours": study.gpu_hours(),
+        "gpu_hours": study.gpu_hours(measured=measured),
+        "gpu_hours_sources": {
+            model: source
+            for model, (_, source) in study.gpu_hours_per_epoch(measured).items()
+            if model in {r.config.model for r in study.runs.values()}
+        },
         "evaluations": len(study.evaluations),
         "sweeps": len(study.sweeps),
         "samples": sum(e.num_samples for e in study.evaluations.values()),
@@ -706,14 +751,15 @@ def estimate(study: Study) -> dict:
     }
 
 
-def plan_dict(study: Study) -> dict:
+def plan_dict(study: Study, measured: dict | None = None) -> dict:
     """Everything `rar plan --json` prints: every run with its resolved training config and
     the tables it serves, every evaluation and sweep with its resolved settings."""
     tables_of = {rid: sorted({row.table for row in study.row_of(rid)}) for rid in study.runs}
     return {
         "study": study.name,
         "prefix": study.prefix,
-        "totals": estimate(study),
+        "totals": estimate(study, measured),
+        "measured_throughput": measured,
         "datasets": [
             {"name": d.name, "crop": d.crop, "dir": study.data_dir(d.name)}
             for d in study.datasets.values()
@@ -793,8 +839,52 @@ def _recipe_line(name: str, recipe: dict) -> str:
     )
 
 
-def format_plan(study: Study) -> str:
-    """Human-readable plan: the recipe of each table, one line per run, then the totals."""
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.3g}"
+
+
+def _measured_lines(study: Study, e: dict, measured: dict) -> list[str]:
+    """Which GPU-hour figures are measured (by `rar preflight`, on which machine) and which
+    are the config's estimates; sampling time at the measured rate."""
+    rates = study.gpu_hours_per_epoch(measured)
+    models = list(dict.fromkeys(r.config.model for r in study.runs.values()))
+    train = measured.get("train", {})
+    parts = []
+    for model in models:
+        if model not in rates:
+            parts.append(f"{model} no figure")
+        elif rates[model][1] == "measured":
+            rec = train[model]
+            unit = "GPU" if rec.get("device") == "cuda" else f"{rec.get('device', '?')} process"
+            parts.append(
+                f"{model} {rates[model][0]:.3g}/epoch measured ({rec['images_per_s_per_gpu']:g} "
+                f"images/s per {unit})"
+            )
+        else:
+            parts.append(f"{model} {rates[model][0]:.3g}/epoch the config's estimate")
+    lines = [f"  per epoch: {'; '.join(parts)}"]
+    machines = sorted({r.get("machine", "?") for r in train.values() if isinstance(r, dict)})
+    lines.append(
+        f"  measured by rar preflight ({measured.get('file')}, {measured.get('measured', '?')}) "
+        f"on {'; '.join(machines)}"
+    )
+    sample = next(iter((measured.get("sample") or {}).items()), None)
+    if sample and sample[1].get("images_per_s_per_gpu"):
+        model, rec = sample
+        hours = (e["samples"] + e["sweep_samples"]) / rec["images_per_s_per_gpu"] / 3600
+        unit = "GPU" if rec.get("device") == "cuda" else f"{rec.get('device', '?')} process"
+        lines.append(
+            f"  sampling: {rec['images_per_s_per_gpu']:g} images/s per {unit} measured ({model}, "
+            f"{rec.get('dtype')}, batch {rec.get('batch_size')}): about {_hours(hours)} "
+            f"{unit}-hours for every evaluation's and sweep's samples at that rate"
+        )
+    return lines
+
+
+def format_plan(study: Study, measured: dict | None = None) -> str:
+    """Human-readable plan: the recipe of each table, one line per run, then the totals;
+    GPU-hours from `measured` figures (`measured_throughput`) where they exist, saying
+    which are measured and which are the config's estimates."""
     lines = [f"study {study.name}: outputs under {study.prefix}/", "tables:"]
     lines += [_recipe_line(name, study.recipe(name)) for name in study.tables]
     lines.append("runs:")
@@ -811,16 +901,24 @@ def format_plan(study: Study) -> str:
             f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
             f"{run.epochs_to_train:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
         )
-    e = estimate(study)
+    e = estimate(study, measured)
     lines.append(
         f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
         f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
         f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
     )
-    if e["gpu_hours"] is not None:
+    is_measured = "measured" in e["gpu_hours_sources"].values()
+    if e["gpu_hours"] is not None and is_measured:
+        lines.append(f"GPU-hours: {_hours(e['gpu_hours'])} (measured figures where there are some)")
+    elif e["gpu_hours"] is not None:
         lines.append(f"estimated: {e['gpu_hours']:,.0f} GPU-hours (throughput in the config)")
     else:
-        lines.append("estimated GPU-hours: set throughput.gpu_hours_per_epoch in the config")
+        lines.append(
+            "estimated GPU-hours: set throughput.gpu_hours_per_epoch in the config, or measure "
+            "with `rar preflight`"
+        )
+    if measured:
+        lines += _measured_lines(study, e, measured)
     lines.append(f"evaluations: {e['evaluations']} ({e['samples']:,} samples)")
     if study.sweeps:
         lines.append(

@@ -56,6 +56,14 @@ LIVE_STATES = frozenset(
         "READY", "UNKNOWN",
     }
 )  # fmt: skip
+# sbatch --mail-type events (`man sbatch`); REQUEUE is what a time limit or preemption
+# sends here, since a job requeues itself (TrainJob).
+MAIL_TYPES = frozenset(
+    {
+        "NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
+        "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
+    }
+)  # fmt: skip
 # How long a freshly submitted SLURM job may stay unknown to both sacct and squeue.
 UNKNOWN_GRACE_S = 120.0
 
@@ -98,6 +106,8 @@ class LauncherConfig:
     signal_delay_s: int = 120  # USR2 this long before the limit: time to end a step and save
     max_requeues: int = 3  # timeouts survived by requeueing (submitit's max_num_timeout)
     poll_s: float = 10.0  # how often the launching process asks sacct about its job
+    mail_user: str | None = None  # SLURM mails job events here (sbatch --mail-user)
+    mail_type: str | None = None  # which events, e.g. "FAIL,REQUEUE" (sbatch --mail-type)
     extra: dict = field(default_factory=dict)  # more sbatch options, verbatim
 
     def __post_init__(self) -> None:
@@ -121,6 +131,14 @@ class LauncherConfig:
                 f"key 'signal_delay_s' ({self.signal_delay_s} s) must be shorter than the time "
                 f"limit time_min ({self.time_min} min)"
             )
+        unknown = set((self.mail_type or "NONE").split(",")) - MAIL_TYPES
+        if unknown:
+            raise ValueError(
+                f"key 'mail_type' has unknown event(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(MAIL_TYPES))}"
+            )
+        if self.mail_type and self.mail_type != "NONE" and not self.mail_user:
+            raise ValueError("key 'mail_type' needs 'mail_user', the address to mail")
         if self.backend == "local" and self.nodes != 1:
             raise ValueError(f"key 'nodes' must be 1 for the local backend, got {self.nodes}")
 
@@ -380,6 +398,7 @@ def _executor(launcher: LauncherConfig, name: str) -> submitit.Executor:
         constraint=launcher.constraint, cpus_per_task=launcher.cpus_per_task,
         gpus_per_node=launcher.gpus_per_node or None,
         mem=None if launcher.mem_gb is None else f"{int(launcher.mem_gb * 1024)}MB",
+        mail_user=launcher.mail_user, mail_type=launcher.mail_type,
     )  # fmt: skip
     ex.update_parameters(
         job_name=job_name, time=launcher.time_min, nodes=launcher.nodes,

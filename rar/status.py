@@ -190,10 +190,22 @@ def read_progress(path: Path) -> Progress:
 
 def _rate(rows: list[tuple[float, float, float, float]]) -> float | None:
     """Epochs per second over the given rows of one job (None without two distinct times)."""
-    if len(rows) < 2:
+    return epochs_per_second([(r[0], r[3]) for r in rows])
+
+
+def epochs_per_second(points: list[tuple[float, float]]) -> float | None:
+    """Throughput between the first and last of one job's (epoch, elapsed_s) points (its last
+    RATE_WINDOW log rows); None without two distinct times. Behind every ETA: this table's and
+    the training log line's (rar.train)."""
+    if len(points) < 2:
         return None
-    d_epoch, d_time = rows[-1][0] - rows[0][0], rows[-1][3] - rows[0][3]
+    d_epoch, d_time = points[-1][0] - points[0][0], points[-1][1] - points[0][1]
     return d_epoch / d_time if d_epoch > 0 and d_time > 0 else None
+
+
+def eta_seconds(epoch: float, target_epoch: float, rate: float | None) -> float | None:
+    """Seconds until `target_epoch` at `rate` epochs/s (`epochs_per_second`); None if unknown."""
+    return max(0.0, target_epoch - epoch) / rate if rate else None
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -469,7 +481,7 @@ def _train_row(reader: _Reader, row: RowStatus, run: Run, target: Path) -> None:
                 row.waits_on = f"trunk {run.trunk} epoch {run.branch_epoch:g}"
         return
     if progress.epochs_per_s:
-        row.eta_s = max(0.0, row.epochs - row.epoch) / progress.epochs_per_s
+        row.eta_s = eta_seconds(row.epoch, row.epochs, progress.epochs_per_s)
 
 
 def _sample_eta(chunk_dir: Path, total: int) -> tuple[int, float | None]:

@@ -125,6 +125,7 @@ def sweep_guidance(
                 cache_dir=cache_dir,
                 out=metrics_path,
                 device=device,
+                bootstrap_resamples=0,  # the sweep compares means; intervals cost minutes
             )
         points.append(sweep_point(scale, json.loads(metrics_path.read_text())))
     if len(points) < len(scales):

@@ -8,6 +8,10 @@ any step and resumed from its checkpoint ends bit-identical (on CPU at any threa
 same for both runs: the CPU always trains with deterministic algorithms) to an uninterrupted run,
 a branch from a trunk checkpoint equals the run trained from scratch, and the result does not
 depend on how the global batch is split over GPUs and accumulation steps (to fp tolerance).
+
+Beside metrics.csv, a `Watcher` shows the run to people without touching its weights:
+TensorBoard / W&B (rar.tracking), the held-out NLL (validation.csv) and sample grids
+(rar.validate), and an ETA on every log line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,13 +41,34 @@ from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
 from rar.runtime import resolve_device
-from rar.status import stdout_log, write_failure
+from rar.status import (
+    RATE_WINDOW,
+    epochs_per_second,
+    eta_seconds,
+    format_duration,
+    stdout_log,
+    write_failure,
+)
+from rar.tracking import Tracker, open_tracker, read_history
+from rar.validate import (
+    HeldOut,
+    heldout_dir,
+    heldout_orders,
+    load_heldout,
+    nll_sum,
+    sample_grid,
+    sampling_order,
+    write_png,
+)
 
 CHECKPOINT_FORMAT = "rar-train/1"
 METRICS_FIELDS = [
     "step", "epoch", "loss", "accuracy", "lr", "ratio", "grad_norm",
     "tokens_per_s", "images_per_s", "elapsed_s",
 ]  # fmt: skip
+# validation.csv: held-out NLL in the run's sampling order (val_loss) and in raster order
+# (val_nll, the tables' column), every `val_every` epochs (rar.validate)
+VAL_FIELDS = ["step", "epoch", "val_loss", "val_nll", "order"]
 
 
 # ##########################################################################################
@@ -188,6 +214,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         ],
         lr=cfg.lr,
         betas=cfg.betas,
+        # One fused kernel per step on GPUs; the CPU keeps the default (bit-exact tests).
+        fused=bool(decay) and decay[0].is_cuda,
     )
 
 
@@ -448,23 +476,190 @@ class DistEnv:
 
 
 class MetricsLog:
-    """metrics.csv in the run directory; rows past a resumed step are dropped first, so the
-    file always describes the run that the checkpoints hold."""
+    """metrics.csv (or validation.csv: `fields`) in the run directory; rows past a resumed
+    step are dropped first, so the file always describes the run that the checkpoints hold."""
 
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, fields: list[str] = METRICS_FIELDS) -> None:
+        self.path, self.fields = path, fields
         rows = []
         if path.exists():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        lines = [",".join(METRICS_FIELDS)] + [
-            ",".join(str(r[k]) for k in METRICS_FIELDS) for r in rows
-        ]
+        lines = [",".join(fields)] + [",".join(str(r[k]) for k in fields) for r in rows]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
-            f.write(",".join(_fmt(row[k]) for k in METRICS_FIELDS) + "\n")
+            f.write(",".join(_fmt(row[k]) for k in self.fields) + "\n")
+
+
+# ##########################################################################################
+# Watching the run: trackers, validation, sample grids (rar.tracking, rar.validate)
+# ##########################################################################################
+
+
+def steps_every(cfg: TrainConfig, interval: float) -> set[int]:
+    """The optimizer steps at every `interval` epochs, and the run's last step; none for 0."""
+    if interval <= 0:
+        return set()
+    count = math.floor(round(cfg.epochs / interval, 6))
+    return {cfg.step_at(k * interval) for k in range(1, count + 1)} - {0} | {cfg.total_steps}
+
+
+def _history(workdir: Path, step: int, init_from: str | Path | None) -> list[tuple[int, dict]]:
+    """What a run's curve holds up to `step`: its own logs, and a branch's beginning from its
+    trunk's (the run directory of the `init_from` checkpoint), up to the branch point."""
+    own = read_history(workdir, step)
+    rows: dict[int, dict] = {}
+    if init_from is not None:
+        branch_point = own[0][0] - 1 if own else step  # a branch logs from its point on
+        trunk = Path(init_from).resolve().parent.parent
+        if trunk != workdir.resolve():  # a trunk's next segment continues its own logs
+            rows.update(read_history(trunk, branch_point))
+    rows.update(own)
+    return sorted(rows.items())
+
+
+class Watcher:
+    """A run's view for people, beside metrics.csv: trackers (rank 0), the held-out NLL every
+    `val_every` epochs (shared by the ranks, added up), the sample grid every `sample_every`
+    epochs (rank 0). None of it changes the weights (it runs with dropout off and draws from
+    its own generators; each step re-seeds the training's draws), and none of it stops the
+    run: a part that cannot work says once why it is off."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        workdir: Path,
+        *,
+        model: RAR,
+        env: DistEnv,
+        device: torch.device,
+        amp: torch.dtype | None,
+        step: int,
+        own_checkpoint: bool,
+        init_from: str | Path | None,
+        heldout: HeldOut | str | None,
+        tokenizer,
+        batch_size: int,
+    ) -> None:
+        self.cfg, self.workdir, self.model, self.env, self.device, self.amp = (
+            cfg, workdir, model, env, device, amp,
+        )  # fmt: skip
+        self.batch_size, self.main = batch_size, env.rank == 0
+        self.tracker = Tracker()
+        if self.main:
+            self.tracker = open_tracker(
+                cfg, workdir, run_id=cfg.run_id(), resume_step=step,
+                own_checkpoint=own_checkpoint, history=lambda: _history(workdir, step, init_from),
+                say=self.say,
+            )  # fmt: skip
+        self.val_steps: set[int] = set()
+        validating = cfg.val_every > 0 and isinstance(heldout, HeldOut)
+        if self.main and (validating or (workdir / "validation.csv").exists()):
+            # its rows past the resume step go, as metrics.csv's (validation on or not)
+            self.val_log = MetricsLog(workdir / "validation.csv", step, VAL_FIELDS)
+        if validating:
+            self._setup_validation(heldout)
+        elif cfg.val_every > 0:
+            self.say(f"validation is off: {heldout or 'no held-out tokens were given'}")
+        self.sample_steps: set[int] = set()
+        if cfg.sample_every > 0 and self.main:
+            if tokenizer is not None and not isinstance(tokenizer, str):
+                self.tokenizer = tokenizer.to(device)
+                self.sample_steps = steps_every(cfg, cfg.sample_every)
+            else:
+                self.say(f"sample grids are off: {tokenizer or 'no tokenizer was given'}")
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW)
+
+    def say(self, message: str) -> None:
+        if self.main:
+            print(message, flush=True)
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _setup_validation(self, heldout: HeldOut) -> None:
+        cfg, grid = self.cfg, self.model.config.grid
+        self.order = sampling_order(cfg.anneal_start, cfg.epochs, cfg.target_order)
+        mine = slice(self.env.rank, None, self.env.world_size)  # this rank's share
+        n = len(heldout.tokens)
+        self.val = (
+            heldout.tokens[mine], heldout.labels[mine],
+            heldout_orders(self.order, n, grid, seed=cfg.seed)[mine],
+            heldout_orders("row-major", n, grid, seed=cfg.seed)[mine],
+        )  # fmt: skip
+        self.val_steps = steps_every(cfg, cfg.val_every)
+        if self.main:
+            self.say(
+                f"validation: {n} held-out samples of {heldout.directory} every "
+                f"{cfg.val_every:g} epochs, in {self.order} order (val_loss) and raster (val_nll)"
+            )
+
+    def validate(self, step: int) -> None:
+        tokens, labels, orders, raster = self.val
+        kw = dict(batch_size=self.batch_size, amp=self.amp)
+        own, count = nll_sum(self.model, tokens, labels, orders, **kw)
+        flat, _ = nll_sum(self.model, tokens, labels, raster, **kw)
+        sums = torch.tensor([own, flat, count], dtype=torch.float64, device=self.device)
+        if self.env.world_size > 1:
+            dist.all_reduce(sums)
+        own, flat, count = sums.tolist()
+        if self.main:
+            row = dict(
+                step=step, epoch=self.cfg.epoch_at(step), val_loss=own / count,
+                val_nll=flat / count, order=self.order,
+            )  # fmt: skip
+            self.val_log.write(row)
+            self.tracker.scalars(step, {"val_loss": row["val_loss"], "val_nll": row["val_nll"]})
+            print(
+                f"step {step} validation: loss {row['val_loss']:.4f} ({self.order}) "
+                f"nll {row['val_nll']:.4f} (raster)",
+                flush=True,
+            )
+
+    # -- sample grids -------------------------------------------------------------------
+
+    def sample(self, step: int) -> None:
+        cfg = self.cfg
+        image = sample_grid(
+            self.model, self.tokenizer, num_classes=cfg.num_classes,
+            order=sampling_order(cfg.anneal_start, cfg.epochs, cfg.target_order),
+            seed=cfg.seed, amp=self.amp,
+        )  # fmt: skip
+        write_png(self.workdir / "samples" / f"step_{step:08d}.png", image)
+        self.tracker.image(step, "samples", image)
+
+    # -- the loop's calls ---------------------------------------------------------------
+
+    def after_step(self, step: int) -> float:
+        """Validate and sample when due; returns the seconds it took (not training time)."""
+        t0 = time.perf_counter()
+        if step in self.val_steps:
+            try:
+                self.validate(step)
+            except Exception as err:  # never stop training for a view of it
+                self.val_steps = set()
+                self.say(f"validation is off from step {step}: {type(err).__name__}: {err}")
+        if step in self.sample_steps:
+            (self.workdir / "samples").mkdir(exist_ok=True)
+            try:
+                self.sample(step)
+            except Exception as err:
+                self.sample_steps = set()
+                self.say(f"sample grids are off from step {step}: {type(err).__name__}: {err}")
+        return time.perf_counter() - t0
+
+    def log_line(self, row: dict) -> str:
+        """The trackers get the row; returns the ETA of the run (rar.status's formula)."""
+        self.tracker.scalars(
+            row["step"], {k: v for k, v in row.items() if k not in ("step", "elapsed_s")}
+        )
+        self.recent.append((row["epoch"], row["elapsed_s"]))
+        rate = epochs_per_second(list(self.recent))
+        return format_duration(eta_seconds(row["epoch"], self.cfg.epochs, rate))
+
+    def close(self) -> None:
+        self.tracker.close()
 
 
 def _fmt(x) -> str:
@@ -522,6 +717,8 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     max_steps: int | None = None,
     until_epoch: float | None = None,
+    heldout: HeldOut | str | None = None,
+    tokenizer=None,
 ) -> Path:
     """Train (or resume) the run `cfg` in `workdir`; return the final checkpoint's path.
 
@@ -534,6 +731,11 @@ def train(
     until_epoch: train one segment: stop at `until_epoch`, write `epoch_<E>.pt` (and
         `last.pt`, to continue from) and return it. The workflow trains a trunk in segments
         so that branches can start as soon as their anneal start is reached.
+    heldout: the held-out tokens of `cfg.val_every` (rar.validate.load_heldout), or a string
+        saying why there are none (printed once; validation is then off).
+    tokenizer: decodes the sample grids of `cfg.sample_every` (a rar.tokenizer.Tokenizer), or
+        a string saying why there is none.
+    Loggers (`cfg.tensorboard`, `cfg.wandb`): rar.tracking, on rank 0.
 
     On the CPU, and on GPUs with `cfg.deterministic`, the run uses deterministic algorithms
     (`deterministic_algorithms`); the caller's setting is restored on return.
@@ -543,6 +745,7 @@ def train(
         return _train(
             cfg, workdir, source=source, init_from=init_from, device=device,
             should_stop=should_stop, max_steps=max_steps, until_epoch=until_epoch,
+            heldout=heldout, tokenizer=tokenizer,
         )  # fmt: skip
 
 
@@ -556,6 +759,8 @@ def _train(
     should_stop: Callable[[], bool],
     max_steps: int | None,
     until_epoch: float | None,
+    heldout: HeldOut | str | None,
+    tokenizer,
 ) -> Path:
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -571,6 +776,9 @@ def _train(
         raise ValueError(f"{workdir} is finished, and its checkpoint {segment_end} is gone")
     env = DistEnv.from_environ()
     device = resolve_device(device, env.local_rank)
+    if device.type == "cuda":  # TF32 for what runs outside bf16 autocast (entry point only)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if env.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = env.rank == 0
@@ -609,11 +817,13 @@ def _train(
             dist.barrier()  # every rank has read the files before any is renamed
         if is_main:
             _set_aside(point, workdir / "metrics.csv")
+    own_checkpoint = point is not None
     del ckpt, point  # a checkpoint's tensors are not needed past this point
-    if is_main:  # the workflow writes this file first: leave it (and its mtime) alone
-        saved_config = workdir / "config.yaml"
-        if not saved_config.exists() or TrainConfig.load(saved_config) != cfg:
-            cfg.save(saved_config)
+    # The workflow writes this file first (the run's identity): leave it and its mtime alone,
+    # also when --settings changed what lies outside the identity (a rewrite would make
+    # Snakemake retrain); a resume of another run was refused above.
+    if is_main and not (workdir / "config.yaml").exists():
+        cfg.save(workdir / "config.yaml")
     metrics = MetricsLog(workdir / "metrics.csv", step) if is_main else None
 
     ddp = model
@@ -641,6 +851,49 @@ def _train(
         )
         for a in range(accum)
     ]
+    watch = Watcher(
+        cfg, workdir, model=model, env=env, device=device, amp=amp, step=step,
+        own_checkpoint=own_checkpoint, init_from=init_from, heldout=heldout,
+        tokenizer=tokenizer, batch_size=micro,
+    )  # fmt: skip
+    try:
+        return _loop(
+            cfg, workdir, model=model, ddp=ddp, optimizer=optimizer, env=env, device=device,
+            amp=amp, target=target, streams=streams, step=step, stop_step=stop_step,
+            named_steps=named_steps, segment_end=segment_end, accum=accum, watch=watch,
+            metrics=metrics, should_stop=should_stop, max_steps=max_steps,
+        )  # fmt: skip
+    finally:
+        watch.close()
+
+
+def _loop(
+    cfg: TrainConfig,
+    workdir: Path,
+    *,
+    model: RAR,
+    ddp: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    env: DistEnv,
+    device: torch.device,
+    amp: torch.dtype | None,
+    target: torch.Tensor,
+    streams: list[Iterator[tuple[torch.Tensor, torch.Tensor]]],
+    step: int,
+    stop_step: int,
+    named_steps: dict[int, float],
+    segment_end: Path | None,
+    accum: int,
+    watch: Watcher,
+    metrics: MetricsLog | None,
+    should_stop: Callable[[], bool],
+    max_steps: int | None,
+) -> Path:
+    """The optimizer steps from `step` to `stop_step`, with logs, checkpoints and the watcher;
+    returns the checkpoint it ends with (`_train` sets everything up)."""
+    is_main = env.rank == 0
+    ckpt_dir = workdir / "checkpoints"
+    last, final = ckpt_dir / LAST, ckpt_dir / "final.pt"
 
     def save(path: Path, *, may_fail: bool = False) -> None:
         """may_fail: a periodic `last.pt` that cannot be written (disk full) is reported and
@@ -715,13 +968,15 @@ def _train(
                 elapsed_s=now - t_start,
             )  # fmt: skip
             metrics.write(row)
+            eta = watch.log_line(row)
             print(
                 f"step {step}/{cfg.total_steps} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
                 f"acc {row['accuracy']:.3f} lr {lr:.3g} r {ratio:.3f} "
-                f"{row['images_per_s']:.1f} img/s",
+                f"{row['images_per_s']:.1f} img/s eta {eta}",
                 flush=True,
             )
             t_log, tokens_since_log = now, 0
+        t_log += watch.after_step(step)  # the throughput counts training time only
         if step in named_steps:
             save(ckpt_dir / f"epoch_{named_steps[step]:g}.pt")
         stop = should_stop() or (max_steps is not None and step - start_step >= max_steps)
@@ -747,6 +1002,46 @@ def _train(
     return final
 
 
+def find_heldout(cfg: TrainConfig, manifest: dict) -> HeldOut | str:
+    """The run's held-out tokens (`cfg.val_data`, else `<data>/val`), or why there are none."""
+    directory = heldout_dir(cfg.data, cfg.val_data)
+    if directory is None or not (directory / "manifest.json").exists():
+        return (
+            f"no held-out tokens at {directory} (make them with `rar tokenize --images "
+            f"<held-out images> --out {directory} --tokenizer <the data's> --crop center`; "
+            'README "Watching a grid")'
+        )
+    try:
+        heldout = load_heldout(directory)
+    except (OSError, ValueError, KeyError) as err:
+        return f"the held-out tokens at {directory} do not load ({err})"
+    if list(heldout.classes) != list(manifest.get("classes", heldout.classes)):
+        return f"{directory} has other classes than the training shards {cfg.data}"
+    if heldout.tokens.shape[1] != cfg.num_tokens or heldout.tokens.max() >= cfg.codebook_size:
+        return (
+            f"{directory} holds other tokens than this run's ({cfg.num_tokens} per sample, "
+            f"codebook {cfg.codebook_size})"
+        )
+    return heldout
+
+
+def find_tokenizer(manifest: dict):
+    """The tokenizer the shards were made with (their manifest's file, checked by identity),
+    for decoding sample grids; or why there is none."""
+    path = (manifest.get("tokenize") or {}).get("tokenizer_path")
+    if not path or not Path(path).exists():
+        return f"the shards' tokenizer file {path!r} is not here to decode samples with"
+    from rar.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError) as err:
+        return f"the shards' tokenizer {path} does not load ({err})"
+    if tokenizer.identity() != manifest.get("tokenizer", {}).get("identity"):
+        return f"{path} is not the tokenizer the shards were made with (its weights differ)"
+    return tokenizer
+
+
 def run(
     config_path: str | Path,
     workdir: str | Path,
@@ -755,13 +1050,19 @@ def run(
     device: str = "auto",
     should_stop: Callable[[], bool] = lambda: False,
     until_epoch: float | None = None,
+    settings: dict | None = None,
 ) -> Path:
     """`rar train`: train the run described by the YAML file `config_path` on its shards.
 
+    settings: keys outside the run's identity (rar.config.OUTSIDE_IDENTITY) that override the
+        file's: the workflow passes the study's current ones, so a config edit (a new
+        FID-vs-epoch checkpoint, logging) reaches the job without rewriting the run's file.
     A failure leaves `failure.txt` in `workdir` (rar.status), written from inside the job so
     that it is there even when the launching process died before the job did."""
     try:
         cfg = TrainConfig.load(config_path)
+        if settings:
+            cfg = cfg.with_settings(settings, source=f"{config_path} + --settings")
         if not cfg.data:
             raise ValueError(f"{config_path}: key 'data' (the token shard directory) is not set")
         source = ShardBatchSource(cfg.data, seed=cfg.seed, workers=cfg.data_workers)
@@ -774,6 +1075,12 @@ def run(
             device=device,
             should_stop=should_stop,
             until_epoch=until_epoch,
+            heldout=find_heldout(cfg, source.manifest) if cfg.val_every > 0 else None,
+            tokenizer=(  # rank 0 draws the sample grids
+                find_tokenizer(source.manifest)
+                if cfg.sample_every > 0 and DistEnv.from_environ().rank == 0
+                else None
+            ),
         )
     except Exception as err:
         if DistEnv.from_environ().rank == 0:

@@ -66,6 +66,24 @@ def test_idempotent_and_refuses_other_params(demo):
         make_demo_dataset(demo, **{**SMALL, "images_per_class": 7})
 
 
+def test_test_split_is_disjoint_and_leaves_train_and_val_alone(demo, tmp_path):
+    """test/ (the tables' real held-out row) is a third set of crops: adding it changes no
+    byte of train/ or val/, and its images are none of theirs."""
+    with_test = make_demo_dataset(tmp_path / "t", **SMALL, test_per_class=4)
+    tree, old = _tree(with_test), _tree(demo)
+    assert {k: v for k, v in tree.items() if k.startswith(("train/", "val/"))} == {
+        k: v for k, v in old.items() if k.startswith(("train/", "val/"))
+    }
+    test = {k: v for k, v in tree.items() if k.startswith("test/")}
+    assert len(test) == 3 * 4
+    assert not set(test.values()) & {v for k, v in tree.items() if not k.startswith("test/")}
+    params = json.loads((with_test / "dataset.json").read_text())["params"]
+    assert params["test_per_class"] == 4
+    # A set made without test/ keeps its parameters (no test_per_class key): still complete.
+    assert "test_per_class" not in json.loads((demo / "dataset.json").read_text())["params"]
+    assert make_demo_dataset(demo, **SMALL, test_per_class=0) == demo
+
+
 def test_photos_are_bundled_offline():
     # Every listed photo must load from the wheel (pooch would need the network otherwise).
     import skimage.data

@@ -308,3 +308,181 @@ def test_cli_evaluate_offline_fails_at_once_with_the_file_to_fetch(tmp_path, cap
     assert main(args) == 2  # bad input: one error line naming the file to fetch
     assert ev.inception_url() in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# FID error bars: the bootstrap
+# ------------------------------------------------------------------------------------------
+
+
+def _tf_fid(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> float:
+    """torch-fidelity's FID of `features` against fixed statistics."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    stats = fid_features_to_statistics(torch.from_numpy(features))
+    stats = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
+    ref = {"mu": ref_mu, "sigma": ref_sigma}
+    return fid_statistics_to_metric(stats, ref, False)["frechet_inception_distance"]
+
+
+@pytest.mark.parametrize("n, d", [(200, 8), (30, 50)])  # the D x D and the n x n paths
+def test_bootstrap_resamples_are_exact_fids_of_resampled_sets(n, d):
+    """A resample's weighted FID equals torch-fidelity's FID of the resampled rows, in both
+    of FidBootstrap's paths (fewer distinct samples than dimensions, and more)."""
+    rng = np.random.default_rng(n)
+    x = (rng.normal(size=(n, d)) + 0.3).astype(np.float32)
+    r = rng.normal(size=(300, d))
+    mu, sigma = r.mean(0), np.cov(r, rowvar=False)
+    boot = ev.FidBootstrap(x, mu, sigma)
+    assert boot.fid() == pytest.approx(_tf_fid(x, mu, sigma), rel=1e-6)
+    for _ in range(3):
+        idx = rng.integers(0, n, n)
+        counts = np.bincount(idx, minlength=n)
+        assert boot.fid(counts) == pytest.approx(_tf_fid(x[idx], mu, sigma), rel=1e-6)
+
+
+def test_bootstrap_interval_covers_the_true_fid_at_the_nominal_rate():
+    """Samples from N(m, I) against the exact reference N(0, I): the true FID is |m|^2 = 1.
+    Over independent sample sets the 95% interval covers it about 95% of the time, and it
+    narrows as 1 / sqrt(N)."""
+    d, n, m = 4, 400, np.full(4, 0.5)
+    mu, sigma = np.zeros(d), np.eye(d)
+    rng = np.random.default_rng(11)
+    covered, widths = 0, []
+    trials = 40
+    for t in range(trials):
+        x = rng.normal(size=(n, d)) + m
+        ci = ev.fid_bootstrap(x, mu, sigma, resamples=200, seed=t)
+        covered += ci["fid_ci_low"] <= 1.0 <= ci["fid_ci_high"]
+        widths.append(ci["fid_ci_high"] - ci["fid_ci_low"])
+    assert covered >= 0.85 * trials  # 95% nominal; 40 trials leave some slack
+    # The spread of the estimate itself: sd(|mean|^2) ~ 2 |m| / sqrt(N) = 0.1, so the 95%
+    # interval is ~0.4 wide.
+    assert 0.25 < np.median(widths) < 0.6
+    big = ev.fid_bootstrap(rng.normal(size=(4 * n, d)) + m, mu, sigma, resamples=200)
+    assert 1.4 < np.median(widths) / (big["fid_ci_high"] - big["fid_ci_low"]) < 2.8
+
+
+def test_bootstrap_is_seeded_and_says_its_method():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    a = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=1)
+    b = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=1)
+    c = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=2)
+    assert (a["fid_ci_low"], a["fid_ci_high"]) == (b["fid_ci_low"], b["fid_ci_high"])
+    assert a["fid_ci_low"] != c["fid_ci_low"]
+    assert "50 resamples" in a["fid_ci_method"] and a["fid_ci_level"] == 0.95
+    assert a["fid_ci_low"] <= ev.FidBootstrap(x, np.zeros(6), np.eye(6)).fid() <= a["fid_ci_high"]
+    none = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=0)
+    assert none["fid_ci_low"] is None and none["fid_ci_method"] is None
+
+
+# ------------------------------------------------------------------------------------------
+# Real images scored like samples, the class probe, several evaluations in one job
+# ------------------------------------------------------------------------------------------
+
+
+COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+
+
+def _class_folder(root: Path, n: int, seed: int) -> Path:
+    """Class folders of noisy single-colour pictures (blue, green, red)."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            im = np.clip(np.array(rgb) + rng.normal(0, 8, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(im).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_sets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("colours")
+    return {split: _class_folder(root / split, 6, seed) for seed, split in enumerate(
+        ("train", "val", "test"))}  # fmt: skip
+
+
+def test_real_images_scored_like_samples_with_the_class_probe(tmp_path, colour_sets):
+    """The floor row: a folder of real images in class folders scores like samples; the
+    probe fitted on the training folder classifies them all correctly (its calibration),
+    and samples whose labels are wrong score 0."""
+    kw = dict(
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "c",
+        device="cpu",
+        batch_size=18,
+        verbose=False,
+        bootstrap_resamples=100,
+        probe_images=colour_sets["train"],
+    )
+    m = evaluate(colour_sets["test"], colour_sets["val"], out=tmp_path / "m.json", **kw)
+    assert m["class_accuracy"] == 1.0 and m["num_samples"] == 18 and m["num_classes"] == 3
+    assert m["class_probe"]["classes"] == ["blue", "green", "red"]
+    assert m["fid_ci_low"] <= m["fid_efficientnet_lite0"] <= m["fid_ci_high"]
+    assert m["samples_kind"] == "images" and "100 resamples" in m["fid_ci_method"]
+    # The probe is cached by content: a second evaluation does not fit it again.
+    assert len(list((tmp_path / "c").glob("probe-*.npz"))) == 1
+    # An npz whose labels name the wrong classes (blue images labelled green, ...).
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted(
+        (colour_sets["test"] / "blue").glob("*.png"))])  # fmt: skip
+    wrong = _npz(tmp_path / "wrong.npz", images)  # labels 0, 1, 2, 3, ... % 4
+    write_npz(wrong, {"arr_0": images, "labels": np.ones(len(images), dtype=np.int64)})
+    assert evaluate(wrong, colour_sets["val"], **kw)["class_accuracy"] == 0.0
+    without = evaluate(wrong, colour_sets["val"], **{**kw, "probe_images": None})
+    assert without["class_accuracy"] is None and without["class_probe"] is None
+
+
+def test_evaluate_many_loads_the_extractor_once_and_matches_single_runs(
+    tmp_path, colour_sets, monkeypatch
+):
+    a = _npz(tmp_path / "a.npz", _images(0, n=6))
+    b = _npz(tmp_path / "b.npz", _images(1, n=6))
+    kw = dict(
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "c",
+        device="cpu",
+        batch_size=6,
+        verbose=False,
+        bootstrap_resamples=20,
+    )
+    single = [evaluate(s, colour_sets["val"], **kw) for s in (a, b)]
+    loads = []
+    real = ev._feature_extractor
+    monkeypatch.setattr(ev, "_feature_extractor", lambda *a, **k: loads.append(1) or real(*a, **k))
+    many = ev.evaluate_many(
+        [(a, tmp_path / "a.json"), (b, tmp_path / "b.json")], colour_sets["val"], **kw
+    )
+    assert len(loads) == 1
+    for one, rec in zip(single, many, strict=True):
+        for key in (
+            "fid_efficientnet_lite0",
+            "fid_ci_low",
+            "fid_ci_high",
+            "recall_efficientnet_lite0",
+        ):
+            assert rec[key] == one[key]
+    assert json.loads((tmp_path / "b.json").read_text())["samples"] == str(b)
+    # A rerun keeps finished metrics files instead of scoring again.
+    again = ev.evaluate_many([(a, tmp_path / "a.json")], colour_sets["val"], **kw)
+    assert again[0]["seconds"] == many[0]["seconds"]
+    with pytest.raises(ValueError, match="same metrics file"):
+        ev.evaluate_many([(a, tmp_path / "x.json"), (b, tmp_path / "x.json")], a, **kw)
+
+
+def test_cli_evaluate_scores_pairs_in_one_job(tmp_path, colour_sets):
+    from rar.cli import main
+
+    a = _npz(tmp_path / "a.npz", _images(0, n=4))
+    b = _npz(tmp_path / "b.npz", _images(1, n=4))
+    common = ["--reference", str(colour_sets["val"]), "--extractor", "efficientnet-lite0"]
+    common += ["--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--bootstrap-resamples", "10"]
+    args = ["evaluate", "--samples", str(a), "--out", str(tmp_path / "a.json")]
+    args += ["--samples", str(b), "--out", str(tmp_path / "b.json"), *common]
+    assert main(args) == 0
+    for name in ("a", "b"):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["samples"] == str(tmp_path / f"{name}.npz") and record["fid_ci_high"] > 0
+    odd = ["evaluate", "--samples", str(a), "--samples", str(b), "--out", str(tmp_path / "x.json")]
+    assert main([*odd, *common]) == 2  # pairs only: one line naming the problem
+    assert not (tmp_path / "x.json").exists()

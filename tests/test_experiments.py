@@ -283,3 +283,18 @@ def test_a_branch_scores_early_epochs_on_its_trunk(paper):
     assert study.checkpoint(run.id, 300).startswith(study.run_dir(run.id))
     assert 300.0 in run.config.checkpoint_epochs and 100.0 not in run.config.checkpoint_epochs
     assert 100.0 in trunk.config.checkpoint_epochs
+
+
+def test_settings_outside_the_identity_may_change_in_flight(paper):
+    """What a running job may be handed (`rar train --settings`): only OUTSIDE_IDENTITY keys,
+    which leave the run id alone; anything else would be another run and is refused."""
+    from rar.config import OUTSIDE_IDENTITY
+
+    run = next(iter(load_study(paper).runs.values()))
+    edited = run.config.with_settings(
+        {"checkpoint_epochs": [150], "log_every": 7, "compile": True}, source="test"
+    )
+    assert edited.checkpoint_epochs == (150.0,) and edited.run_id() == run.id
+    assert {"checkpoint_epochs", "compile"} <= OUTSIDE_IDENTITY
+    with pytest.raises(ValueError, match="test: seed would make it another run"):
+        run.config.with_settings({"seed": 1}, source="test")

@@ -122,11 +122,18 @@ def test_table_values_diffs_and_column_order(tmp_path):
     ]
     df = make_table(table="table2", rows=rows, metrics=[m1, m2], csv=tmp_path / "t.csv")
 
-    assert list(df.columns[:4]) == ["anneal_start", "anneal_end", "fid", "is"]
+    assert list(df.columns[:5]) == [
+        "anneal_start",
+        "anneal_end",
+        "fid",
+        "fid_ci_low",
+        "fid_ci_high",
+    ]
     results, paper = report.RESULT_COLUMNS, report.PAPER_COLUMNS
     assert list(df.columns) == [
-        "anneal_start", "anneal_end", *results, *paper, "run", "evaluation", "label"
+        "anneal_start", "anneal_end", *results, *paper, "kind", "run", "evaluation", "label"
     ]  # fmt: skip
+    assert df["kind"].tolist() == ["row", "row"]
     a, b = df.iloc[0], df.iloc[1]
     assert a["fid"] == 1.73 and a["is"] == 300.25 and a["is_std"] == 3.25
     assert a["fid_diff"] == pytest.approx(0.03) and a["is_diff"] == pytest.approx(0.75)
@@ -364,8 +371,57 @@ def test_sample_grids_with_a_missing_one(tmp_path):
         grids.append({"label": name, "png": d / "grid.png"})
     grids.append({"label": "lost", "png": tmp_path / "lost" / "grid.png"})
     assert_png(plot_sample_grids(grids=grids, out=tmp_path / "grids.png"))
-    assert_png(plot_sample_grids(grids=grids, out=tmp_path / "cut.png", max_rows=2))
+    assert_png(plot_sample_grids(grids=grids, out=tmp_path / "cut.png", max_rows=2), 150)
     assert report._grid_image(grids[0]["png"], max_rows=2).shape == (64, 256, 3)
+
+
+def test_sample_grids_beside_real_images_with_class_names(tmp_path):
+    """A grid of panels: real images of the shown classes first, the class names beside the
+    first panel of each line, full labels, the random-order row said, a small file."""
+    from matplotlib.figure import Figure
+
+    real = tmp_path / "real"
+    rng = np.random.default_rng(1)
+    names = ["astronaut", "camera", "chelsea", "coffee"]
+    for k, name in enumerate(names):
+        (real / name).mkdir(parents=True)
+        for i in range(3):  # fewer than the grid's 8 per class: blank cells fill the row
+            im = np.full((40, 48, 3), 60 * k, np.uint8) + rng.integers(0, 20, (40, 48, 3), np.uint8)
+            Image.fromarray(im).save(real / name / f"{i}.png")
+    grids = []
+    for r in range(5):
+        d = tmp_path / f"row{r}"
+        d.mkdir()
+        Image.fromarray(rng.integers(0, 255, (4 * 32, 8 * 32, 3), np.uint8)).save(d / "grid.png")
+        order = "random" if r == 4 else "row-major"
+        info = {"grid_classes": [0, 1, 2, 3], "sampling": {"order": order}}
+        (d / "samples.json").write_text(json.dumps(info))
+        grids.append(
+            {"label": f"anneal_start={r}, anneal_end={r} (a long label)", "png": d / "grid.png"}
+        )
+    drawn = {}
+    original = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        drawn["texts"] = [
+            t.get_text() for ax in fig.axes for t in [ax.title, *ax.get_yticklabels()]
+        ]
+        return original(fig, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Figure, "savefig", spy)
+    try:
+        out = plot_sample_grids(grids=grids, out=tmp_path / "grids.png", real=real)
+    finally:
+        mp.undo()
+    assert_png(out)
+    assert out.stat().st_size < 500_000
+    texts = " ".join(drawn["texts"]).replace("\n", " ")
+    assert "real images of these classes" in texts
+    assert all(name in drawn["texts"] for name in names)
+    assert "anneal_start=4, anneal_end=4 (a long label) (sampled in random order)" in texts
+    with Image.open(out) as im:
+        assert im.mode == "P"  # a palette: photographs stay small
 
 
 def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
@@ -386,3 +442,154 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
     assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
     md = (tmp_path / "t5.md").read_text()
     assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
+
+
+# ##########################################################################################
+# Intervals, reference rows, the verdict, the HTML page
+# ##########################################################################################
+
+
+def write_scored(path: Path, fid: float, half: float, **extra) -> Path:
+    """A metrics.json with a FID interval of fid +- half (and any extra keys)."""
+    write_metrics(path, fid=fid, extractor="efficientnet-lite0", num_samples=160)
+    record = json.loads(path.read_text())
+    record.update(fid_ci_low=fid - half, fid_ci_high=fid + half, **extra)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def anneal_table(tmp_path: Path, fids: dict, nll: dict | None = None, half: float = 2.0):
+    """A Table 2 over (start, end) in {0..4} from `fids` {(s, e): fid}, with val NLL files
+    ({(s, e): (value, se)}), and the two reference rows; returns (df, markdown text)."""
+    rows, paths = [], []
+    for (s, e), fid in fids.items():
+        r = row(f"{s}-{e}", {"anneal_start": s, "anneal_end": e})
+        p = write_scored(tmp_path / "evals" / r["evaluation"] / "metrics.json", fid, half)
+        if nll and (s, e) in nll:
+            value, se = nll[(s, e)]
+            r["val_nll"] = tmp_path / f"nll-{s}-{e}.json"
+            r["val_nll"].write_text(json.dumps({"val_nll": value, "val_nll_se": se}))
+        rows.append(r)
+        paths.append(p)
+    for label, fid in ((report.FLOOR, 20.0), (report.CEILING, 220.0)):
+        r = {**row(label, {}), "kind": "reference", "run": None}
+        rows.append(r)
+        paths.append(write_scored(tmp_path / "refs" / label / "metrics.json", fid, 1.0))
+    md = tmp_path / "t2.md"
+    df = make_table(
+        table="table2", rows=rows, metrics=paths, csv=tmp_path / "t2.csv", md=md,
+        html=tmp_path / "t2.html",
+    )  # fmt: skip
+    return df, md.read_text()
+
+
+GRID = {(0, 0): 80.0, (0, 2): 70.0, (2, 3): 60.0, (3, 4): 61.0, (4, 4): 75.0}
+
+
+def test_intervals_mark_rows_beyond_the_best(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    best = df.index[df["label"] == "2-3"][0]
+    assert df.loc[best, "fid_ci_low"] == 58.0 and df.loc[best, "fid_ci_high"] == 62.0
+    beyond = dict(zip(df["label"], df["beyond_best"], strict=True))
+    # 62 < 68 (0-2's low end): beyond; 3-4's [59, 63] overlaps [58, 62]: not beyond.
+    assert beyond["0-0"] and beyond["0-2"] and beyond["4-4"]
+    assert not beyond["2-3"] and not beyond["3-4"]
+    lines = {
+        ln.split("|")[1].strip() + "-" + ln.split("|")[2].strip(): ln
+        for ln in text.splitlines()
+        if ln.startswith("| ")
+    }
+    assert "**60.00** [58.00, 62.00]" in lines["2-3"]
+    assert "80.00 [78.00, 82.00] †" in lines["0-0"]
+    assert "61.00 [59.00, 63.00] |" in lines["3-4"]  # within the error bars: no mark
+    assert "interval does not overlap the best row's" in text
+
+
+def test_reference_rows_close_the_table_and_measure_the_gap(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    assert df["kind"].tolist()[-2:] == ["reference", "reference"]
+    assert df["label"].tolist()[-2:] == [report.FLOOR, report.CEILING]
+    assert report.gap_closed(df) == pytest.approx((220 - 60) / (220 - 20))
+    table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert table[-2].startswith(f"| *{report.FLOOR}* |")
+    assert table[-1].startswith(f"| *{report.CEILING}* |")
+    assert "closes 80% of the FID gap" in text
+    # Reference rows are never the best row, and never drawn in the annealing grid.
+    assert report.best_index(df) == df.index[df["label"] == "2-3"][0]
+    values, _ = anneal_grid(df, "fid")
+    assert values.shape == (4, 4) and np.nanmin(values.to_numpy()) == 60.0
+    assert_png(plot_anneal_heatmap(csv=tmp_path / "t2.csv", out=tmp_path / "heat.png"))
+
+
+def test_reference_rows_in_a_bar_table(tmp_path):
+    """Table 3's layout (one key column): the reference rows sit under it too, and the
+    points-with-intervals plot leaves them out of the axis but names them."""
+    rows, paths = [], []
+    for k, order in enumerate(("row-major", "spiral-in", "z-curve")):
+        rows.append(row(order, {"target_order": order}))
+        paths.append(write_scored(tmp_path / f"{order}.json", 50.0 + 5 * k, 3.0))
+    rows.append({**row(report.FLOOR, {}), "kind": "reference"})
+    paths.append(write_scored(tmp_path / "floor.json", 18.0, 1.0))
+    csv, md = tmp_path / "t3.csv", tmp_path / "t3.md"
+    df = make_table(table="table3", rows=rows, metrics=paths, csv=csv, md=md)
+    assert md.read_text().splitlines()[-1].startswith(f"| *{report.FLOOR}* |")
+    assert report.anneal_verdict(df) is None  # no annealing columns: no verdict
+    assert_png(plot_metric_bars(csv=csv, out=tmp_path / "bars.png", key="target_order"))
+
+
+def test_verdict_says_yes_when_annealing_wins_beyond_the_error_bars(tmp_path):
+    nll = {(0, 0): (4.10, 0.002), (2, 3): (4.00, 0.002), (4, 4): (4.20, 0.002)}
+    df, text = anneal_table(tmp_path, GRID, nll)
+    verdict = report.anneal_verdict(df)
+    assert verdict.startswith("Does annealing beat both raster-only and random-only")
+    assert "As measured, yes in FID; yes in val NLL:" in verdict
+    assert "the best of 3 annealed rows, (2, 3), beats raster-only (0, 0)" in verdict
+    assert text.rstrip().endswith(verdict)
+    assert verdict.endswith(".") and ". " not in verdict  # one sentence
+    assert df.loc[df["label"] == "2-3", "val_nll_ci_low"].iat[0] == pytest.approx(
+        4.0 - 1.96 * 0.002
+    )
+
+
+def test_verdict_says_no_when_the_intervals_overlap(tmp_path):
+    fids = {**GRID, (4, 4): 61.5}  # random-only within the best's error bars
+    nll = {(0, 0): (4.00, 0.05), (2, 3): (4.01, 0.05), (4, 4): (4.20, 0.002)}
+    df, _ = anneal_table(tmp_path, fids, nll)
+    verdict = report.anneal_verdict(df)
+    assert "As measured, no in FID; no in val NLL:" in verdict
+    assert "cannot be told apart from random-only (4, 4)" in verdict
+    assert "cannot be told apart from raster-only (0, 0)" in verdict
+    # Annealing worse than raster-only beyond the error bars is said as such.
+    worse = {**GRID, (0, 0): 40.0}
+    df, _ = anneal_table(tmp_path / "w", worse)
+    assert "is worse than raster-only (0, 0) beyond the error bars" in report.anneal_verdict(df)
+    assert "in val NLL there are not yet the numbers to say" in report.anneal_verdict(df)
+
+
+def test_val_nll_comes_from_a_json_or_the_runs_validation_log(tmp_path):
+    (tmp_path / "v.json").write_text(
+        json.dumps({"val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6})
+    )
+    assert report.read_val_nll(tmp_path / "v.json") == {
+        "val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6
+    }  # fmt: skip
+    log = tmp_path / "validation.csv"
+    log.write_text(
+        "step,epoch,val_loss,val_nll,order\n10,1.0,4.2,4.1,raster\n20,2.0,4.0,3.9,raster\n"
+    )
+    assert report.read_val_nll(log)["val_nll"] == 3.9
+    assert report.read_val_nll(tmp_path / "absent.json") is None
+    assert report.read_val_nll(None) is None
+
+
+def test_html_page_renders_the_markdown(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    page = (tmp_path / "t2.html").read_text()
+    assert page.isascii()  # character references: any charset reads it right
+    assert page.startswith('<div class="rar-table" id="table-table2">')
+    assert "<h1>table2</h1>" in page and "<strong>60.00</strong> [58.00, 62.00]" in page
+    assert page.count("<tr>") == len(df) + 1
+    assert '<td class="r">' in page and "&#8224;" in page  # right-aligned numbers, daggers
+    assert "<em>real held-out images</em>" in page
+    again = report.markdown_html(text, title="table2")
+    assert again == page  # deterministic

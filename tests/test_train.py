@@ -468,3 +468,43 @@ def test_rar_train_rejects_shards_that_do_not_match(demo_shards, tmp_path):
 
     with pytest.raises(ValueError, match=r"run.yaml: data .* codebook_size 64 \(config: 1024\)"):
         run(tmp_path / "run.yaml", tmp_path / "run")
+
+
+# -- watching a run on real shards (rar.validate, rar.tracking; tests/test_logging.py) -------
+
+
+def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsys):
+    """`<data>/val`-style held-out shards (here `val_data`), center-cropped from the demo's
+    val/ images, are found, checked against the training shards and validated on; without a
+    tokenizer file to decode with, sample grids say once that they are off."""
+    from rar.data.shards import load_manifest
+    from rar.data.tokenize import tokenize_images
+    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.train import find_heldout, run
+
+    torch.manual_seed(0)  # the fixture's tokenizer
+    cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
+    val_images = demo_shards.parent / "images/val"
+    tokenize_images(
+        val_images, tmp_path / "val", tokenizer=MaskGITVQGAN(cfg).eval(), crop="center",
+        images_per_part=100, num_workers=0, progress=False, batch_size=50,
+    )  # fmt: skip
+    images = load_manifest(demo_shards)["num_source_images"]
+    run_cfg = tiny_run(
+        codebook_size=64, source_images=images, data=str(demo_shards), data_workers=0,
+        epochs=2, anneal_start=0, anneal_end=2, val_every=1, sample_every=1,
+        val_data=str(tmp_path / "val"),
+    )  # fmt: skip
+    run_cfg.save(tmp_path / "run.yaml")
+    run(tmp_path / "run.yaml", tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "validation: 200 held-out samples of" in out
+    assert out.count("sample grids are off: the shards' tokenizer file None is not here") == 1
+    rows = (tmp_path / "run/validation.csv").read_text().split()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [run_cfg.step_at(1), run_cfg.total_steps]
+    assert "eta " in out
+
+    other = dataclasses.replace(run_cfg, val_data=str(tmp_path / "nowhere"))
+    assert find_heldout(other, load_manifest(demo_shards)).startswith("no held-out tokens at")
+    wrong = {**load_manifest(demo_shards), "classes": ["a", "b", "c", "d"]}
+    assert "other classes than the training shards" in find_heldout(run_cfg, wrong)

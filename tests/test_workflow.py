@@ -193,6 +193,18 @@ def test_demo_dag_end_to_end(tmp_path):
     # a rerun has nothing to do
     again = snakemake(*args, "--cores", "2", "-n", "--config", "launcher=local")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Adding an FID-vs-epoch point to a finished grid only adds its evaluation: the runs'
+    # files are not rewritten, nothing is retrained or re-sampled.
+    edited = mini_demo("mini")
+    edited["tables"]["table3"]["evaluate_epochs"] = [1]
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    more = snakemake(
+        "-d", str(tmp_path), "--configfile", str(tmp_path / "edited.yaml"),
+        "--replace-workflow-config", "-n", "--quiet", "rules", "--config", "launcher=local",
+    )  # fmt: skip
+    jobs = job_counts(more.stdout)
+    assert {"train", "run_config", "sweep_guidance"}.isdisjoint(jobs), jobs
+    assert jobs["fid_vs_epoch"] >= 1 and jobs["sample"] >= 1  # table3's z-curve row at 1
     # re-scoring needs no retraining, and the launcher in use is no reason to rerun
     redo = snakemake(*args, "--cores", "2", "-n", "--quiet", "rules", "--forcerun", "sample")
     jobs = job_counts(redo.stdout)

@@ -4,9 +4,12 @@
 # Quoting: every value put on a command line is quoted (`{x:q}`; a list quotes each
 # element), and argument lists are built here as lists, never as one string, so a config
 # value is always one literal argument and never shell syntax.
+import json
+import os
 import re
 import shlex
 
+from rar.config import OUTSIDE_IDENTITY
 from rar.experiments import StudyError, load_study
 
 
@@ -67,11 +70,38 @@ def manifest_of_run(wildcards):
     return f"{study.data_dir(study.dataset_of(wildcards.run))}/manifest.json"
 
 
+def heldout_image_dir():
+    """The held-out images (README "Watching a grid"): the demo's val/, or ImageNet's
+    validation split in the class-folder layout beside the train split."""
+    if is_demo():
+        return f"{P}/images/val"
+    return os.path.join(os.path.dirname(os.path.normpath(C["data"]["images"])), "val")
+
+
+def heldout_of_run(wildcards):
+    """The held-out tokens a run validates on (train: val_every > 0), made by tokenize_val;
+    ancient: validation never changes a run, so new held-out tokens retrain nothing."""
+    cfg = study.runs[wildcards.run].config
+    if cfg.val_every <= 0 or cfg.val_data:
+        return []
+    return ancient(f"{study.data_dir(study.dataset_of(wildcards.run))}/val/manifest.json")
+
+
 # -- training ----------------------------------------------------------------------------
 
 
 def run_config_dict(wildcards):
-    return study.runs[wildcards.run].config.to_dict()
+    """A run's file: the settings of its identity only. The rest (OUTSIDE_IDENTITY: the
+    checkpoints it keeps, logging) reaches each training job as `--settings`, a resource, so
+    that editing them neither rewrites this file nor makes Snakemake retrain."""
+    config = study.runs[wildcards.run].config.to_dict()
+    return {k: v for k, v in config.items() if k not in OUTSIDE_IDENTITY}
+
+
+def train_settings(wildcards):
+    config = study.runs[wildcards.run].config.to_dict()
+    settings = {k: v for k, v in config.items() if k in OUTSIDE_IDENTITY}
+    return shlex.join(["--settings", json.dumps(settings, sort_keys=True)])
 
 
 def stop_epoch(wildcards):
@@ -291,3 +321,15 @@ def all_outputs():
         if any(study.evaluations[row.evaluation].sweep for row in study.tables[table]):
             out.append(f"{P}/plots/{table}_guidance.png")
     return out
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+
+def study_json():
+    """The validated study as one JSON argument of `rar preflight --config-json` (quoted in
+    the shell command, so that no config string is ever shell syntax); its `launcher` and
+    `launcher_dir` keys are the profile's, so the preflight's jobs go where the grid's go."""
+    import json
+
+    return json.dumps(C, sort_keys=True)

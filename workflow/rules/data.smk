@@ -102,3 +102,33 @@ rule shards:
         "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} --out {params.out:q} "
         "--tokenizer {input.tokenizer:q} --crop {params.crop:q} "
         "--images-per-part {params.per_part:q} && rar verify-shards {params.out:q}) > {log:q} 2>&1"
+
+
+# The held-out split (README "Watching a grid"), once per data set: the demo's val/ images or
+# ImageNet's validation split, center-cropped as the FID references, into <data set>/val/.
+# Training logs its NLL every `val_every` epochs; nothing trains on it.
+rule tokenize_val:
+    input:
+        images=image_marker(),
+        tokenizer=tokenizer_file(),
+    output:
+        manifest=f"{P}/data/{{dataset}}/val/manifest.json",
+    params:
+        images=heldout_image_dir(),
+        out=subpath(output.manifest, parent=True),
+        per_part=C["data"]["images_per_part"],
+    log:
+        f"logs/{study.name}/tokenize_val/{{dataset}}.log",
+    benchmark:
+        f"benchmarks/{study.name}/tokenize_val/{{dataset}}.tsv"
+    resources:
+        launcher_jobs=1,
+        # not a param: where a stage runs must not make Snakemake rerun it
+        launcher=launcher_args("tokenize"),
+    conda:
+        "../../environment.yml"
+    shell:
+        "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} "
+        "--out {params.out:q} --tokenizer {input.tokenizer:q} --crop center "
+        "--images-per-part {params.per_part:q} {resources.launcher} "
+        "&& rar verify-shards {params.out:q}) > {log:q} 2>&1"

@@ -6,13 +6,14 @@ rule table:
         metrics=table_metrics,
         sweeps=table_sweeps,
     output:
-        csv=report(
-            f"{P}/{{table}}.csv",
+        csv=f"{P}/{{table}}.csv",
+        md=f"{P}/{{table}}.md",
+        html=report(
+            f"{P}/{{table}}.html",
             caption="../report/table.rst",
             category="Tables",
-            labels={"table": "{table}", "format": "csv"},
+            labels={"table": "{table}"},
         ),
-        md=f"{P}/{{table}}.md",
     params:
         rows=table_rows,
     log:
@@ -66,6 +67,7 @@ rule loss_curves:
 rule sample_grids:
     input:
         grids=table_grids,
+        real=image_marker(),
     output:
         png=report(
             f"{P}/plots/{{table}}_samples.png",
@@ -75,6 +77,7 @@ rule sample_grids:
         ),
     params:
         grids=table_grid_labels,
+        real=image_dir(),  # real images of the same classes, beside the samples
     log:
         f"logs/{study.name}/sample_grids/{{table}}.log",
     conda:

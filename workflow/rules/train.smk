@@ -21,6 +21,7 @@ rule train:
     input:
         config=rules.run_config.output.config,
         manifest=manifest_of_run,
+        heldout=heldout_of_run,  # for val_every (read by rar train from <data>/val)
         start=train_start,
     output:
         checkpoint=f"{P}/runs/{{run}}/checkpoints/{{stop}}.pt",
@@ -36,8 +37,12 @@ rule train:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
         launcher=launcher_args("train"),
+        # not a param either: the checkpoints a run keeps and its logging may change while it
+        # is in flight (a new FID-vs-epoch point) without retraining it
+        settings=train_settings,
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar train --config {input.config:q} "
-        "--workdir {params.workdir:q} {params.args:q} {resources.launcher} > {log:q} 2>&1"
+        "--workdir {params.workdir:q} {params.args:q} {resources.settings} "
+        "{resources.launcher} > {log:q} 2>&1"

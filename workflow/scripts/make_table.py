@@ -1,4 +1,4 @@
-# rule table: metrics.json of every row -> results/<table>.csv and .md (rar.report).
+# rule table: metrics.json of every row -> results/<table>.csv, .md and .html (rar.report).
 import contextlib
 
 from rar.report import make_table
@@ -10,4 +10,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stderr(log):
         metrics=list(snakemake.input.metrics),
         csv=snakemake.output.csv,
         md=snakemake.output.md,
+        html=snakemake.output.html,
     )

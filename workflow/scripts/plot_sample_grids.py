@@ -1,7 +1,9 @@
-# rule sample_grids: the sample grid of every row of a table, labelled (rar.report).
+# rule sample_grids: every row's sample grid, labelled, beside real images (rar.report).
 import contextlib
 
 from rar.report import plot_sample_grids
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stderr(log):
-    plot_sample_grids(grids=snakemake.params.grids, out=snakemake.output.png)
+    plot_sample_grids(
+        grids=snakemake.params.grids, out=snakemake.output.png, real=snakemake.params.real
+    )

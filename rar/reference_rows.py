@@ -1,0 +1,59 @@
+"""The two reference rows of every demo table: what the metrics read at the floor and ceiling.
+
+A FID of 40 means nothing alone; between the numbers of a perfect and of a useless generator
+scored the same way it does (issue #13):
+
+- `real held-out images` (the floor): real images the models never saw, as many as one
+  evaluation's samples, scored against the reference exactly like samples: `rar evaluate
+  --samples <folder of class folders>` (the folder of each image is its label, so
+  class_accuracy calibrates the probe too). For the demo: `images/test` against the reference
+  `images/val` (rar.demo_data: `test_per_class`); the two are disjoint random crops.
+- `untrained model` (the ceiling): samples from a model at its initial weights, the weights
+  the run's training starts from (`torch.manual_seed(seed)` then `model_from_config`, as
+  rar.train does at step 0). `write_untrained_checkpoint` saves them as a step-0 training
+  checkpoint (`rar init-checkpoint`), which `rar sample` and `rar evaluate` take like any
+  other.
+
+The table then says how much of the gap from ceiling to floor each row closes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from rar.config import TrainConfig
+
+
+def write_untrained_checkpoint(
+    config: str | os.PathLike | TrainConfig, out: str | os.PathLike
+) -> Path:
+    """Save the model of run config `config` (a TrainConfig or its YAML file) at its initial
+    weights, seeded with the run's seed, as a step-0 checkpoint in rar.train's format (model,
+    fresh optimizer state, step 0, epoch 0, config, model_config). The caller's random state
+    is left as it was. Returns `out`."""
+    from rar.train import build_optimizer, code_version, model_from_config, save_checkpoint
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.load(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # as rar.train before it builds the model
+        model = model_from_config(cfg)
+    optimizer = build_optimizer(model, cfg)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        out,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        step=0,
+        epoch=0.0,
+        config=cfg.to_dict(),
+        model_config=model.config.__dict__,
+        code_version=code_version(),
+        untrained=True,
+    )
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: {cfg.model} at its initial weights (seed {cfg.seed}, {n:,} parameters)")
+    return out

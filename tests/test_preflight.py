@@ -1,0 +1,412 @@
+"""`rar preflight`: the toy rehearsal end to end (local launcher; SLURM with 2-task DDP), and a
+FAIL with a named fix for a missing weights file, a wrong partition and a missing ImageNet.
+
+The paper-like cases use the paper's config with its paths moved into a temporary folder;
+the weights files whose layout is checked are built here, in the exact official layout (our
+modules' state dicts, which tests/test_model.py and test_tokenizer.py hold equal to the
+release's), with zero weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rar.cli import main
+from rar.experiments import format_plan, load_study, measured_throughput
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_study(study: str = "pf") -> dict:
+    """config/demo.yaml cut to one small table of rar_tiny (the preflight makes its own toy
+    images, tokenizer and data at its own scale)."""
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    config["study"] = study
+    config["train"].update(epochs=2, global_batch=16, warmup_epochs=0.5, anneal_start=1)
+    config["train"].update(anneal_end=2)
+    config["sampling"].update(num_per_class=4, sweep_per_class=2, chunk_size=8)
+    config["tables"] = {
+        "table2": {
+            "base": {"architecture": "plain", "sampling": {"guidance_schedule": "linear",
+                                                          "guidance_scales": [1.0, 3.0]}},
+            "rows": [{"anneal_start": 0, "anneal_end": 0}, {"anneal_start": 1, "anneal_end": 2}],
+        }
+    }  # fmt: skip
+    del config["throughput_table"]
+    return config
+
+
+def write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def checks_of(out: Path) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads((out / "checks.json").read_text())}
+
+
+SCALE = ["--classes", "4", "--images-per-class", "4", "--train-steps", "6", "--sample-batch", "8"]
+
+
+def launcher_dir(tmp_path: Path, backend: str, **train) -> Path:
+    """Per-stage launcher settings, as a profile's <stage>.yaml."""
+    folder = tmp_path / f"launch_{backend}"
+    for stage in ("tokenize", "train", "sample", "evaluate"):
+        settings = {"backend": backend, "folder": str(tmp_path / "submitit"), "poll_s": 0.5}
+        if backend == "slurm":
+            settings.update(partition="debug", cpus_per_task=1, mem_gb=2, time_min=10,
+                            signal_delay_s=30)  # fmt: skip
+        if stage == "train":
+            settings.update(train)
+        write(folder / f"{stage}.yaml", settings)
+    return folder
+
+
+# -- the rehearsal ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_preflight_passes_end_to_end_with_the_local_launcher(tmp_path, capsys):
+    """Every stage through local subprocesses, training as 2 DDP processes (gloo), stopped by
+    the time-limit signal and requeued; then `rar plan` uses the measured throughput."""
+    config = write(tmp_path / "pf.yaml", toy_study())
+    out = tmp_path / "preflight"
+    launchers = launcher_dir(tmp_path, "local", tasks_per_node=2)
+    argv = ["preflight", "--config", str(config), "--launcher", "local", "--launcher-dir",
+            str(launchers), "--out", str(out), "--device", "cpu", *SCALE]  # fmt: skip
+    code = main(argv)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    checks = checks_of(out)
+    assert all(c["status"] == "PASS" for c in checks.values()), printed
+    for stage in ("images", "tokenizer", "tokenize", "train", "sample", "evaluate", "table"):
+        assert f"stage {stage}" in checks
+    train = checks["stage train"]["measured"]
+    assert "2 process(es) on cpu" in train and "DDP gloo" in train
+    resume = checks["requeue and resume"]["measured"]
+    assert resume.startswith(
+        "time-limit signal (USR2) and requeue: stopped at step 2, resumed at 2"
+    )
+    assert "ended at 6; uninterrupted 6 of 6" in resume and "weights identical" in resume
+    report = (out / "report.md").read_text()
+    assert "| PASS | requeue and resume |" in report and "FAIL" not in report
+
+    measured = json.loads((out / "throughput.json").read_text())
+    assert measured["train"]["rar_tiny"]["images_per_s_per_gpu"] > 0
+    assert measured["sample"]["rar_tiny"]["batch_size"] == 8
+    study = load_study(yaml.safe_load(config.read_text()))
+    plan = format_plan(study, measured_throughput(study, out / "throughput.json"))
+    assert "rar_tiny" in plan and "/epoch measured" in plan and "sampling:" in plan
+
+
+@pytest.mark.slow
+def test_the_workflow_target_runs_the_preflight(tmp_path):
+    """`snakemake results/<study>/preflight/report.md`: the rule passes the validated study
+    quoted, with the profile's launcher (here the in-process one)."""
+    config = write(tmp_path / "pf.yaml", toy_study("wf"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(config), "--replace-workflow-config", "--cores", "1",
+           "results/wf/preflight/report.md", "--config", "launcher=debug"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    log = tmp_path / "logs/wf/preflight.log"
+    assert proc.returncode == 0, proc.stderr[-3000:] + (log.read_text() if log.exists() else "")
+    report = (tmp_path / "results/wf/preflight/report.md").read_text()
+    assert "**all checks passed**" in report
+    assert "stop and resume in-process (debug launcher" in report
+    assert (tmp_path / "results/wf/preflight/throughput.json").exists()
+    # `rar plan` in that folder finds the measurement by itself
+    plan = subprocess.run(
+        [sys.executable, "-m", "rar.cli", "plan", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "measured by rar preflight" in plan
+
+
+def _slurm_running() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo"], capture_output=True).returncode == 0
+
+
+needs_slurm = pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm)")
+
+
+def _release_requeued(folder: Path, stop: threading.Event) -> None:
+    """SLURM holds a requeued job for ~2 min (until its old credential expires); start it at
+    once (as tests/test_launch.py does), so the test takes one minute, not three."""
+    while not stop.wait(1.0):
+        record = folder / "job.json"
+        if not record.exists():
+            continue
+        job_id = json.loads(record.read_text())["job_id"]
+        reason = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
+        ).stdout.split()
+        if reason[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_preflight_through_slurm_with_a_2_task_ddp_training_job(tmp_path, capsys):
+    config = write(tmp_path / "pf.yaml", toy_study("slurm"))
+    out = tmp_path / "preflight"
+    launchers = launcher_dir(tmp_path, "slurm", tasks_per_node=2, mem_gb=4)
+    stop = threading.Event()
+    helper = threading.Thread(target=_release_requeued, args=(out / "train", stop), daemon=True)
+    helper.start()
+    try:
+        code = main(
+            ["preflight", "--config", str(config), "--launcher", "slurm", "--launcher-dir",
+             str(launchers), "--out", str(out), "--device", "cpu", *SCALE]
+        )  # fmt: skip
+    finally:
+        stop.set()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    checks = checks_of(out)
+    assert all(c["status"] == "PASS" for c in checks.values()), printed
+    assert checks["launcher train"]["measured"].startswith("partition debug")
+    assert "2 process(es) on cpu" in checks["stage train"]["measured"]
+    assert "DDP gloo" in checks["stage train"]["measured"]
+    record = json.loads((out / "train/job.json").read_text())
+    assert record["backend"] == "slurm" and record["requeues"] >= 1
+    assert "weights identical" in checks["requeue and resume"]["measured"]
+
+
+# -- failures, each with its fix --------------------------------------------------------------
+
+
+def paper_config(tmp_path: Path, **data) -> Path:
+    """The paper's study with its resources under tmp_path (nothing there yet)."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    res = tmp_path / "resources"
+    config["data"]["images"] = str(res / "imagenet/train")
+    config["data"].update(data)
+    config["tokenizer"]["weights"] = str(res / "maskgit-vqgan-imagenet-f16-256.bin")
+    config["evaluation"]["weights"] = str(res / "pt_inception-2015-12-05-6726825d.pth")
+    config["evaluation"]["reference"] = str(res / "VIRTUAL_imagenet256_labeled.npz")
+    config["official"] = {"rar_b": {**config["official"]["rar_b"],
+                                    "checkpoint": str(res / "rar_b.bin")}}  # fmt: skip
+    return write(tmp_path / "paper.yaml", config)
+
+
+def official_layout(kind: str, path: Path, **overrides) -> None:
+    """A state dict in the exact official layout (zero weights), saved like the release."""
+    import torch
+
+    with torch.device("meta"):
+        if kind == "maskgit":
+            from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+            module = MaskGITVQGAN(MaskGITVQGANConfig(**overrides))
+        else:
+            from rar.model import RAR, rar_config
+
+            module = RAR(rar_config(kind, **overrides))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.zeros(v.shape) for k, v in module.state_dict().items()}, path)
+
+
+def test_missing_files_and_imagenet_fail_with_their_fix_and_nothing_runs(tmp_path, capsys):
+    config = paper_config(tmp_path)
+    out = tmp_path / "preflight"
+    argv = ["preflight", "--config", str(config), "--out", str(out), "--launcher", "debug"]
+    assert main(argv) == 1
+    checks = checks_of(out)
+    tok = checks["file tokenizer.weights"]
+    assert tok["status"] == "FAIL" and "does not exist" in tok["measured"]
+    assert f"rar fetch --config {config} --only maskgit_vqgan" in tok["fix"]
+    assert "huggingface.co/fun-research/TiTok/resolve/main/maskgit-vqgan" in tok["fix"]
+    assert checks["file official.rar_b.checkpoint"]["status"] == "FAIL"
+    assert "--only rar_b" in checks["file official.rar_b.checkpoint"]["fix"]
+    images = checks["images data.images"]
+    assert images["status"] == "FAIL" and "config key data.images" in images["fix"]
+    # nothing downstream ran: each stage names what it waited for
+    assert checks["stage images"]["status"] == "SKIP"
+    assert "images data.images did not pass" in checks["stage images"]["measured"]
+    assert checks["stage tokenize"]["status"] == "SKIP"
+    assert checks["stage table"]["status"] == "SKIP"
+    assert checks["extractor inception-v3-compat"]["status"] == "SKIP"
+    report = (out / "report.md").read_text()
+    assert "| FAIL | file tokenizer.weights |" in report and "rar fetch --config" in report
+    assert "FAIL  images data.images" in capsys.readouterr().out
+
+
+def test_weights_in_the_official_layout_pass_and_others_fail_naming_the_keys(tmp_path):
+    """The check loads each file and compares every key and shape with the release's."""
+    config = paper_config(tmp_path)
+    res = tmp_path / "resources"
+    official_layout("maskgit", res / "maskgit-vqgan-imagenet-f16-256.bin")
+    official_layout("rar_tiny", res / "rar_b.bin")  # the right layout, the wrong size
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=np.zeros((2, 256, 256, 3), np.uint8), mu=np.zeros(2048),
+             sigma=np.zeros((2048, 64)))  # fmt: skip
+    (res / "VIRTUAL_imagenet256_labeled.npz").write_bytes(buf.getvalue())
+    out = tmp_path / "preflight"
+    argv = ["preflight", "--config", str(config), "--out", str(out), "--checks-only"]
+    assert main(argv) == 1
+    checks = checks_of(out)
+    tok = checks["file tokenizer.weights"]
+    assert tok["status"] == "PASS" and "168 keys, the official layout" in tok["measured"]
+    rar_b = checks["file official.rar_b.checkpoint"]
+    assert rar_b["status"] == "FAIL" and "keys of another shape" in rar_b["measured"]
+    assert "blocks.0.adaLN_modulation.1.weight (384, 64) != (4608, 768)" in rar_b["measured"]
+    assert "396 missing keys (e.g. blocks.10." in rar_b["measured"]  # 2 blocks, not 24
+    assert "--only rar_b" in rar_b["fix"]
+    adm = checks["file evaluation.reference"]
+    assert (
+        adm["status"] == "FAIL"
+        and "sigma has shape (2048, 64), expected (2048, 2048)" in (adm["measured"])
+    )
+    assert "stage images" not in checks  # --checks-only: nothing submitted
+
+
+def test_an_incomplete_imagenet_folder_is_counted(tmp_path):
+    from rar.preflight import check_images
+
+    root = tmp_path / "train"
+    for wnid, n in (("n01", 3), ("n02", 0)):
+        (root / wnid).mkdir(parents=True)
+        for i in range(n):
+            (root / wnid / f"{i}.JPEG").write_bytes(b"")
+    config = load_study(yaml.safe_load(paper_config(tmp_path).read_text())).config
+    config["data"]["images"] = str(root)
+    check = check_images(config)
+    assert check.ok is False and "2 class folders, 3 images" in check.measured
+    assert "2 class folders, data.num_classes is 1,000" in check.fix
+    assert "1 empty class folders (e.g. n02)" in check.fix
+    config["data"].update(num_classes=1, source_images=3)
+    shutil.rmtree(root / "n02")
+    assert check_images(config).ok is True
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_a_partition_that_does_not_exist_fails_naming_the_profile_file(tmp_path):
+    config = write(tmp_path / "pf.yaml", toy_study("nope"))
+    launchers = launcher_dir(tmp_path, "slurm")
+    for stage in ("tokenize", "train", "sample", "evaluate"):
+        settings = yaml.safe_load((launchers / f"{stage}.yaml").read_text())
+        wrong = {"gpus_per_node": 8} if stage == "sample" else {"partition": "nope"}
+        write(launchers / f"{stage}.yaml", {**settings, **wrong})
+    out = tmp_path / "preflight"
+    argv = ["preflight", "--config", str(config), "--launcher", "slurm", "--launcher-dir",
+            str(launchers), "--out", str(out), "--checks-only"]  # fmt: skip
+    assert main(argv) == 1
+    checks = checks_of(out)
+    train = checks["launcher train"]
+    assert train["status"] == "FAIL"
+    assert "partition 'nope' does not exist (this cluster has: debug*)" in train["measured"]
+    assert train["fix"] == f"edit {launchers}/train.yaml: key partition (one of debug)"
+    gpus = checks["launcher sample"]
+    assert (
+        gpus["status"] == "FAIL"
+        and "gpus_per_node 8 but nodes of debug have 0" in (gpus["measured"])
+    )
+    assert f"edit {launchers}/sample.yaml: key gpus_per_node (at most 0)" in gpus["fix"]
+    assert not (out / "train").exists()  # nothing submitted (the stages' skips: see above)
+
+
+# -- rar plan with measured throughput ----------------------------------------------------------
+
+
+def test_plan_prefers_measured_figures_and_says_which_are_estimates(tmp_path, capsys):
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    study = load_study(config)
+    before = study.gpu_hours()
+    measured = {
+        "format": "rar-throughput/1",
+        "measured": "2026-12-03T18:00:00+00:00",
+        "train": {"rar_l": {"images_per_s_per_gpu": 100.0, "device": "cuda", "machine": "H100"}},
+        "sample": {
+            "rar_l": {
+                "images_per_s_per_gpu": 40.0,
+                "dtype": "fp32",
+                "batch_size": 250,
+                "device": "cuda",
+            }
+        },
+    }
+    path = tmp_path / "results/preflight/throughput.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(measured))
+    rates = study.gpu_hours_per_epoch(measured)
+    assert rates["rar_l"] == (pytest.approx(1_281_167 / 3600 / 100), "measured")
+    assert rates["rar_b"] == (2.2, "estimate")
+    assert study.gpu_hours(measured=measured) < before
+    cfg = write(tmp_path / "paper.yaml", config)
+    os.chdir(tmp_path)  # `rar plan` finds results/preflight/throughput.json by itself
+    try:
+        assert main(["plan", "--config", str(cfg)]) == 0
+    finally:
+        os.chdir(REPO)
+    text = capsys.readouterr().out
+    assert "GPU-hours:" in text and "rar_l 3.56/epoch measured (100 images/s per GPU)" in text
+    assert "rar_b 2.2/epoch the config's estimate" in text
+    assert "sampling: 40 images/s per GPU measured (rar_l" in text
+    path.write_text("{not json")
+    assert main(["plan", "--config", str(cfg), "--throughput", str(path)]) == 2
+    assert "throughput.json: not a readable throughput record" in capsys.readouterr().err
+
+
+# -- the GPU script, dry-run on the CPU at toy sizes ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_gpu_script_writes_one_csv(tmp_path):
+    """benchmarks/gpu.sh with tiny settings: sampling in fp32 and bf16 and training in bf16
+    land in one CSV with the speed-up column (compilation is left to the GPU run)."""
+    env = {
+        **os.environ,
+        "RAR": str(Path(sys.executable).parent / "rar"),
+        "RAR_BENCH_MODELS": "rar_tiny",
+        "RAR_BENCH_TRAIN_MODEL": "rar_tiny",
+        "RAR_BENCH_BATCH": "2",
+        "RAR_BENCH_TRAIN_BATCH": "2",
+        "RAR_BENCH_STEPS": "1",
+        "RAR_BENCH_DEVICE": "cpu",
+        "RAR_BENCH_COMPILE": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    out = tmp_path / "gpu.csv"
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)], env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["bench"], r["dtype"]) for r in rows] == [
+        ("sample", "fp32"), ("sample", "bf16"), ("train", "bf16"),
+    ]  # fmt: skip
+    assert rows[0]["speedup_vs_fp32"] == "1.0" and float(rows[1]["speedup_vs_fp32"]) > 0
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    assert "mfu" in rows[2] and "tokens_per_s" in rows[0]
+
+
+def test_a_profile_gives_the_launcher_settings_and_config_file():
+    from rar.cli import _profile_settings
+
+    assert _profile_settings("slurm") == {"launcher": "slurm", "launcher_dir": "profiles/slurm"}
+    demo = _profile_settings(str(REPO / "profiles/demo"))
+    assert demo == {"launcher": "debug", "configfile": "config/demo.yaml"}
+    with pytest.raises(ValueError, match="no Snakemake profile 'nowhere'"):
+        _profile_settings("nowhere")
