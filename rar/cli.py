@@ -366,6 +366,11 @@ def _run_bench_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _add_config_flag(p: argparse.ArgumentParser) -> None:
+    """The study config of every command that reads a study (plan, report, status, ...)."""
+    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+
+
 def _add_launcher_flags(p: argparse.ArgumentParser) -> None:
     """Where a heavy stage runs (rar.launch): a config file plus the common overrides."""
     g = p.add_argument_group(
@@ -645,20 +650,19 @@ def _abs(path: str | None) -> str | None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from rar.evaluate import check_extractor_available
     from rar.launch import launch
-    from rar.sample import read_guidance_scale, sample  # heavy: torch
+    from rar.sample import GUIDANCE_SCALE_KEY, read_guidance_file, sample  # heavy: torch
 
     launcher = _launcher_from_args(args)
     out = Path(args.out).resolve()
     guidance_scale, sweep = args.guidance_scale, None
     if args.guidance_scale_from is not None:  # a bad file: ValueError naming it, exit 2
-        guidance_scale = read_guidance_scale(args.guidance_scale_from)
         sweep = {"file": _abs(args.guidance_scale_from)}
-        sweep.update(json.loads(Path(args.guidance_scale_from).read_text()))
+        sweep.update(read_guidance_file(args.guidance_scale_from))  # read and checked once
+        guidance_scale = float(sweep[GUIDANCE_SCALE_KEY])
         print(f"guidance scale {guidance_scale} from {args.guidance_scale_from}", flush=True)
     if args.check_extractor:  # here too: before a job waits in a queue for nothing
         check_extractor_available(args.check_extractor, args.extractor_weights)
@@ -905,7 +909,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    _add_config_flag(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -953,7 +957,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    _add_config_flag(p)
     p.add_argument("--table", action="append", help="table(s) to make (default: all)")
     p.add_argument("--root", default=".", help="folder the study's results/ is under")
     p.set_defaults(handler=_run_report)
@@ -1201,7 +1205,7 @@ def _add_fetch(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    _add_config_flag(p)
     p.add_argument(
         "--only",
         nargs="+",
@@ -1266,7 +1270,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+    _add_config_flag(p)
     p.add_argument("--root", default=".", help="directory that results/ and logs/ are in")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument(

@@ -302,8 +302,14 @@ def _size_name(config: RARConfig) -> str | None:
 
 def read_guidance_scale(path: str | os.PathLike) -> float:
     """The classifier-free guidance scale stored under GUIDANCE_SCALE_KEY in JSON file `path`
-    (written by a guidance sweep, `rar sweep-guidance`). Raises ValueError naming the file and
-    the key when the file is missing, is not JSON or lacks a finite number under the key."""
+    (written by a guidance sweep, `rar sweep-guidance`); see `read_guidance_file`."""
+    return float(read_guidance_file(path)[GUIDANCE_SCALE_KEY])
+
+
+def read_guidance_file(path: str | os.PathLike) -> dict:
+    """The JSON object of a guidance file (a sweep's guidance.json), read once. Raises
+    ValueError naming the file and the key when the file is missing, is not JSON or lacks a
+    finite number under GUIDANCE_SCALE_KEY."""
     path = Path(path)
     want = f"a JSON object with a number under {GUIDANCE_SCALE_KEY!r}"
     try:
@@ -317,7 +323,7 @@ def read_guidance_scale(path: str | os.PathLike) -> float:
     value = obj[GUIDANCE_SCALE_KEY]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{path}: {GUIDANCE_SCALE_KEY!r} is {value!r}, not a finite number")
-    return float(value)
+    return obj
 
 
 def resolve_sampling(

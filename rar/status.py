@@ -506,7 +506,7 @@ def _eval_row(reader: _Reader, row: RowStatus, ev_id: str) -> None:
     chunks = ev_dir / "samples.npz.chunks"
     if not (ev_dir / "samples.npz").exists():
         _stage_row(reader, row, "sampling", ev_dir, "samples_job.json", reader.log("sample", ev_id))
-        chunk_size = int(study.config.get("sampling", {}).get("chunk_size", 250))
+        chunk_size = study.config["sampling"]["chunk_size"]  # the schema filled the default
         total = math.ceil(ev.num_samples / max(1, chunk_size))
         _, eta = _sample_eta(chunks, total)
         row.eta_s = eta if row.stage == "sampling" else None
