@@ -266,6 +266,14 @@ def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
         help="test images per class: a second held-out set, scored against val/ like samples",
     )
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="side of a crop as a fraction of the photo's short side, drawn uniformly "
+        "(default: rar.demo_data.CROP_SCALE, 0.3 to 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_make_demo_data)
 
@@ -280,6 +288,7 @@ def _run_make_demo_data(args: argparse.Namespace) -> int:
         val_per_class=args.val_per_class,
         test_per_class=args.test_per_class,
         image_size=args.image_size,
+        **({"crop_scale": tuple(args.crop_scale)} if args.crop_scale else {}),
         seed=args.seed,
     )
     return 0
@@ -742,6 +751,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="real training images in class folders: fit a linear probe for class_accuracy",
     )
     p.add_argument(
+        "--heldout",
+        default=None,
+        help="held-out token shards (<data dir>/val): val_nll of the samples' checkpoint, "
+        "in their sampling order",
+    )
+    p.add_argument(
         "--bootstrap-resamples",
         type=int,
         default=1000,
@@ -799,6 +814,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         prc_batch_size=args.prc_batch_size,
         bootstrap_resamples=args.bootstrap_resamples,
         probe_images=_abs(args.probe_images),
+        heldout=_abs(args.heldout),
         allow_download=not args.no_download,
     )
     return 0
@@ -1394,6 +1410,34 @@ def _run_init_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reconstruct",
+        help="encode and decode real images with the tokenizer: the reconstructions row",
+        description=(
+            "Center-crop every image of a class-folder set to the tokenizer's size, encode and "
+            "decode it, and write the results as a sample file (.npz with labels, and its "
+            ".json) that `rar evaluate` scores like samples: a table's `tokenizer "
+            "reconstructions` row, the best any generator in this token space can do.\n\n"
+            "example: rar reconstruct --images results/demo/images/test "
+            "--tokenizer results/demo/tokenizer/vq_demo.pt --out results/demo/reconstructions/"
+            "ab12cd34ef56.npz"
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--images", required=True, help="real images in class folders")
+    p.add_argument("--tokenizer", required=True, help="tokenizer weights (rar.tokenizer)")
+    p.add_argument("--out", required=True, help="sample .npz to write")
+    p.set_defaults(handler=_run_reconstruct)
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    from rar.reference_rows import write_reconstructions
+
+    write_reconstructions(args.images, args.tokenizer, args.out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # entry point
 # ------------------------------------------------------------------------------------------
@@ -1417,6 +1461,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_sweep_guidance,
     _add_evaluate,
     _add_init_checkpoint,
+    _add_reconstruct,
 ]
 
 

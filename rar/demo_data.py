@@ -144,13 +144,13 @@ PHOTOS: tuple[Photo, ...] = (
     ),
 )
 
-MIN_CROP, MAX_CROP = 0.3, 1.0  # crop side as a fraction of the photo's short side
+CROP_SCALE = (0.3, 1.0)  # crop side as a fraction of the photo's short side: (min, max)
 FLIP_P = 0.5
 
 
 def _load_photo(name: str, work_side: int) -> Image.Image:
     """A bundled skimage photo as RGB, pre-shrunk so its short side is `work_side` (makes the
-    per-crop resize cheap; crops >= MIN_CROP still downsample to the output size)."""
+    per-crop resize cheap; crops of >= 0.125 x the short side still downsample)."""
     import skimage.data  # optional dependency: only the demo needs it
 
     arr = getattr(skimage.data, name)()
@@ -161,11 +161,17 @@ def _load_photo(name: str, work_side: int) -> Image.Image:
     return img
 
 
-def _crops(photo: Image.Image, n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
+def _crops(
+    photo: Image.Image,
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+) -> list[Image.Image]:
     w, h = photo.size
     out = []
     for _ in range(n):
-        side = int(min(w, h) * rng.uniform(MIN_CROP, MAX_CROP))
+        side = int(min(w, h) * rng.uniform(*scale))
         left = int(rng.integers(0, w - side + 1))
         top = int(rng.integers(0, h - side + 1))
         crop = photo.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
@@ -197,6 +203,7 @@ def make_demo_dataset(
     val_per_class: int = 50,
     test_per_class: int = 0,
     image_size: int = 32,
+    crop_scale: tuple[float, float] = CROP_SCALE,
     seed: int = 0,
 ) -> Path:
     """Build (or find) the demo image set; returns `out_dir`.
@@ -205,7 +212,13 @@ def make_demo_dataset(
     images_per_class / val_per_class / test_per_class: PNGs per class in train/, val/ and
         test/ (none: no test/ folder).
     image_size: side in pixels (32 or 64 for the demo tokenizers).
+    crop_scale: (min, max) side of a crop as a fraction of the photo's short side, in
+        (0.125, 1]: small values make a class a varied set of details of its photo, values
+        near 1 a set of near-whole views (easier to learn, easier to recognise).
     """
+    lo, hi = (float(v) for v in crop_scale)
+    if not 0.125 <= lo <= hi <= 1.0:
+        raise ValueError(f"crop_scale must satisfy 0.125 <= min <= max <= 1, got {crop_scale}")
     if not 1 <= num_classes <= len(PHOTOS):
         raise ValueError(f"num_classes must be in 1..{len(PHOTOS)}, got {num_classes}")
     out = Path(out_dir)
@@ -218,6 +231,8 @@ def make_demo_dataset(
     }
     if test_per_class:  # absent when 0, so sets made before test/ existed stay complete
         params["test_per_class"] = test_per_class
+    if (lo, hi) != CROP_SCALE:  # likewise absent at the default
+        params["crop_scale"] = [lo, hi]
     marker = out / "dataset.json"
     if marker.exists():
         found = json.loads(marker.read_text()).get("params")
@@ -235,7 +250,7 @@ def make_demo_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        work_side = 8 * image_size  # crops >= 0.3 x short side still downsample >= 2.4x
+        work_side = 8 * image_size  # a crop of >= 0.125 x the short side still downsamples
         for c, photo in enumerate(photos):
             img = _load_photo(photo.name, work_side)
             splits = (("train", images_per_class), ("val", val_per_class), ("test", test_per_class))
@@ -247,7 +262,7 @@ def make_demo_dataset(
                 rng = np.random.default_rng([seed, c, split_id])
                 folder = tmp / split / photo.name
                 folder.mkdir(parents=True)
-                for i, crop in enumerate(_crops(img, n, image_size, rng)):
+                for i, crop in enumerate(_crops(img, n, image_size, rng, (lo, hi))):
                     crop.save(folder / f"{i}.png", format="PNG", optimize=False)
         (tmp / "SOURCES.md").write_text(_sources_md(photos))
         (tmp / "sources.json").write_text(

@@ -54,6 +54,14 @@ SAMPLING_KEYS = (
 _ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
 _NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
+# The reference rows of a table (`evaluation.reference_rows`): real held-out images scored
+# like samples (the floor: what a perfect generator reaches at that sample count) and samples
+# of a run's initial weights (the ceiling: what a generator that learned nothing reaches).
+# A third, between them: the floor's images through the tokenizer and back, the best a generator
+# in its token space can reach.
+FLOOR, CEILING = "real held-out images", "untrained model"
+RECONSTRUCTED = "tokenizer reconstructions"
+EVALUATION_KINDS = ("model", "real", "reconstructed", "untrained")
 # The crops of the data stage (rar.data.images) and how they appear in folder names.
 CROPS = {"center": "center", "center+flip": "center_flip", "tencrop": "tencrop"}
 
@@ -117,14 +125,22 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Scoring one sample set. kind "model": samples of a checkpoint (a run's at `epoch`, or
+    a released file); "untrained": samples of the initial weights of run `run`'s config (the
+    ceiling row; `checkpoint` is where `rar init-checkpoint` writes them); "real": the
+    real images of the folder `images` scored as samples (the floor row; no run, no
+    sampling)."""
+
     id: str
-    run: str  # a run id, or "official_<name>" for a released checkpoint
+    run: str  # a run id, "official_<name>" for a released checkpoint, "" for real images
     epoch: float  # checkpoint epoch; equal to the run's epochs for the final checkpoint
     final: bool
     sampling: dict
     metrics: dict
-    checkpoint: str | None = None  # a released checkpoint file (no run of ours)
+    checkpoint: str | None = None  # a released or initial-weights file (no training of ours)
     sweep: str | None = None  # the sweep whose chosen guidance scale this evaluation uses
+    kind: str = "model"
+    images: str | None = None  # kinds "real", "reconstructed": the folder of class folders
 
     @property
     def num_samples(self) -> int:
@@ -139,6 +155,7 @@ class Row:
     run: str
     evaluation: str
     paper: dict = field(default_factory=dict)  # the paper's metrics for this row, if given
+    kind: str = "row"  # "row", or "reference" (FLOOR, CEILING: after the table's rows)
 
 
 @dataclass
@@ -152,8 +169,33 @@ class Study:
     sweeps: dict[str, Sweep]
     tables: dict[str, list[Row]]
     curve_evaluations: dict[str, list[str]]  # table -> evaluations at intermediate epochs
+    references: dict[str, list[Row]] = field(default_factory=dict)  # table -> FLOOR, CEILING
 
     # -- paths (DESIGN.md "Files") ---------------------------------------------------------
+
+    def is_demo(self) -> bool:
+        return "demo" in self.config["data"]
+
+    def image_dir(self, split: str = "train") -> str:
+        """The class folders of a split of the images (`image_dir`)."""
+        return image_dir(self.config, self.prefix, split)
+
+    def untrained_checkpoint(self, run: str) -> str:
+        return f"{self.prefix}/untrained/{run}.pt"
+
+    def reconstructions(self, evaluation: str) -> str:
+        """The sample file of a "reconstructed" evaluation (`rar reconstruct`)."""
+        return f"{self.prefix}/reconstructions/{evaluation}.npz"
+
+    def samples_of(self, evaluation: str) -> str:
+        """What an evaluation scores: its samples.npz, the reconstructions' file, or (the
+        FLOOR row) a folder of real images in class folders."""
+        ev = self.evaluations[evaluation]
+        if ev.kind == "real":
+            return ev.images
+        if ev.kind == "reconstructed":
+            return self.reconstructions(evaluation)
+        return f"{self.eval_dir(evaluation)}/samples.npz"
 
     def data_dir(self, dataset: str) -> str:
         return f"{self.prefix}/data/{dataset}"
@@ -260,15 +302,16 @@ class Study:
         }
 
     def report_rows(self, table: str) -> list[dict]:
-        """What rar.report.make_table needs of each row of `table`, failure records included
-        (the evaluation's, then its sweep's, then the run's)."""
+        """What rar.report.make_table needs of each row of `table`, then of its reference
+        rows; failure records included (the evaluation's, then its sweep's, then the run's)."""
         out = []
-        for row in self.tables[table]:
+        for row in self.rows_with_references(table):
             ev = self.evaluations[row.evaluation]
             failures = [f"{self.eval_dir(row.evaluation)}/failure.txt"]
             if ev.sweep:
                 failures.append(f"{self.sweep_dir(ev.sweep)}/failure.txt")
-            failures.append(f"{self.run_dir(row.run)}/failure.txt")
+            if row.run in self.runs and ev.kind == "model":
+                failures.append(f"{self.run_dir(row.run)}/failure.txt")
             out.append(
                 {
                     "label": row.label,
@@ -276,14 +319,21 @@ class Study:
                     "run": row.run,
                     "evaluation": row.evaluation,
                     "paper": row.paper,
+                    "kind": row.kind,
                     "failure": failures,
                     "sweep": f"{self.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else None,
                 }
             )
         return out
 
+    def rows_with_references(self, table: str) -> list[Row]:
+        return self.tables[table] + self.references.get(table, [])
+
     def metrics_files(self, table: str) -> list[str]:
-        return [f"{self.eval_dir(row.evaluation)}/metrics.json" for row in self.tables[table]]
+        return [
+            f"{self.eval_dir(row.evaluation)}/metrics.json"
+            for row in self.rows_with_references(table)
+        ]
 
     def row_of(self, run: str) -> list[Row]:
         return [row for rows in self.tables.values() for row in rows if row.run == run]
@@ -517,6 +567,7 @@ class _Builder:
             "num_classes": config["data"]["num_classes"],
             "seed": sampling["seed"],
         }
+        self.tokenizer = config["tokenizer"]  # a reconstruction's identity
         self.datasets: dict[str, DataSet] = {}
         self.configs: dict[str, TrainConfig] = {}
         self.evaluations: dict[str, Evaluation] = {}
@@ -546,6 +597,38 @@ class _Builder:
         sid = short_hash({**key, "scales": scales, "sampling": base, **metrics})
         self.sweeps[sid] = Sweep(sid, run, scales, base, metrics, checkpoint)
         return sid
+
+    def floor(self, images: str, kind: str = "real") -> str:
+        """The FLOOR evaluation: the real images of `images` scored as samples (kind "real");
+        or, kind "reconstructed", those images through the study's tokenizer and back."""
+        key = {kind: images, **self.metric_settings}
+        if kind == "reconstructed":
+            key["tokenizer"] = self.tokenizer
+        eid = short_hash(key)
+        self.evaluations[eid] = Evaluation(
+            eid, "", 0.0, True, {}, self.metric_settings, kind=kind, images=images
+        )
+        return eid
+
+    def ceiling(self, run: str, sampling: dict) -> str:
+        """The CEILING evaluation: samples of run `run`'s initial weights with its table's
+        sampling; a swept scale is replaced by the lowest of the sweep (guidance cannot help a
+        model that learned nothing, and a sweep of it would cost samples for no answer).
+        Keyed by the run's trunk key: runs that differ only in their annealing start from the
+        same weights, so their tables share one ceiling."""
+        sampling = dict(sampling)
+        if "guidance_scales" in sampling:
+            sampling["guidance_scale"] = min(sampling.pop("guidance_scales"))
+        start = self.configs[run].trunk_key()
+        eid = short_hash({"untrained": start, "sampling": sampling, **self.metric_settings})
+        self.evaluations.setdefault(
+            eid,
+            Evaluation(
+                eid, run, 0.0, False, sampling, self.metric_settings,
+                checkpoint=f"{self.prefix}/untrained/{run}.pt", kind="untrained",
+            ),
+        )  # fmt: skip
+        return eid
 
     def evaluation(
         self, run: str, epoch: float, final: bool, sampling: dict, checkpoint: str | None = None
@@ -578,8 +661,10 @@ def _build(config: dict) -> Study:
     b = _Builder(config, prefix)
     study_sampling = {k: v for k, v in config["sampling"].items() if k in SAMPLING_KEYS}
     tables: dict[str, list[Row]] = {}
+    references: dict[str, list[Row]] = {}
     curves: dict[str, list[tuple[str, float, dict]]] = {}
     _row_config({**b.train, "data": ""}, {}, "train")  # the study-wide keys, checked early
+    _check_reference_rows(config)
 
     for tname, table in config["tables"].items():
         base, rows = table["base"], table["rows"]
@@ -606,6 +691,16 @@ def _build(config: dict) -> Study:
             for epoch in table["evaluate_epochs"]:
                 if 0 < epoch < cfg.epochs:
                     curves[tname].append((rid, float(epoch), sampling))
+        if config["evaluation"]["reference_rows"]:
+            first, floor_images = tables[tname][0], image_dir(config, prefix, "floor")
+            floor = b.floor(floor_images)
+            tokens = b.floor(floor_images, "reconstructed")
+            ceiling = b.ceiling(first.run, b.evaluations[first.evaluation].sampling)
+            references[tname] = [
+                Row(tname, FLOOR, {}, "", floor, kind="reference"),
+                Row(tname, RECONSTRUCTED, {}, "", tokens, kind="reference"),
+                Row(tname, CEILING, {}, first.run, ceiling, kind="reference"),
+            ]
 
     official = config["official"]
     if official:
@@ -624,8 +719,45 @@ def _build(config: dict) -> Study:
         t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
     }
     return Study(
-        study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids
-    )
+        study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids,
+        references,
+    )  # fmt: skip
+
+
+def image_dir(config: dict, prefix: str, split: str = "train") -> str:
+    """The class folders of the images of `split`:
+
+    - "train": what the tokenizer and the runs train on (the demo makes its own; ImageNet's
+      train split is linked);
+    - "heldout": what validation and `val_nll` use (README "Watching a grid"): the demo's
+      val/, or ImageNet's validation split in the class-folder layout beside the train split;
+    - "floor": the FLOOR row's real images: the demo's test/ (disjoint from val/, the demo's
+      FID reference), or ImageNet's validation split (the ADM reference batch is drawn from
+      the train split)."""
+    demo = "demo" in config["data"]
+    if split == "train":
+        return f"{prefix}/images/train" if demo else config["data"]["images"]
+    if split == "heldout":
+        imagenet_val = str(Path(config["data"]["images"]).parent / "val") if not demo else ""
+        return f"{prefix}/images/val" if demo else imagenet_val
+    if split == "floor":
+        return f"{prefix}/images/test" if demo else image_dir(config, prefix, "heldout")
+    raise ValueError(f"unknown image split {split!r}")
+
+
+def _check_reference_rows(config: dict) -> None:
+    """The floor must be scored at the sample count of the rows it calibrates (FID falls
+    with the count), so the demo's test/ holds num_per_class images per class."""
+    demo = config["data"].get("demo")
+    if not config["evaluation"]["reference_rows"] or demo is None:
+        return
+    want = config["sampling"]["num_per_class"]
+    if demo["test_per_class"] != want:
+        raise StudyError(
+            f"data.demo.test_per_class: {demo['test_per_class']}, but evaluation.reference_rows "
+            f"needs the floor row's real images at the rows' sample count, sampling.num_per_class "
+            f"= {want}; set test_per_class: {want}"
+        )
 
 
 def _column_value(key: str, row: dict, base: dict, cfg: TrainConfig) -> Any:

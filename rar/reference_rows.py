@@ -14,6 +14,11 @@ scored the same way it does (issue #13):
   checkpoint (`rar init-checkpoint`), which `rar sample` and `rar evaluate` take like any
   other.
 
+- `tokenizer reconstructions`: the floor's real images encoded and decoded by the study's
+  tokenizer (`write_reconstructions`, `rar reconstruct`): what a generator that put exactly the
+  right tokens in every place would reach, so the part of the gap that no generator in this
+  token space can close. The demo's small VQ tokenizer blurs; this row shows by how much.
+
 The table then says how much of the gap from ceiling to floor each row closes.
 """
 
@@ -56,4 +61,57 @@ def write_untrained_checkpoint(
     )
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {cfg.model} at its initial weights (seed {cfg.seed}, {n:,} parameters)")
+    return out
+
+
+@torch.no_grad()
+def write_reconstructions(
+    images: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+) -> Path:
+    """Encode and decode every image of the class-folder set `images` with `tokenizer` (a
+    file `rar.tokenizer.load_tokenizer` reads), center-cropped to its image size as the FID
+    references are; write them as a sample file (`arr_0` (N, H, W, 3) uint8, `labels`: the
+    class folder's index in sorted order) with its samples.json. Returns `out`."""
+    import numpy as np
+
+    from rar.data.images import center_crop_arr, list_images, load_rgb
+    from rar.evaluate import content_sha256
+    from rar.io import sha256_file
+    from rar.sample import write_json, write_npz
+    from rar.tokenizer import load_tokenizer, to_uint8
+
+    tok = load_tokenizer(tokenizer)
+    classes, sources = list_images(images)
+    if not sources:
+        raise ValueError(f"{images}: no images in class folders")
+    pixels, labels = [], []
+    for start in range(0, len(sources), batch_size):
+        batch = sources[start : start + batch_size]
+        arr = np.stack(
+            [center_crop_arr(load_rgb(Path(images) / s.relpath), tok.image_size) for s in batch]
+        )  # (b, H, W, 3) uint8
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        pixels.append(to_uint8(tok.decode(tok.encode(x))).numpy())
+        labels += [s.label for s in batch]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(out, {"arr_0": np.concatenate(pixels), "labels": np.asarray(labels, np.int64)})
+    write_json(
+        out.with_suffix(".json"),
+        {
+            "kind": "tokenizer reconstructions",
+            "images": str(images),
+            "images_sha256": content_sha256(images),
+            "classes": classes,
+            "tokenizer": str(tokenizer),
+            "tokenizer_sha256": sha256_file(tokenizer),
+            "num_images": len(labels),
+            "samples_sha256": content_sha256(out),
+        },
+    )
+    print(f"wrote {out}: {len(labels)} reconstructions of {images} by {tokenizer}", flush=True)
     return out

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rar.experiments import PAPER_SAMPLES
+from rar.experiments import CEILING, FLOOR, PAPER_SAMPLES, RECONSTRUCTED
 from rar.io import atomic_open, atomic_write_bytes, atomic_write_text
 
 PathLike = str | os.PathLike
@@ -60,6 +60,8 @@ METRIC_KEYS = {
 }
 # metrics.json keys read as they are (the interval belongs to the record's one FID).
 PLAIN_KEYS = ("fid_ci_low", "fid_ci_high", "class_accuracy", "val_nll")
+# ... and the val_nll interval, when metrics.json has one (rar evaluate --heldout)
+NLL_INTERVAL_KEYS = ("val_nll_ci_low", "val_nll_ci_high")
 PAPER_METRICS = ("fid", "is", "precision", "recall")  # what a row's `paper:` may give
 PLOT_METRICS = (*PAPER_METRICS, "class_accuracy", "val_nll")
 METRIC_NAMES = {
@@ -85,7 +87,6 @@ RESULT_COLUMNS = [
 PAPER_COLUMNS = [c for m in PAPER_METRICS for c in (f"paper_{m}", f"{m}_diff")]
 ID_COLUMNS = ["kind", "run", "evaluation", "label"]
 ROW_KINDS = ("row", "reference")  # a table row, or a reference row (floor or ceiling)
-FLOOR, CEILING = "real held-out images", "untrained model"  # the reference rows' labels
 BEYOND = "†"  # marks a value whose interval does not overlap the best row's
 DPI = 120
 MISSING = "–"  # how an unknown number reads in Markdown and on plots
@@ -120,7 +121,7 @@ def read_metrics(path: PathLike | None) -> dict | None:
     if f"fid{s}" not in record:
         raise ValueError(f"{path}: no fid{s} for extractor {extractor!r}")
     out: dict[str, Any] = {col: record.get(key.format(s=s)) for col, key in METRIC_KEYS.items()}
-    out.update({key: record.get(key) for key in PLAIN_KEYS})
+    out.update({key: record.get(key) for key in (*PLAIN_KEYS, *NLL_INTERVAL_KEYS)})
     sampling = record.get("sampling") or {}
     out.update(
         n_samples=record.get("num_samples"),
@@ -310,6 +311,13 @@ def make_table(
     df = pd.DataFrame(records, columns=key_cols + RESULT_COLUMNS + PAPER_COLUMNS + ID_COLUMNS)
     # Nullable dtypes: a missing row must not turn the sample counts into floats (5000.0).
     df["n_samples"] = df["n_samples"].astype("Int64")
+    for col in key_cols:  # reference rows have no keys: whole numbers must stay whole (0, not 0.0)
+        known = df[col].dropna()
+        if len(known) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+            for v in known
+        ):
+            df[col] = df[col].astype("Int64")
     df["comparable"] = df["comparable"].astype("boolean")
     numeric = [*METRIC_KEYS, *PLAIN_KEYS, "val_nll_ci_low", "val_nll_ci_high", *PAPER_COLUMNS]
     for col in numeric:
@@ -510,15 +518,19 @@ def _caption(df: pd.DataFrame, reasons: list[list[str]]) -> list[str]:
     return paras
 
 
-def gap_closed(df: pd.DataFrame, metric: str = "fid") -> float | None:
+def gap_closed(df: pd.DataFrame, metric: str = "fid", bound: str | None = None) -> float | None:
     """How much of the gap from the untrained model (CEILING) to real held-out images
-    (FLOOR) the best row closes, in `metric`: (ceiling - best) / (ceiling - floor); None
+    (FLOOR) the best row closes, in `metric`: (ceiling - best) / (ceiling - floor); or, with
+    `bound` (a reference row's label, e.g. RECONSTRUCTED), how much that row closes. None
     unless all three are known and the ceiling is above the floor."""
     refs = reference_rows(df).set_index("label")[metric] if metric in df else pd.Series()
     best = best_index(df, metric)
     if best is None or FLOOR not in refs or CEILING not in refs:
         return None
-    floor, ceiling, value = refs[FLOOR], refs[CEILING], df.at[best, metric]
+    if bound is not None and bound not in refs:
+        return None
+    floor, ceiling = refs[FLOOR], refs[CEILING]
+    value = refs[bound] if bound is not None else df.at[best, metric]
     if not (np.isfinite(floor) and np.isfinite(ceiling)) or ceiling <= floor:
         return None
     return float((ceiling - value) / (ceiling - floor))
@@ -531,7 +543,9 @@ def _reference_caption(df: pd.DataFrame) -> list[str]:
     text = (
         "Reference rows, scored exactly like the samples: "
         f"*{FLOOR}* (the floor: real images no model saw, as many as one evaluation's "
-        "samples, against the same reference) and "
+        "samples, against the same reference), "
+        f"*{RECONSTRUCTED}* (those images encoded and decoded by the tokenizer: the best a "
+        "generator in its token space can do) and "
         f"*{CEILING}* (the ceiling: samples from a model at its initial weights)."
     )
     closed = gap_closed(df)
@@ -539,7 +553,13 @@ def _reference_caption(df: pd.DataFrame) -> list[str]:
         best = best_index(df)
         text += (
             f" The best row, {_row_name(df, best)}, closes {100 * closed:.0f}% of the FID gap "
-            "from the ceiling to the floor."
+            "from the ceiling to the floor"
+        )
+        bound = gap_closed(df, bound=RECONSTRUCTED)
+        text += (
+            f"; the tokenizer's reconstructions close {100 * bound:.0f}%."
+            if bound is not None
+            else "."
         )
     return [text]
 

@@ -504,7 +504,7 @@ def _eval_row(reader: _Reader, row: RowStatus, ev_id: str) -> None:
         row.stage = "done"
         return
     chunks = ev_dir / "samples.npz.chunks"
-    if not (ev_dir / "samples.npz").exists():
+    if ev.kind != "real" and not reader.path(study.samples_of(ev_id)).exists():
         _stage_row(reader, row, "sampling", ev_dir, "samples_job.json", reader.log("sample", ev_id))
         chunk_size = study.config["sampling"]["chunk_size"]  # the schema filled the default
         total = math.ceil(ev.num_samples / max(1, chunk_size))
@@ -526,7 +526,8 @@ def _not_started(row: RowStatus, stage: str, started: bool, job: str) -> None:
 def row_status(reader: _Reader, label: str, run_id: str, ev_id: str | None) -> RowStatus:
     """The status of one line: training until its checkpoint exists, then its evaluation."""
     study = reader.study
-    if run_id not in study.runs:  # a released checkpoint ("official_<name>"): nothing to train
+    untrained = ev_id is not None and study.evaluations[ev_id].kind != "model"
+    if run_id not in study.runs or untrained:  # released, initial weights, real: no training
         row = RowStatus(label=label, run=run_id, evaluation=ev_id, stage="done")
         if ev_id is not None:
             _eval_row(reader, row, ev_id)
@@ -567,7 +568,7 @@ def _lines(study: Study) -> list[tuple[str, str, str | None]]:
     table's rows, then its curve points; last, trunks that no row trains to the end."""
     lines: list[tuple[str, str, str | None]] = []
     for table, rows in study.tables.items():
-        for row in rows:
+        for row in rows + study.references.get(table, []):
             lines.append((f"{table} {_short_label(row)}", row.run, row.evaluation))
         for ev_id in study.curve_evaluations.get(table, []):
             ev = study.evaluations[ev_id]

@@ -11,16 +11,19 @@ center crop (`rar tokenize --crop center`), whatever crop the training shards us
 - The demo: `rar make-demo-data`'s `val/` images (25 per class), which are also the demo's FID
   reference and which no run trains on.
 
-`validation_nll` is the one NLL of the pipeline (the training loss's formula, with dropout and
-label dropout off): rar.train logs it every `val_every` epochs; a table's `val_nll` column is
-the same function on the same split (`load_heldout(heldout_dir(cfg.data, cfg.val_data))`, in
-`heldout_orders("row-major", ...)`).
+`sequence_nll` is the one NLL of the pipeline (the training loss's formula, with dropout and
+label dropout off). rar.train logs its mean every `val_every` epochs in validation.csv, in the
+run's sampling order (`val_loss`) and in raster order (`val_nll`, comparable across runs). A
+table's `val_nll` column is `heldout_nll`: the same function on the same split for the
+evaluated checkpoint, in the order the row samples in (rar.evaluate `--heldout`), with an
+interval over sequences.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +45,13 @@ HELDOUT_CROP = "center"  # ADM's center crop, as the FID references
 # scale of the paper-study sweep (2 ... 12): a view of progress, not a tuned sample.
 GRID_CLASSES, GRID_PER_CLASS = 4, 4
 GRID_GUIDANCE_SCALE, GRID_GUIDANCE_SCHEDULE = 4.0, "linear"
+# A table's val_nll (`heldout_nll`): the fields it adds to metrics.json, and the seed of the
+# permutations of a row that samples in random order (the same for every row and run).
+NLL_KEYS = (
+    "val_nll", "val_nll_ci_low", "val_nll_ci_high", "val_nll_order", "val_nll_sequences",
+    "heldout",
+)  # fmt: skip
+HELDOUT_SEED = 0
 
 
 # ##########################################################################################
@@ -126,6 +136,31 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
+def sequence_nll(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    orders: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(M,) float64: each sequence's mean per-token NLL (nats), dropout off. Same arguments as
+    `validation_nll`; its mean is `validation_nll` (every sequence has N tokens)."""
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(tokens), batch_size):
+            x = tokens[i : i + batch_size].to(device)  # (b, N)
+            y, o = labels[i : i + batch_size].to(device), orders[i : i + batch_size].to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x, y, o)  # (b, N, codebook)
+            targets = shuffle(x, o)  # logits[:, k] predicts the k-th token visited
+            nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+            out.append(nll.double().mean(1).cpu())  # (b,)
+    return torch.cat(out)
+
+
 def nll_sum(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -137,19 +172,9 @@ def nll_sum(
 ) -> tuple[float, int]:
     """Summed per-token NLL (nats) and the number of tokens: `validation_nll`'s parts, for
     callers that add them up over processes. Same arguments as `validation_nll`."""
-    device = next(model.parameters()).device
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    with eval_mode(model):
-        for i in range(0, len(tokens), batch_size):
-            x = tokens[i : i + batch_size].to(device)  # (b, N)
-            y, o = labels[i : i + batch_size].to(device), orders[i : i + batch_size].to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(x, y, o)  # (b, N, codebook)
-            targets = shuffle(x, o)  # logits[:, k] predicts the k-th token visited
-            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-            total += nll.double()
-            count += targets.numel()
-    return float(total), count
+    per_sequence = sequence_nll(model, tokens, labels, orders, batch_size=batch_size, amp=amp)
+    n = tokens.shape[1]
+    return float(per_sequence.sum() * n), per_sequence.numel() * n
 
 
 def validation_nll(
@@ -226,3 +251,42 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+# ##########################################################################################
+# A table's val_nll: a checkpoint's held-out NLL in the order it samples in
+# ##########################################################################################
+
+
+def heldout_nll(
+    model: nn.Module,
+    heldout: HeldOut,
+    order: str,
+    *,
+    seed: int,
+    batch_size: int = 256,
+) -> dict:
+    """The tables' `val_nll`: the held-out NLL per token of `model` visiting each sequence in
+    `order` (a scan order, or "random": one permutation per sequence from `seed`, as
+    `heldout_orders`), with a 95% interval over sequences (mean +- 1.96 standard errors of
+    the per-sequence means; sequences are the independent units, tokens are not).
+
+    Returns {val_nll, val_nll_ci_low, val_nll_ci_high, val_nll_order, val_nll_sequences,
+    heldout} for metrics.json."""
+    n, m = heldout.tokens.shape[1], len(heldout.tokens)
+    grid = math.isqrt(n)
+    orders = heldout_orders(order, m, grid, seed=seed)
+    per_sequence = sequence_nll(
+        model, heldout.tokens, heldout.labels, orders, batch_size=batch_size
+    )
+    mean = float(per_sequence.mean())
+    se = float(per_sequence.std(unbiased=True)) / math.sqrt(m) if m > 1 else float("nan")
+    half = 1.96 * se if math.isfinite(se) else None
+    return {
+        "val_nll": mean,
+        "val_nll_ci_low": mean - half if half is not None else None,
+        "val_nll_ci_high": mean + half if half is not None else None,
+        "val_nll_order": order,
+        "val_nll_sequences": m,
+        "heldout": heldout.directory,
+    }

@@ -43,3 +43,28 @@ def official_shapes():
     if not path.exists():
         pytest.skip(f"{path} not found (the shared/ folder is absent)")
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def heldout_shards(tmp_path) -> tuple[Path, Path]:
+    """A held-out token split as the workflow makes it: the val/ images of a 2-class demo set
+    (3 each, 64 px) tokenized with a random tiny MaskGIT-VQGAN (16 tokens, 64 codes) into
+    `<tmp>/data/val`. Returns (the image set, the shard folder)."""
+    import torch
+
+    from rar.data.tokenize import tokenize_images
+    from rar.demo_data import make_demo_dataset
+    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+    images = make_demo_dataset(
+        tmp_path / "images", num_classes=2, images_per_class=2, val_per_class=3, image_size=64
+    )
+    torch.manual_seed(0)
+    vq = MaskGITVQGAN(
+        MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
+    ).eval()
+    tokenize_images(
+        images / "val", tmp_path / "data/val", tokenizer=vq, crop="center", images_per_part=4,
+        num_workers=0, progress=False,
+    )  # fmt: skip
+    return images, tmp_path / "data/val"

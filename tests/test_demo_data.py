@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -119,3 +120,22 @@ def test_demo_set_tokenizes_and_streams(demo, tmp_path):
     assert len(keys) == len(set(keys)) == 18
     tokens, labels, _ = next(iter(ds))
     assert tokens.shape == (5, 16) and labels.dtype == torch.int64
+
+
+def test_crop_scale_bounds_the_crops_and_is_part_of_the_set(demo, tmp_path):
+    """crop_scale (min, max) of the short side: a whole-photo crop is the photo itself, and a
+    set made with another range is another set (never mistaken for the default one)."""
+    whole = make_demo_dataset(tmp_path / "whole", **SMALL, crop_scale=(1.0, 1.0))
+    params = json.loads((whole / "dataset.json").read_text())["params"]
+    assert params["crop_scale"] == [1.0, 1.0]
+    assert "crop_scale" not in json.loads((demo / "dataset.json").read_text())["params"]
+    # every crop of the full short side of a square-ish photo: the same picture, maybe mirrored
+    a, b = (
+        np.asarray(Image.open(whole / "train/chelsea" / f"{i}.png"), dtype=float) for i in (0, 1)
+    )
+    diff = min(np.abs(a - b).mean(), np.abs(a[:, ::-1] - b).mean())
+    assert diff < 40  # positions differ along the long side only
+    with pytest.raises(FileExistsError, match="other parameters"):
+        make_demo_dataset(demo, **SMALL, crop_scale=(0.5, 1.0))
+    with pytest.raises(ValueError, match="crop_scale"):
+        make_demo_dataset(tmp_path / "bad", **SMALL, crop_scale=(0.9, 0.5))

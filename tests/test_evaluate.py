@@ -261,9 +261,11 @@ def test_reference_cache_follows_the_content_not_the_name(tmp_path):
     assert changed["reference_sha256"] != first["reference_sha256"]
     assert changed["fid_efficientnet_lite0"] != first["fid_efficientnet_lite0"]
     cached = sorted(p.name for p in (tmp_path / "cache").glob("*.npz"))
-    weights = first["extractor_weights_sha256"]
+    # keyed by the weights and the input size the demo extractor resizes to
+    features = f"{first['extractor_weights_sha256']}-{first['extractor_input_size']}px"
+    assert first["extractor_input_size"] == ev.EXTRACTORS["efficientnet-lite0"].input_size
     assert cached == sorted(
-        f"{h}-{weights}.npz" for h in (first["reference_sha256"], changed["reference_sha256"])
+        f"{h}-{features}.npz" for h in (first["reference_sha256"], changed["reference_sha256"])
     )
 
 
@@ -486,3 +488,35 @@ def test_cli_evaluate_scores_pairs_in_one_job(tmp_path, colour_sets):
     odd = ["evaluate", "--samples", str(a), "--samples", str(b), "--out", str(tmp_path / "x.json")]
     assert main([*odd, *common]) == 2  # pairs only: one line naming the problem
     assert not (tmp_path / "x.json").exists()
+
+
+def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path, heldout_shards):
+    """`--heldout`: metrics.json's val_nll is rar.validate.heldout_nll of the checkpoint that
+    samples.json names, in the order it records; real images (no checkpoint) get null."""
+    from rar.config import TrainConfig
+    from rar.reference_rows import write_untrained_checkpoint
+    from rar.sample import load_generator
+    from rar.validate import HELDOUT_SEED, heldout_nll, load_heldout
+
+    images, shards = heldout_shards
+    cfg = TrainConfig(
+        model="rar_tiny", architecture="plain", codebook_size=64, num_classes=2, num_tokens=16,
+        source_images=4, epochs=1, global_batch=2, anneal_start=0, anneal_end=1, seed=3,
+    )  # fmt: skip
+    checkpoint = write_untrained_checkpoint(cfg, tmp_path / "init.pt")
+    samples = _npz(tmp_path / "samples.npz", _images(6, n=6))
+    info = {"checkpoint": str(checkpoint), "sampling": {"order": "spiral-out"}}
+    (tmp_path / "samples.json").write_text(json.dumps(info))
+    kw = dict(
+        extractor="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu",
+        batch_size=10, verbose=False, heldout=shards,
+    )  # fmt: skip
+    record = evaluate(samples, images / "val", out=tmp_path / "metrics.json", **kw)
+
+    model, _ = load_generator(checkpoint)
+    want = heldout_nll(model, load_heldout(shards), "spiral-out", seed=HELDOUT_SEED)
+    assert record["val_nll"] == pytest.approx(want["val_nll"], rel=1e-9)
+    assert (record["val_nll_order"], record["val_nll_sequences"]) == ("spiral-out", 6)
+    assert record["val_nll_ci_low"] < record["val_nll"] < record["val_nll_ci_high"]
+    real = evaluate(images / "train", images / "val", **kw)  # the floor row: real images
+    assert real["val_nll"] is None and real["val_nll_order"] is None

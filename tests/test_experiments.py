@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rar.experiments import StudyError, estimate, format_plan, load_study, plan_dict, run_id
+from rar.experiments import (
+    CEILING,
+    FLOOR,
+    RECONSTRUCTED,
+    StudyError,
+    estimate,
+    format_plan,
+    load_study,
+    plan_dict,
+    run_id,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -298,3 +308,41 @@ def test_settings_outside_the_identity_may_change_in_flight(paper):
     assert {"checkpoint_epochs", "compile"} <= OUTSIDE_IDENTITY
     with pytest.raises(ValueError, match="test: seed would make it another run"):
         run.config.with_settings({"seed": 1}, source="test")
+
+
+def test_reference_rows_follow_each_table_and_train_nothing():
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    study = load_study(demo)
+    assert demo["evaluation"]["reference_rows"]
+    for table in study.tables:
+        rows = study.report_rows(table)
+        assert [r["label"] for r in rows[-3:]] == [FLOOR, RECONSTRUCTED, CEILING]
+        assert [r["kind"] for r in rows] == ["row"] * len(study.tables[table]) + ["reference"] * 3
+        assert len(study.metrics_files(table)) == len(rows)
+        floor, tokens, ceiling = (study.evaluations[r["evaluation"]] for r in rows[-3:])
+        # the floor scores real images the models never saw; no run, no sampling
+        assert (floor.kind, floor.run, floor.images) == ("real", "", "results/demo/images/test")
+        assert study.samples_of(floor.id) == floor.images
+        # the same images through the tokenizer and back
+        assert (tokens.kind, tokens.images) == ("reconstructed", floor.images)
+        assert study.samples_of(tokens.id) == f"results/demo/reconstructions/{tokens.id}.npz"
+        # the ceiling samples the initial weights of the table's first run (of any run that
+        # starts from the same weights: Tables 2 and 3 share one), one scale, no sweep
+        first = study.tables[table][0]
+        assert (ceiling.kind, ceiling.sweep) == ("untrained", None)
+        trunk = study.runs[first.run].config.trunk_key()
+        assert study.runs[ceiling.run].config.trunk_key() == trunk
+        assert ceiling.checkpoint == study.untrained_checkpoint(ceiling.run)
+        assert ceiling.sampling["guidance_scale"] == min(
+            study.evaluations[first.evaluation].sampling["guidance_scales"]
+        )
+    # nothing new to train; the paper's study has no reference rows unless it asks
+    without = load_study({**demo, "evaluation": {**demo["evaluation"], "reference_rows": False}})
+    assert without.runs.keys() == study.runs.keys() and not without.references
+
+
+def test_the_floor_needs_as_many_real_images_as_a_rows_samples():
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    demo["data"]["demo"]["test_per_class"] = 5
+    with pytest.raises(StudyError, match=r"data.demo.test_per_class: 5.*set test_per_class: 20"):
+        load_study(demo)

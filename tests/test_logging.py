@@ -32,9 +32,11 @@ from rar.train import (
 from rar.validate import (
     HeldOut,
     grid_classes,
+    heldout_nll,
     heldout_orders,
     load_heldout,
     sample_grid,
+    sequence_nll,
     validation_nll,
 )
 
@@ -155,6 +157,24 @@ def test_validation_nll_is_the_training_loss_with_dropout_off():
     assert noisy.item() != pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_a_tables_val_nll_is_the_validation_nll_with_an_interval_over_sequences():
+    torch.manual_seed(0)
+    model = model_from_config(tiny_run(architecture="plain"))
+    heldout = tiny_heldout()
+    for order in ("spiral-in", "random"):
+        orders = heldout_orders(order, len(heldout.tokens), 4, seed=7)
+        record = heldout_nll(model, heldout, order, seed=7)
+        mean = validation_nll(model, heldout.tokens, heldout.labels, orders)
+        assert record["val_nll"] == pytest.approx(mean, rel=1e-9)
+        per_sequence = sequence_nll(model, heldout.tokens, heldout.labels, orders)
+        half = 1.96 * per_sequence.std().item() / len(per_sequence) ** 0.5
+        assert record["val_nll_ci_high"] - record["val_nll"] == pytest.approx(half, rel=1e-9)
+        assert record["val_nll_ci_low"] < record["val_nll"] < record["val_nll_ci_high"]
+        assert (record["val_nll_order"], record["val_nll_sequences"]) == (order, 24)
+    # an untrained model knows nothing: about ln(codebook) nats a token
+    assert record["val_nll"] == pytest.approx(np.log(16), rel=0.1)
+
+
 def test_heldout_orders_are_fixed_per_seed():
     raster = heldout_orders("row-major", 3, 4, seed=0)
     assert torch.equal(raster, torch.arange(16).expand(3, 16))
@@ -210,27 +230,14 @@ def test_no_heldout_tokens_turns_validation_off_once(tmp_path, capsys):
     assert not (tmp_path / "validation.csv").exists()
 
 
-def test_heldout_shards_load_in_manifest_order(tmp_path):
+def test_heldout_shards_load_in_manifest_order(heldout_shards):
     from rar.data.shards import load_manifest
-    from rar.data.tokenize import tokenize_images
-    from rar.demo_data import make_demo_dataset
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
-    images = make_demo_dataset(
-        tmp_path / "images", num_classes=2, images_per_class=2, val_per_class=3, image_size=64
-    )
-    torch.manual_seed(0)
-    vq = MaskGITVQGAN(
-        MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
-    ).eval()
-    tokenize_images(
-        images / "val", tmp_path / "data/val", tokenizer=vq, crop="center", images_per_part=4,
-        num_workers=0, progress=False,
-    )  # fmt: skip
-    heldout = load_heldout(tmp_path / "data/val")
+    _, shards = heldout_shards
+    heldout = load_heldout(shards)
     assert heldout.tokens.shape == (6, 16) and heldout.tokens.dtype == torch.int64
     assert sorted(heldout.labels.tolist()) == [0, 0, 0, 1, 1, 1]
-    assert heldout.classes == tuple(load_manifest(tmp_path / "data/val")["classes"])
+    assert heldout.classes == tuple(load_manifest(shards)["classes"])
 
 
 # -- sample grids ---------------------------------------------------------------------------

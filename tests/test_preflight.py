@@ -36,6 +36,7 @@ def toy_study(study: str = "pf") -> dict:
     config["train"].update(epochs=2, global_batch=16, warmup_epochs=0.5, anneal_start=1)
     config["train"].update(anneal_end=2)
     config["sampling"].update(num_per_class=4, sweep_per_class=2, chunk_size=8)
+    config["data"]["demo"]["test_per_class"] = 4  # the floor row: as many as a row's samples
     config["tables"] = {
         "table2": {
             "base": {"architecture": "plain", "sampling": {"guidance_schedule": "linear",

@@ -471,7 +471,8 @@ def anneal_table(tmp_path: Path, fids: dict, nll: dict | None = None, half: floa
             r["val_nll"].write_text(json.dumps({"val_nll": value, "val_nll_se": se}))
         rows.append(r)
         paths.append(p)
-    for label, fid in ((report.FLOOR, 20.0), (report.CEILING, 220.0)):
+    refs = ((report.FLOOR, 20.0), (report.RECONSTRUCTED, 40.0), (report.CEILING, 220.0))
+    for label, fid in refs:
         r = {**row(label, {}), "kind": "reference", "run": None}
         rows.append(r)
         paths.append(write_scored(tmp_path / "refs" / label / "metrics.json", fid, 1.0))
@@ -507,13 +508,16 @@ def test_intervals_mark_rows_beyond_the_best(tmp_path):
 
 def test_reference_rows_close_the_table_and_measure_the_gap(tmp_path):
     df, text = anneal_table(tmp_path, GRID)
-    assert df["kind"].tolist()[-2:] == ["reference", "reference"]
-    assert df["label"].tolist()[-2:] == [report.FLOOR, report.CEILING]
+    assert df["kind"].tolist()[-3:] == ["reference"] * 3
+    assert df["label"].tolist()[-3:] == [report.FLOOR, report.RECONSTRUCTED, report.CEILING]
     assert report.gap_closed(df) == pytest.approx((220 - 60) / (220 - 20))
+    bound = report.gap_closed(df, bound=report.RECONSTRUCTED)
+    assert bound == pytest.approx((220 - 40) / (220 - 20))
     table = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    assert table[-2].startswith(f"| *{report.FLOOR}* |")
+    assert table[-3].startswith(f"| *{report.FLOOR}* |")
     assert table[-1].startswith(f"| *{report.CEILING}* |")
     assert "closes 80% of the FID gap" in text
+    assert "the tokenizer's reconstructions close 90%" in text
     # Reference rows are never the best row, and never drawn in the annealing grid.
     assert report.best_index(df) == df.index[df["label"] == "2-3"][0]
     values, _ = anneal_grid(df, "fid")

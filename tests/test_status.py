@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rar.experiments import estimate, load_study
+from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
 from rar.launch import LauncherConfig, LaunchError, launch
 from rar.status import (
     FAILURE_FILE,
@@ -149,8 +149,12 @@ def fake_slurm(folder: Path, monkeypatch, sacct: str = "", squeue: str = "") -> 
     return calls
 
 
+REFERENCES = (FLOOR, RECONSTRUCTED, CEILING)
+
+
 def by_run(status: Status) -> dict:
-    return {row.run: row for row in status.rows}
+    """The table rows' lines by run (a CEILING line names the run whose config it samples)."""
+    return {row.run: row for row in status.rows if not row.label.endswith(REFERENCES)}
 
 
 def test_each_state_of_a_partly_finished_grid(grid, no_slurm):
@@ -158,8 +162,17 @@ def test_each_state_of_a_partly_finished_grid(grid, no_slurm):
     status = collect(study, root=root)
     rows = by_run(status)
     assert [r.label for r in status.rows] == [
-        "table2 (0, 1)", "table2 (0, 2)", "table2 (2, 3)", "table2 (4, 4)", "table3 z-curve",
+        "table2 (0, 1)", "table2 (0, 2)", "table2 (2, 3)", "table2 (4, 4)",
+        "table2 real held-out images", "table2 tokenizer reconstructions",
+        "table2 untrained model", "table3 z-curve", "table3 real held-out images",
+        "table3 tokenizer reconstructions", "table3 untrained model",
     ]  # fmt: skip
+    # the reference rows train nothing: the floor waits on its evaluation (real images need
+    # no sampling), the ceiling on sampling its initial weights, whatever its run's state
+    floor, ceiling = status.rows[4], status.rows[6]
+    assert (floor.stage, floor.waits_on) == ("waiting", "an evaluation job")
+    assert (ceiling.stage, ceiling.waits_on) == ("waiting", "a sampling job")
+    assert ceiling.run == runs["done"]  # the table's first row's config, its initial weights
     assert rows[runs["done"]].stage == "done"
     assert rows[runs["done"]].epoch == 4.0
 
@@ -181,7 +194,9 @@ def test_each_state_of_a_partly_finished_grid(grid, no_slurm):
     assert failed.log_tail[-1] == "FloatingPointError: non-finite loss"
 
     assert (status.runs_done, status.runs_total) == (1, 5)
-    assert (status.evaluations_done, status.evaluations_total) == (1, 5)
+    # the two tables share one floor and its reconstructions; their ceilings sample in their
+    # first rows' orders
+    assert (status.evaluations_done, status.evaluations_total) == (1, 9)
     text = format_status(status)
     assert "failed: 1" in text and "non-finite loss at step 12" in text
     assert "rows: table2 (anneal_start, anneal_end); table3 (target_order)" in text
@@ -264,7 +279,7 @@ def test_json_round_trip(grid, no_slurm, capsys):
     data = json.loads(capsys.readouterr().out)
     again = Status.from_dict(data)
     assert again.to_dict() == data
-    assert {r.run: r.stage for r in again.rows}[runs["failed"]] == "failed"
+    assert by_run(again)[runs["failed"]].stage == "failed"
     assert again.slurm is False
 
 

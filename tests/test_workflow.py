@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rar.experiments import load_study
+from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,9 @@ def mini_demo(study: str) -> dict:
     """config/demo.yaml shrunk: 4 classes of 40 images, 2 epochs, 3 + 2 table rows."""
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     config["study"] = study
-    config["data"]["demo"].update(num_classes=4, images_per_class=40, val_per_class=8)
+    config["data"]["demo"].update(
+        num_classes=4, images_per_class=40, val_per_class=8, test_per_class=4
+    )
     config["data"].update(num_classes=4, source_images=160, images_per_part=80)
     config["tokenizer"]["train"].update(steps=20, batch_size=16)
     config["train"].update(epochs=2, global_batch=16, warmup_epochs=0.5, anneal_start=1)
@@ -136,7 +138,17 @@ def test_demo_dag_end_to_end(tmp_path):
     snakemake(*args, "--cores", "2", "--config", "launcher=local", timeout=1500)
     out = tmp_path / "results/mini"
     with open(out / "table2.csv") as f:
-        rows = list(csv.DictReader(f))
+        everything = list(csv.DictReader(f))
+    rows = [r for r in everything if r["kind"] == "row"]
+    # the reference rows close the table, scored like the rows: floor, tokenizer, ceiling
+    refs = {r["label"]: r for r in everything if r["kind"] == "reference"}
+    assert list(refs) == [FLOOR, RECONSTRUCTED, CEILING]
+    assert all(r["status"].startswith("ok") for r in refs.values())
+    assert float(refs[FLOOR]["class_accuracy"]) >= 0.5  # real images: the probe knows them
+    assert refs[FLOOR]["val_nll"] == "" and float(refs[CEILING]["val_nll"]) > 0
+    # every row: its class accuracy, and its held-out NLL with an interval
+    assert all(0 <= float(r["class_accuracy"]) <= 1 for r in rows)
+    assert all(float(r["val_nll_ci_low"]) < float(r["val_nll"]) for r in rows)
     assert [(r["anneal_start"], r["anneal_end"]) for r in rows] == [
         ("0", "0"),
         ("1", "2"),
@@ -209,7 +221,10 @@ def test_demo_dag_end_to_end(tmp_path):
     redo = snakemake(*args, "--cores", "2", "-n", "--quiet", "rules", "--forcerun", "sample")
     jobs = job_counts(redo.stdout)
     assert "train" not in jobs and "sweep_guidance" not in jobs
-    assert jobs["sample"] == jobs["evaluate"] == len(load_study(mini_demo("mini")).evaluations)
+    # (the reference rows of real images and their reconstructions sample nothing)
+    evaluations = load_study(mini_demo("mini")).evaluations.values()
+    sampled = sum(e.kind in ("model", "untrained") for e in evaluations)
+    assert jobs["sample"] == jobs["evaluate"] == sampled == len(evaluations) - 2
 
 
 def _slurm_running() -> bool:
@@ -244,7 +259,8 @@ def test_demo_dag_through_the_slurm_launcher(tmp_path):
         timeout=1500,
     )  # fmt: skip
     with open(tmp_path / "results/slurm/table2.csv") as f:
-        assert all(r["status"].startswith("ok") for r in csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 + 3 and all(r["status"].startswith("ok") for r in rows)
     records = list((tmp_path / "results/slurm/runs").glob("*/job.json"))
     assert records and all(json.loads(r.read_text())["backend"] == "slurm" for r in records)
 

@@ -43,12 +43,12 @@ def one_of(names):
 
 
 def is_demo():
-    return "demo" in C["data"]
+    return study.is_demo()
 
 
 def image_dir():
     """Where the training images are: the demo makes its own, the paper's are linked."""
-    return f"{P}/images/train" if is_demo() else C["data"]["images"]
+    return study.image_dir("train")
 
 
 def image_marker():
@@ -71,11 +71,7 @@ def manifest_of_run(wildcards):
 
 
 def heldout_image_dir():
-    """The held-out images (README "Watching a grid"): the demo's val/, or ImageNet's
-    validation split in the class-folder layout beside the train split."""
-    if is_demo():
-        return f"{P}/images/val"
-    return os.path.join(os.path.dirname(os.path.normpath(C["data"]["images"])), "val")
+    return study.image_dir("heldout")
 
 
 def heldout_of_run(wildcards):
@@ -149,6 +145,11 @@ def trained_checkpoint(wildcards):
     return _checkpoint_of(ev.run, None, ev.checkpoint)
 
 
+def untrained_run_config(wildcards):
+    """The config of the run whose initial weights a CEILING row samples."""
+    return f"{study.run_dir(wildcards.run)}/config.yaml"
+
+
 def sample_checkpoint(wildcards):
     ev = evaluation(wildcards)
     return _checkpoint_of(ev.run, None if ev.final else ev.epoch, ev.checkpoint)
@@ -210,6 +211,37 @@ def sweep_args(wildcards):
         "--extractor", s.metrics["extractor"],
         *_extractor_flags("--weights"),
     ]  # fmt: skip
+
+
+def evaluation_samples(wildcards):
+    return study.samples_of(wildcards.evaluation)
+
+
+def evaluation_input(wildcards):
+    """The file whose existence means the samples are there (a folder's: its marker)."""
+    if evaluation(wildcards).kind == "real":
+        return image_marker()
+    return study.samples_of(wildcards.evaluation)
+
+
+def reconstruction_images(wildcards):
+    return evaluation(wildcards).images
+
+
+def evaluation_heldout(wildcards):
+    """The held-out tokens of an evaluation's val_nll: its run's data set's val/ split ([]
+    for real images, a released checkpoint, or `evaluation.val_nll: false`)."""
+    ev = evaluation(wildcards)
+    if not C["evaluation"]["val_nll"] or ev.run not in study.runs:
+        return []
+    return f"{study.data_dir(study.dataset_of(ev.run))}/val/manifest.json"
+
+
+def evaluate_args(wildcards, input):
+    args = ["--heldout", os.path.dirname(input.heldout)] if input.heldout else []
+    if C["evaluation"]["class_probe"]:
+        args += ["--probe-images", image_dir()]
+    return args
 
 
 def reference_param(wildcards, input):

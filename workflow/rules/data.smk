@@ -19,6 +19,8 @@ rule demo_images:
         "--num-classes {params.demo[num_classes]:q} "
         "--images-per-class {params.demo[images_per_class]:q} "
         "--val-per-class {params.demo[val_per_class]:q} "
+        "--test-per-class {params.demo[test_per_class]:q} "
+        "--crop-scale {params.demo[crop_scale]:q} "
         "--image-size {params.demo[image_size]:q} --seed {params.demo[seed]:q} > {log:q} 2>&1"
 
 

@@ -1,17 +1,22 @@
-# Evaluation: samples -> FID, IS, precision, recall with torch-fidelity (metrics.json).
+# Evaluation: samples (or the FLOOR row's real images) -> FID with its interval, IS, precision,
+# recall (torch-fidelity), class_accuracy and val_nll (metrics.json).
 
 
 rule evaluate:
     input:
-        samples=rules.sample.output.samples,
+        samples=evaluation_input,
         reference=reference_input(),
+        heldout=evaluation_heldout,  # val_nll's held-out tokens
+        probe=image_marker() if C["evaluation"]["class_probe"] else [],
     output:
         metrics=f"{P}/evals/{{evaluation}}/metrics.json",
     params:
+        samples=evaluation_samples,
         extractor=C["evaluation"]["extractor"],
         reference=reference_param,
         weights=_extractor_flags("--weights"),
         cache=f"{P}/cache/features",
+        args=evaluate_args,
     log:
         f"logs/{study.name}/evaluate/{{evaluation}}.log",
     benchmark:
@@ -24,6 +29,7 @@ rule evaluate:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar evaluate --samples {input.samples:q} "
+        "OMP_NUM_THREADS={threads} rar evaluate --samples {params.samples:q} "
         "--reference {params.reference:q} --extractor {params.extractor:q} {params.weights:q} "
-        "--cache-dir {params.cache:q} --out {output.metrics:q} {resources.launcher} > {log:q} 2>&1"
+        "--cache-dir {params.cache:q} --out {output.metrics:q} {params.args:q} "
+        "{resources.launcher} > {log:q} 2>&1"

@@ -57,3 +57,21 @@ rule sample:
         "OMP_NUM_THREADS={threads} rar sample --checkpoint {params.checkpoint:q} "
         "--tokenizer {input.tokenizer:q} --out {output.samples:q} {params.args:q} "
         "{resources.launcher} > {log:q} 2>&1"
+
+
+# The `tokenizer reconstructions` reference row: the floor's real images encoded and decoded.
+rule reconstruct:
+    input:
+        images=image_marker(),
+        tokenizer=tokenizer_file(),
+    output:
+        samples=f"{P}/reconstructions/{{evaluation}}.npz",
+    params:
+        images=reconstruction_images,
+    log:
+        f"logs/{study.name}/reconstruct/{{evaluation}}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} rar reconstruct --images {params.images:q} "
+        "--tokenizer {input.tokenizer:q} --out {output.samples:q} > {log:q} 2>&1"

@@ -17,6 +17,21 @@ rule run_config:
         "../scripts/write_run_config.py"
 
 
+# The CEILING row's checkpoint: a run's initial weights (rar.reference_rows), never trained.
+rule untrained_checkpoint:
+    input:
+        config=untrained_run_config,
+    output:
+        checkpoint=f"{P}/untrained/{{run}}.pt",
+    log:
+        f"logs/{study.name}/untrained/{{run}}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "OMP_NUM_THREADS={threads} rar init-checkpoint --config {input.config:q} "
+        "--out {output.checkpoint:q} > {log:q} 2>&1"
+
+
 rule train:
     input:
         config=rules.run_config.output.config,
