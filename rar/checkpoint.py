@@ -17,12 +17,21 @@ the file that must not be loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from rar.model import RAR, RAR_CONFIGS, RARConfig, config_from_state_dict, rar_from_state_dict
+
+# Our training checkpoints (rar.train.save_checkpoint): a dict with this "format", the
+# model and optimizer states, step, epoch and the run config.
+CHECKPOINT_FORMAT = "rar-train/1"
 
 
 class CheckpointError(ValueError):
@@ -95,3 +104,62 @@ def _detail(err: Exception) -> str:
     if isinstance(err, OSError) and err.strerror:
         text = f"read error: {err.strerror}"
     return f"{type(err).__name__}: {text}"
+
+
+# ##########################################################################################
+# Generators: our training checkpoints and the released RAR files, one loader
+# ##########################################################################################
+
+
+def load_official_rar(path: str | Path, **config_overrides) -> RAR:
+    """Load a released RAR checkpoint (`rar_b.bin` ... `rar_xxl.bin`, a plain state dict),
+    inferring the architecture from its shapes. Returns the model in eval mode, on the CPU.
+
+    `config_overrides` set the fields the weights do not determine (dropout rates).
+    """
+    state_dict = load_file(path, what="an official RAR state dict (rar_{b,l,xl,xxl}.bin)")
+    try:
+        config = replace(config_from_state_dict(state_dict), **config_overrides)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path}: {err}") from err
+    return rar_from_state_dict(state_dict, config, source=str(path))
+
+
+def load_generator(path: str | os.PathLike) -> tuple[RAR, dict]:
+    """Load a RAR model from our training checkpoint (`rar-train/1`: `model`, `model_config`)
+    or from an official release file (`rar_b.bin` ... `rar_xxl.bin`, a plain state dict).
+
+    Returns (model in eval mode on the CPU, description) where the description holds `kind`
+    ("rar-train/1" or "official"), `model_size` (a name of RAR_CONFIGS or None), `step`/`epoch`
+    for our checkpoints, and the `model_config`.
+    """
+    obj = load_file(
+        path, what="a RAR generator: a rar-train/1 checkpoint or an official RAR state dict"
+    )
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        config = RARConfig(**obj["model_config"])
+        state_dict = obj["model"]
+        desc = {
+            "kind": CHECKPOINT_FORMAT,
+            "model_size": obj.get("config", {}).get("model"),
+            "step": obj.get("step"),
+            "epoch": obj.get("epoch"),
+        }
+    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
+        config, state_dict = None, obj
+        desc = {"kind": "official"}
+    else:
+        raise ValueError(f"{path}: neither a rar-train checkpoint nor an official RAR state dict")
+    # From the dict already in memory: a 6 GB XXL file is read once.
+    model = rar_from_state_dict(state_dict, config, source=str(path))
+    desc.setdefault("model_size", _size_name(model.config))
+    desc["model_config"] = dataclasses.asdict(model.config)
+    return model, desc
+
+
+def _size_name(config: RARConfig) -> str | None:
+    """The RAR_CONFIGS name whose width and depth `config` has, if any."""
+    for name, sizes in RAR_CONFIGS.items():
+        if all(getattr(config, k) == v for k, v in sizes.items()):
+            return name
+    return None

@@ -1358,7 +1358,7 @@ def error_message(err: BaseException) -> str:
     text = str(err).strip()
     launch_error = _loaded("rar.launch", "LaunchError")
     if launch_error is not None and isinstance(err, launch_error):
-        from rar.status import failure_reason  # torch-free
+        from rar.records import failure_reason  # torch-free
 
         head, _, rest = text.partition("\n")
         if rest:

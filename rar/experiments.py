@@ -335,6 +335,74 @@ class Study:
             for row in self.rows_with_references(table)
         ]
 
+    # -- what a table's report is made of (the report rules name these files) -------------
+
+    def plot_kind(self, table: str) -> dict:
+        """A heatmap for an annealing grid (both anneal keys vary), else bars by the first
+        key."""
+        keys = self.tables[table][0].keys
+        if {"anneal_start", "anneal_end"} <= set(keys):
+            return {"plot": "heatmap"}
+        return {"plot": "bars", "key": next(iter(keys))}
+
+    def training_logs(self, table: str) -> list[dict]:
+        """[{label, metrics_csv}] of the table's runs, each labelled by its first row."""
+        labels: dict[str, str] = {}
+        for row in self.tables[table]:
+            labels.setdefault(row.run, row.label)
+        return [
+            {"label": labels[run], "metrics_csv": f"{self.run_dir(run)}/metrics.csv"}
+            for run in self.table_runs(table)
+        ]
+
+    def grids(self, table: str) -> list[dict]:
+        """[{label, png}]: each row's sample grid."""
+        return [
+            {"label": row.label, "png": f"{self.eval_dir(row.evaluation)}/grid.png"}
+            for row in self.tables[table]
+        ]
+
+    def sweep_points(self, table: str) -> list[dict]:
+        """[{label, guidance}]: the guidance.json of each row chosen by a sweep."""
+        return [
+            {"label": row["label"], "guidance": row["sweep"]}
+            for row in self.report_rows(table)
+            if row["sweep"]
+        ]
+
+    def curve_points(self, table: str) -> list[dict]:
+        """FID-vs-epoch points of a table, [{label, epoch, metrics}]: its intermediate
+        evaluations, each curve ending with its run's final evaluation."""
+        label = {row.run: row.label for row in reversed(self.tables[table])}
+        evaluations = list(self.curve_evaluations[table])
+        curve_runs = {self.evaluations[e].run for e in evaluations}
+        evaluations += [row.evaluation for row in self.tables[table] if row.run in curve_runs]
+        return [
+            {
+                "label": label[self.evaluations[e].run],
+                "epoch": self.evaluations[e].epoch,
+                "metrics": f"{self.eval_dir(e)}/metrics.json",
+            }
+            for e in dict.fromkeys(evaluations)
+        ]
+
+    def outputs(self) -> list[str]:
+        """Every file the study makes by default: each table (CSV and Markdown) with its
+        plots, the scan-order figure, and Table 5 when the config asks for it."""
+        p = self.prefix
+        out = [f"{p}/plots/scan_orders.png"]
+        if self.config.get("throughput_table"):
+            out += [f"{p}/table5.csv", f"{p}/table5.md"]
+        for table in self.tables:
+            out += [f"{p}/{table}.csv", f"{p}/{table}.md"]
+            plots = ("fid", "loss", "samples") if self.table_runs(table) else ("fid", "samples")
+            out += [f"{p}/plots/{table}_{kind}.png" for kind in plots]
+            if self.curve_evaluations[table]:
+                out.append(f"{p}/plots/{table}_fid_vs_epoch.png")
+            if any(self.evaluations[row.evaluation].sweep for row in self.tables[table]):
+                out.append(f"{p}/plots/{table}_guidance.png")
+        return out
+
     def row_of(self, run: str) -> list[Row]:
         return [row for rows in self.tables.values() for row in rows if row.run == run]
 

@@ -24,7 +24,7 @@ import torch
 
 from rar import presets
 from rar.model import PREFIX, RAR
-from rar.orders import scan_order
+from rar.orders import scan_order, unshuffle
 from rar.presets import GUIDANCE_SCHEDULES
 
 # ##########################################################################################
@@ -283,4 +283,4 @@ def generate(
                 model, fed, labels, orders_in[:, t], orders_in[:, t + 1], input_pos, cache
             )
     model.train(was_training)
-    return torch.empty_like(out).scatter_(1, orders, out)  # visiting order -> raster layout
+    return unshuffle(out, orders)  # visiting order -> raster layout

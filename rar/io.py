@@ -1,21 +1,34 @@
-"""Atomic file writes: a file is either its old self or complete, never half written.
+"""File writing and formats: atomic writes, JSON, and the `.npz` of samples. Torch-free.
+
+Atomic: a file is either its old self or complete, never half written.
 
 Every stage writes through these (DESIGN.md "Files"): write to a temporary name in the same
 folder, flush and fsync, `os.replace` onto the final name, then fsync the folder so the rename
 itself survives a crash. A job killed at any moment leaves at most a hidden `.name.*.tmp` file,
-never a file that looks finished to a rerun or to Snakemake. Torch-free.
+never a file that looks finished to a rerun or to Snakemake.
+
+JSON: `write_json` (readable, keys in the writer's order: metrics.json, samples.json) and
+`atomic_write_json` (canonical, sorted keys: files whose bytes are compared or hashed).
+`.npz`: `write_npz` (byte-deterministic, streamed) and `open_npz_array` (memory-mapped).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import math
 import os
+import struct
 import uuid
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -66,3 +79,105 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Canonical JSON (sorted keys, 1-space indent, trailing newline), so equal content always
     gives equal bytes."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON in its own key order, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# ##########################################################################################
+# .npz: byte-deterministic, streamed writes and memory-mapped reads
+# ##########################################################################################
+
+
+@dataclass(frozen=True)
+class StreamedArray:
+    """An array written piece by piece: `parts` yields C-ordered blocks along axis 0 whose
+    concatenation has `shape` and `dtype` (so 10 GB of samples never sit in memory)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    parts: Iterable[np.ndarray]
+
+
+# A fixed timestamp (the zip epoch) and fixed attributes make the archive's bytes depend only on
+# its content; np.savez stamps the current local time into each member.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    buf = io.BytesIO()
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(s) for s in shape),
+    }
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue()
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | StreamedArray]) -> None:
+    """Write an uncompressed `.npz` that `np.load` reads, byte-deterministic in its content.
+
+    Each value is an array or a `StreamedArray`; member `k` is `k.npy` in npy format 1.0, as
+    `np.savez` writes it. Atomic: temporary file in the same folder, fsync, rename.
+    """
+    with (
+        atomic_open(path) as f,
+        zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+    ):
+        for name, value in arrays.items():
+            if isinstance(value, StreamedArray):
+                shape, dtype, parts = value.shape, np.dtype(value.dtype), value.parts
+            else:
+                value = np.asarray(value)
+                shape, dtype, parts = value.shape, value.dtype, [value]
+            header = _npy_header(shape, dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3  # "Unix", whatever the writing platform
+            info.external_attr = 0o644 << 16
+            info.file_size = len(header) + nbytes
+            written = 0
+            with zf.open(info, "w", force_zip64=True) as member:
+                member.write(header)
+                for part in parts:
+                    part = np.ascontiguousarray(part, dtype=dtype)
+                    member.write(part.data.cast("B") if part.size else b"")
+                    written += part.nbytes
+            if written != nbytes:
+                raise ValueError(f"{name}: wrote {written} bytes, expected {nbytes}")
+
+
+def open_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
+    """Array `key` of an `.npz`, memory-mapped when the member is stored uncompressed (ours and
+    np.savez's are), so a 50,000-image file is read lazily; loaded into memory otherwise."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(f"{key}.npy")
+        except KeyError:
+            raise KeyError(f"{path}: no array {key!r} (has {sorted(zf.namelist())})") from None
+        stored = info.compress_type == zipfile.ZIP_STORED
+    if stored:
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)  # the local file header; name and extra field lengths at 26..30
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is not None:
+                shape, fortran, dtype = read_header(f)
+                if not dtype.hasobject:
+                    order = "F" if fortran else "C"
+                    return np.memmap(
+                        path, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
+                    )
+    with np.load(path) as npz:
+        return npz[key]

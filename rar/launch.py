@@ -44,18 +44,16 @@ from submitit.local.local import LocalJob
 
 from rar.config import dataclass_from_dict, dataclass_from_yaml
 from rar.io import atomic_write_text
-from rar.status import FAILURE_FILE, clear_failure, stdout_log, write_failure
+from rar.records import (
+    FAILURE_FILE,
+    LIVE_STATES,
+    UNKNOWN_GRACE_S,
+    clear_failure,
+    stdout_log,
+    write_failure,
+)
 
 BACKENDS = ("debug", "local", "slurm")
-# SLURM states of a job that can still produce a result (submitit's `InfoWatcher.is_done` list
-# plus the transient ones of `man squeue`); UNKNOWN is what sacct says before it knows the job.
-LIVE_STATES = frozenset(
-    {
-        "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
-        "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED",
-        "READY", "UNKNOWN",
-    }
-)  # fmt: skip
 # sbatch --mail-type events (`man sbatch`); REQUEUE is what a time limit or preemption
 # sends here, since a job requeues itself (TrainJob).
 MAIL_TYPES = frozenset(
@@ -64,8 +62,6 @@ MAIL_TYPES = frozenset(
         "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
     }
 )  # fmt: skip
-# How long a freshly submitted SLURM job may stay unknown to both sacct and squeue.
-UNKNOWN_GRACE_S = 120.0
 
 
 class LaunchError(RuntimeError):

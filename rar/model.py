@@ -7,8 +7,8 @@ probability r. Each position carries two positional embeddings: that of the toke
 so the model knows which token comes next under any permutation.
 
 The architecture and parameter names follow the official release (bytedance/1d-tokenizer,
-`modeling/rar.py` at 942a96f), so `load_official_rar` loads `rar_{b,l,xl,xxl}.bin` with
-`strict=True`. The facts that compatibility rests on:
+`modeling/rar.py` at 942a96f), so `rar.checkpoint.load_official_rar` loads
+`rar_{b,l,xl,xxl}.bin` with `strict=True`. The facts that compatibility rests on:
 
 - one embedding table of `codebook + 1 + classes + 1` rows: codes, an unused mask id, the
   classes at `codebook + 1 + label`, and the null class (classifier-free guidance) last;
@@ -43,8 +43,7 @@ Our choices, each the smallest change that removes adaLN and nothing else:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -412,22 +411,6 @@ def rar_from_state_dict(
         model = RAR(config)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()
-
-
-def load_official_rar(path: str | Path, **config_overrides) -> RAR:
-    """Load a released RAR checkpoint (`rar_b.bin` ... `rar_xxl.bin`, a plain state dict),
-    inferring the architecture from its shapes. Returns the model in eval mode, on the CPU.
-
-    `config_overrides` set the fields the weights do not determine (dropout rates).
-    """
-    from rar.checkpoint import load_file
-
-    state_dict = load_file(path, what="an official RAR state dict (rar_{b,l,xl,xxl}.bin)")
-    try:
-        config = replace(config_from_state_dict(state_dict), **config_overrides)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{path}: {err}") from err
-    return rar_from_state_dict(state_dict, config, source=str(path))
 
 
 def num_parameters(model: nn.Module) -> int:

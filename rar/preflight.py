@@ -443,8 +443,8 @@ def rehearse_training(spec: dict, workdir: str, *, should_stop: Callable[[], boo
 
     from rar.bench import machine_description
     from rar.config import TrainConfig
-    from rar.runtime import resolve_device
-    from rar.train import DistEnv, TensorBatchSource, load_checkpoint, train
+    from rar.runtime import DistEnv, resolve_device
+    from rar.train import TensorBatchSource, load_checkpoint, train
 
     cfg = TrainConfig.from_dict(spec["config"], source="preflight training config")
     env = DistEnv.from_environ()
@@ -540,10 +540,11 @@ def rehearse_sampling(
     import torch
 
     from rar.bench import machine_description
+    from rar.checkpoint import load_generator
     from rar.generate import generate
-    from rar.sample import load_generator, sample
+    from rar.runtime import DistEnv
+    from rar.sample import sample
     from rar.tokenizer import load_tokenizer
-    from rar.train import DistEnv
 
     info = sample(
         checkpoint, tokenizer, out, num_per_class=1, num_classes=num_classes,
@@ -696,7 +697,7 @@ class _Stages:
         try:
             out = fn()
         except Exception as err:  # a stage's failure is this stage's FAIL line
-            from rar.status import failure_reason
+            from rar.records import failure_reason
 
             log = getattr(err, "log", None)
             fix = f"read the job's log {log}" if log else "rerun with --debug for the traceback"

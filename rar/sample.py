@@ -35,22 +35,26 @@ import io
 import json
 import math
 import os
-import struct
 import sys
 import time
-import zipfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from rar import presets
+from rar.checkpoint import load_generator
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
-from rar.io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_file
-from rar.model import RAR, RAR_CONFIGS, RARConfig, rar_from_state_dict
+from rar.io import (
+    StreamedArray,
+    atomic_write_bytes,
+    open_npz_array,
+    sha256_file,
+    write_json,
+    write_npz,
+)
+from rar.model import RAR
 from rar.runtime import resolve_device
 
 # rar-samples/1: class-sorted labels; rar-samples/2: class-interleaved (the ADM layout above).
@@ -125,103 +129,6 @@ def chunk_generator(seed: int, index: int, device: torch.device | str) -> torch.
 # ##########################################################################################
 
 
-@dataclass(frozen=True)
-class StreamedArray:
-    """An array written piece by piece: `parts` yields C-ordered blocks along axis 0 whose
-    concatenation has `shape` and `dtype` (so 10 GB of samples never sit in memory)."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    parts: Iterable[np.ndarray]
-
-
-# A fixed timestamp (the zip epoch) and fixed attributes make the archive's bytes depend only on
-# its content; np.savez stamps the current local time into each member.
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    buf = io.BytesIO()
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": tuple(int(s) for s in shape),
-    }
-    np.lib.format.write_array_header_1_0(buf, header)
-    return buf.getvalue()
-
-
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | StreamedArray]) -> None:
-    """Write an uncompressed `.npz` that `np.load` reads, byte-deterministic in its content.
-
-    Each value is an array or a `StreamedArray`; member `k` is `k.npy` in npy format 1.0, as
-    `np.savez` writes it. Atomic: temporary file in the same folder, fsync, rename.
-    """
-    with (
-        atomic_open(path) as f,
-        zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
-    ):
-        for name, value in arrays.items():
-            if isinstance(value, StreamedArray):
-                shape, dtype, parts = value.shape, np.dtype(value.dtype), value.parts
-            else:
-                value = np.asarray(value)
-                shape, dtype, parts = value.shape, value.dtype, [value]
-            header = _npy_header(shape, dtype)
-            nbytes = math.prod(shape) * dtype.itemsize
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_STORED
-            info.create_system = 3  # "Unix", whatever the writing platform
-            info.external_attr = 0o644 << 16
-            info.file_size = len(header) + nbytes
-            written = 0
-            with zf.open(info, "w", force_zip64=True) as member:
-                member.write(header)
-                for part in parts:
-                    part = np.ascontiguousarray(part, dtype=dtype)
-                    member.write(part.data.cast("B") if part.size else b"")
-                    written += part.nbytes
-            if written != nbytes:
-                raise ValueError(f"{name}: wrote {written} bytes, expected {nbytes}")
-
-
-def open_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
-    """Array `key` of an `.npz`, memory-mapped when the member is stored uncompressed (ours and
-    np.savez's are), so a 50,000-image file is read lazily; loaded into memory otherwise."""
-    path = Path(path)
-    with zipfile.ZipFile(path) as zf:
-        try:
-            info = zf.getinfo(f"{key}.npy")
-        except KeyError:
-            raise KeyError(f"{path}: no array {key!r} (has {sorted(zf.namelist())})") from None
-        stored = info.compress_type == zipfile.ZIP_STORED
-    if stored:
-        with open(path, "rb") as f:
-            f.seek(info.header_offset)
-            local = f.read(30)  # the local file header; name and extra field lengths at 26..30
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            f.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(f)
-            read_header = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }.get(version)
-            if read_header is not None:
-                shape, fortran, dtype = read_header(f)
-                if not dtype.hasobject:
-                    order = "F" if fortran else "C"
-                    return np.memmap(
-                        path, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
-                    )
-    with np.load(path) as npz:
-        return npz[key]
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def save_grid(
     images: np.ndarray,
     labels: np.ndarray,
@@ -255,49 +162,6 @@ def save_grid(
 # ##########################################################################################
 # Loading the generator
 # ##########################################################################################
-
-
-def load_generator(path: str | os.PathLike) -> tuple[RAR, dict]:
-    """Load a RAR model from our training checkpoint (`rar-train/1`: `model`, `model_config`)
-    or from an official release file (`rar_b.bin` ... `rar_xxl.bin`, a plain state dict).
-
-    Returns (model in eval mode on the CPU, description) where the description holds `kind`
-    ("rar-train/1" or "official"), `model_size` (a name of RAR_CONFIGS or None), `step`/`epoch`
-    for our checkpoints, and the `model_config`.
-    """
-    from rar.checkpoint import load_file
-    from rar.train import CHECKPOINT_FORMAT
-
-    obj = load_file(
-        path, what="a RAR generator: a rar-train/1 checkpoint or an official RAR state dict"
-    )
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        config = RARConfig(**obj["model_config"])
-        state_dict = obj["model"]
-        desc = {
-            "kind": CHECKPOINT_FORMAT,
-            "model_size": obj.get("config", {}).get("model"),
-            "step": obj.get("step"),
-            "epoch": obj.get("epoch"),
-        }
-    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
-        config, state_dict = None, obj
-        desc = {"kind": "official"}
-    else:
-        raise ValueError(f"{path}: neither a rar-train checkpoint nor an official RAR state dict")
-    # From the dict already in memory: a 6 GB XXL file is read once.
-    model = rar_from_state_dict(state_dict, config, source=str(path))
-    desc.setdefault("model_size", _size_name(model.config))
-    desc["model_config"] = dataclasses.asdict(model.config)
-    return model, desc
-
-
-def _size_name(config: RARConfig) -> str | None:
-    """The RAR_CONFIGS name whose width and depth `config` has, if any."""
-    for name, sizes in RAR_CONFIGS.items():
-        if all(getattr(config, k) == v for k, v in sizes.items()):
-            return name
-    return None
 
 
 def read_guidance_scale(path: str | os.PathLike) -> float:
@@ -548,7 +412,7 @@ def sample(
 
         check_extractor_available(check_extractor, extractor_weights)
 
-    from rar.train import DistEnv
+    from rar.runtime import DistEnv
 
     env = DistEnv.from_environ()
     rank = env.rank if rank is None else rank

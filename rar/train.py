@@ -35,13 +35,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rar.checkpoint import CheckpointError, load_file
+from rar.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_file
 from rar.config import BRANCH_KEYS, RESUME_FREE, TrainConfig
 from rar.io import atomic_open, atomic_write_text
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
-from rar.runtime import resolve_device
-from rar.status import (
+from rar.records import (
     RATE_WINDOW,
     epochs_per_second,
     eta_seconds,
@@ -49,6 +48,7 @@ from rar.status import (
     stdout_log,
     write_failure,
 )
+from rar.runtime import DistEnv, resolve_device
 from rar.tracking import Tracker, open_tracker, read_history
 from rar.validate import (
     HeldOut,
@@ -61,7 +61,6 @@ from rar.validate import (
     write_png,
 )
 
-CHECKPOINT_FORMAT = "rar-train/1"
 METRICS_FIELDS = [
     "step", "epoch", "loss", "accuracy", "lr", "ratio", "grad_norm",
     "tokens_per_s", "images_per_s", "elapsed_s",
@@ -442,32 +441,6 @@ def _check_compatible(cfg: TrainConfig, ckpt: dict, path: Path, *, branch: bool)
             f"{cfg.epoch_at(ckpt['step']):g}): it is past this run's anneal start "
             f"{cfg.anneal_start:g} (step {cfg.step_at(cfg.anneal_start)})"
         )
-
-
-# ##########################################################################################
-# Distributed set-up
-# ##########################################################################################
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_environ(cls) -> DistEnv:
-        """Rank and world size from torchrun's variables or SLURM's (srun / submitit)."""
-        env = os.environ
-        if "RANK" in env and "WORLD_SIZE" in env:
-            return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-            return cls(
-                int(env["SLURM_PROCID"]),
-                int(env["SLURM_NTASKS"]),
-                int(env.get("SLURM_LOCALID", 0)),
-            )
-        return cls()
 
 
 # ##########################################################################################

@@ -124,8 +124,7 @@ def test_unreadable_file(good):
 
 
 def _loaders():
-    from rar.model import load_official_rar
-    from rar.sample import load_generator
+    from rar.checkpoint import load_generator, load_official_rar
     from rar.tokenizer import load_official_maskgit_vqgan, load_tokenizer
     from rar.train import load_checkpoint
 

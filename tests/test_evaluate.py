@@ -22,7 +22,7 @@ from rar.evaluate import (
     evaluate,
     register_efficientnet_lite0,
 )
-from rar.sample import write_npz
+from rar.io import write_npz
 
 
 @pytest.fixture(autouse=True)
@@ -493,9 +493,9 @@ def test_cli_evaluate_scores_pairs_in_one_job(tmp_path, colour_sets):
 def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path, heldout_shards):
     """`--heldout`: metrics.json's val_nll is rar.validate.heldout_nll of the checkpoint that
     samples.json names, in the order it records; real images (no checkpoint) get null."""
+    from rar.checkpoint import load_generator
     from rar.config import TrainConfig
     from rar.reference_rows import write_untrained_checkpoint
-    from rar.sample import load_generator
     from rar.validate import HELDOUT_SEED, heldout_nll, load_heldout
 
     images, shards = heldout_shards

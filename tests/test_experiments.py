@@ -346,3 +346,20 @@ def test_the_floor_needs_as_many_real_images_as_a_rows_samples():
     demo["data"]["demo"]["test_per_class"] = 5
     with pytest.raises(StudyError, match=r"data.demo.test_per_class: 5.*set test_per_class: 20"):
         load_study(demo)
+
+
+def test_the_study_names_every_report_file(paper):
+    """What the report rules read and make comes from the study, not from the rule files."""
+    study = load_study(paper)
+    assert study.plot_kind("table2") == {"plot": "heatmap"}
+    assert study.plot_kind("table3") == {"plot": "bars", "key": "target_order"}
+    logs = study.training_logs("table2")
+    assert len(logs) == len(study.table_runs("table2")) == 15
+    assert logs[0]["metrics_csv"] == f"results/runs/{study.tables['table2'][0].run}/metrics.csv"
+    assert [g["label"] for g in study.grids("table3")] == [r.label for r in study.tables["table3"]]
+    assert len(study.sweep_points("table2")) == 15  # every ablation row picks its scale
+    outputs = study.outputs()
+    assert {"results/table2.csv", "results/plots/table2_guidance.png"} <= set(outputs)
+    assert "results/plots/scan_orders.png" in outputs
+    for point in study.curve_points("table2"):  # each curve ends at its run's final epoch
+        assert point["metrics"].endswith("/metrics.json") and point["epoch"] > 0

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rar.config import OUTSIDE_IDENTITY, TrainConfig
-from rar.status import eta_seconds, format_duration, read_progress
+from rar.records import eta_seconds, format_duration, read_progress
 from rar.tracking import Tracker, open_tracker, read_history, run_name
 from rar.train import (
     TensorBatchSource,

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from rar.checkpoint import load_official_rar
 from rar.model import (
     RAR,
     RAR_CONFIGS,
     RARConfig,
     config_from_state_dict,
-    load_official_rar,
     num_parameters,
     rar_config,
     rar_from_state_dict,
@@ -189,9 +189,9 @@ def test_state_dict_of_the_other_architecture_does_not_load(tiny_config):
 
 def test_plain_checkpoint_round_trips_through_load_generator(tmp_path):
     """A training checkpoint of a plain ViT, written as rar.train writes it (`model_config` is
-    the RARConfig's fields), loads as a plain ViT through rar.sample.load_generator."""
+    the RARConfig's fields), loads as a plain ViT through rar.checkpoint.load_generator."""
+    from rar.checkpoint import load_generator
     from rar.config import TrainConfig
-    from rar.sample import load_generator
     from rar.train import model_from_config, save_checkpoint
 
     cfg = TrainConfig(

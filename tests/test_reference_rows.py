@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from rar.checkpoint import load_generator
 from rar.config import TrainConfig
 from rar.reference_rows import write_untrained_checkpoint
-from rar.sample import load_generator
 from rar.train import TensorBatchSource, load_checkpoint, train
 
 SAMPLES = 64

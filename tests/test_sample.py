@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+from rar.checkpoint import load_generator
+from rar.io import StreamedArray, open_npz_array, write_npz
 from rar.model import RAR, rar_config
 from rar.sample import (
     CHUNK_NAME,
     DEFAULT_CHUNK_SIZE,
     SAMPLES_FORMAT,
-    StreamedArray,
     chunk_bounds,
     chunk_dir_for,
     chunk_generator,
@@ -31,14 +32,11 @@ from rar.sample import (
     chunks_of_rank,
     class_labels,
     label_block,
-    load_generator,
     num_chunks,
-    open_npz_array,
     read_guidance_scale,
     resolve_sampling,
     sample,
     save_grid,
-    write_npz,
 )
 from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 

@@ -20,16 +20,8 @@ import yaml
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
 from rar.launch import LauncherConfig, LaunchError, launch
-from rar.status import (
-    FAILURE_FILE,
-    LOST,
-    Status,
-    collect,
-    failure_reason,
-    format_duration,
-    format_status,
-    read_progress,
-)
+from rar.records import FAILURE_FILE, LOST, failure_reason, format_duration, read_progress
+from rar.status import Status, collect, format_status
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = "step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"

@@ -270,11 +270,7 @@ def table_rows(wildcards):
 
 
 def table_plot_kind(wildcards):
-    """A heatmap for an annealing grid (both anneal keys vary), else bars."""
-    keys = study.tables[wildcards.table][0].keys
-    if {"anneal_start", "anneal_end"} <= set(keys):
-        return {"plot": "heatmap"}
-    return {"plot": "bars", "key": next(iter(keys))}
+    return study.plot_kind(wildcards.table)
 
 
 def table_checkpoints(wildcards):
@@ -282,50 +278,23 @@ def table_checkpoints(wildcards):
 
 
 def table_training_logs(wildcards):
-    labels = {}
-    for row in study.tables[wildcards.table]:
-        labels.setdefault(row.run, row.label)
-    return [
-        {"label": labels[run], "metrics_csv": f"{study.run_dir(run)}/metrics.csv"}
-        for run in study.table_runs(wildcards.table)
-    ]
+    return study.training_logs(wildcards.table)
 
 
 def table_grids(wildcards):
-    return [f"{study.eval_dir(row.evaluation)}/grid.png" for row in study.tables[wildcards.table]]
+    return [grid["png"] for grid in study.grids(wildcards.table)]
 
 
 def table_grid_labels(wildcards):
-    return [
-        {"label": row.label, "png": f"{study.eval_dir(row.evaluation)}/grid.png"}
-        for row in study.tables[wildcards.table]
-    ]
+    return study.grids(wildcards.table)
 
 
 def table_sweep_points(wildcards):
-    return [
-        {"label": row["label"], "guidance": row["sweep"]}
-        for row in study.report_rows(wildcards.table)
-        if row["sweep"]
-    ]
+    return study.sweep_points(wildcards.table)
 
 
 def curve_points(wildcards):
-    """FID-vs-epoch points of a table: its intermediate evaluations, each curve ending with
-    the run's final evaluation."""
-    table = wildcards.table
-    label = {row.run: row.label for row in reversed(study.tables[table])}
-    evaluations = list(study.curve_evaluations[table])
-    curve_runs = {study.evaluations[e].run for e in evaluations}
-    evaluations += [row.evaluation for row in study.tables[table] if row.run in curve_runs]
-    return [
-        {
-            "label": label[study.evaluations[e].run],
-            "epoch": study.evaluations[e].epoch,
-            "metrics": f"{study.eval_dir(e)}/metrics.json",
-        }
-        for e in dict.fromkeys(evaluations)
-    ]
+    return study.curve_points(wildcards.table)
 
 
 def curve_metrics(wildcards):
@@ -340,19 +309,7 @@ def throughput_benchmarks():
 
 
 def all_outputs():
-    """Every table (CSV and Markdown) with its plots, and the scan-order figure."""
-    out = [f"{P}/plots/scan_orders.png"]
-    if C.get("throughput_table"):
-        out += [f"{P}/table5.csv", f"{P}/table5.md"]
-    for table in study.tables:
-        out += [f"{P}/{table}.csv", f"{P}/{table}.md"]
-        plots = ("fid", "loss", "samples") if study.table_runs(table) else ("fid", "samples")
-        out += [f"{P}/plots/{table}_{kind}.png" for kind in plots]
-        if study.curve_evaluations[table]:
-            out.append(f"{P}/plots/{table}_fid_vs_epoch.png")
-        if any(study.evaluations[row.evaluation].sweep for row in study.tables[table]):
-            out.append(f"{P}/plots/{table}_guidance.png")
-    return out
+    return study.outputs()
 
 
 # -- preflight ---------------------------------------------------------------------------
