@@ -806,8 +806,9 @@ def image_dir(config: dict, prefix: str, split: str = "train") -> str:
     if split == "train":
         return f"{prefix}/images/train" if demo else config["data"]["images"]
     if split == "heldout":
-        imagenet_val = str(Path(config["data"]["images"]).parent / "val") if not demo else ""
-        return f"{prefix}/images/val" if demo else imagenet_val
+        if demo:
+            return f"{prefix}/images/val"
+        return str(Path(config["data"]["images"]).parent / "val")  # beside ImageNet's train/
     if split == "floor":
         return f"{prefix}/images/test" if demo else image_dir(config, prefix, "heldout")
     raise ValueError(f"unknown image split {split!r}")

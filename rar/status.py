@@ -240,8 +240,8 @@ def _not_started(row: RowStatus, stage: str, started: bool, job: str) -> None:
 def row_status(reader: _Reader, label: str, run_id: str, ev_id: str | None) -> RowStatus:
     """The status of one line: training until its checkpoint exists, then its evaluation."""
     study = reader.study
-    untrained = ev_id is not None and study.evaluations[ev_id].kind != "model"
-    if run_id not in study.runs or untrained:  # released, initial weights, real: no training
+    trains = ev_id is None or study.evaluations[ev_id].kind == "model"
+    if run_id not in study.runs or not trains:  # released, initial weights, real images
         row = RowStatus(label=label, run=run_id, evaluation=ev_id, stage="done")
         if ev_id is not None:
             _eval_row(reader, row, ev_id)
