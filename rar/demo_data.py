@@ -233,36 +233,60 @@ def make_demo_dataset(
         params["test_per_class"] = test_per_class
     if (lo, hi) != CROP_SCALE:  # likewise absent at the default
         params["crop_scale"] = [lo, hi]
+    if _is_complete(out, params):
+        print(f"demo data set {out} is complete, nothing to do", flush=True)
+        return out
+
+    t0 = time.perf_counter()
+    photos = list(PHOTOS[:num_classes])
+    splits = {"train": images_per_class, "val": val_per_class, "test": test_per_class}
+    _write_atomically(out, params, photos, splits, image_size, (lo, hi))
+    n = num_classes * (images_per_class + val_per_class + test_per_class)
+    print(f"wrote demo data set {out}: {n} images in {time.perf_counter() - t0:.1f} s", flush=True)
+    return out
+
+
+def _is_complete(out: Path, params: dict) -> bool:
+    """True when `out` already holds the set `params` describes; an error when it holds
+    anything else (another set, or a partial one), which is never overwritten."""
     marker = out / "dataset.json"
     if marker.exists():
         found = json.loads(marker.read_text()).get("params")
         if found == params:
-            print(f"demo data set {out} is complete, nothing to do", flush=True)
-            return out
+            return True
         raise FileExistsError(f"{out} holds a demo set with other parameters {found}; remove it")
     # An empty folder is fine (Snakemake makes an output's folder before the job runs): the
     # final rename replaces it.
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists but is not a complete demo set; remove it")
+    return False
 
-    t0 = time.perf_counter()
-    photos = list(PHOTOS[:num_classes])
+
+def _write_atomically(
+    out: Path,
+    params: dict,
+    photos: list[Photo],
+    splits: dict[str, int],
+    image_size: int,
+    crop_scale: tuple[float, float],
+) -> None:
+    """Write every split's crops, the sources and the marker into a temporary sibling folder,
+    then rename it to `out` in one step: a set is either complete or absent."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         work_side = 8 * image_size  # a crop of >= 0.125 x the short side still downsamples
         for c, photo in enumerate(photos):
             img = _load_photo(photo.name, work_side)
-            splits = (("train", images_per_class), ("val", val_per_class), ("test", test_per_class))
-            for split_id, (split, n) in enumerate(splits):
+            for split_id, (split, n) in enumerate(splits.items()):
                 if split == "test" and not n:
                     continue
                 # One stream per (seed, class, split): a class's images do not depend on how
                 # many classes or images of the other split are made.
-                rng = np.random.default_rng([seed, c, split_id])
+                rng = np.random.default_rng([params["seed"], c, split_id])
                 folder = tmp / split / photo.name
                 folder.mkdir(parents=True)
-                for i, crop in enumerate(_crops(img, n, image_size, rng, (lo, hi))):
+                for i, crop in enumerate(_crops(img, n, image_size, rng, crop_scale)):
                     crop.save(folder / f"{i}.png", format="PNG", optimize=False)
         (tmp / "SOURCES.md").write_text(_sources_md(photos))
         (tmp / "sources.json").write_text(
@@ -275,11 +299,8 @@ def make_demo_dataset(
             os.replace(tmp, out)  # atomic on the same filesystem
         except OSError:
             # Another process finished the same set first: theirs is as good as ours.
-            if json.loads(marker.read_text()).get("params") != params:
+            if json.loads((out / "dataset.json").read_text()).get("params") != params:
                 raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
-    n = num_classes * (images_per_class + val_per_class + test_per_class)
-    print(f"wrote demo data set {out}: {n} images in {time.perf_counter() - t0:.1f} s", flush=True)
-    return out
