@@ -21,6 +21,7 @@ from rar.experiments import CEILING, FLOOR, RECONSTRUCTED
 from rar.report import (
     anneal_grid,
     make_table,
+    make_table_or_partial,
     plot_anneal_heatmap,
     plot_fid_vs_epoch,
     plot_loss_curves,
@@ -409,6 +410,38 @@ def test_assembling_a_table_writes_nothing(tmp_path):
     t = assemble_table(table="t", rows=[row("r", {"model": "rar_b"})], metrics=[m])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
     assert t.n_ok() == 1 and t.markdown().startswith("# t\n")
+
+
+def test_rar_reports_table_stays_partial_until_complete(tmp_path, capsys):
+    """`rar report`'s table: with a hole, <table>.partial.* and the finished table left
+    alone; complete, the table itself (the bytes make_table writes), the partial files gone,
+    and one printed line naming the file written (it once also printed a line naming the
+    .partial.csv that a complete table had just been renamed from)."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "table4.csv").write_text("finished\n")
+    rows = [row("a", {"model": "rar_b"}), row("b", {"model": "rar_l"})]
+    paths = [write_metrics(tmp_path / "a.json", fid=2.0), tmp_path / "b.json"]
+    df = make_table_or_partial(table="table4", rows=rows, metrics=paths, folder=out)
+    assert df["status"].tolist() == ["ok", "missing"]
+    assert (out / "table4.csv").read_text() == "finished\n"
+    partial = ["table4.partial.csv", "table4.partial.html", "table4.partial.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["table4.csv", *partial]
+    assert capsys.readouterr().out.splitlines() == [
+        f"table4: 1 of 2 rows without metrics: written to {out / 'table4.partial.csv'} "
+        f"(and .md, .html); {out / 'table4.csv'} is left as it was"
+    ]
+
+    write_metrics(paths[1], fid=3.0)
+    make_table_or_partial(table="table4", rows=rows, metrics=paths, folder=out)
+    assert capsys.readouterr().out.splitlines() == [
+        f"table4: complete -> {out / 'table4.csv'} (and .md, .html)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["table4.csv", "table4.html", "table4.md"]
+    ref = {ext: tmp_path / "ref" / f"t.{ext}" for ext in ("csv", "md", "html")}
+    make_table(table="table4", rows=rows, metrics=paths, **ref)
+    for ext, path in ref.items():
+        assert (out / f"table4.{ext}").read_bytes() == path.read_bytes()
 
 
 def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):

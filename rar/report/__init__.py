@@ -11,6 +11,7 @@ The last stage of DESIGN.md's data flow. Each function exported here is what one
   count. Reference rows (`kind: "reference"`: real held-out images, the floor; an untrained
   model, the ceiling) are scored the same way and placed under the table, and a table of the
   annealing grid ends with `anneal_verdict`, the paper's question answered from the numbers.
+  `make_table_or_partial` is `rar report`'s: a table with holes goes to `<table>.partial.*`;
 - `plot_anneal_heatmap` (RAR Table 2), `plot_metric_bars` (Tables 3 and 4: points with their
   intervals), `plot_scan_orders` (the appendix figure of the six scan orders),
   `plot_loss_curves` (small multiples), `plot_fid_vs_epoch`, `plot_guidance_sweeps`,
@@ -54,13 +55,13 @@ from rar.report.html_page import markdown_html
 from rar.report.intervals import best_index, beyond_best, gap_closed
 from rar.report.read import read_failure, read_metrics, read_train_log, read_val_nll
 from rar.report.table_plots import anneal_grid, plot_anneal_heatmap, plot_metric_bars
-from rar.report.tables import make_table, make_throughput_table
+from rar.report.tables import make_table, make_table_or_partial, make_throughput_table
 
 __all__ = [
     "DECIMALS", "EXTRACTOR_SUFFIXES", "INTERVALS", "LOWER_IS_BETTER", "METRIC_KEYS",
     "METRIC_NAMES", "PAPER_COLUMNS", "PLAIN_KEYS", "RESULT_COLUMNS", "anneal_grid",
     "anneal_verdict", "axis_label", "best_index", "beyond_best", "extractor_suffix",
-    "gap_closed", "make_table", "make_throughput_table",
+    "gap_closed", "make_table", "make_table_or_partial", "make_throughput_table",
     "markdown_html", "metric_label", "plot_anneal_heatmap", "plot_fid_vs_epoch",
     "plot_guidance_sweeps", "plot_loss_curves", "plot_metric_bars", "plot_sample_grids",
     "plot_scan_orders", "read_failure", "read_metrics", "read_train_log", "read_val_nll",

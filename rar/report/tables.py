@@ -2,14 +2,16 @@
 written as CSV, Markdown and HTML; and Table 5 from the throughput benchmarks.
 
 A table is assembled first (`assemble_table`: read every row's files into one DataFrame), then
-written (`write_table`): reading and formatting are tested apart, and the same assembled table
-gives the same bytes wherever it is written.
+written (`write_table`), so that `rar report` can choose where a table goes once it knows
+whether every row has metrics (`make_table_or_partial`), while the workflow's rule writes
+where it is told (`make_table`). The same assembled table gives the same bytes either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -29,6 +31,8 @@ from rar.report.html_page import markdown_html
 from rar.report.intervals import beyond_best
 from rar.report.markdown import table_markdown
 from rar.report.read import guidance_cells, read_failure, read_metrics, read_val_nll, row_status
+
+PAGES = ("csv", "md", "html")  # the files of one table
 
 
 @dataclass
@@ -65,6 +69,34 @@ def make_table(
     t = assemble_table(table=table, rows=rows, metrics=metrics)
     write_table(t, csv=csv, md=md, html=html)
     print(f"{table}: {len(t.df)} rows, {t.n_ok()} with metrics -> {csv}", flush=True)
+    return t.df
+
+
+def make_table_or_partial(
+    *, table: str, rows: list[dict], metrics: list, folder: PathLike
+) -> pd.DataFrame:
+    """`rar report`'s table: `folder/<table>.csv`, `.md` and `.html` when every row has
+    metrics (the bytes the workflow's rule writes), else `<table>.partial.*`, the finished
+    table left as it was, so a look in the middle of a long grid never replaces it. A complete
+    table removes the partial files of an earlier look. One line printed names what was
+    written (`make_table`'s line would name a partial file that a complete table is not)."""
+    t = assemble_table(table=table, rows=rows, metrics=metrics)
+    folder = Path(folder)
+    final = {ext: folder / f"{table}.{ext}" for ext in PAGES}
+    partial = {ext: folder / f"{table}.partial.{ext}" for ext in PAGES}
+    missing = len(t.df) - t.n_ok()
+    if missing:
+        write_table(t, **partial)
+        print(
+            f"{table}: {missing} of {len(t.df)} rows without metrics: written to "
+            f"{partial['csv']} (and .md, .html); {final['csv']} is left as it was",
+            flush=True,
+        )
+        return t.df
+    write_table(t, **final)
+    for path in partial.values():
+        path.unlink(missing_ok=True)
+    print(f"{table}: complete -> {final['csv']} (and .md, .html)", flush=True)
     return t.df
 
 
