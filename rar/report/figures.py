@@ -22,6 +22,7 @@ DPI = 120
 
 
 def figure(width: float, height: float):
+    """A figure of that many inches, laid out by matplotlib's constrained layout."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -66,6 +67,7 @@ def empty_note(ax, text: str, **style) -> None:
 
 
 def check_metric(metric: str) -> None:
+    """Raise ValueError, naming the known metrics, unless `metric` is one a plot can draw."""
     if metric not in PLOT_METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(PLOT_METRICS)}")
 

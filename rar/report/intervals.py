@@ -24,6 +24,7 @@ def table_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def reference_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The reference rows of a table (none in a CSV written before they existed)."""
     return df[df["kind"] == "reference"] if "kind" in df else df.iloc[:0]
 
 
