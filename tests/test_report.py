@@ -1,7 +1,9 @@
 """`rar report`: metrics.json -> table rows/columns, missing and failed rows, plots as PNGs.
 
 Every input is written by hand in tmp_path, shaped like what rar/evaluate.py (metrics.json),
-rar/train.py (metrics.csv) and rar/sample.py (grid.png, samples.json) write.
+rar/train.py (metrics.csv) and rar/sample.py (grid.png, samples.json) write. One file for the
+rar/report/ package, a section per module: the fakes are shared by all of them, and tests/ is
+not a package that could share them otherwise.
 """
 
 from __future__ import annotations
@@ -15,17 +17,30 @@ import pytest
 from PIL import Image
 
 from rar import report
+from rar.experiments import CEILING, FLOOR, RECONSTRUCTED
 from rar.report import (
     anneal_grid,
     make_table,
+    make_table_or_partial,
     plot_anneal_heatmap,
     plot_fid_vs_epoch,
     plot_loss_curves,
     plot_metric_bars,
     plot_sample_grids,
     plot_scan_orders,
+    read_failure,
     read_metrics,
 )
+from rar.report.figures import (
+    check_metric,
+    panel_metrics,
+    reference_note,
+    short_status,
+)
+from rar.report.grids import _grid_image
+from rar.report.read import guidance_cells, row_status
+from rar.report.tables import assemble_table
+from rar.sweep import FORMAT as SWEEP_FORMAT
 
 # ##########################################################################################
 # Fake inputs
@@ -79,6 +94,27 @@ def row(label: str, keys: dict, paper: dict | None = None, failure=None) -> dict
     }
 
 
+def write_scored(path: Path, fid: float, half: float, **extra) -> Path:
+    """A metrics.json with a FID interval of fid +- half (and any extra keys)."""
+    write_metrics(path, fid=fid, extractor="efficientnet-lite0", num_samples=160)
+    record = json.loads(path.read_text())
+    record.update(fid_ci_low=fid - half, fid_ci_high=fid + half, **extra)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def write_train_log(path: Path, epochs: int = 40) -> Path:
+    """A metrics.csv as rar.train writes it (METRICS_FIELDS), with a torn last line."""
+    lines = ["step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"]
+    for i in range(epochs * 5):
+        ep = i / 5
+        r = min(1.0, max(0.0, 1 - (ep - 10) / 20))
+        lines.append(f"{i},{ep},{7 - np.log1p(ep):.4f},0.1,1e-4,{r},1.0,1e5,400,{i}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n12,3.")
+    return path
+
+
 def assert_png(path: Path, min_side: int = 200) -> None:
     assert path.exists()
     with Image.open(path) as im:
@@ -108,8 +144,120 @@ def table2_csv(tmp_path: Path, missing=((100, 100),)) -> Path:
     return csv
 
 
+def anneal_table(tmp_path: Path, fids: dict, nll: dict | None = None, half: float = 2.0):
+    """A Table 2 over (start, end) in {0..4} from `fids` {(s, e): fid}, with val NLL files
+    ({(s, e): (value, se)}), and the two reference rows; returns (df, markdown text)."""
+    rows, paths = [], []
+    for (s, e), fid in fids.items():
+        r = row(f"{s}-{e}", {"anneal_start": s, "anneal_end": e})
+        p = write_scored(tmp_path / "evals" / r["evaluation"] / "metrics.json", fid, half)
+        if nll and (s, e) in nll:
+            value, se = nll[(s, e)]
+            r["val_nll"] = tmp_path / f"nll-{s}-{e}.json"
+            r["val_nll"].write_text(json.dumps({"val_nll": value, "val_nll_se": se}))
+        rows.append(r)
+        paths.append(p)
+    refs = ((FLOOR, 20.0), (RECONSTRUCTED, 40.0), (CEILING, 220.0))
+    for label, fid in refs:
+        r = {**row(label, {}), "kind": "reference", "run": None}
+        rows.append(r)
+        paths.append(write_scored(tmp_path / "refs" / label / "metrics.json", fid, 1.0))
+    md = tmp_path / "t2.md"
+    df = make_table(
+        table="table2", rows=rows, metrics=paths, csv=tmp_path / "t2.csv", md=md,
+        html=tmp_path / "t2.html",
+    )  # fmt: skip
+    return df, md.read_text()
+
+
+GRID = {(0, 0): 80.0, (0, 2): 70.0, (2, 3): 60.0, (3, 4): 61.0, (4, 4): 75.0}
+
+
 # ##########################################################################################
-# Tables
+# rar.report.read: metrics.json, held-out NLL, training logs, guidance sweeps, status
+# ##########################################################################################
+
+
+def test_extractor_suffixes_match_evaluate():
+    pytest.importorskip("torch_fidelity")
+    from rar.evaluate import EXTRACTORS
+
+    for name, spec in EXTRACTORS.items():
+        assert report.extractor_suffix(name) == spec.suffix
+        assert report.EXTRACTOR_SUFFIXES[name] == spec.suffix
+
+
+def test_train_log_drops_torn_line_and_resumed_duplicates(tmp_path):
+    path = write_train_log(tmp_path / "m.csv", epochs=2)  # 10 rows and a torn "12,3."
+    assert report.read_train_log(path)["step"].tolist() == list(range(10))
+    with path.open("a") as f:  # the torn line, now inside; a resume logs step 7 again
+        f.write("\n7,1.4,0.5,0.1,1e-4,1.0,1.0,1e5,400,99\n")
+    df = report.read_train_log(path)
+    assert df["step"].tolist() == list(range(10))
+    assert df.set_index("step").loc[7, "loss"] == 0.5  # the last record of a step wins
+    assert report.read_train_log(tmp_path / "absent.csv") is None
+    (tmp_path / "header.csv").write_text("step,epoch,loss\n")
+    assert report.read_train_log(tmp_path / "header.csv") is None
+
+
+def test_val_nll_comes_from_a_json_or_the_runs_validation_log(tmp_path):
+    (tmp_path / "v.json").write_text(
+        json.dumps({"val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6})
+    )
+    assert report.read_val_nll(tmp_path / "v.json") == {
+        "val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6
+    }  # fmt: skip
+    log = tmp_path / "validation.csv"
+    log.write_text(
+        "step,epoch,val_loss,val_nll,order\n10,1.0,4.2,4.1,raster\n20,2.0,4.0,3.9,raster\n"
+    )
+    assert report.read_val_nll(log)["val_nll"] == 3.9
+    assert report.read_val_nll(tmp_path / "absent.json") is None
+    assert report.read_val_nll(None) is None
+
+
+def test_read_failure_takes_the_first_line_of_the_first_file(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    b.write_text("\n  out of memory \nlog: x\n")
+    assert read_failure([a, b]) == "out of memory"
+    assert read_failure(str(b)) == "out of memory"
+    a.write_text("\n")
+    assert read_failure([a, b]) == "no reason recorded"
+    assert read_failure(None) is None and read_failure([tmp_path / "c"]) is None
+
+
+def test_guidance_cells_mark_the_chosen_scale_and_an_edge(tmp_path):
+    sweep = tmp_path / "guidance.json"
+    points = [{"guidance_scale": 2.0, "fid": 3.1}, {"guidance_scale": 4.0, "fid": 2.51}]
+    record = {"format": SWEEP_FORMAT, "guidance_scale": 4.0, "best": 2.51, "points": points}
+    sweep.write_text(json.dumps({**record, "at_edge": False}))
+    assert guidance_cells(None, sweep) == {
+        "guidance_scale": 4.0, "guidance_sweep": "2: 3.10, 4: 2.51*"
+    }  # fmt: skip
+    sweep.write_text(json.dumps({**record, "at_edge": True}))
+    cells = guidance_cells({"guidance_scale": 3.0}, sweep)
+    # the scale the evaluation recorded wins over the sweep's choice
+    assert cells == {"guidance_scale": 3.0, "guidance_sweep": "2: 3.10, 4: 2.51!"}
+    assert guidance_cells({"guidance_scale": 1.5}, None)["guidance_sweep"] is None
+    assert guidance_cells(None, tmp_path / "absent.json") == {
+        "guidance_scale": None, "guidance_sweep": None
+    }  # fmt: skip
+
+
+def test_row_status_says_why_numbers_are_not_the_papers():
+    m = {"comparable": False, "extractor": "efficientnet-lite0", "n_samples": 5_000}
+    assert row_status(m, "an old failure") == (
+        "ok (efficientnet-lite0, 5,000 samples: not comparable to the paper)"
+    )
+    inception = {**m, "extractor": "inception-v3-compat", "n_samples": None}
+    assert row_status(inception, None) == "ok (not comparable to the paper)"
+    assert row_status({**m, "comparable": True}, None) == "ok"
+    assert row_status(None, "out of memory") == "failed: out of memory"
+    assert row_status(None, None) == "missing"
+
+
+# ##########################################################################################
+# rar.report.tables and .markdown: rows, columns, holes, the Markdown page, Table 5
 # ##########################################################################################
 
 
@@ -216,15 +364,6 @@ def test_efficientnet_metrics_map_to_the_same_columns_and_say_so(tmp_path):
     assert "5000 samples; the paper uses 50000" in text  # the reason from metrics.json
 
 
-def test_extractor_suffixes_match_evaluate():
-    pytest.importorskip("torch_fidelity")
-    from rar.evaluate import EXTRACTORS
-
-    for name, spec in EXTRACTORS.items():
-        assert report.extractor_suffix(name) == spec.suffix
-        assert report.EXTRACTOR_SUFFIXES[name] == spec.suffix
-
-
 def test_comparability_note_for_a_small_inception_run(tmp_path):
     m = write_metrics(tmp_path / "m.json", fid=3.0, num_samples=5_000)
     df = make_table(
@@ -266,9 +405,174 @@ def test_bad_inputs_are_named(tmp_path):
         make_table(table="t", rows=[row("a", {}), row("b", {})], metrics=[m], csv=tmp_path / "x")
 
 
+def test_assembling_a_table_writes_nothing(tmp_path):
+    m = write_metrics(tmp_path / "m.json", fid=2.0)
+    t = assemble_table(table="t", rows=[row("r", {"model": "rar_b"})], metrics=[m])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    assert t.n_ok() == 1 and t.markdown().startswith("# t\n")
+
+
+def test_rar_reports_table_stays_partial_until_complete(tmp_path, capsys):
+    """`rar report`'s table: with a hole, <table>.partial.* and the finished table left
+    alone; complete, the table itself (the bytes make_table writes), the partial files gone,
+    and one printed line naming the file written (it once also printed a line naming the
+    .partial.csv that a complete table had just been renamed from)."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "table4.csv").write_text("finished\n")
+    rows = [row("a", {"model": "rar_b"}), row("b", {"model": "rar_l"})]
+    paths = [write_metrics(tmp_path / "a.json", fid=2.0), tmp_path / "b.json"]
+    df = make_table_or_partial(table="table4", rows=rows, metrics=paths, folder=out)
+    assert df["status"].tolist() == ["ok", "missing"]
+    assert (out / "table4.csv").read_text() == "finished\n"
+    partial = ["table4.partial.csv", "table4.partial.html", "table4.partial.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["table4.csv", *partial]
+    assert capsys.readouterr().out.splitlines() == [
+        f"table4: 1 of 2 rows without metrics: written to {out / 'table4.partial.csv'} "
+        f"(and .md, .html); {out / 'table4.csv'} is left as it was"
+    ]
+
+    write_metrics(paths[1], fid=3.0)
+    make_table_or_partial(table="table4", rows=rows, metrics=paths, folder=out)
+    assert capsys.readouterr().out.splitlines() == [
+        f"table4: complete -> {out / 'table4.csv'} (and .md, .html)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["table4.csv", "table4.html", "table4.md"]
+    ref = {ext: tmp_path / "ref" / f"t.{ext}" for ext in ("csv", "md", "html")}
+    make_table(table="table4", rows=rows, metrics=paths, **ref)
+    for ext, path in ref.items():
+        assert (out / f"table4.{ext}").read_bytes() == path.read_bytes()
+
+
+def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
+    from rar.report import make_throughput_table
+
+    header = "model,params,batch_size,dtype,images_per_s,tokens_per_s,machine\n"
+    rows = {
+        "b32": "rar_b,1,128,fp32,20.5,5248.0,H100\n",
+        "b16": "rar_b,1,128,bf16,41.0,10496.0,H100\n",
+    }
+    paths = []
+    for name, row in rows.items():
+        paths.append(tmp_path / f"{name}.csv")
+        paths[-1].write_text(header + row)
+    df = make_throughput_table(
+        benchmarks=paths, csv=tmp_path / "t5.csv", md=tmp_path / "t5.md", paper={"rar_b": 17.0}
+    )
+    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
+    md = (tmp_path / "t5.md").read_text()
+    assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
+
+
 # ##########################################################################################
-# Table plots
+# rar.report.intervals and .captions: the best row, error bars, reference rows, the verdict
 # ##########################################################################################
+
+
+def test_intervals_mark_rows_beyond_the_best(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    best = df.index[df["label"] == "2-3"][0]
+    assert df.loc[best, "fid_ci_low"] == 58.0 and df.loc[best, "fid_ci_high"] == 62.0
+    beyond = dict(zip(df["label"], df["beyond_best"], strict=True))
+    # 62 < 68 (0-2's low end): beyond; 3-4's [59, 63] overlaps [58, 62]: not beyond.
+    assert beyond["0-0"] and beyond["0-2"] and beyond["4-4"]
+    assert not beyond["2-3"] and not beyond["3-4"]
+    lines = {
+        ln.split("|")[1].strip() + "-" + ln.split("|")[2].strip(): ln
+        for ln in text.splitlines()
+        if ln.startswith("| ")
+    }
+    assert "**60.00** [58.00, 62.00]" in lines["2-3"]
+    assert "80.00 [78.00, 82.00] †" in lines["0-0"]
+    assert "61.00 [59.00, 63.00] |" in lines["3-4"]  # within the error bars: no mark
+    assert "interval does not overlap the best row's" in text
+
+
+def test_reference_rows_close_the_table_and_measure_the_gap(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    assert df["kind"].tolist()[-3:] == ["reference"] * 3
+    assert df["label"].tolist()[-3:] == [FLOOR, RECONSTRUCTED, CEILING]
+    assert report.gap_closed(df) == pytest.approx((220 - 60) / (220 - 20))
+    bound = report.gap_closed(df, bound=RECONSTRUCTED)
+    assert bound == pytest.approx((220 - 40) / (220 - 20))
+    table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert table[-3].startswith(f"| *{FLOOR}* |")
+    assert table[-1].startswith(f"| *{CEILING}* |")
+    assert "closes 80% of the FID gap" in text
+    assert "the tokenizer's reconstructions close 90%" in text
+    # Reference rows are never the best row, and never drawn in the annealing grid.
+    assert report.best_index(df) == df.index[df["label"] == "2-3"][0]
+    values, _ = anneal_grid(df, "fid")
+    assert values.shape == (4, 4) and np.nanmin(values.to_numpy()) == 60.0
+    assert_png(plot_anneal_heatmap(csv=tmp_path / "t2.csv", out=tmp_path / "heat.png"))
+
+
+def test_verdict_says_yes_when_annealing_wins_beyond_the_error_bars(tmp_path):
+    nll = {(0, 0): (4.10, 0.002), (2, 3): (4.00, 0.002), (4, 4): (4.20, 0.002)}
+    df, text = anneal_table(tmp_path, GRID, nll)
+    verdict = report.anneal_verdict(df)
+    assert verdict.startswith("Does annealing beat both raster-only and random-only")
+    assert "As measured, yes in FID; yes in val NLL:" in verdict
+    assert "the best of 3 annealed rows, (2, 3), beats raster-only (0, 0)" in verdict
+    assert text.rstrip().endswith(verdict)
+    assert verdict.endswith(".") and ". " not in verdict  # one sentence
+    assert df.loc[df["label"] == "2-3", "val_nll_ci_low"].iat[0] == pytest.approx(
+        4.0 - 1.96 * 0.002
+    )
+
+
+def test_verdict_says_no_when_the_intervals_overlap(tmp_path):
+    fids = {**GRID, (4, 4): 61.5}  # random-only within the best's error bars
+    nll = {(0, 0): (4.00, 0.05), (2, 3): (4.01, 0.05), (4, 4): (4.20, 0.002)}
+    df, _ = anneal_table(tmp_path, fids, nll)
+    verdict = report.anneal_verdict(df)
+    assert "As measured, no in FID; no in val NLL:" in verdict
+    assert "cannot be told apart from random-only (4, 4)" in verdict
+    assert "cannot be told apart from raster-only (0, 0)" in verdict
+    # Annealing worse than raster-only beyond the error bars is said as such.
+    worse = {**GRID, (0, 0): 40.0}
+    df, _ = anneal_table(tmp_path / "w", worse)
+    assert "is worse than raster-only (0, 0) beyond the error bars" in report.anneal_verdict(df)
+    assert "in val NLL there are not yet the numbers to say" in report.anneal_verdict(df)
+
+
+# ##########################################################################################
+# rar.report.html_page
+# ##########################################################################################
+
+
+def test_html_page_renders_the_markdown(tmp_path):
+    df, text = anneal_table(tmp_path, GRID)
+    page = (tmp_path / "t2.html").read_text()
+    assert page.isascii()  # character references: any charset reads it right
+    assert page.startswith('<div class="rar-table" id="table-table2">')
+    assert "<h1>table2</h1>" in page and "<strong>60.00</strong> [58.00, 62.00]" in page
+    assert page.count("<tr>") == len(df) + 1
+    assert '<td class="r">' in page and "&#8224;" in page  # right-aligned numbers, daggers
+    assert "<em>real held-out images</em>" in page
+    again = report.markdown_html(text, title="table2")
+    assert again == page  # deterministic
+
+
+# ##########################################################################################
+# rar.report.figures and .table_plots: heatmaps, points with intervals
+# ##########################################################################################
+
+
+def test_figure_helpers_shorten_statuses_and_name_the_reference_rows(tmp_path):
+    assert short_status("failed: out of memory") == "failed"
+    assert short_status("ok (5,000 samples: not comparable to the paper)") == "ok"
+    assert short_status(float("nan")) == "missing"
+    with pytest.raises(ValueError, match="unknown metric"):
+        check_metric("FID")
+    nll = {(0, 0): (4.10, 0.002), (2, 3): (4.00, 0.002)}
+    df, _ = anneal_table(tmp_path, GRID, nll)
+    assert panel_metrics(df, "fid") == ["fid", "val_nll"]
+    assert panel_metrics(df, "val_nll") == ["val_nll"]
+    assert reference_note(df, "fid") == (
+        f"{FLOOR} 20.00 · {RECONSTRUCTED} 40.00 · {CEILING} 220.00"
+    )
+    assert reference_note(df, "val_nll") == ""  # the reference rows have no NLL
 
 
 def test_anneal_grid_places_values_at_their_cells(tmp_path):
@@ -300,40 +604,25 @@ def test_metric_bars_with_missing_rows(tmp_path):
         plot_metric_bars(csv=csv, out=tmp_path / "x.png", key="target_order")
 
 
-def test_scan_orders_figure(tmp_path):
-    pytest.importorskip("torch")
-    assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
-    assert_png(plot_scan_orders(out=tmp_path / "two.png", grid=4, orders=["z-curve", "alternate"]))
+def test_reference_rows_in_a_bar_table(tmp_path):
+    """Table 3's layout (one key column): the reference rows sit under it too, and the
+    points-with-intervals plot leaves them out of the axis but names them."""
+    rows, paths = [], []
+    for k, order in enumerate(("row-major", "spiral-in", "z-curve")):
+        rows.append(row(order, {"target_order": order}))
+        paths.append(write_scored(tmp_path / f"{order}.json", 50.0 + 5 * k, 3.0))
+    rows.append({**row(FLOOR, {}), "kind": "reference"})
+    paths.append(write_scored(tmp_path / "floor.json", 18.0, 1.0))
+    csv, md = tmp_path / "t3.csv", tmp_path / "t3.md"
+    df = make_table(table="table3", rows=rows, metrics=paths, csv=csv, md=md)
+    assert md.read_text().splitlines()[-1].startswith(f"| *{FLOOR}* |")
+    assert report.anneal_verdict(df) is None  # no annealing columns: no verdict
+    assert_png(plot_metric_bars(csv=csv, out=tmp_path / "bars.png", key="target_order"))
 
 
 # ##########################################################################################
-# Curves and grids
+# rar.report.curves: loss curves, FID over training
 # ##########################################################################################
-
-
-def write_train_log(path: Path, epochs: int = 40) -> Path:
-    """A metrics.csv as rar.train writes it (METRICS_FIELDS), with a torn last line."""
-    lines = ["step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"]
-    for i in range(epochs * 5):
-        ep = i / 5
-        r = min(1.0, max(0.0, 1 - (ep - 10) / 20))
-        lines.append(f"{i},{ep},{7 - np.log1p(ep):.4f},0.1,1e-4,{r},1.0,1e5,400,{i}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n12,3.")
-    return path
-
-
-def test_train_log_drops_torn_line_and_resumed_duplicates(tmp_path):
-    path = write_train_log(tmp_path / "m.csv", epochs=2)  # 10 rows and a torn "12,3."
-    assert report.read_train_log(path)["step"].tolist() == list(range(10))
-    with path.open("a") as f:  # the torn line, now inside; a resume logs step 7 again
-        f.write("\n7,1.4,0.5,0.1,1e-4,1.0,1.0,1e5,400,99\n")
-    df = report.read_train_log(path)
-    assert df["step"].tolist() == list(range(10))
-    assert df.set_index("step").loc[7, "loss"] == 0.5  # the last record of a step wins
-    assert report.read_train_log(tmp_path / "absent.csv") is None
-    (tmp_path / "header.csv").write_text("step,epoch,loss\n")
-    assert report.read_train_log(tmp_path / "header.csv") is None
 
 
 def test_loss_curves_skip_missing_runs(tmp_path):
@@ -359,6 +648,17 @@ def test_fid_vs_epoch(tmp_path):
     assert_png(plot_fid_vs_epoch(points=points[-1:], out=tmp_path / "empty.png"), min_side=100)
 
 
+# ##########################################################################################
+# rar.report.grids: scan orders, sample grids
+# ##########################################################################################
+
+
+def test_scan_orders_figure(tmp_path):
+    pytest.importorskip("torch")
+    assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
+    assert_png(plot_scan_orders(out=tmp_path / "two.png", grid=4, orders=["z-curve", "alternate"]))
+
+
 def test_sample_grids_with_a_missing_one(tmp_path):
     rng = np.random.default_rng(0)
     grids = []
@@ -372,7 +672,7 @@ def test_sample_grids_with_a_missing_one(tmp_path):
     grids.append({"label": "lost", "png": tmp_path / "lost" / "grid.png"})
     assert_png(plot_sample_grids(grids=grids, out=tmp_path / "grids.png"))
     assert_png(plot_sample_grids(grids=grids, out=tmp_path / "cut.png", max_rows=2), 150)
-    assert report._grid_image(grids[0]["png"], max_rows=2).shape == (64, 256, 3)
+    assert _grid_image(grids[0]["png"], max_rows=2).shape == (64, 256, 3)
 
 
 def test_sample_grids_beside_real_images_with_class_names(tmp_path):
@@ -422,178 +722,3 @@ def test_sample_grids_beside_real_images_with_class_names(tmp_path):
     assert "anneal_start=4, anneal_end=4 (a long label) (sampled in random order)" in texts
     with Image.open(out) as im:
         assert im.mode == "P"  # a palette: photographs stay small
-
-
-def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
-    from rar.report import make_throughput_table
-
-    header = "model,params,batch_size,dtype,images_per_s,tokens_per_s,machine\n"
-    rows = {
-        "b32": "rar_b,1,128,fp32,20.5,5248.0,H100\n",
-        "b16": "rar_b,1,128,bf16,41.0,10496.0,H100\n",
-    }
-    paths = []
-    for name, row in rows.items():
-        paths.append(tmp_path / f"{name}.csv")
-        paths[-1].write_text(header + row)
-    df = make_throughput_table(
-        benchmarks=paths, csv=tmp_path / "t5.csv", md=tmp_path / "t5.md", paper={"rar_b": 17.0}
-    )
-    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
-    md = (tmp_path / "t5.md").read_text()
-    assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
-
-
-# ##########################################################################################
-# Intervals, reference rows, the verdict, the HTML page
-# ##########################################################################################
-
-
-def write_scored(path: Path, fid: float, half: float, **extra) -> Path:
-    """A metrics.json with a FID interval of fid +- half (and any extra keys)."""
-    write_metrics(path, fid=fid, extractor="efficientnet-lite0", num_samples=160)
-    record = json.loads(path.read_text())
-    record.update(fid_ci_low=fid - half, fid_ci_high=fid + half, **extra)
-    path.write_text(json.dumps(record))
-    return path
-
-
-def anneal_table(tmp_path: Path, fids: dict, nll: dict | None = None, half: float = 2.0):
-    """A Table 2 over (start, end) in {0..4} from `fids` {(s, e): fid}, with val NLL files
-    ({(s, e): (value, se)}), and the two reference rows; returns (df, markdown text)."""
-    rows, paths = [], []
-    for (s, e), fid in fids.items():
-        r = row(f"{s}-{e}", {"anneal_start": s, "anneal_end": e})
-        p = write_scored(tmp_path / "evals" / r["evaluation"] / "metrics.json", fid, half)
-        if nll and (s, e) in nll:
-            value, se = nll[(s, e)]
-            r["val_nll"] = tmp_path / f"nll-{s}-{e}.json"
-            r["val_nll"].write_text(json.dumps({"val_nll": value, "val_nll_se": se}))
-        rows.append(r)
-        paths.append(p)
-    refs = ((report.FLOOR, 20.0), (report.RECONSTRUCTED, 40.0), (report.CEILING, 220.0))
-    for label, fid in refs:
-        r = {**row(label, {}), "kind": "reference", "run": None}
-        rows.append(r)
-        paths.append(write_scored(tmp_path / "refs" / label / "metrics.json", fid, 1.0))
-    md = tmp_path / "t2.md"
-    df = make_table(
-        table="table2", rows=rows, metrics=paths, csv=tmp_path / "t2.csv", md=md,
-        html=tmp_path / "t2.html",
-    )  # fmt: skip
-    return df, md.read_text()
-
-
-GRID = {(0, 0): 80.0, (0, 2): 70.0, (2, 3): 60.0, (3, 4): 61.0, (4, 4): 75.0}
-
-
-def test_intervals_mark_rows_beyond_the_best(tmp_path):
-    df, text = anneal_table(tmp_path, GRID)
-    best = df.index[df["label"] == "2-3"][0]
-    assert df.loc[best, "fid_ci_low"] == 58.0 and df.loc[best, "fid_ci_high"] == 62.0
-    beyond = dict(zip(df["label"], df["beyond_best"], strict=True))
-    # 62 < 68 (0-2's low end): beyond; 3-4's [59, 63] overlaps [58, 62]: not beyond.
-    assert beyond["0-0"] and beyond["0-2"] and beyond["4-4"]
-    assert not beyond["2-3"] and not beyond["3-4"]
-    lines = {
-        ln.split("|")[1].strip() + "-" + ln.split("|")[2].strip(): ln
-        for ln in text.splitlines()
-        if ln.startswith("| ")
-    }
-    assert "**60.00** [58.00, 62.00]" in lines["2-3"]
-    assert "80.00 [78.00, 82.00] †" in lines["0-0"]
-    assert "61.00 [59.00, 63.00] |" in lines["3-4"]  # within the error bars: no mark
-    assert "interval does not overlap the best row's" in text
-
-
-def test_reference_rows_close_the_table_and_measure_the_gap(tmp_path):
-    df, text = anneal_table(tmp_path, GRID)
-    assert df["kind"].tolist()[-3:] == ["reference"] * 3
-    assert df["label"].tolist()[-3:] == [report.FLOOR, report.RECONSTRUCTED, report.CEILING]
-    assert report.gap_closed(df) == pytest.approx((220 - 60) / (220 - 20))
-    bound = report.gap_closed(df, bound=report.RECONSTRUCTED)
-    assert bound == pytest.approx((220 - 40) / (220 - 20))
-    table = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    assert table[-3].startswith(f"| *{report.FLOOR}* |")
-    assert table[-1].startswith(f"| *{report.CEILING}* |")
-    assert "closes 80% of the FID gap" in text
-    assert "the tokenizer's reconstructions close 90%" in text
-    # Reference rows are never the best row, and never drawn in the annealing grid.
-    assert report.best_index(df) == df.index[df["label"] == "2-3"][0]
-    values, _ = anneal_grid(df, "fid")
-    assert values.shape == (4, 4) and np.nanmin(values.to_numpy()) == 60.0
-    assert_png(plot_anneal_heatmap(csv=tmp_path / "t2.csv", out=tmp_path / "heat.png"))
-
-
-def test_reference_rows_in_a_bar_table(tmp_path):
-    """Table 3's layout (one key column): the reference rows sit under it too, and the
-    points-with-intervals plot leaves them out of the axis but names them."""
-    rows, paths = [], []
-    for k, order in enumerate(("row-major", "spiral-in", "z-curve")):
-        rows.append(row(order, {"target_order": order}))
-        paths.append(write_scored(tmp_path / f"{order}.json", 50.0 + 5 * k, 3.0))
-    rows.append({**row(report.FLOOR, {}), "kind": "reference"})
-    paths.append(write_scored(tmp_path / "floor.json", 18.0, 1.0))
-    csv, md = tmp_path / "t3.csv", tmp_path / "t3.md"
-    df = make_table(table="table3", rows=rows, metrics=paths, csv=csv, md=md)
-    assert md.read_text().splitlines()[-1].startswith(f"| *{report.FLOOR}* |")
-    assert report.anneal_verdict(df) is None  # no annealing columns: no verdict
-    assert_png(plot_metric_bars(csv=csv, out=tmp_path / "bars.png", key="target_order"))
-
-
-def test_verdict_says_yes_when_annealing_wins_beyond_the_error_bars(tmp_path):
-    nll = {(0, 0): (4.10, 0.002), (2, 3): (4.00, 0.002), (4, 4): (4.20, 0.002)}
-    df, text = anneal_table(tmp_path, GRID, nll)
-    verdict = report.anneal_verdict(df)
-    assert verdict.startswith("Does annealing beat both raster-only and random-only")
-    assert "As measured, yes in FID; yes in val NLL:" in verdict
-    assert "the best of 3 annealed rows, (2, 3), beats raster-only (0, 0)" in verdict
-    assert text.rstrip().endswith(verdict)
-    assert verdict.endswith(".") and ". " not in verdict  # one sentence
-    assert df.loc[df["label"] == "2-3", "val_nll_ci_low"].iat[0] == pytest.approx(
-        4.0 - 1.96 * 0.002
-    )
-
-
-def test_verdict_says_no_when_the_intervals_overlap(tmp_path):
-    fids = {**GRID, (4, 4): 61.5}  # random-only within the best's error bars
-    nll = {(0, 0): (4.00, 0.05), (2, 3): (4.01, 0.05), (4, 4): (4.20, 0.002)}
-    df, _ = anneal_table(tmp_path, fids, nll)
-    verdict = report.anneal_verdict(df)
-    assert "As measured, no in FID; no in val NLL:" in verdict
-    assert "cannot be told apart from random-only (4, 4)" in verdict
-    assert "cannot be told apart from raster-only (0, 0)" in verdict
-    # Annealing worse than raster-only beyond the error bars is said as such.
-    worse = {**GRID, (0, 0): 40.0}
-    df, _ = anneal_table(tmp_path / "w", worse)
-    assert "is worse than raster-only (0, 0) beyond the error bars" in report.anneal_verdict(df)
-    assert "in val NLL there are not yet the numbers to say" in report.anneal_verdict(df)
-
-
-def test_val_nll_comes_from_a_json_or_the_runs_validation_log(tmp_path):
-    (tmp_path / "v.json").write_text(
-        json.dumps({"val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6})
-    )
-    assert report.read_val_nll(tmp_path / "v.json") == {
-        "val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6
-    }  # fmt: skip
-    log = tmp_path / "validation.csv"
-    log.write_text(
-        "step,epoch,val_loss,val_nll,order\n10,1.0,4.2,4.1,raster\n20,2.0,4.0,3.9,raster\n"
-    )
-    assert report.read_val_nll(log)["val_nll"] == 3.9
-    assert report.read_val_nll(tmp_path / "absent.json") is None
-    assert report.read_val_nll(None) is None
-
-
-def test_html_page_renders_the_markdown(tmp_path):
-    df, text = anneal_table(tmp_path, GRID)
-    page = (tmp_path / "t2.html").read_text()
-    assert page.isascii()  # character references: any charset reads it right
-    assert page.startswith('<div class="rar-table" id="table-table2">')
-    assert "<h1>table2</h1>" in page and "<strong>60.00</strong> [58.00, 62.00]" in page
-    assert page.count("<tr>") == len(df) + 1
-    assert '<td class="r">' in page and "&#8224;" in page  # right-aligned numbers, daggers
-    assert "<em>real held-out images</em>" in page
-    again = report.markdown_html(text, title="table2")
-    assert again == page  # deterministic

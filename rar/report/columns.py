@@ -1,0 +1,118 @@
+"""What each column of a table is: the metrics.json key it comes from, its name, decimals and
+direction, its interval, and how one cell of it reads.
+
+A new metric is added here (and read in `rar.report.read`); every table, caption and plot
+takes its name, decimals and direction from these registries, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PathLike = str | os.PathLike
+
+INCEPTION = "inception-v3-compat"  # the paper's extractor (torch-fidelity, as ADM)
+# Metric-name suffix per extractor, as rar.evaluate.EXTRACTORS[...].suffix (copied because that
+# module imports torch; tests/test_report.py checks the two agree).
+EXTRACTOR_SUFFIXES = {INCEPTION: "", "efficientnet-lite0": "_efficientnet_lite0"}
+
+# Our column -> metrics.json key without the extractor suffix.
+METRIC_KEYS = {
+    "fid": "fid{s}",
+    "is": "isc{s}_mean",
+    "is_std": "isc{s}_std",
+    "precision": "precision{s}",
+    "recall": "recall{s}",
+}
+# metrics.json keys read as they are (the interval belongs to the record's one FID).
+PLAIN_KEYS = ("fid_ci_low", "fid_ci_high", "class_accuracy", "val_nll")
+# ... and the val_nll interval, when metrics.json has one (rar evaluate --heldout)
+NLL_INTERVAL_KEYS = ("val_nll_ci_low", "val_nll_ci_high")
+PAPER_METRICS = ("fid", "is", "precision", "recall")  # what a row's `paper:` may give
+PLOT_METRICS = (*PAPER_METRICS, "class_accuracy", "val_nll")
+METRIC_NAMES = {
+    "fid": "FID",
+    "is": "IS",
+    "precision": "precision",
+    "recall": "recall",
+    "class_accuracy": "class accuracy",
+    "val_nll": "val NLL",
+}
+DECIMALS = {
+    "fid": 2, "is": 1, "is_std": 1, "precision": 2, "recall": 2,  # as the paper prints
+    "class_accuracy": 2, "val_nll": 3,
+}  # fmt: skip
+LOWER_IS_BETTER = {"fid", "val_nll"}
+# Metrics with a 95% interval: column -> (low column, high column).
+INTERVALS = {"fid": ("fid_ci_low", "fid_ci_high"), "val_nll": ("val_nll_ci_low", "val_nll_ci_high")}
+RESULT_COLUMNS = [
+    "fid", "fid_ci_low", "fid_ci_high", "beyond_best", "is", "is_std", "precision", "recall",
+    "class_accuracy", "val_nll", "val_nll_ci_low", "val_nll_ci_high", "n_samples", "extractor",
+    "comparable", "sampling_order", "guidance_scale", "guidance_sweep", "status",
+]  # fmt: skip
+PAPER_COLUMNS = [c for m in PAPER_METRICS for c in (f"paper_{m}", f"{m}_diff")]
+ID_COLUMNS = ["kind", "run", "evaluation", "label"]
+ROW_KINDS = ("row", "reference")  # a table row, or a reference row (floor or ceiling)
+BEYOND = "†"  # marks a value whose interval does not overlap the best row's
+MISSING = "–"  # how an unknown number reads in Markdown and on plots
+
+
+def extractor_suffix(extractor: str) -> str:
+    """The suffix of `extractor`'s metric names in metrics.json ("" for Inception); an
+    extractor not listed follows rar.evaluate's rule (its name, `-` turned into `_`)."""
+    if extractor in EXTRACTOR_SUFFIXES:
+        return EXTRACTOR_SUFFIXES[extractor]
+    return "_" + re.sub(r"[^a-z0-9]+", "_", extractor.lower())
+
+
+def extractors_of(df: pd.DataFrame) -> list[str]:
+    """The feature extractors a table's numbers come from, sorted."""
+    return sorted(df["extractor"].dropna().unique()) if "extractor" in df else []
+
+
+def metric_label(metric: str, extractors: Iterable[str] = (), short: bool = False) -> str:
+    """`FID`, or `FID (efficientnet-lite0 features, not Inception)` when the numbers come from
+    another network: a plot or header must never pass a demo FID off as an Inception FID.
+    short: `FID (efficientnet-lite0)`, for table headers under a caption that says the rest.
+    Metrics that do not come from the Inception features (val NLL) never carry the note."""
+    name = METRIC_NAMES.get(metric, metric)
+    others = ", ".join(e for e in extractors if e != INCEPTION)
+    if not others or metric == "val_nll":
+        return name
+    return f"{name} ({others})" if short else f"{name} ({others} features, not Inception)"
+
+
+def axis_label(metric: str, extractors: Iterable[str] = ()) -> str:
+    """An axis label: the short metric label and which way is better."""
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    return f"{metric_label(metric, extractors, short=True)}, {better} is better"
+
+
+def known(value: Any) -> bool:
+    """Whether `value` is a value: not None, NA or NaN."""
+    return not (value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)))
+
+
+def is_true(value: Any) -> bool:
+    """True for True (Python, numpy or pandas' nullable boolean), False for False and NA."""
+    return known(value) and bool(value)
+
+
+def fmt_cell(value: Any, decimals: int | None = None, sign: bool = False) -> str:
+    """A Markdown cell: numbers to `decimals`, unknowns as a dash, pipes escaped."""
+    if not known(value):
+        return MISSING
+    if decimals is not None:
+        return f"{float(value):{'+' if sign else ''}.{decimals}f}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("|", "\\|")

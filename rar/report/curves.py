@@ -1,0 +1,223 @@
+"""Curves over training and over settings: each run's training loss with its randomness r
+(small multiples), FID of intermediate checkpoints against their epoch, and FID against the
+guidance scale of each row's sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from rar.report.columns import PathLike, axis_label, metric_label
+from rar.report.figures import check_metric, empty_note, figure, save_png
+from rar.report.read import read_metrics, read_train_log
+
+LOSS, OTHERS, RATIO, HELD_OUT = "tab:blue", "0.82", "tab:orange", "tab:purple"  # line colours
+
+# ##########################################################################################
+# Training loss
+# ##########################################################################################
+
+
+def plot_loss_curves(
+    *, runs: list[dict], out: PathLike, title: str | None = None, ncols: int = 5
+) -> Path:
+    """Small multiples, one panel per run (same axes everywhere): its training loss (faint:
+    per logged step; solid: a running mean over ~2% of the points), every other run's running
+    mean in light grey behind it for comparison, its held-out NLL where rar.train logged one
+    (points), and the randomness r on the right axis. The legend sits under the panels.
+
+    runs: [{"label", "metrics_csv"}, optionally "validation_csv"]; a run whose file is absent
+    or empty gets a panel that says so."""
+    logs = [read_train_log(run["metrics_csv"]) for run in runs]
+    smooth = {}
+    for k, df in enumerate(logs):
+        if df is not None:
+            window = max(1, len(df) // 50)
+            smooth[k] = (df["epoch"], df["loss"].rolling(window, min_periods=1).mean())
+    n = max(1, len(runs))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = figure(2.9 * ncols + 0.8, 2.3 * nrows + 1.2)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    _fit_loss_axis(axes[0, 0], smooth)
+    for k in range(nrows * ncols):
+        ax = axes.flat[k]
+        if k >= len(runs):
+            ax.set_axis_off()
+            continue
+        ax.set_title(textwrap.fill(runs[k]["label"], 34), fontsize=8)
+        ax.grid(alpha=0.25)
+        if logs[k] is None:
+            empty_note(ax, "no training log yet", fontsize=8)
+            continue
+        _loss_panel(ax, runs[k], logs[k], k, smooth)
+        if "ratio" in logs[k]:
+            right = k % ncols == ncols - 1 or k == len(runs) - 1
+            _ratio_axis(ax, logs[k], labelled=right)
+        ax.tick_params(labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss (nats/token)", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize=8)
+    _loss_legend(fig, runs, logs)
+    text = title or "Training loss and permutation probability r (RAR §3.2)"
+    missing = [run["label"] for run, df in zip(runs, logs, strict=True) if df is None]
+    if missing:
+        text += f"\nmissing: {', '.join(missing)}"
+    fig.suptitle(text, fontsize=10)
+    return save_png(fig, out, palette=256)
+
+
+def _fit_loss_axis(ax, smooth: dict) -> None:
+    """The first steps' loss (~log of the codebook size) would squash the rest: the (shared)
+    axis shows the running means after the first 5% of training."""
+    late = [s[(e >= 0.05 * e.max())] for e, s in smooth.values()]
+    late = [s for s in late if len(s)]
+    if late:
+        lo = min(float(s.min()) for s in late)
+        hi = max(float(s.max()) for s in late)
+        pad = 0.08 * (hi - lo) if hi > lo else 0.1
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def _loss_panel(ax, run: dict, df: pd.DataFrame, k: int, smooth: dict) -> None:
+    """Run k's loss, faint and smoothed, over the other runs' in grey; its held-out NLL."""
+    for j, (ep, sm) in smooth.items():
+        if j != k:
+            ax.plot(ep, sm, color=OTHERS, lw=0.8, zorder=1)
+    ax.plot(df["epoch"], df["loss"], color=LOSS, alpha=0.2, lw=0.6, zorder=2)
+    ax.plot(*smooth[k], color=LOSS, lw=1.6, zorder=3)
+    held = _held_out_log(run)
+    if held is not None:
+        ax.plot(held["epoch"], held["nll"], "o", color=HELD_OUT, ms=3.5, zorder=4)
+
+
+def _ratio_axis(ax, df: pd.DataFrame, *, labelled: bool) -> None:
+    """The randomness r on a right axis, named only on the last panel of a line."""
+    twin = ax.twinx()
+    twin.plot(df["epoch"], df["ratio"], color=RATIO, lw=1.0, ls="--")
+    twin.set_ylim(-0.05, 1.05)
+    if labelled:
+        twin.set_ylabel("r", color=RATIO)
+    else:
+        twin.set_yticklabels([])
+    twin.tick_params(axis="y", colors=RATIO, labelsize=7)
+
+
+def _loss_legend(fig, runs: list[dict], logs: list[pd.DataFrame | None]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=LOSS, lw=1.6, label="this run's training loss (running mean)"),
+        Line2D([], [], color=OTHERS, lw=0.8, label="the other runs (running mean)"),
+        Line2D([], [], color=RATIO, lw=1.0, ls="--", label="randomness r (right axis)"),
+    ]
+    if any(
+        _held_out_log(run) is not None for run, df in zip(runs, logs, strict=True) if df is not None
+    ):
+        handles.append(
+            Line2D([], [], color=HELD_OUT, marker="o", ls="", ms=3.5, label="held-out NLL")
+        )
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+
+
+def _held_out_log(run: dict) -> pd.DataFrame | None:
+    """A run's held-out NLL log (rar.train's validation.csv beside metrics.csv, or the run's
+    `validation_csv`), or None."""
+    path = run.get("validation_csv") or Path(run["metrics_csv"]).with_name("validation.csv")
+    df = read_train_log(path)
+    if df is None:
+        return None
+    column = "val_loss" if "val_loss" in df else "val_nll"  # the NLL in the run's own order
+    if column not in df or df[column].isna().all():
+        return None
+    return df[["epoch", column]].rename(columns={column: "nll"}).dropna()
+
+
+# ##########################################################################################
+# FID over training, FID over the guidance scale
+# ##########################################################################################
+
+
+def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid") -> Path:
+    """`metric` (default FID) of checkpoints against their epoch, one line per label.
+
+    points: [{"label", "epoch", "metrics"}]; points without metrics.json are skipped and
+    counted in the title."""
+    check_metric(metric)
+    series: dict[str, list[tuple[float, float]]] = {}
+    extractors, missing = set(), 0
+    for p in points:
+        m = read_metrics(p["metrics"])
+        series.setdefault(p["label"], [])  # keep the label order even if all are missing
+        if m is None or m[metric] is None:
+            missing += 1
+            continue
+        extractors.add(m["extractor"])
+        series[p["label"]].append((float(p["epoch"]), float(m[metric])))
+    label = metric_label(metric, sorted(extractors))
+    fig = figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    drawn = 0
+    for name, xy in series.items():
+        if xy:
+            ep, val = zip(*sorted(xy), strict=True)
+            ax.plot(ep, val, marker="o", label=name)
+            drawn += 1
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        empty_note(ax, "no metrics yet")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(axis_label(metric, sorted(extractors)))
+    text = f"{label} over training"
+    if missing:
+        text += f" ({missing} of {len(points)} points missing)"
+    ax.set_title(text, fontsize=10)
+    ax.grid(alpha=0.3)
+    return save_png(fig, out)
+
+
+def plot_guidance_sweeps(*, points: list[dict], out: PathLike) -> Path:
+    """FID against the guidance scale, one line per row, the chosen scale marked.
+
+    points: [{"label", "guidance": a sweep's guidance.json}]; rows whose sweep has not run
+    are counted in the title. Small multiples when there are more than eight rows, so that
+    colours never repeat within a panel."""
+    from rar.sweep import read_sweep
+
+    sweeps = [(p["label"], read_sweep(p["guidance"])) for p in points]
+    done = [(label, s) for label, s in sweeps if s is not None]
+    per_panel = 8
+    panels = [done[i : i + per_panel] for i in range(0, len(done), per_panel)] or [[]]
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = figure(5.0 * cols, 3.8 * rows)
+    for k, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for i, (label, sweep) in enumerate(panel):
+            xs = [pt["guidance_scale"] for pt in sweep["points"]]
+            ys = [pt["fid"] for pt in sweep["points"]]
+            color = f"C{i}"
+            ax.plot(xs, ys, marker="o", ms=3, color=color, label=label)
+            ax.plot([sweep["guidance_scale"]], [sweep["best"]], marker="*", ms=12, color=color)
+        if panel:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no sweep yet", transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel("FID (sweep samples)")
+        ax.grid(alpha=0.3)
+    n_samples = {pt.get("num_samples") for _, s in done for pt in s["points"]} - {None}
+    title = "FID against guidance scale\n(* = the scale the table's evaluation used"
+    if n_samples:
+        title += f"; {'/'.join(f'{n:,}' for n in sorted(n_samples))} samples per point"
+    title += ")"
+    if len(done) < len(sweeps):
+        title += f"; {len(sweeps) - len(done)} of {len(sweeps)} sweeps missing"
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, out)
