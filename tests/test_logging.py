@@ -20,15 +20,8 @@ from torch import nn
 from rar.config import OUTSIDE_IDENTITY, TrainConfig
 from rar.records import eta_seconds, format_duration, read_progress
 from rar.tracking import Tracker, open_tracker, read_history, run_name
-from rar.train import (
-    TensorBatchSource,
-    Watcher,
-    load_checkpoint,
-    loss_and_accuracy,
-    model_from_config,
-    steps_every,
-    train,
-)
+from rar.data.batches import TensorBatchSource
+from rar.train import load_checkpoint, loss_and_accuracy, model_from_config, train
 from rar.validate import (
     HeldOut,
     grid_classes,
@@ -39,6 +32,7 @@ from rar.validate import (
     sequence_nll,
     validation_nll,
 )
+from rar.watch import Watcher, steps_every
 
 SAMPLES = 64
 

@@ -16,8 +16,8 @@ import torch
 
 from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
+from rar.data.batches import TensorBatchSource
 from rar.train import (
-    TensorBatchSource,
     learning_rate,
     load_checkpoint,
     model_from_config,
@@ -299,15 +299,15 @@ def test_when_no_checkpoint_loads_the_run_fails_listing_each(tmp_path):
 
 
 def test_a_periodic_save_that_fails_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
-    import rar.train
+    import rar.resume
 
     def disk_full(path, **state):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     ref = train(tiny_run(), tmp_path / "ref", source=tiny_source())
-    real = rar.train.save_checkpoint
+    real = rar.resume.save_checkpoint
     monkeypatch.setattr(
-        rar.train, "save_checkpoint",
+        rar.resume, "save_checkpoint",
         lambda path, **state: (disk_full if path.name == "last.next.pt" else real)(path, **state),
     )  # fmt: skip
     cfg = tiny_run(checkpoint_minutes=0)  # last.pt after every step
@@ -480,7 +480,8 @@ def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsy
     from rar.data.shards import load_manifest
     from rar.data.tokenize import tokenize_images
     from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
-    from rar.train import find_heldout, run
+    from rar.train import run
+    from rar.watch import find_heldout
 
     torch.manual_seed(0)  # the fixture's tokenizer
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
