@@ -13,55 +13,11 @@ import time
 
 import pytest
 import torch
+from helpers import assert_same_weights, tiny_run, tiny_source, weights
 
 from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
-from rar.data.batches import TensorBatchSource
-from rar.train import (
-    learning_rate,
-    load_checkpoint,
-    model_from_config,
-    no_weight_decay,
-    train,
-)
-
-SAMPLES = 64
-
-
-def tiny_run(**overrides) -> TrainConfig:
-    """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch."""
-    base = dict(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
-        checkpoint_minutes=60, log_every=4, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
-
-
-def tiny_source(seed: int = 0) -> TensorBatchSource:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(4, (SAMPLES,), generator=g)
-    # learnable structure: each class has its own token pattern, plus noise
-    base = torch.randint(16, (4, 16), generator=g)
-    noise = torch.randint(16, (SAMPLES, 16), generator=g)
-    keep = torch.rand(SAMPLES, 16, generator=g) < 0.7
-    tokens = torch.where(keep, base[labels], noise)
-    return TensorBatchSource(tokens.to(torch.int16), labels, seed=seed)
-
-
-def weights(path):
-    return load_checkpoint(path)["model"]
-
-
-def assert_same_weights(a, b, exact=True):
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-
+from rar.train import learning_rate, load_checkpoint, model_from_config, no_weight_decay, train
 
 # -- recipe ---------------------------------------------------------------------------------
 
@@ -201,7 +157,7 @@ _KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_run, tiny_source
+    from helpers import tiny_run, tiny_source
     from rar.train import train
     import rar.train as t
     step_fn = t.learning_rate
@@ -386,7 +342,7 @@ _DDP_RUN = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_run, tiny_source
+    from helpers import tiny_run, tiny_source
     from rar.train import train
     torch.set_num_threads(1)
     train(tiny_run(micro_batch=4), {workdir!r}, source=tiny_source(), device="cpu")
