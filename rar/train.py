@@ -433,9 +433,15 @@ class StepLog:
     """metrics.csv, the trackers and the printed line every `log_every` steps (and at the
     end), with the throughput of training time only: the watcher's time is left out."""
 
-    def __init__(self, cfg: TrainConfig, metrics: MetricsLog | None, watch: Watcher) -> None:
-        self.cfg, self.metrics, self.watch = cfg, metrics, watch
-        self.t_start = self.t_log = time.perf_counter()
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        metrics: MetricsLog | None,
+        watch: Watcher,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.cfg, self.metrics, self.watch, self.clock = cfg, metrics, watch, clock
+        self.t_start = self.t_log = clock()
         self.tokens_since_log = 0
 
     def after(self, step: int, stats: dict) -> None:
@@ -443,7 +449,7 @@ class StepLog:
         cfg = self.cfg
         self.tokens_since_log += cfg.global_batch * cfg.num_tokens
         if self.metrics is not None and (step % cfg.log_every == 0 or step == cfg.total_steps):
-            now = time.perf_counter()
+            now = self.clock()
             rate = self.tokens_since_log / max(now - self.t_log, 1e-9)
             row = dict(
                 step=step, epoch=cfg.epoch_at(step), loss=stats["loss"].item(),
