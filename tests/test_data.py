@@ -16,6 +16,7 @@ from PIL import Image
 
 from rar.data.images import (
     CROP_MODES,
+    SourceImage,
     center_crop_arr,
     center_crop_plan,
     list_images,
@@ -25,7 +26,14 @@ from rar.data.images import (
 )
 from rar.data.loader import TokenShards, benchmark_loader, epoch_segments, token_loader
 from rar.data.shards import ShardError, load_manifest, tar_bytes, verify_shards
-from rar.data.tokenize import parse_parts, plan_parts, select_parts, tokenize_images
+from rar.data.tokenize import (
+    _batches_by_part,
+    _members,
+    parse_parts,
+    plan_parts,
+    select_parts,
+    tokenize_images,
+)
 
 NUM_READABLE = 20  # divisible by 2 ranks x 2 workers: exactly-once holds without padding
 IMAGES_PER_PART = 4  # 21 files -> 6 parts (the last has one file)
@@ -522,3 +530,23 @@ def test_verify_path_is_torch_free():
 
     code = "import sys, rar.data.shards; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_encode_batches_are_cut_at_part_boundaries():
+    """A part's batches never depend on which other parts a job runs (byte-identical resume)."""
+    batches, parts = _batches_by_part([5, 3], [7, 2], batch_size=2)
+    assert batches == [[0, 1], [2, 3], [4], [5, 6], [7]] and parts == [7, 7, 7, 2, 2]
+    assert _batches_by_part([3], [2], batch_size=2)[0] == [[0, 1], [2]]  # as when run alone
+
+
+def test_tar_members_name_each_crop_of_each_image():
+    sources = [SourceImage("n01/a.jpg", 0, "n01_a"), SourceImage("n02/b.jpg", 1, "n02_b")]
+    ids = np.arange(4 * 3, dtype=np.uint16).reshape(4, 3)  # 2 images x 2 crops, 3 tokens
+    members = dict(_members(sources, ids, 2, write_crop=True))
+    assert list(members) == [
+        f"{key}_{c}.{ext}" for key in ("n01_a", "n02_b") for c in (0, 1)
+        for ext in ("cls", "crop", "tokens.npy")
+    ]  # fmt: skip
+    assert members["n02_b_0.cls"] == b"1" and members["n02_b_1.crop"] == b"1"
+    assert np.load(io.BytesIO(members["n02_b_1.tokens.npy"])).tolist() == [9, 10, 11]
+    assert len(_members(sources, ids, 2, write_crop=False)) == 8  # no .crop members

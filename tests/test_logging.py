@@ -12,23 +12,18 @@ import struct
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from helpers import SAMPLES, tiny_tokens, weights
 from torch import nn
 
 from rar.config import OUTSIDE_IDENTITY, TrainConfig
+from rar.data.batches import TensorBatchSource
 from rar.records import eta_seconds, format_duration, read_progress
 from rar.tracking import Tracker, open_tracker, read_history, run_name
-from rar.train import (
-    TensorBatchSource,
-    Watcher,
-    load_checkpoint,
-    loss_and_accuracy,
-    model_from_config,
-    steps_every,
-    train,
-)
+from rar.train import loss_and_accuracy, model_from_config, train
 from rar.validate import (
     HeldOut,
     grid_classes,
@@ -39,33 +34,21 @@ from rar.validate import (
     sequence_nll,
     validation_nll,
 )
-
-SAMPLES = 64
+from rar.watch import Watcher, steps_every
 
 
 def tiny_run(**overrides) -> TrainConfig:
-    """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch, 24 in all."""
-    base = dict(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
-        checkpoint_minutes=60, log_every=1, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    """helpers.tiny_run logging every step."""
+    return helpers.tiny_run(**{"log_every": 1, **overrides})
 
 
 def tokens_and_labels(seed: int, n: int = SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(4, (n,), generator=g)
-    base = torch.randint(16, (4, 16), generator=torch.Generator().manual_seed(0))
-    noise = torch.randint(16, (n, 16), generator=g)
-    keep = torch.rand(n, 16, generator=g) < 0.7
-    return torch.where(keep, base[labels], noise), labels
+    """Samples of the class patterns that `tiny_source` trains on."""
+    return tiny_tokens(seed, n, pattern_seed=0)
 
 
 def tiny_source() -> TensorBatchSource:
-    tokens, labels = tokens_and_labels(0)
-    return TensorBatchSource(tokens.to(torch.int16), labels, seed=0)
+    return helpers.tiny_source(pattern_seed=0)
 
 
 def tiny_heldout() -> HeldOut:
@@ -109,10 +92,6 @@ def same_points(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
     return [s for s, _ in a] == [s for s, _ in b] and [v for _, v in a] == pytest.approx(
         [v for _, v in b], rel=1e-5
     )
-
-
-def weights(path):
-    return load_checkpoint(path)["model"]
 
 
 # -- settings -------------------------------------------------------------------------------

@@ -13,55 +13,29 @@ import time
 
 import pytest
 import torch
+from helpers import assert_same_weights, tiny_run, tiny_source, weights
 
 from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
+from rar.data.batches import stream_from
+from rar.orders import scan_order
+from rar.runtime import DistEnv
 from rar.train import (
-    TensorBatchSource,
+    Job,
+    StepLog,
+    batch_split,
+    build_optimizer,
+    finished_checkpoint,
     learning_rate,
     load_checkpoint,
     model_from_config,
     no_weight_decay,
+    optimizer_step,
+    segment_end_of,
+    stop_step_of,
     train,
 )
-
-SAMPLES = 64
-
-
-def tiny_run(**overrides) -> TrainConfig:
-    """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch."""
-    base = dict(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
-        checkpoint_minutes=60, log_every=4, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
-
-
-def tiny_source(seed: int = 0) -> TensorBatchSource:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(4, (SAMPLES,), generator=g)
-    # learnable structure: each class has its own token pattern, plus noise
-    base = torch.randint(16, (4, 16), generator=g)
-    noise = torch.randint(16, (SAMPLES, 16), generator=g)
-    keep = torch.rand(SAMPLES, 16, generator=g) < 0.7
-    tokens = torch.where(keep, base[labels], noise)
-    return TensorBatchSource(tokens.to(torch.int16), labels, seed=seed)
-
-
-def weights(path):
-    return load_checkpoint(path)["model"]
-
-
-def assert_same_weights(a, b, exact=True):
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-
+from rar.watch import MetricsLog
 
 # -- recipe ---------------------------------------------------------------------------------
 
@@ -201,7 +175,7 @@ _KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_run, tiny_source
+    from helpers import tiny_run, tiny_source
     from rar.train import train
     import rar.train as t
     step_fn = t.learning_rate
@@ -237,6 +211,102 @@ def load_step(path):
         return load_checkpoint(path)["step"]
     except Exception:  # being replaced right now
         return -1
+
+
+# -- the pieces of a call: finished or not, the batch split, one step, its log line --------
+
+
+def test_a_call_whose_checkpoint_exists_has_nothing_to_train(tmp_path):
+    cfg, ckpts = tiny_run(), tmp_path / "checkpoints"
+    ckpts.mkdir()
+    assert segment_end_of(cfg, ckpts, None) is None is segment_end_of(cfg, ckpts, 3)  # the end
+    segment = segment_end_of(cfg, ckpts, 1)
+    assert segment == ckpts / "epoch_1.pt"
+    assert finished_checkpoint(ckpts, segment) is None is finished_checkpoint(ckpts, None)
+    (ckpts / "final.pt").touch()
+    assert finished_checkpoint(ckpts, None) == ckpts / "final.pt"
+    with pytest.raises(ValueError, match=r"is finished, and its checkpoint .*epoch_1.pt is gone"):
+        finished_checkpoint(ckpts, segment)
+    segment.touch()
+    assert finished_checkpoint(ckpts, segment) == segment
+
+
+def test_the_global_batch_splits_into_processes_and_accumulation():
+    assert batch_split(tiny_run(micro_batch=4), 1) == (4, 2)
+    assert batch_split(tiny_run(micro_batch=4), 2) == (4, 1)
+    assert batch_split(tiny_run(micro_batch=0), 2) == (4, 1)  # 0: global batch / processes
+    with pytest.raises(ValueError, match="global_batch 8 is not a multiple of micro_batch 4 x 3"):
+        batch_split(tiny_run(micro_batch=4), 3)
+
+
+def test_a_segment_stops_at_its_epoch_and_names_its_checkpoint(tmp_path):
+    cfg, segment = tiny_run(checkpoint_epochs=(2,)), tmp_path / "epoch_1.pt"
+    assert stop_step_of(cfg, 0, None, None) == (24, {16: 2})
+    assert stop_step_of(cfg, 3, 1, segment) == (8, {16: 2, 8: 1})
+    with pytest.raises(ValueError, match=r"last.pt is at step 9, past epoch 1 \(step 8\)"):
+        stop_step_of(cfg, 9, 1, segment)
+
+
+def test_a_stream_started_at_a_step_continues_the_stream_from_step_0():
+    whole = stream_from(tiny_source(), start_step=0, rank=1, world_size=2, batch_size=4)
+    batches = [next(whole) for _ in range(11)]  # 8 per epoch: into the second
+    late = stream_from(tiny_source(), start_step=10, rank=1, world_size=2, batch_size=4)
+    assert all(torch.equal(a, b) for a, b in zip(next(late), batches[10], strict=True))
+
+
+def tiny_job(cfg, ckpt_dir) -> Job:
+    """A one-process CPU job from step 0, as `train` sets it up."""
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg)
+    micro, accum = batch_split(cfg, 1)
+    streams = [
+        stream_from(tiny_source(), start_step=0, rank=a, world_size=accum, batch_size=micro)
+        for a in range(accum)
+    ]
+    return Job(
+        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), torch.device("cpu"),
+        None, scan_order(cfg.target_order, model.config.grid), streams,
+    )  # fmt: skip
+
+
+def test_one_optimizer_step_is_the_first_step_of_a_run(tmp_path):
+    cfg = tiny_run(warmup_epochs=0)  # lr > 0 at step 0
+    job = tiny_job(cfg, tmp_path / "checkpoints")
+    stats = optimizer_step(job, 0)
+    assert stats["lr"] == cfg.lr and stats["ratio"] == 1.0
+    assert stats["loss"] > 0 and 0 <= stats["accuracy"] <= 1 and stats["grad_norm"] > 0
+    one = train(cfg, tmp_path / "run", source=tiny_source(), max_steps=1)
+    assert_same_weights(job.model.state_dict(), weights(one))
+
+    with torch.no_grad():
+        next(job.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 "):
+        optimizer_step(job, 1)
+
+
+def test_the_log_line_counts_training_time_only(tmp_path, capsys):
+    class Watch:  # validates for 5 s after step 1
+        def after_step(self, step):
+            return 5.0 if step == 1 else 0.0
+
+        def log_line(self, row):
+            return "1 min"
+
+    cfg = tiny_run(log_every=2)
+    times = iter([100.0, 108.0])  # the start; the log at step 2, 8 s later (5 s watching)
+    log = StepLog(cfg, MetricsLog(tmp_path / "metrics.csv", 0), Watch(), clock=lambda: next(times))
+    stats = dict(
+        loss=torch.tensor(2.0), accuracy=torch.tensor(0.5), lr=1e-3, ratio=1.0,
+        grad_norm=torch.tensor(3.0),
+    )  # fmt: skip
+    log.after(1, stats)  # not a logging step
+    log.after(2, stats)
+    header, row = (tmp_path / "metrics.csv").read_text().split()
+    values = dict(zip(header.split(","), map(float, row.split(",")), strict=True))
+    tokens = 2 * cfg.global_batch * cfg.num_tokens  # two steps' worth
+    assert values["tokens_per_s"] == pytest.approx(tokens / 3.0, rel=1e-5)  # 8 s less 5 s
+    assert values["elapsed_s"] == 8.0 and values["step"] == 2 and values["grad_norm"] == 3.0
+    assert "step 2/24 epoch 0.25 loss 2.0000 acc 0.500 lr 0.001 r 1.000" in capsys.readouterr().out
 
 
 # -- damaged checkpoints --------------------------------------------------------------------
@@ -299,15 +369,15 @@ def test_when_no_checkpoint_loads_the_run_fails_listing_each(tmp_path):
 
 
 def test_a_periodic_save_that_fails_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
-    import rar.train
+    import rar.resume
 
     def disk_full(path, **state):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     ref = train(tiny_run(), tmp_path / "ref", source=tiny_source())
-    real = rar.train.save_checkpoint
+    real = rar.resume.save_checkpoint
     monkeypatch.setattr(
-        rar.train, "save_checkpoint",
+        rar.resume, "save_checkpoint",
         lambda path, **state: (disk_full if path.name == "last.next.pt" else real)(path, **state),
     )  # fmt: skip
     cfg = tiny_run(checkpoint_minutes=0)  # last.pt after every step
@@ -386,7 +456,7 @@ _DDP_RUN = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_run, tiny_source
+    from helpers import tiny_run, tiny_source
     from rar.train import train
     torch.set_num_threads(1)
     train(tiny_run(micro_batch=4), {workdir!r}, source=tiny_source(), device="cpu")
@@ -480,7 +550,8 @@ def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsy
     from rar.data.shards import load_manifest
     from rar.data.tokenize import tokenize_images
     from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
-    from rar.train import find_heldout, run
+    from rar.train import run
+    from rar.watch import find_heldout
 
     torch.manual_seed(0)  # the fixture's tokenizer
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)

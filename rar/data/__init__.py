@@ -5,6 +5,7 @@
 - `rar.data.tokenize` `tokenize_images`: resumable, parallel parts -> shards + manifest
 - `rar.data.loader`   `TokenShards` / `token_loader`: deterministic per-(rank, worker) streams,
                       `benchmark_loader`
+- `rar.data.batches`  what training reads: `BatchSource`, in memory or on shards, `stream_from`
 
 The names below are imported lazily (PEP 562), so `import rar.data.shards` (as
 `rar verify-shards` does) never imports torch.

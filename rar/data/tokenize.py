@@ -17,6 +17,7 @@ are deterministic (cuDNN may pick different convolution algorithms between runs;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from rar.data.shards import (
     sidecar_name,
     tar_bytes,
 )
-from rar.runtime import resolve_device
+from rar.runtime import autocast, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,16 @@ def _sources_sha256(sources: Sequence[SourceImage]) -> str:
     return h.hexdigest()
 
 
+def _expected_sidecar(
+    settings: dict, images: Sequence[SourceImage], plan: Sequence[np.ndarray], part: int
+) -> dict:
+    """What a part's sidecar must record: the settings and the hash of its source list."""
+    return {
+        "settings": settings,
+        "sources_sha256": _sources_sha256([images[i] for i in plan[part]]),
+    }
+
+
 def _sidecar_if_complete(out_dir: Path, part: int, expect: dict, *, full: bool) -> dict | None:
     """The part's sidecar if its shard is finished and matches `expect` (settings and source
     list); `full` also re-hashes the shard (else size only). None means: (re)do the part."""
@@ -157,6 +168,47 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _open_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
+    """(the tokenizer, the path of its file or None): a path is loaded, an object is used;
+    its codes must fit the shards' uint16."""
+    path = None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from rar.tokenizer import load_tokenizer  # heavy: only when given a file
+
+        path, tokenizer = str(tokenizer), load_tokenizer(tokenizer)
+    if tokenizer.codebook_size > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"codebook of {tokenizer.codebook_size} codes does not fit uint16")
+    return tokenizer, path
+
+
+def part_settings(
+    tokenizer: Any,
+    *,
+    crop: str,
+    images_per_part: int,
+    shuffle_seed: int,
+    num_files: int,
+    num_classes: int,
+    write_crop: bool,
+) -> dict:
+    """Everything a part's tokens depend on besides its source files: a part is redone when
+    its sidecar records other settings."""
+    return {
+        "crop": crop,
+        "image_size": int(tokenizer.image_size),
+        "samples_per_image": CROP_MODES[crop],
+        "tokens_per_sample": int(tokenizer.grid) ** 2,
+        "tokenizer_identity": tokenizer.identity(),
+        "codebook_size": int(tokenizer.codebook_size),
+        "grid": int(tokenizer.grid),
+        "images_per_part": images_per_part,
+        "shuffle_seed": shuffle_seed,
+        "num_files": num_files,
+        "num_classes": num_classes,
+        "write_crop": write_crop,
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # the stage
 # ------------------------------------------------------------------------------------------
@@ -197,43 +249,18 @@ def tokenize_images(
     """
     if crop not in CROP_MODES:
         raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROP_MODES)}")
-    if dtype not in ("fp32", "bf16"):
+    if dtype not in ("fp32", "bf16"):  # no "auto": the tokens would depend on the machine
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
-    tokenizer_path = None
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from rar.tokenizer import load_tokenizer  # heavy: only when given a file
-
-        tokenizer_path = str(tokenizer)
-        tokenizer = load_tokenizer(tokenizer)
-    size, k = int(tokenizer.image_size), CROP_MODES[crop]
-    if tokenizer.codebook_size > np.iinfo(np.uint16).max + 1:
-        raise ValueError(f"codebook of {tokenizer.codebook_size} codes does not fit uint16")
-
+    tokenizer, tokenizer_path = _open_tokenizer(tokenizer)
     classes, images = list_images(image_dir)
     plan = plan_parts(len(images), images_per_part=images_per_part, shuffle_seed=shuffle_seed)
     todo_parts = select_parts(len(plan), parts=parts, job_index=job_index, num_jobs=num_jobs)
-    settings = {
-        "crop": crop,
-        "image_size": size,
-        "samples_per_image": k,
-        "tokens_per_sample": int(tokenizer.grid) ** 2,
-        "tokenizer_identity": tokenizer.identity(),
-        "codebook_size": int(tokenizer.codebook_size),
-        "grid": int(tokenizer.grid),
-        "images_per_part": images_per_part,
-        "shuffle_seed": shuffle_seed,
-        "num_files": len(images),
-        "num_classes": len(classes),
-        "write_crop": write_crop,
-    }
-
-    def expect(p: int) -> dict:
-        return {
-            "settings": settings,
-            "sources_sha256": _sources_sha256([images[i] for i in plan[p]]),
-        }
-
+    settings = part_settings(
+        tokenizer, crop=crop, images_per_part=images_per_part, shuffle_seed=shuffle_seed,
+        num_files=len(images), num_classes=len(classes), write_crop=write_crop,
+    )  # fmt: skip
+    expect = functools.partial(_expected_sidecar, settings, images, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = [p for p in todo_parts if _sidecar_if_complete(out_dir, p, expect(p), full=True)]
     run = [p for p in todo_parts if p not in set(skipped)]
@@ -243,39 +270,21 @@ def tokenize_images(
     unreadable: list[str] = []
     if run:
         unreadable = _run_parts(
-            run,
-            plan=plan,
-            images=images,
-            image_dir=image_dir,
-            out_dir=out_dir,
-            tokenizer=tokenizer,
-            crop=crop,
-            size=size,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            num_workers=num_workers,
-            write_crop=write_crop,
-            expect=expect,
-            progress=progress,
-        )
+            run, plan=plan, images=images, image_dir=image_dir, out_dir=out_dir,
+            tokenizer=tokenizer, crop=crop, size=settings["image_size"], batch_size=batch_size,
+            device=device, dtype=dtype, num_workers=num_workers, write_crop=write_crop,
+            expect=expect, progress=progress,
+        )  # fmt: skip
 
     manifest_path = None
     if merge:
         manifest_path = merge_parts(
-            out_dir,
-            num_parts=len(plan),
-            expect=expect,
-            classes=classes,
-            settings=settings,
+            out_dir, num_parts=len(plan), expect=expect, classes=classes, settings=settings,
             tokenize={
-                "image_dir": str(image_dir),
-                "tokenizer_path": tokenizer_path,
-                "crop": crop,
-                "images_per_part": images_per_part,
-                "shuffle_seed": shuffle_seed,
+                "image_dir": str(image_dir), "tokenizer_path": tokenizer_path, "crop": crop,
+                "images_per_part": images_per_part, "shuffle_seed": shuffle_seed,
             },
-        )
+        )  # fmt: skip
     return {
         "num_parts": len(plan),
         "parts_run": run,
@@ -316,13 +325,7 @@ def _run_parts(
     # One DataLoader over all parts (workers start once), with batches cut at part
     # boundaries so a part's batch composition never depends on which other parts run.
     sources = [images[i] for p in run for i in plan[p]]
-    batches, part_of_batch, start = [], [], 0
-    for p in run:
-        n = len(plan[p])
-        for b in range(0, n, batch_size):
-            batches.append(list(range(start + b, start + min(b + batch_size, n))))
-            part_of_batch.append(p)
-        start += n
+    batches, part_of_batch = _batches_by_part([len(plan[p]) for p in run], run, batch_size)
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
@@ -331,8 +334,7 @@ def _run_parts(
         num_workers=num_workers,
         collate_fn=_as_list,
     )
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-    k = CROP_MODES[crop]
+    amp, k = autocast_dtype(dtype, dev), CROP_MODES[crop]
     unreadable_all: list[str] = []
     members: list[tuple[str, bytes]] = []
     part_unreadable: list[str] = []
@@ -348,19 +350,8 @@ def _run_parts(
                 log.warning("unreadable image skipped: %s (%s)", path, err)
                 part_unreadable.append(sources[i].relpath)
         if ok:
-            x = torch.from_numpy(np.concatenate([c for _, c in ok]))  # (n*K, S, S, 3) uint8
-            x = x.to(dev).permute(0, 3, 1, 2).float().div_(255.0)  # (n*K, 3, S, S) in [0, 1]
-            with autocast:
-                ids = tokenizer.encode(x)  # (n*K, N) int64
-            ids = ids.to("cpu").numpy().astype(np.uint16)
-            for j, (i, _) in enumerate(ok):
-                src = sources[i]
-                for c in range(k):
-                    key = f"{src.key}_{c}"
-                    members.append((f"{key}.cls", str(src.label).encode()))
-                    if write_crop:
-                        members.append((f"{key}.crop", str(c).encode()))
-                    members.append((f"{key}.tokens.npy", _npy_bytes(ids[j * k + c])))
+            ids = _encode(tokenizer, [c for _, c in ok], dev, amp)
+            members += _members([sources[i] for i, _ in ok], ids, k, write_crop=write_crop)
             part_images += len(ok)
         bar.update(len(batch))
         last_of_part = bi + 1 == len(batches) or part_of_batch[bi + 1] != p
@@ -376,6 +367,47 @@ def _run_parts(
         flush=True,
     )
     return unreadable_all
+
+
+def _batches_by_part(
+    sizes: Sequence[int], parts: Sequence[int], batch_size: int
+) -> tuple[list[list[int]], list[int]]:
+    """Batches of positions in the parts' concatenated source list (`sizes[j]` files of part
+    `parts[j]`), cut at part boundaries, and the part of each batch."""
+    batches, part_of_batch, start = [], [], 0
+    for n, p in zip(sizes, parts, strict=True):
+        for b in range(0, n, batch_size):
+            batches.append(list(range(start + b, start + min(b + batch_size, n))))
+            part_of_batch.append(p)
+        start += n
+    return batches, part_of_batch
+
+
+def _encode(
+    tokenizer: Any, crops: list[np.ndarray], dev: torch.device, amp: torch.dtype | None
+) -> np.ndarray:
+    """crops: each image's (K, S, S, 3) uint8 -> codes (n*K, N) uint16, crop-major per image."""
+    x = torch.from_numpy(np.concatenate(crops))  # (n*K, S, S, 3) uint8
+    x = x.to(dev).permute(0, 3, 1, 2).float().div_(255.0)  # (n*K, 3, S, S) in [0, 1]
+    with autocast(dev, amp):
+        ids = tokenizer.encode(x)  # (n*K, N) int64
+    return ids.to("cpu").numpy().astype(np.uint16)
+
+
+def _members(
+    sources: Sequence[SourceImage], ids: np.ndarray, k: int, *, write_crop: bool
+) -> list[tuple[str, bytes]]:
+    """The tar members of encoded images: for crop c of each, `<key>_<c>.cls`, `.crop` (with
+    write_crop) and `.tokens.npy` (row i * k + c of `ids`)."""
+    members = []
+    for j, src in enumerate(sources):
+        for c in range(k):
+            key = f"{src.key}_{c}"
+            members.append((f"{key}.cls", str(src.label).encode()))
+            if write_crop:
+                members.append((f"{key}.crop", str(c).encode()))
+            members.append((f"{key}.tokens.npy", _npy_bytes(ids[j * k + c])))
+    return members
 
 
 def _write_part(

@@ -1,0 +1,60 @@
+"""The tiny training runs the tests share (tests/test_train.py, tests/test_logging.py).
+
+A plain module, imported by name: tests/ is not a package (see pyproject.toml), and
+tests/conftest.py puts this folder on sys.path; subprocesses that tests start insert it
+themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rar.config import TrainConfig
+from rar.data.batches import TensorBatchSource
+from rar.train import load_checkpoint
+
+SAMPLES = 64
+
+
+def tiny_run(**overrides) -> TrainConfig:
+    """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch, 24 in all."""
+    base = dict(
+        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
+        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
+        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
+        checkpoint_minutes=60, log_every=4, seed=3,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+def tiny_tokens(
+    seed: int, n: int = SAMPLES, *, pattern_seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n samples (tokens (n, 16), labels (n,)) of 4 classes with learnable structure: each
+    class has its own token pattern, kept at 70 % of the positions, noise elsewhere. The
+    patterns are drawn from `pattern_seed` (shared by other sample sets), else from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(4, (n,), generator=g)
+    patterns = g if pattern_seed is None else torch.Generator().manual_seed(pattern_seed)
+    base = torch.randint(16, (4, 16), generator=patterns)
+    noise = torch.randint(16, (n, 16), generator=g)
+    keep = torch.rand(n, 16, generator=g) < 0.7
+    return torch.where(keep, base[labels], noise), labels
+
+
+def tiny_source(seed: int = 0, *, pattern_seed: int | None = None) -> TensorBatchSource:
+    tokens, labels = tiny_tokens(seed, pattern_seed=pattern_seed)
+    return TensorBatchSource(tokens.to(torch.int16), labels, seed=seed)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
