@@ -408,7 +408,7 @@ def sample(
     as a dict from the process that merged (rank 0), None from the others.
     """
     if check_extractor is not None:
-        from rar.evaluate import check_extractor_available
+        from rar.extractors import check_extractor_available
 
         check_extractor_available(check_extractor, extractor_weights)
 

@@ -1,0 +1,51 @@
+"""rar.io's hashes of image folders: the same file list as torch-fidelity's, keyed by content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar.io import content_sha256, image_files, sha256_file
+
+
+def _picture(path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    _picture(root / "b" / "1.png", 1)
+    _picture(root / "a" / "2.PNG", 2)
+    _picture(root / "a" / "deep" / "3.jpg", 3)
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "c.png.txt").write_text("not an image")
+    return root
+
+
+def test_image_files_are_torch_fidelitys_list(folder):
+    """The order of a folder's features, labels and hash is torch-fidelity's own listing."""
+    from torch_fidelity.utils import glob_samples_paths
+
+    files = image_files(folder)
+    assert files == glob_samples_paths(str(folder), True, "png,jpg,jpeg", "jpg,jpeg", False)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["2.PNG", "3.jpg", "1.png"]
+
+
+def test_image_files_of_a_folder_without_images_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        image_files(tmp_path)
+
+
+def test_content_sha256_follows_names_and_contents_not_the_folder(folder, tmp_path):
+    digest = content_sha256(folder)
+    assert content_sha256(folder.rename(tmp_path / "moved")) == digest  # not the location
+    moved = tmp_path / "moved"
+    (moved / "b" / "1.png").rename(moved / "b" / "4.png")
+    renamed = content_sha256(moved)
+    assert renamed != digest
+    _picture(moved / "b" / "4.png", 9)
+    assert content_sha256(moved) not in (digest, renamed)
+    assert content_sha256(moved / "a" / "2.PNG") == sha256_file(moved / "a" / "2.PNG")
