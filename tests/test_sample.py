@@ -21,9 +21,9 @@ import torch
 from rar.checkpoint import load_generator
 from rar.io import StreamedArray, open_npz_array, write_npz
 from rar.model import RAR, rar_config
-from rar.sample import (
+from rar.sample import DEFAULT_CHUNK_SIZE, read_guidance_scale, resolve_sampling, sample
+from rar.sample_chunks import (
     CHUNK_NAME,
-    DEFAULT_CHUNK_SIZE,
     SAMPLES_FORMAT,
     chunk_bounds,
     chunk_dir_for,
@@ -33,9 +33,6 @@ from rar.sample import (
     class_labels,
     label_block,
     num_chunks,
-    read_guidance_scale,
-    resolve_sampling,
-    sample,
     save_grid,
 )
 from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
@@ -353,6 +350,42 @@ def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
     info = _sample(files, reference_run)
     assert "nothing to do" in capsys.readouterr().out
     assert info["num_samples"] == 6 and reference_run.stat().st_mtime_ns == before
+
+
+def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
+    """completed_samples: samples.json's plan equal to this call's -> that record; another
+    plan or the old class-sorted layout -> None, saying why it samples again."""
+    from rar.generate import SamplingConfig
+    from rar.sample import completed_samples, sampling_plan
+
+    plan = sampling_plan(
+        files["checkpoint"], files["tokenizer"], num_classes=3, num_per_class=2, chunk_size=2,
+        seed=3, sampling=SamplingConfig(), amp_dtype=None,
+    )  # fmt: skip
+    assert plan["format"] == SAMPLES_FORMAT and plan["dtype"] == "fp32"
+    out = tmp_path / "samples.npz"
+    assert completed_samples(out, plan) is None  # nothing there yet
+    out.write_bytes(b"")
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": plan, "num_samples": 6}))
+    assert completed_samples(out, plan)["num_samples"] == 6
+    assert "nothing to do" in capsys.readouterr().out
+    assert completed_samples(out, {**plan, "seed": 4}) is None
+    assert "other settings; sampling again" in capsys.readouterr().out
+    old = {**plan, "format": "rar-samples/1"}
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": old}))
+    assert completed_samples(out, plan) is None
+    assert "'rar-samples/1'" in capsys.readouterr().out
+
+
+def test_num_classes_must_fit_the_model(files, tmp_path):
+    with pytest.raises(ValueError, match=r"num_classes 4 must be in 1\.\.3"):
+        _sample(files, tmp_path / "samples.npz", num_classes=4)
+    assert not list(tmp_path.iterdir())  # refused before any chunk
+
+
+def test_a_misspelt_sampling_setting_is_an_error(files, tmp_path):
+    with pytest.raises(TypeError, match="guidance_scal"):
+        _sample(files, tmp_path / "samples.npz", guidance_scal=2.0)
 
 
 def test_cli_sample_writes_the_set(files, reference_run, tmp_path, capsys):
