@@ -1,12 +1,22 @@
-"""rar.io's hashes of image folders: the same file list as torch-fidelity's, keyed by content."""
+"""rar.io: the byte-deterministic npz, and hashes of image folders (the same file list as
+torch-fidelity's, keyed by content)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rar.io import content_sha256, image_files, sha256_file
+from rar.io import (
+    StreamedArray,
+    content_sha256,
+    image_files,
+    open_npz_array,
+    sha256_file,
+    write_npz,
+)
 
 
 def _picture(path, value: int) -> None:
@@ -49,3 +59,33 @@ def test_content_sha256_follows_names_and_contents_not_the_folder(folder, tmp_pa
     _picture(moved / "b" / "4.png", 9)
     assert content_sha256(moved) not in (digest, renamed)
     assert content_sha256(moved / "a" / "2.PNG") == sha256_file(moved / "a" / "2.PNG")
+
+
+# ------------------------------------------------------------------------------------------
+# The npz writer
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_npz_is_byte_deterministic_and_readable(tmp_path, monkeypatch):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.int64)
+    parts = StreamedArray(images.shape, np.dtype(np.uint8), [images[:2], images[2:]])
+    write_npz(tmp_path / "a.npz", {"arr_0": parts, "labels": labels})
+    # np.savez would stamp the clock into the zip; ours must not care what time it is.
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
+    write_npz(tmp_path / "b.npz", {"arr_0": images, "labels": labels})
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz") as z:
+        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
+    mapped = open_npz_array(tmp_path / "a.npz", "arr_0")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)  # compressed: read, not mapped
+    assert np.array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_npz_rejects_a_short_stream(tmp_path):
+    short = StreamedArray((4, 2), np.dtype(np.uint8), [np.zeros((3, 2), np.uint8)])
+    with pytest.raises(ValueError, match="expected"):
+        write_npz(tmp_path / "x.npz", {"arr_0": short})
+    assert not (tmp_path / "x.npz").exists()
