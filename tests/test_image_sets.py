@@ -10,19 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from rar.image_sets import (
-    NpzImages,
-    folder_labels,
-    images_dataset,
-    samples_info,
-    samples_labels,
-)
+from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_info, samples_labels
 from rar.io import write_npz
 
 
 def _picture(path, value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)).save(path)
+    Image.new("RGB", (4, 4), (value,) * 3).save(path)
 
 
 def test_a_folders_labels_are_its_class_folders_in_file_order(tmp_path):

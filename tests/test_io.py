@@ -21,7 +21,7 @@ from rar.io import (
 
 def _picture(path, value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)).save(path)
+    Image.new("RGB", (4, 4), (value,) * 3).save(path)
 
 
 @pytest.fixture
