@@ -36,6 +36,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_per_call(fn, steps: int, device: torch.device) -> float:
+    """Mean seconds of `fn()` over `steps` calls after one untimed warm-up call (allocator,
+    kernels, compilation), the device synchronised before each clock read (gpt-fast)."""
+    fn()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
 def _append_csv(path: str | Path, row: dict) -> None:
     path = Path(path)
     new = not path.exists()
@@ -99,13 +111,7 @@ def bench_train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    one_step()  # warm-up
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    _sync(dev)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(one_step, steps, dev)
     tokens_per_s = batch_size * N / seconds
     flops = train_flops_per_token(net) * tokens_per_s
     peak = next(
@@ -143,6 +149,19 @@ def bench_train(
     return result
 
 
+def _decoder(decoder: str, model: str, device: torch.device):
+    """(decoder name, its decode function or None): "auto" decodes with MaskGIT-VQGAN (random
+    weights: the time, not the images) for the ImageNet sizes, and not at all otherwise."""
+    if decoder == "auto":
+        decoder = "maskgit-vqgan" if model in IMAGENET_SIZES else "none"
+    if decoder != "maskgit-vqgan":
+        return decoder, None
+    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
+    with device:
+        return decoder, MaskGITVQGAN(MaskGITVQGANConfig()).eval().decode
+
+
 def bench_sample(
     *,
     model: str = "rar_tiny",
@@ -166,14 +185,7 @@ def bench_sample(
     preset = SAMPLING_PRESETS.get(model, SamplingConfig())
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
     amp = {"fp32": None, "bf16": torch.bfloat16}[dtype]
-    if decoder == "auto":
-        decoder = "maskgit-vqgan" if model in IMAGENET_SIZES else "none"
-    decode = None
-    if decoder == "maskgit-vqgan":
-        from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
-
-        with dev:
-            decode = MaskGITVQGAN(MaskGITVQGANConfig()).eval().decode
+    decoder, decode = _decoder(decoder, model, dev)
 
     labels = torch.arange(batch_size, device=dev) % net.config.num_classes
     generator = torch.Generator(dev).manual_seed(0)
@@ -193,13 +205,7 @@ def bench_sample(
             with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 decode(ids)
 
-    one_batch()  # warm-up: allocator, kernels, compilation
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_batch()
-    _sync(dev)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(one_batch, steps, dev)
     result = {
         "model": model,
         "params": num_parameters(net),

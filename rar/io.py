@@ -10,6 +10,7 @@ never a file that looks finished to a rerun or to Snakemake.
 JSON: `write_json` (readable, keys in the writer's order: metrics.json, samples.json) and
 `atomic_write_json` (canonical, sorted keys: files whose bytes are compared or hashed).
 `.npz`: `write_npz` (byte-deterministic, streamed) and `open_npz_array` (memory-mapped).
+Hashes: `sha256_file` (a file's bytes) and `content_sha256` (a file, or a folder of images).
 """
 
 from __future__ import annotations
@@ -62,6 +63,40 @@ def sha256_file(path: str | os.PathLike, *, block: int = 1 << 24) -> str:
     with open(path, "rb") as f:
         while data := f.read(block):
             digest.update(data)
+    return digest.hexdigest()
+
+
+# What counts as an image in a folder of images (a reference, real images scored like samples,
+# a class probe's training set): torch-fidelity's `samples_find_ext`, as rar.evaluate passes it.
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """The images under `folder`, searched recursively: their real paths, sorted. The list
+    torch-fidelity's `glob_samples_paths(folder, True, "png,jpg,jpeg")` returns (so the file
+    order of a folder's features, labels and hash is one), without importing torch.
+    ValueError when there are none."""
+    files = [
+        os.path.realpath(os.path.join(root, name))
+        for root, _, names in os.walk(folder)
+        for name in names
+        if os.path.splitext(name)[1].lower().removeprefix(".") in IMAGE_EXTENSIONS
+    ]
+    if not files:
+        raise ValueError(f"{folder}: no images ({','.join(IMAGE_EXTENSIONS)}) found")
+    return sorted(files)
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's images: their paths relative to it and contents."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    root = path.resolve()
+    for f in image_files(path):
+        digest.update(os.path.relpath(f, root).encode() + b"\0")
+        digest.update(bytes.fromhex(sha256_file(f)))
     return digest.hexdigest()
 
 

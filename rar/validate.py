@@ -145,8 +145,14 @@ def sequence_nll(
     batch_size: int = 256,
     amp: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """(M,) float64: each sequence's mean per-token NLL (nats), dropout off. Same arguments as
-    `validation_nll`; its mean is `validation_nll` (every sequence has N tokens)."""
+    """(M,) float64: each sequence's mean per-token negative log-likelihood (nats) of `tokens`
+    visited in `orders`, with dropout off: the training loss's formula
+    (rar.train.loss_and_accuracy) on true labels.
+
+    model: a RAR on its device; tokens: (M, N) raster codes; labels: (M,) class ids (no label
+    dropout); orders: (M, N) visiting orders (`heldout_orders`). The model's train/eval mode is
+    restored on return. `amp`: the autocast dtype the run trains with (None: full precision).
+    """
     device = next(model.parameters()).device
     out = []
     with eval_mode(model):
@@ -162,38 +168,22 @@ def sequence_nll(
 
 
 def nll_sum(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    orders: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    amp: torch.dtype | None = None,
+    model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor, **options
 ) -> tuple[float, int]:
     """Summed per-token NLL (nats) and the number of tokens: `validation_nll`'s parts, for
-    callers that add them up over processes. Same arguments as `validation_nll`."""
-    per_sequence = sequence_nll(model, tokens, labels, orders, batch_size=batch_size, amp=amp)
-    n = tokens.shape[1]
+    callers that add them up over processes. Arguments and `options` (batch_size, amp):
+    `sequence_nll`'s."""
+    per_sequence = sequence_nll(model, tokens, labels, orders, **options)  # (M,)
+    n = tokens.shape[1]  # every sequence has N tokens
     return float(per_sequence.sum() * n), per_sequence.numel() * n
 
 
 def validation_nll(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    orders: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    amp: torch.dtype | None = None,
+    model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor, **options
 ) -> float:
-    """Mean per-token negative log-likelihood (nats) of `tokens` visited in `orders`, with
-    dropout off: the training loss's formula (rar.train.loss_and_accuracy) on true labels.
-
-    model: a RAR on its device; tokens: (M, N) raster codes; labels: (M,) class ids (no label
-    dropout); orders: (M, N) visiting orders (`heldout_orders`). The model's train/eval mode is
-    restored on return. `amp`: the autocast dtype the run trains with (None: full precision).
-    """
-    total, count = nll_sum(model, tokens, labels, orders, batch_size=batch_size, amp=amp)
+    """Mean per-token negative log-likelihood (nats) over every token of `tokens`: the mean
+    of `sequence_nll`, with its arguments and `options` (batch_size, amp)."""
+    total, count = nll_sum(model, tokens, labels, orders, **options)
     return total / count
 
 

@@ -13,15 +13,16 @@ from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
 import rar.evaluate as ev
-from rar.evaluate import (
+from rar.demo import extractor as efficientnet
+from rar.evaluate import evaluate
+from rar.extractors import (
     EXTRACTORS,
     ExtractorUnavailable,
-    NpzImages,
     check_extractor_available,
-    comparability,
-    evaluate,
-    register_efficientnet_lite0,
+    inception_cache_path,
+    inception_url,
 )
+from rar.image_sets import NpzImages
 from rar.io import write_npz
 
 
@@ -57,7 +58,7 @@ def _npz(path: Path, images: np.ndarray, **extra) -> Path:
 
 def _direct(samples: Path, reference: Path, extractor: str, weights: Path | None, **kw) -> dict:
     """torch-fidelity called directly, without our code in between (and without its cache)."""
-    register_efficientnet_lite0()
+    efficientnet.register()
     return torch_fidelity.calculate_metrics(
         input1=NpzImages(samples),
         input2=NpzImages(reference),
@@ -97,7 +98,7 @@ def test_offline_without_inception_weights_says_what_to_fetch(tmp_path):
     with pytest.raises(ExtractorUnavailable) as err:
         check_extractor_available("inception-v3-compat")
     message = str(err.value)
-    assert ev.inception_url() in message and "weights-inception-2015-12-05" in message
+    assert inception_url() in message and "weights-inception-2015-12-05" in message
     assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message  # where to put it
     assert "--weights" in message
     with pytest.raises(ExtractorUnavailable, match="does not exist"):
@@ -118,7 +119,7 @@ def test_sampling_fails_before_any_work_when_scoring_would_fail(tmp_path):
 
 
 def test_weights_found_in_the_cache_or_the_wheel(tmp_path, inception_weights):
-    cached = ev.inception_cache_path()
+    cached = inception_cache_path()
     assert cached.is_relative_to(tmp_path / "torch_home")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(inception_weights.read_bytes())
@@ -263,33 +264,15 @@ def test_reference_cache_follows_the_content_not_the_name(tmp_path):
     cached = sorted(p.name for p in (tmp_path / "cache").glob("*.npz"))
     # keyed by the weights and the input size the demo extractor resizes to
     features = f"{first['extractor_weights_sha256']}-{first['extractor_input_size']}px"
-    assert first["extractor_input_size"] == ev.EXTRACTORS["efficientnet-lite0"].input_size
+    assert first["extractor_input_size"] == EXTRACTORS["efficientnet-lite0"].input_size
     assert cached == sorted(
         f"{h}-{features}.npz" for h in (first["reference_sha256"], changed["reference_sha256"])
     )
 
 
 # ------------------------------------------------------------------------------------------
-# Bookkeeping
+# The CLI
 # ------------------------------------------------------------------------------------------
-
-
-def test_comparability_lists_every_departure_from_the_paper():
-    paper = dict(
-        extractor="inception-v3-compat",
-        weights_sha256=ev.INCEPTION_SHA256_PREFIX + "0" * 56,
-        num_samples=50_000,
-        labels=np.repeat(np.arange(1000), 50),
-        image_size=(256, 256),
-        fid_reference="reference_npz_mu_sigma",
-    )
-    assert comparability(**paper) == []
-    assert len(comparability(**{**paper, "num_samples": 10_000})) == 1
-    assert len(comparability(**{**paper, "labels": np.repeat(np.arange(500), 100)})) == 1
-    assert len(comparability(**{**paper, "labels": None})) == 1
-    assert len(comparability(**{**paper, "fid_reference": "reference_images"})) == 1
-    assert len(comparability(**{**paper, "extractor": "efficientnet-lite0"})) == 1
-    assert set(EXTRACTORS) == {"inception-v3-compat", "efficientnet-lite0"}
 
 
 def test_cli_evaluate_offline_fails_at_once_with_the_file_to_fetch(tmp_path, capsys):
@@ -308,75 +291,8 @@ def test_cli_evaluate_offline_fails_at_once_with_the_file_to_fetch(tmp_path, cap
         str(tmp_path / "c"),
     ]
     assert main(args) == 2  # bad input: one error line naming the file to fetch
-    assert ev.inception_url() in capsys.readouterr().err
+    assert inception_url() in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "c").exists()
-
-
-# ------------------------------------------------------------------------------------------
-# FID error bars: the bootstrap
-# ------------------------------------------------------------------------------------------
-
-
-def _tf_fid(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> float:
-    """torch-fidelity's FID of `features` against fixed statistics."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
-    stats = fid_features_to_statistics(torch.from_numpy(features))
-    stats = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
-    ref = {"mu": ref_mu, "sigma": ref_sigma}
-    return fid_statistics_to_metric(stats, ref, False)["frechet_inception_distance"]
-
-
-@pytest.mark.parametrize("n, d", [(200, 8), (30, 50)])  # the D x D and the n x n paths
-def test_bootstrap_resamples_are_exact_fids_of_resampled_sets(n, d):
-    """A resample's weighted FID equals torch-fidelity's FID of the resampled rows, in both
-    of FidBootstrap's paths (fewer distinct samples than dimensions, and more)."""
-    rng = np.random.default_rng(n)
-    x = (rng.normal(size=(n, d)) + 0.3).astype(np.float32)
-    r = rng.normal(size=(300, d))
-    mu, sigma = r.mean(0), np.cov(r, rowvar=False)
-    boot = ev.FidBootstrap(x, mu, sigma)
-    assert boot.fid() == pytest.approx(_tf_fid(x, mu, sigma), rel=1e-6)
-    for _ in range(3):
-        idx = rng.integers(0, n, n)
-        counts = np.bincount(idx, minlength=n)
-        assert boot.fid(counts) == pytest.approx(_tf_fid(x[idx], mu, sigma), rel=1e-6)
-
-
-def test_bootstrap_interval_covers_the_true_fid_at_the_nominal_rate():
-    """Samples from N(m, I) against the exact reference N(0, I): the true FID is |m|^2 = 1.
-    Over independent sample sets the 95% interval covers it about 95% of the time, and it
-    narrows as 1 / sqrt(N)."""
-    d, n, m = 4, 400, np.full(4, 0.5)
-    mu, sigma = np.zeros(d), np.eye(d)
-    rng = np.random.default_rng(11)
-    covered, widths = 0, []
-    trials = 40
-    for t in range(trials):
-        x = rng.normal(size=(n, d)) + m
-        ci = ev.fid_bootstrap(x, mu, sigma, resamples=200, seed=t)
-        covered += ci["fid_ci_low"] <= 1.0 <= ci["fid_ci_high"]
-        widths.append(ci["fid_ci_high"] - ci["fid_ci_low"])
-    assert covered >= 0.85 * trials  # 95% nominal; 40 trials leave some slack
-    # The spread of the estimate itself: sd(|mean|^2) ~ 2 |m| / sqrt(N) = 0.1, so the 95%
-    # interval is ~0.4 wide.
-    assert 0.25 < np.median(widths) < 0.6
-    big = ev.fid_bootstrap(rng.normal(size=(4 * n, d)) + m, mu, sigma, resamples=200)
-    assert 1.4 < np.median(widths) / (big["fid_ci_high"] - big["fid_ci_low"]) < 2.8
-
-
-def test_bootstrap_is_seeded_and_says_its_method():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 6))
-    a = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=1)
-    b = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=1)
-    c = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=50, seed=2)
-    assert (a["fid_ci_low"], a["fid_ci_high"]) == (b["fid_ci_low"], b["fid_ci_high"])
-    assert a["fid_ci_low"] != c["fid_ci_low"]
-    assert "50 resamples" in a["fid_ci_method"] and a["fid_ci_level"] == 0.95
-    assert a["fid_ci_low"] <= ev.FidBootstrap(x, np.zeros(6), np.eye(6)).fid() <= a["fid_ci_high"]
-    none = ev.fid_bootstrap(x, np.zeros(6), np.eye(6), resamples=0)
-    assert none["fid_ci_low"] is None and none["fid_ci_method"] is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -450,8 +366,10 @@ def test_evaluate_many_loads_the_extractor_once_and_matches_single_runs(
     )
     single = [evaluate(s, colour_sets["val"], **kw) for s in (a, b)]
     loads = []
-    real = ev._feature_extractor
-    monkeypatch.setattr(ev, "_feature_extractor", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = ev.load_feature_extractor
+    monkeypatch.setattr(
+        ev, "load_feature_extractor", lambda *a, **k: loads.append(1) or real(*a, **k)
+    )
     many = ev.evaluate_many(
         [(a, tmp_path / "a.json"), (b, tmp_path / "b.json")], colour_sets["val"], **kw
     )
@@ -520,3 +438,49 @@ def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path,
     assert record["val_nll_ci_low"] < record["val_nll"] < record["val_nll_ci_high"]
     real = evaluate(images / "train", images / "val", **kw)  # the floor row: real images
     assert real["val_nll"] is None and real["val_nll_order"] is None
+
+
+def test_a_checkpoint_is_loaded_once_for_consecutive_sample_sets(monkeypatch):
+    """Scorer.generator: the sample sets of one checkpoint (a guidance sweep's scales) share
+    one load; another checkpoint replaces it (one generator in memory at a time)."""
+    import rar.checkpoint
+
+    loads = []
+
+    def load_generator(path):
+        loads.append(path)
+        return torch.nn.Linear(1, 1), {}
+
+    monkeypatch.setattr(rar.checkpoint, "load_generator", load_generator)
+    scorer = object.__new__(ev.Scorer)  # only what `generator` uses: no extractor, no reference
+    scorer._generator, scorer.dev = None, torch.device("cpu")
+    first = scorer.generator("a.pt")
+    assert scorer.generator("a.pt") is first and loads == ["a.pt"]
+    assert scorer.generator("b.pt") is not first and loads == ["a.pt", "b.pt"]
+    scorer.generator("a.pt")
+    assert loads == ["a.pt", "b.pt", "a.pt"]
+
+
+def test_summary_line_shows_the_metrics_and_why_they_do_not_compare():
+    record = {
+        "fid_efficientnet_lite0": 12.5, "precision_efficientnet_lite0": None, "fid_ci_low": 11.0,
+        "class_accuracy": 0.75, "num_samples": 10, "extractor": "efficientnet-lite0",
+        "samples": "s.npz", "not_comparable_because": ["10 samples", "features"],
+        "seconds": 3.0,
+    }  # fmt: skip
+    line = ev.summary_line(record, ["fid_efficientnet_lite0", "precision_efficientnet_lite0"])
+    assert line == (
+        "s.npz: fid_efficientnet_lite0 12.5000, fid_ci_low 11.0000, class_accuracy 0.7500 "
+        "(10 samples, efficientnet-lite0); NOT comparable: 10 samples; features"
+    )
+    assert ev.summary_line({**record, "not_comparable_because": []}, []).endswith(
+        "; comparable to the paper"
+    )
+
+
+def test_metrics_json_copies_how_the_samples_were_made():
+    info = {"sampling": {"order": "raster"}, "preset": "rar_b", "seed": 3, "dtype": "bf16"}
+    fields = ev.sampling_fields(info)
+    assert (fields["sampling"], fields["sampling_preset"]) == ({"order": "raster"}, "rar_b")
+    assert (fields["sampling_seed"], fields["sampling_dtype"]) == (3, "bf16")
+    assert set(ev.sampling_fields({}).values()) == {None}  # real images: no samples.json

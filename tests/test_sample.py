@@ -19,24 +19,16 @@ import pytest
 import torch
 
 from rar.checkpoint import load_generator
-from rar.io import StreamedArray, open_npz_array, write_npz
 from rar.model import RAR, rar_config
-from rar.sample import (
+from rar.sample import DEFAULT_CHUNK_SIZE, read_guidance_scale, resolve_sampling, sample
+from rar.sample_chunks import (
     CHUNK_NAME,
-    DEFAULT_CHUNK_SIZE,
     SAMPLES_FORMAT,
     chunk_bounds,
     chunk_dir_for,
     chunk_generator,
-    chunk_seed,
-    chunks_of_rank,
     class_labels,
-    label_block,
     num_chunks,
-    read_guidance_scale,
-    resolve_sampling,
-    sample,
-    save_grid,
 )
 from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
@@ -88,86 +80,10 @@ def reference_run(files, tmp_path_factory) -> Path:
     return out
 
 
-# ------------------------------------------------------------------------------------------
-# Chunk arithmetic and seeds
-# ------------------------------------------------------------------------------------------
-
-
 def _assert_interleaved(labels: np.ndarray, num_classes: int) -> None:
     """Every consecutive block of `num_classes` labels holds each class exactly once."""
     blocks = labels.reshape(-1, num_classes)
     assert (np.sort(blocks, axis=1) == np.arange(num_classes)).all()
-
-
-def test_labels_are_class_interleaved_in_a_seeded_order():
-    labels = class_labels(1000, 50, seed=0)
-    assert labels.shape == (50_000,) and labels.dtype == np.int64
-    assert (np.bincount(labels) == 50).all()
-    _assert_interleaved(labels, 1000)
-    # ADM's IS splits (5,000 consecutive images, unshuffled) each hold every class 5 times.
-    assert (np.bincount(labels[5_000:10_000], minlength=1000) == 5).all()
-    assert np.array_equal(labels, class_labels(1000, 50, seed=0))
-    assert not np.array_equal(labels, class_labels(1000, 50, seed=1))
-    # Block b depends only on (seed, b): not on how many blocks there are; blocks differ.
-    assert np.array_equal(class_labels(1000, 3, seed=0), labels[:3000])
-    assert np.array_equal(label_block(0, 7, 1000), labels[7000:8000])
-    assert not np.array_equal(labels[:1000], labels[1000:2000])
-    assert not np.array_equal(labels[:1000], np.arange(1000))  # a permutation, not 0..999
-    with pytest.raises(ValueError):
-        class_labels(0, 50, seed=0)
-
-
-@pytest.mark.parametrize("n,size", [(50_000, 125), (10, 3), (7, 7), (1, 4)])
-def test_chunks_cover_every_image_once_for_any_world_size(n, size):
-    total = num_chunks(n, size)
-    covered = [i for c in range(total) for i in range(*chunk_bounds(c, n, size))]
-    assert covered == list(range(n))
-    for world in (1, 2, 3, 8):
-        shards = [chunks_of_rank(total, r, world) for r in range(world)]
-        assert sorted(c for s in shards for c in s) == list(range(total))
-        assert all(c % world == r for r, s in enumerate(shards) for c in s)
-    with pytest.raises(IndexError):
-        chunk_bounds(total, n, size)
-
-
-def test_chunk_seeds_are_deterministic_and_distinct():
-    seeds = {chunk_seed(s, i) for s in range(3) for i in range(100)}
-    assert len(seeds) == 300
-    assert chunk_seed(0, 5) == chunk_seed(0, 5) and 0 <= chunk_seed(0, 5) < 2**64
-    a = torch.rand(4, generator=chunk_generator(1, 2, "cpu"))
-    b = torch.rand(4, generator=chunk_generator(1, 2, "cpu"))
-    assert torch.equal(a, b)
-    assert not torch.equal(a, torch.rand(4, generator=chunk_generator(1, 3, "cpu")))
-
-
-# ------------------------------------------------------------------------------------------
-# The npz writer
-# ------------------------------------------------------------------------------------------
-
-
-def test_write_npz_is_byte_deterministic_and_readable(tmp_path, monkeypatch):
-    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-    labels = np.arange(5, dtype=np.int64)
-    parts = StreamedArray(images.shape, np.dtype(np.uint8), [images[:2], images[2:]])
-    write_npz(tmp_path / "a.npz", {"arr_0": parts, "labels": labels})
-    # np.savez would stamp the clock into the zip; ours must not care what time it is.
-    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
-    write_npz(tmp_path / "b.npz", {"arr_0": images, "labels": labels})
-    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
-    with np.load(tmp_path / "a.npz") as z:
-        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
-    mapped = open_npz_array(tmp_path / "a.npz", "arr_0")
-    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
-    np.savez_compressed(tmp_path / "c.npz", arr_0=images)  # compressed: read, not mapped
-    assert np.array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_write_npz_rejects_a_short_stream(tmp_path):
-    short = StreamedArray((4, 2), np.dtype(np.uint8), [np.zeros((3, 2), np.uint8)])
-    with pytest.raises(ValueError, match="expected"):
-        write_npz(tmp_path / "x.npz", {"arr_0": short})
-    assert not (tmp_path / "x.npz").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,19 +210,6 @@ def test_each_image_was_generated_for_its_label(files, reference_run):
         assert np.array_equal(to_uint8(tok.decode(ids)).numpy(), images[start:stop])
 
 
-def test_grid_rows_are_classes_picked_by_label(tmp_path):
-    """Whatever the file's order, grid row r shows only class r's images."""
-    from PIL import Image
-
-    labels = class_labels(4, 3, seed=0)
-    images = np.zeros((12, 2, 2, 3), np.uint8) + (60 * labels[:, None, None, None]).astype(np.uint8)
-    shown = save_grid(images, labels, tmp_path / "grid.png", num_classes=4, per_class=2)
-    grid = np.asarray(Image.open(tmp_path / "grid.png"))
-    assert shown == [0, 1, 2, 3] and grid.shape == (4 * 2, 2 * 2, 3)
-    for r, c in enumerate(shown):
-        assert (grid[r * 2 : (r + 1) * 2] == 60 * c).all()
-
-
 def test_rerun_after_sigkill_skips_finished_chunks(files, reference_run, tmp_path):
     out = tmp_path / "samples.npz"
     code = textwrap.dedent(f"""
@@ -353,6 +256,42 @@ def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
     info = _sample(files, reference_run)
     assert "nothing to do" in capsys.readouterr().out
     assert info["num_samples"] == 6 and reference_run.stat().st_mtime_ns == before
+
+
+def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
+    """completed_samples: samples.json's plan equal to this call's -> that record; another
+    plan or the old class-sorted layout -> None, saying why it samples again."""
+    from rar.generate import SamplingConfig
+    from rar.sample import completed_samples, sampling_plan
+
+    plan = sampling_plan(
+        files["checkpoint"], files["tokenizer"], num_classes=3, num_per_class=2, chunk_size=2,
+        seed=3, sampling=SamplingConfig(), amp_dtype=None,
+    )  # fmt: skip
+    assert plan["format"] == SAMPLES_FORMAT and plan["dtype"] == "fp32"
+    out = tmp_path / "samples.npz"
+    assert completed_samples(out, plan) is None  # nothing there yet
+    out.write_bytes(b"")
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": plan, "num_samples": 6}))
+    assert completed_samples(out, plan)["num_samples"] == 6
+    assert "nothing to do" in capsys.readouterr().out
+    assert completed_samples(out, {**plan, "seed": 4}) is None
+    assert "other settings; sampling again" in capsys.readouterr().out
+    old = {**plan, "format": "rar-samples/1"}
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": old}))
+    assert completed_samples(out, plan) is None
+    assert "'rar-samples/1'" in capsys.readouterr().out
+
+
+def test_num_classes_must_fit_the_model(files, tmp_path):
+    with pytest.raises(ValueError, match=r"num_classes 4 must be in 1\.\.3"):
+        _sample(files, tmp_path / "samples.npz", num_classes=4)
+    assert not list(tmp_path.iterdir())  # refused before any chunk
+
+
+def test_a_misspelt_sampling_setting_is_an_error(files, tmp_path):
+    with pytest.raises(TypeError, match="guidance_scal"):
+        _sample(files, tmp_path / "samples.npz", guidance_scal=2.0)
 
 
 def test_cli_sample_writes_the_set(files, reference_run, tmp_path, capsys):

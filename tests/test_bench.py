@@ -1,0 +1,28 @@
+"""rar.bench: the timing rule (one untimed warm-up, synchronised clock reads) and a CPU run."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from rar.bench import _decoder, bench_sample, seconds_per_call
+
+
+def test_seconds_per_call_skips_one_warm_up_call():
+    calls = []
+    seconds = seconds_per_call(lambda: calls.append(1), 3, torch.device("cpu"))
+    assert len(calls) == 4 and seconds >= 0
+
+
+def test_the_tokenizer_decodes_only_for_the_imagenet_sizes():
+    assert _decoder("auto", "rar_tiny", torch.device("cpu")) == ("none", None)
+    assert _decoder("none", "rar_b", torch.device("cpu")) == ("none", None)
+
+
+def test_bench_sample_on_the_cpu_appends_a_row(tmp_path):
+    path = tmp_path / "bench.csv"
+    result = bench_sample(model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=path)
+    assert result["decoder"] == "none" and result["images_per_s"] > 0
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 1 and rows[0]["model"] == "rar_tiny"

@@ -1,0 +1,91 @@
+"""rar.io: the byte-deterministic npz, and hashes of image folders (the same file list as
+torch-fidelity's, keyed by content)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar.io import (
+    StreamedArray,
+    content_sha256,
+    image_files,
+    open_npz_array,
+    sha256_file,
+    write_npz,
+)
+
+
+def _picture(path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (value,) * 3).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    _picture(root / "b" / "1.png", 1)
+    _picture(root / "a" / "2.PNG", 2)
+    _picture(root / "a" / "deep" / "3.jpg", 3)
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "c.png.txt").write_text("not an image")
+    return root
+
+
+def test_image_files_are_torch_fidelitys_list(folder):
+    """The order of a folder's features, labels and hash is torch-fidelity's own listing."""
+    from torch_fidelity.utils import glob_samples_paths
+
+    files = image_files(folder)
+    assert files == glob_samples_paths(str(folder), True, "png,jpg,jpeg", "jpg,jpeg", False)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["2.PNG", "3.jpg", "1.png"]
+
+
+def test_image_files_of_a_folder_without_images_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        image_files(tmp_path)
+
+
+def test_content_sha256_follows_names_and_contents_not_the_folder(folder, tmp_path):
+    digest = content_sha256(folder)
+    assert content_sha256(folder.rename(tmp_path / "moved")) == digest  # not the location
+    moved = tmp_path / "moved"
+    (moved / "b" / "1.png").rename(moved / "b" / "4.png")
+    renamed = content_sha256(moved)
+    assert renamed != digest
+    _picture(moved / "b" / "4.png", 9)
+    assert content_sha256(moved) not in (digest, renamed)
+    assert content_sha256(moved / "a" / "2.PNG") == sha256_file(moved / "a" / "2.PNG")
+
+
+# ------------------------------------------------------------------------------------------
+# The npz writer
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_npz_is_byte_deterministic_and_readable(tmp_path, monkeypatch):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.int64)
+    parts = StreamedArray(images.shape, np.dtype(np.uint8), [images[:2], images[2:]])
+    write_npz(tmp_path / "a.npz", {"arr_0": parts, "labels": labels})
+    # np.savez would stamp the clock into the zip; ours must not care what time it is.
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
+    write_npz(tmp_path / "b.npz", {"arr_0": images, "labels": labels})
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz") as z:
+        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
+    mapped = open_npz_array(tmp_path / "a.npz", "arr_0")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)  # compressed: read, not mapped
+    assert np.array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_npz_rejects_a_short_stream(tmp_path):
+    short = StreamedArray((4, 2), np.dtype(np.uint8), [np.zeros((3, 2), np.uint8)])
+    with pytest.raises(ValueError, match="expected"):
+        write_npz(tmp_path / "x.npz", {"arr_0": short})
+    assert not (tmp_path / "x.npz").exists()
