@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,10 @@ def option(
     """A dataclass field with its command-line help (and flag name and choices, if any)."""
     metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+# One evaluation of a class's annotations however many commands add its fields.
+_type_hints = functools.cache(get_type_hints)
 
 
 def _field_kind(hint: Any) -> tuple[type, bool]:
@@ -68,7 +73,7 @@ def add_options(
     defaults: this command's own defaults of some fields (a sweep's smaller sample count).
     """
     by_name = {f.name: f for f in dataclasses.fields(cls)}
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     defaults = defaults or {}
     for name in names:
         field = by_name[name]
@@ -95,7 +100,7 @@ def option_values(args: argparse.Namespace, cls: type, names: Iterable[str]) -> 
     typed `os.PathLike` become absolute paths."""
     from pathlib import Path  # not at import: `rar --help` never needs it
 
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     values = {}
     for name in names:
         value = getattr(args, name)

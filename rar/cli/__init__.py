@@ -97,6 +97,19 @@ def error_message(err: BaseException) -> str:
     return text
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata would cost every `rar --help`
+    a sixth of its time."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        kwargs.setdefault("help", "show program's version number and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser._print_message(f"{parser.prog} {_version()}\n", sys.stdout)
+        parser.exit()
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -119,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=Formatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in COMMANDS:
