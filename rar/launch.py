@@ -23,7 +23,6 @@ requeues itself, at most `max_requeues` times; the requeued job resumes from `la
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -34,7 +33,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,6 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 from submitit.local.local import LocalJob
 
-from rar.config import dataclass_from_dict, dataclass_from_yaml
 from rar.io import atomic_write_text
 from rar.records import (
     FAILURE_FILE,
@@ -52,16 +49,7 @@ from rar.records import (
     stdout_log,
     write_failure,
 )
-
-BACKENDS = ("debug", "local", "slurm")
-# sbatch --mail-type events (`man sbatch`); REQUEUE is what a time limit or preemption
-# sends here, since a job requeues itself (TrainJob).
-MAIL_TYPES = frozenset(
-    {
-        "NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
-        "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
-    }
-)  # fmt: skip
+from rar.settings import LauncherConfig
 
 
 class LaunchError(RuntimeError):
@@ -72,91 +60,6 @@ class LaunchError(RuntimeError):
     def __init__(self, message: str, *, log: str | os.PathLike | None = None) -> None:
         super().__init__(message)
         self.log = str(log) if log else None
-
-
-# ##########################################################################################
-# Settings
-# ##########################################################################################
-
-
-@dataclass(frozen=True)
-class LauncherConfig:
-    """Where and how a stage runs; from the profile / a YAML file (`load`) plus CLI flags.
-
-    SLURM resources mirror sbatch's options; `extra` passes any other sbatch option verbatim
-    (submitit's `additional_parameters`, e.g. `{"exclusive": true, "mail-type": "END"}`).
-    """
-
-    backend: str = "debug"  # slurm | local | debug (in-process)
-    folder: str = "logs/submitit"  # submitit pickles + job logs, a sub-folder per job id
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 0  # 0 asks for none: CPU-only partitions refuse GPU requests
-    tasks_per_node: int | None = None  # default: gpus_per_node (one process per GPU), or 1
-    cpus_per_task: int | None = None  # default: the cluster's (data workers + 1 is a good value)
-    mem_gb: float | None = None  # per node; default: the cluster's
-    time_min: int = 1440  # time limit of one job (each requeue gets a fresh one)
-    signal_delay_s: int = 120  # USR2 this long before the limit: time to end a step and save
-    max_requeues: int = 3  # timeouts survived by requeueing (submitit's max_num_timeout)
-    poll_s: float = 10.0  # how often the launching process asks sacct about its job
-    mail_user: str | None = None  # SLURM mails job events here (sbatch --mail-user)
-    mail_type: str | None = None  # which events, e.g. "FAIL,REQUEUE" (sbatch --mail-type)
-    extra: dict = field(default_factory=dict)  # more sbatch options, verbatim
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(
-                f"key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
-            )
-        for key in ("nodes", "time_min", "tasks_per_node", "cpus_per_task"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ValueError(f"key '{key}' must be at least 1, got {value}")
-        for key in ("gpus_per_node", "signal_delay_s", "max_requeues"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"key '{key}' must not be negative, got {getattr(self, key)}")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise ValueError(f"key 'mem_gb' must be positive, got {self.mem_gb}")
-        if self.poll_s <= 0:
-            raise ValueError(f"key 'poll_s' must be positive, got {self.poll_s}")
-        if self.backend == "slurm" and self.signal_delay_s >= self.time_min * 60:
-            raise ValueError(
-                f"key 'signal_delay_s' ({self.signal_delay_s} s) must be shorter than the time "
-                f"limit time_min ({self.time_min} min)"
-            )
-        unknown = set((self.mail_type or "NONE").split(",")) - MAIL_TYPES
-        if unknown:
-            raise ValueError(
-                f"key 'mail_type' has unknown event(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(MAIL_TYPES))}"
-            )
-        if self.mail_type and self.mail_type != "NONE" and not self.mail_user:
-            raise ValueError("key 'mail_type' needs 'mail_user', the address to mail")
-        if self.backend == "local" and self.nodes != 1:
-            raise ValueError(f"key 'nodes' must be 1 for the local backend, got {self.nodes}")
-
-    @property
-    def tasks(self) -> int:
-        """Processes per node: one per GPU unless set."""
-        return self.tasks_per_node or max(1, self.gpus_per_node)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "launcher config") -> LauncherConfig:
-        """Build from a mapping; errors name the source and the key at fault."""
-        return dataclass_from_dict(cls, data, source=source)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LauncherConfig:
-        """From a YAML file (a profile's per-stage launcher settings)."""
-        return dataclass_from_yaml(cls, path)
-
-    def override(self, **changes: Any) -> LauncherConfig:
-        """A copy with the given keys changed; None means "keep" (unset CLI flags)."""
-        changed = {k: v for k, v in changes.items() if v is not None}
-        return self.from_dict({**dataclasses.asdict(self), **changed}, source="launcher flags")
 
 
 # ##########################################################################################

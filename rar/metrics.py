@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rar.extractors import INCEPTION, INCEPTION_SHA256_PREFIX
+from rar.settings import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED  # the defaults `rar evaluate` shows
 
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes
 PAPER_NUM_CLASSES = 1000
@@ -137,8 +138,6 @@ def comparability(
 # FID error bars: a bootstrap over the samples
 # ##########################################################################################
 
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 FID_CI_METHOD = (
     "bootstrap over the samples: {resamples} resamples with replacement (seed {seed}) of the "

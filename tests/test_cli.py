@@ -33,6 +33,32 @@ def test_parsing_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_building_the_parser_imports_neither_numpy_nor_submitit():
+    """`rar --help` answers at once: the flags generated from rar.settings need neither
+    rar.config's numpy nor rar.launch's submitit."""
+    code = (
+        "import sys; from rar.cli import build_parser; build_parser(); "
+        "heavy = {'numpy', 'submitit', 'torch'} & set(sys.modules); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generated_flags_keep_their_names_and_defaults():
+    """The flags of sample, sweep-guidance, evaluate and the launcher, generated from
+    rar.settings, as the workflow's rules call them."""
+    sample = ["sample", "--checkpoint", "c", "--tokenizer", "t", "--out", "o"]
+    args = build_parser().parse_args([*sample, "--grid", "g.png", "--launcher", "slurm"])
+    assert (args.grid_path, args.backend, args.num_per_class, args.dtype) == (
+        "g.png", "slurm", 50, "fp32"
+    )  # fmt: skip
+    sweep = ["sweep-guidance", "--checkpoint", "c", "--tokenizer", "t", "--scales", "2", "4"]
+    args = build_parser().parse_args([*sweep, "--out", "o", "--reference", "r"])
+    assert (args.num_per_class, args.extractor, args.time_min) == (10, "inception-v3-compat", None)
+    evaluate = ["evaluate", "--samples", "s", "--reference", "r", "--out", "o"]
+    assert build_parser().parse_args(evaluate).allow_download is True
+    assert build_parser().parse_args([*evaluate, "--no-download"]).allow_download is False
+
+
 def test_bench_sample_prints_throughput(capsys, tmp_path):
     csv = tmp_path / "bench.csv"
     args = ["bench-sample", "--model", "rar_tiny", "--batch-size", "2", "--steps", "1"]

