@@ -3,14 +3,9 @@ shared functions in tests/helpers.py (`from helpers import ...`)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-# --import-mode=importlib puts no test folder on sys.path; this one goes there so that test
-# files import tests/helpers.py by name (a `tests` package would be shadowed, pyproject.toml).
-sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 # The steering repo's shared/ folder sits beside the checkout (and beside CI's fresh clone).
