@@ -252,7 +252,8 @@ def slurm_config(tmp_path, **overrides) -> LauncherConfig:
 
 
 @pytest.mark.parametrize(
-    "backend", ["local", pytest.param("slurm", marks=[pytest.mark.slurm, needs_slurm])]
+    "backend",
+    ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.slow, needs_slurm])],
 )
 def test_relaunch_reattaches_to_the_live_job(tmp_path, capsys, backend):
     """Kill the launching process while its job runs; a new launch reattaches (same job id,
@@ -331,6 +332,7 @@ def _release_requeued(record: Path, stop: threading.Event) -> None:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 @needs_slurm
 def test_slurm_timeout_requeues_and_resumes_bit_identically(tmp_path, capsys):
     """A 1-minute time limit with USR2 40 s before it; the run needs ~40 s of steps plus its

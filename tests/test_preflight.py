@@ -411,3 +411,78 @@ def test_a_profile_gives_the_launcher_settings_and_config_file():
     assert demo == {"launcher": "debug", "configfile": "config/demo.yaml"}
     with pytest.raises(ValueError, match="no Snakemake profile 'nowhere'"):
         _profile_settings("nowhere")
+
+
+# -- the pieces of the rehearsal, on their own -------------------------------------------------
+
+
+def test_the_inline_stopper_stops_once_at_its_step(tmp_path):
+    from rar.preflight.jobs import _time_limit_stopper
+
+    marker = tmp_path / "signal.json"
+    spec = {"interrupt": "inline", "signal_at": 3}
+    stop = _time_limit_stopper(spec, marker, 0, should_stop=lambda: False)
+    assert [stop() for _ in range(3)] == [False, False, True]
+    assert json.loads(marker.read_text()) == {"signal_at": 3}
+    # the resumed run (same marker) is never stopped again
+    again = _time_limit_stopper(spec, marker, 0, should_stop=lambda: False)
+    assert not any(again() for _ in range(5))
+    # the launcher's own stop request always wins
+    assert _time_limit_stopper(spec, tmp_path / "other.json", 0, lambda: True)()
+
+
+def test_a_signalled_rank_other_than_0_waits_for_rank_0(tmp_path):
+    from rar.preflight.jobs import _time_limit_stopper
+
+    spec = {"interrupt": "signal", "signal_at": 1}
+    stop = _time_limit_stopper(spec, tmp_path / "signal.json", 1, should_stop=lambda: False)
+    assert not stop() and not (tmp_path / "signal.json").exists()
+
+
+def test_resume_check_passes_only_an_exact_resume():
+    from rar.preflight import check_resume
+
+    good = {"saved_step": 2, "resumed_step": 2, "final_step": 6, "reference_step": 6,
+            "total_steps": 6, "device": "cpu", "identical": True, "max_abs_diff": 0.0}  # fmt: skip
+    assert check_resume(good, "inline").ok is True
+    moved = check_resume({**good, "resumed_step": 1}, "signal")
+    assert moved.ok is False and "the resumed step is not the saved one" in moved.measured
+    short = check_resume({**good, "final_step": 5}, "inline")
+    assert "the runs end at different steps" in short.measured
+    differ = check_resume({**good, "identical": False, "max_abs_diff": 1e-3}, "inline")
+    assert differ.ok is False and "bit for bit" in differ.measured
+    gpu = check_resume({**good, "device": "cuda", "identical": False}, "signal")
+    assert gpu.ok is True and "fp tolerance" in gpu.measured
+
+
+def test_the_throughput_check_names_the_file_or_why_nothing_was_measured(tmp_path):
+    from rar.preflight.run import _check_throughput
+    from rar.preflight.stages import _Stages
+
+    s = _Stages()
+    _check_throughput(s, tmp_path, {"train": {}, "sample": {}}, {}, checks_only=True)
+    assert s.checks == []
+    _check_throughput(s, tmp_path, {"train": {}, "sample": {}}, {}, checks_only=False)
+    assert s.checks[-1].ok is None and "did not run" in s.checks[-1].measured
+    record = {"images_per_s_per_gpu": 12.5, "device": "cpu"}
+    _check_throughput(s, tmp_path, {"train": {"rar_tiny": record}, "sample": {}}, {}, False)
+    assert s.checks[-1].ok is True and "train rar_tiny 12.50" in s.checks[-1].measured
+    written = json.loads((tmp_path / "throughput.json").read_text())
+    assert written["train"] == {"rar_tiny": record} and written["layout"] == {}
+
+
+def test_a_stage_is_skipped_naming_what_failed_and_an_error_is_its_fail():
+    from rar.preflight import Check
+    from rar.preflight.stages import _Stages
+
+    s = _Stages()
+    s.add(Check("a", False, "broken"))
+    assert s.run("b", ["a"], lambda: Check("b", True, "")) is None
+    assert s.checks[-1].ok is None and "a did not pass" in s.checks[-1].measured
+
+    def boom():
+        raise RuntimeError("no GPU here")
+
+    assert s.run("c", [], boom) is None
+    assert s.checks[-1].ok is False and "no GPU here" in s.checks[-1].measured
+    assert s.run("d", [], lambda: (Check("d", True, "ok"), 7)) == 7

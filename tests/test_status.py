@@ -20,7 +20,7 @@ import yaml
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
 from rar.launch import LauncherConfig, LaunchError, launch
-from rar.records import FAILURE_FILE, LOST, failure_reason, format_duration, read_progress
+from rar.records import FAILURE_FILE, LOST, format_duration
 from rar.status import Status, collect, format_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,12 +254,6 @@ def test_status_exits_0_when_nothing_failed(grid, no_slurm, capsys):
     assert main(argv) == 0
 
 
-def test_progress_skips_a_torn_last_line(tmp_path):
-    (tmp_path / "metrics.csv").write_text(f"{FIELDS}\n10,0.5,5,0,0,1,1,1,1,10\n20,1.0,4,0,0")
-    progress = read_progress(tmp_path / "metrics.csv")
-    assert (progress.epoch, progress.elapsed_s, progress.epochs_per_s) == (0.5, 10.0, None)
-
-
 def test_json_round_trip(grid, no_slurm, capsys):
     from rar.cli import main
 
@@ -344,29 +338,6 @@ def test_status_is_torch_free_and_fast(grid):
     ).stdout
     assert "table3 z-curve" in out
     assert float(out.split("seconds")[-1]) < 2.0
-
-
-@pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (FloatingPointError("non-finite loss (nan) at step 7 (epoch 0.1); last is x"),
-         "non-finite loss at step 7"),
-        (MemoryError(), "out of memory: MemoryError:"),
-        ("job 5 (train_x) failed:\nTraceback:\n  ...\ntorch.OutOfMemoryError: CUDA out of "
-         "memory. Tried to allocate 2 GiB", "out of memory: torch.OutOfMemoryError: CUDA out of "
-         "memory. Tried to allocate 2 GiB"),
-        ("job 5 (train_x) failed:\nsubmitit.core.utils.UncompletedJobError: Job not requeued "
-         "because: timed-out too many times.",
-         "time limit reached with no requeue left (submitit: timed-out too many times)"),
-        ("job 5 (train_x) ended NODE_FAIL without a result\nno log in /x",
-         "node failure (SLURM state NODE_FAIL)"),
-        ("job 5 (train_x) ended UNKNOWN without a result\nno log in /x",
-         "job gone: neither the scheduler nor a result knows it"),
-        (ValueError("bad\nsecond line"), "ValueError: bad"),
-    ],
-)  # fmt: skip
-def test_failure_reasons(error, reason):
-    assert failure_reason(error) == reason
 
 
 def test_debug_launch_writes_failure_and_a_later_success_clears_it(tmp_path):

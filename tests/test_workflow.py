@@ -131,6 +131,7 @@ def mini_demo(study: str) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_demo_dag_end_to_end(tmp_path):
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(mini_demo("mini"), sort_keys=False))
@@ -234,6 +235,7 @@ def _slurm_running() -> bool:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 @pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm) running")
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""

@@ -53,14 +53,14 @@ rule demo_tokenizer:
 
 rule tokenize_part:
     input:
-        images=image_marker(),
-        tokenizer=tokenizer_file(),
+        images=inputs.image_marker(),
+        tokenizer=inputs.tokenizer_file(),
     output:
         done=touch(f"{P}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
-        images=image_dir(),
+        images=inputs.image_dir(),
         out=subpath(output.done, ancestor=2),
-        crop=dataset_crop,
+        crop=inputs.dataset_crop,
         per_part=C["data"]["images_per_part"],
         jobs=C["data"]["tokenize_jobs"],
     log:
@@ -70,7 +70,7 @@ rule tokenize_part:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("tokenize"),
+        launcher=inputs.launcher_args("tokenize"),
     conda:
         "../../environment.yml"
     shell:
@@ -85,13 +85,13 @@ rule shards:
         jobs=expand(
             f"{P}/data/{{{{dataset}}}}/jobs/{{job}}.done", job=range(C["data"]["tokenize_jobs"])
         ),
-        tokenizer=tokenizer_file(),
+        tokenizer=inputs.tokenizer_file(),
     output:
         manifest=f"{P}/data/{{dataset}}/manifest.json",
     params:
-        images=image_dir(),
+        images=inputs.image_dir(),
         out=subpath(output.manifest, parent=True),
-        crop=dataset_crop,
+        crop=inputs.dataset_crop,
         per_part=C["data"]["images_per_part"],
     log:
         f"logs/{study.name}/shards/{{dataset}}.log",
@@ -111,12 +111,12 @@ rule shards:
 # Training logs its NLL every `val_every` epochs; nothing trains on it.
 rule tokenize_val:
     input:
-        images=image_marker(),
-        tokenizer=tokenizer_file(),
+        images=inputs.image_marker(),
+        tokenizer=inputs.tokenizer_file(),
     output:
         manifest=f"{P}/data/{{dataset}}/val/manifest.json",
     params:
-        images=heldout_image_dir(),
+        images=inputs.heldout_image_dir(),
         out=subpath(output.manifest, parent=True),
         per_part=C["data"]["images_per_part"],
     log:
@@ -126,7 +126,7 @@ rule tokenize_val:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("tokenize"),
+        launcher=inputs.launcher_args("tokenize"),
     conda:
         "../../environment.yml"
     shell:

@@ -4,19 +4,19 @@
 
 rule evaluate:
     input:
-        samples=evaluation_input,
-        reference=reference_input(),
-        heldout=evaluation_heldout,  # val_nll's held-out tokens
-        probe=image_marker() if C["evaluation"]["class_probe"] else [],
+        samples=inputs.evaluation_input,
+        reference=inputs.reference_input(),
+        heldout=inputs.evaluation_heldout,  # val_nll's held-out tokens
+        probe=inputs.probe_input(),
     output:
         metrics=f"{P}/evals/{{evaluation}}/metrics.json",
     params:
-        samples=evaluation_samples,
+        samples=inputs.evaluation_samples,
         extractor=C["evaluation"]["extractor"],
-        reference=reference_param,
-        weights=_extractor_flags("--weights"),
+        reference=inputs.reference_param,
+        weights=inputs.extractor_flags("--weights"),
         cache=f"{P}/cache/features",
-        args=evaluate_args,
+        args=inputs.evaluate_args,
     log:
         f"logs/{study.name}/evaluate/{{evaluation}}.log",
     benchmark:
@@ -25,7 +25,7 @@ rule evaluate:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("evaluate"),
+        launcher=inputs.launcher_args("evaluate"),
     conda:
         "../../environment.yml"
     shell:

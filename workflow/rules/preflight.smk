@@ -10,7 +10,7 @@ rule preflight:
     output:
         report=f"{P}/preflight/report.md",
     params:
-        study=study_json(),
+        study=inputs.study_json(),
         out=subpath(output.report, parent=True),
     log:
         f"logs/{study.name}/preflight.log",

@@ -4,14 +4,14 @@
 
 rule sweep_guidance:
     input:
-        checkpoint=sweep_checkpoint,
-        tokenizer=tokenizer_file(),
-        reference=reference_input(),
+        checkpoint=inputs.sweep_checkpoint,
+        tokenizer=inputs.tokenizer_file(),
+        reference=inputs.reference_input(),
     output:
         guidance=f"{P}/sweeps/{{sweep}}/guidance.json",
     params:
-        args=sweep_args,
-        reference=reference_param,
+        args=inputs.sweep_args,
+        reference=inputs.reference_param,
         cache=f"{P}/cache/features",
     log:
         f"logs/{study.name}/sweep/{{sweep}}.log",
@@ -21,7 +21,7 @@ rule sweep_guidance:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("sample"),
+        launcher=inputs.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -33,15 +33,15 @@ rule sweep_guidance:
 
 rule sample:
     input:
-        trained=trained_checkpoint,
-        tokenizer=tokenizer_file(),
-        guidance=sweep_result,
+        trained=inputs.trained_checkpoint,
+        tokenizer=inputs.tokenizer_file(),
+        guidance=inputs.sweep_result,
     output:
         samples=f"{P}/evals/{{evaluation}}/samples.npz",
         grid=f"{P}/evals/{{evaluation}}/grid.png",
     params:
-        checkpoint=sample_checkpoint,
-        args=sample_args,
+        checkpoint=inputs.sample_checkpoint,
+        args=inputs.sample_args,
     log:
         f"logs/{study.name}/sample/{{evaluation}}.log",
     benchmark:
@@ -50,7 +50,7 @@ rule sample:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("sample"),
+        launcher=inputs.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -62,12 +62,12 @@ rule sample:
 # The `tokenizer reconstructions` reference row: the floor's real images encoded and decoded.
 rule reconstruct:
     input:
-        images=image_marker(),
-        tokenizer=tokenizer_file(),
+        images=inputs.image_marker(),
+        tokenizer=inputs.tokenizer_file(),
     output:
         samples=f"{P}/reconstructions/{{evaluation}}.npz",
     params:
-        images=reconstruction_images,
+        images=inputs.reconstruction_images,
     log:
         f"logs/{study.name}/reconstruct/{{evaluation}}.log",
     conda:

@@ -8,7 +8,7 @@ rule run_config:
     output:
         config=f"{P}/runs/{{run}}/config.yaml",
     params:
-        config=run_config_dict,
+        config=inputs.run_config_dict,
     log:
         f"logs/{study.name}/run_config/{{run}}.log",
     conda:
@@ -20,7 +20,7 @@ rule run_config:
 # The CEILING row's checkpoint: a run's initial weights (rar.reference_rows), never trained.
 rule untrained_checkpoint:
     input:
-        config=untrained_run_config,
+        config=inputs.untrained_run_config,
     output:
         checkpoint=f"{P}/untrained/{{run}}.pt",
     log:
@@ -35,14 +35,14 @@ rule untrained_checkpoint:
 rule train:
     input:
         config=rules.run_config.output.config,
-        manifest=manifest_of_run,
+        manifest=inputs.manifest_of_run,
         heldout=heldout_of_run,  # for val_every (read by rar train from <data>/val)
-        start=train_start,
+        start=inputs.train_start,
     output:
         checkpoint=f"{P}/runs/{{run}}/checkpoints/{{stop}}.pt",
     params:
         workdir=subpath(input.config, parent=True),
-        args=train_args,
+        args=inputs.train_args,
     log:
         f"logs/{study.name}/train/{{run}}-{{stop}}.log",
     benchmark:
@@ -51,10 +51,10 @@ rule train:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("train"),
+        launcher=inputs.launcher_args("train"),
         # not a param either: the checkpoints a run keeps and its logging may change while it
         # is in flight (a new FID-vs-epoch point) without retraining it
-        settings=train_settings,
+        settings=inputs.train_settings,
     conda:
         "../../environment.yml"
     shell:

@@ -1,0 +1,363 @@
+"""Building a study from its validated config: the tables' rows expanded into data sets, runs,
+evaluations, guidance sweeps and reference rows, then the trunk plan (`rar.experiments.trunks`).
+Torch-free.
+
+`load_study` is the one loader of every tool; the checks that need the package (model sizes,
+presets, scan orders, `TrainConfig`'s own) live here, beside the expansion they guard, so that
+each error names the row it comes from.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from typing import Any
+
+from rar.config import TrainConfig
+from rar.experiments.schema import validate_config
+from rar.experiments.study import (
+    CEILING,
+    FLOOR,
+    RECONSTRUCTED,
+    DataSet,
+    Evaluation,
+    Row,
+    Study,
+    StudyError,
+    Sweep,
+    image_dir,
+    short_hash,
+)
+from rar.experiments.trunks import plan_trunks
+from rar.presets import (
+    ARCHITECTURES,
+    GUIDANCE_SCHEDULES,
+    RAR_CONFIGS,
+    SAMPLING_PRESETS,
+    SCAN_ORDERS,
+)
+
+# Sampling keys a table's base or a row may set; they make an evaluation's identity.
+SAMPLING_KEYS = (
+    "preset", "guidance_scale", "guidance_scales", "guidance_power", "guidance_schedule",
+    "temperature", "order",
+)  # fmt: skip
+_ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
+_NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
+# The crops of the data stage (rar.data.images) and how they appear in folder names.
+CROPS = {"center": "center", "center+flip": "center_flip", "tencrop": "tencrop"}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Nested dict merge: mappings merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _dataset_name(config: dict, crop: str) -> str:
+    return f"{config['data']['dataset']}-{config['tokenizer']['name']}-{CROPS[crop]}"
+
+
+def _train_settings(config: dict, prefix: str) -> dict:
+    """The study-wide training settings: the config's `train:` plus what data and tokenizer
+    fix (codebook, classes, tokens and the epoch size)."""
+    data, tok = config["data"], config["tokenizer"]
+    fixed = {
+        "source_images": data["source_images"],
+        "num_classes": data["num_classes"],
+        "codebook_size": tok["codebook_size"],
+        "num_tokens": tok["grid"] ** 2,
+    }
+    clash = sorted(set(config["train"]) & {*fixed, "data"})
+    if clash:
+        raise StudyError(
+            f"train: {', '.join(clash)} follow from `data` and `tokenizer`; do not set them here"
+        )
+    # Where the study's runs are watched (README "Watching a grid"): one TensorBoard folder
+    # and one W&B group per study; `train:` may set others.
+    watch = {"log_dir": f"{prefix}/tb", "log_group": config["study"]}
+    return {**watch, **config["train"], **fixed}
+
+
+def _check_name(value: Any, known, where: str, what: str) -> None:
+    if value not in known:
+        raise StudyError(f"{where}: unknown {what} {value!r}; known: {', '.join(known)}")
+
+
+def _sampling_settings(sampling: dict, where: str) -> dict:
+    """Resolved sampling settings: the preset's values, overridden by explicit keys; a sweep
+    (`guidance_scales`) replaces `guidance_scale`."""
+    preset = sampling.get("preset")
+    if preset is not None:
+        _check_name(preset, SAMPLING_PRESETS, f"{where}: sampling.preset", "preset")
+    resolved = {"guidance_schedule": "pow-cosine", **SAMPLING_PRESETS.get(preset, {})}
+    resolved.update({k: v for k, v in sampling.items() if k in SAMPLING_KEYS and k != "preset"})
+    resolved.setdefault("order", "row-major")
+    _check_name(resolved["order"], (*SCAN_ORDERS, "random"), f"{where}: sampling.order", "order")
+    _check_name(
+        resolved["guidance_schedule"],
+        GUIDANCE_SCHEDULES,
+        f"{where}: sampling.guidance_schedule",
+        "guidance schedule",
+    )
+    needed = ["guidance_scale", "temperature"]
+    if "guidance_scales" in resolved:  # a sweep: the scale is chosen later
+        resolved["guidance_scales"] = sorted(float(s) for s in resolved["guidance_scales"])
+        resolved.pop("guidance_scale", None)
+        needed.remove("guidance_scale")
+    if resolved["guidance_schedule"] == "pow-cosine":
+        needed.append("guidance_power")
+    else:  # only pow-cosine has an exponent; keep it out of the identity otherwise
+        resolved.pop("guidance_power", None)
+    missing = [k for k in needed if k not in resolved]
+    if missing:
+        raise StudyError(f"{where}: sampling: set a preset or {', '.join(missing)}")
+    return {k: resolved[k] for k in sorted(resolved)}
+
+
+def _row_config(train: dict, overrides: dict, where: str) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known - {"data"})
+    if unknown or "data" in overrides:
+        bad = unknown or ["data"]
+        raise StudyError(
+            f"{where}: unknown key(s) {', '.join(map(repr, bad))} (a row sets TrainConfig keys, "
+            f"`crop`, `sampling`, `paper` and `label`)"
+        )
+    settings = {**train, **overrides}
+    _check_name(settings.get("model", "rar_l"), RAR_CONFIGS, f"{where}: model", "model size")
+    _check_name(
+        settings.get("target_order", "row-major"),
+        SCAN_ORDERS,
+        f"{where}: target_order",
+        "scan order",
+    )
+    _check_name(
+        settings.get("architecture", "adaln"),
+        ARCHITECTURES,
+        f"{where}: architecture",
+        "architecture",
+    )
+    try:
+        return TrainConfig.from_dict(settings, source=where)
+    except ValueError as err:
+        raise StudyError(str(err)) from err
+
+
+def _label(keys: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in keys.items())
+
+
+class _Builder:
+    """Collects a study's runs, evaluations and sweeps while its tables are read."""
+
+    def __init__(self, config: dict, prefix: str) -> None:
+        self.config = config
+        self.prefix = prefix
+        self.train = _train_settings(config, prefix)
+        sampling = config["sampling"]
+        self.metric_settings = {
+            "extractor": config["evaluation"]["extractor"],
+            "reference": config["evaluation"]["reference"],
+            "num_per_class": sampling["num_per_class"],
+            "num_classes": config["data"]["num_classes"],
+            "seed": sampling["seed"],
+        }
+        self.tokenizer = config["tokenizer"]  # a reconstruction's identity
+        self.datasets: dict[str, DataSet] = {}
+        self.configs: dict[str, TrainConfig] = {}
+        self.evaluations: dict[str, Evaluation] = {}
+        self.sweeps: dict[str, Sweep] = {}
+
+    def dataset(self, crop: str) -> str:
+        name = _dataset_name(self.config, crop)
+        self.datasets.setdefault(name, DataSet(name, crop))
+        return f"{self.prefix}/data/{name}"
+
+    def run(self, overrides: dict, crop: str, where: str) -> TrainConfig:
+        cfg = _row_config({**self.train, "data": self.dataset(crop)}, overrides, where)
+        self.configs.setdefault(cfg.run_id(), cfg)
+        return cfg
+
+    def sweep(self, run: str, sampling: dict, checkpoint: str | None) -> str | None:
+        """The sweep that picks `sampling`'s guidance scale (None: no sweep)."""
+        if "guidance_scales" not in sampling:
+            return None
+        base = {k: v for k, v in sampling.items() if k != "guidance_scales"}
+        metrics = {
+            **self.metric_settings,
+            "num_per_class": self.config["sampling"]["sweep_per_class"],
+        }
+        scales = tuple(sampling["guidance_scales"])
+        key = {"checkpoint": checkpoint} if checkpoint else {"run": run}
+        sid = short_hash({**key, "scales": scales, "sampling": base, **metrics})
+        self.sweeps[sid] = Sweep(sid, run, scales, base, metrics, checkpoint)
+        return sid
+
+    def floor(self, images: str, kind: str = "real") -> str:
+        """The FLOOR evaluation: the real images of `images` scored as samples (kind "real");
+        or, kind "reconstructed", those images through the study's tokenizer and back."""
+        key = {kind: images, **self.metric_settings}
+        if kind == "reconstructed":
+            key["tokenizer"] = self.tokenizer
+        eid = short_hash(key)
+        self.evaluations[eid] = Evaluation(
+            eid, "", 0.0, True, {}, self.metric_settings, kind=kind, images=images
+        )
+        return eid
+
+    def ceiling(self, run: str, sampling: dict) -> str:
+        """The CEILING evaluation: samples of run `run`'s initial weights with its table's
+        sampling; a swept scale is replaced by the lowest of the sweep (guidance cannot help a
+        model that learned nothing, and a sweep of it would cost samples for no answer).
+        Keyed by the run's trunk key: runs that differ only in their annealing start from the
+        same weights, so their tables share one ceiling."""
+        sampling = dict(sampling)
+        if "guidance_scales" in sampling:
+            sampling["guidance_scale"] = min(sampling.pop("guidance_scales"))
+        start = self.configs[run].trunk_key()
+        eid = short_hash({"untrained": start, "sampling": sampling, **self.metric_settings})
+        self.evaluations.setdefault(
+            eid,
+            Evaluation(
+                eid, run, 0.0, False, sampling, self.metric_settings,
+                checkpoint=f"{self.prefix}/untrained/{run}.pt", kind="untrained",
+            ),
+        )  # fmt: skip
+        return eid
+
+    def evaluation(
+        self, run: str, epoch: float, final: bool, sampling: dict, checkpoint: str | None = None
+    ) -> str:
+        sweep = self.sweep(run, sampling, checkpoint)
+        key = {"checkpoint": checkpoint} if checkpoint else {"run": run, "epoch": epoch}
+        eid = short_hash({**key, "sampling": sampling, **self.metric_settings})
+        self.evaluations[eid] = Evaluation(
+            eid, run, epoch, final, sampling, self.metric_settings, checkpoint, sweep
+        )
+        return eid
+
+
+def load_study(config: Any, *, source: str = "config") -> Study:
+    """Resolve a study config into data sets, runs, evaluations, sweeps, tables and trunks.
+
+    The one loader of every tool: the schema's checks and defaults first (`validate_config`),
+    then the package's. Every error is a StudyError naming `source`, the key and the value.
+    """
+    config = validate_config(config, source=source)
+    try:
+        return _build(config)
+    except StudyError as err:
+        raise StudyError(f"{source}: {err}") from None
+
+
+def _build(config: dict) -> Study:
+    study_name = config["study"]
+    prefix = "results" if study_name == "paper" else f"results/{study_name}"
+    b = _Builder(config, prefix)
+    study_sampling = {k: v for k, v in config["sampling"].items() if k in SAMPLING_KEYS}
+    tables: dict[str, list[Row]] = {}
+    references: dict[str, list[Row]] = {}
+    curves: dict[str, list[tuple[str, float, dict]]] = {}
+    _row_config({**b.train, "data": ""}, {}, "train")  # the study-wide keys, checked early
+    _check_reference_rows(config)
+
+    for tname, table in config["tables"].items():
+        base, rows = table["base"], table["rows"]
+        # The table's columns: the keys its rows set, in order of first appearance.
+        varying = list(dict.fromkeys(k for r in rows for k in r if k not in _NOT_COLUMNS))
+        tables[tname], curves[tname], seen = [], [], {}
+        for i, row in enumerate(rows):
+            where = f"tables.{tname}.rows[{i}]"
+            merged = _merge(base, row)
+            sampling = _sampling_settings(_merge(study_sampling, merged.get("sampling", {})), where)
+            overrides = {k: v for k, v in merged.items() if k not in _ROW_META}
+            cfg = b.run(overrides, merged.get("crop", config["data"]["crop"]), where)
+            rid = cfg.run_id()
+            eid = b.evaluation(rid, cfg.epochs, True, sampling)
+            if eid in seen:
+                raise StudyError(
+                    f"{where}: the same run and evaluation as tables.{tname}.rows[{seen[eid]}] "
+                    "(a duplicate row)"
+                )
+            seen[eid] = i
+            keys = {k: _column_value(k, row, base, cfg) for k in varying}
+            label = row.get("label") or _label(keys)
+            tables[tname].append(Row(tname, label, keys, rid, eid, dict(row.get("paper", {}))))
+            for epoch in table["evaluate_epochs"]:
+                if 0 < epoch < cfg.epochs:
+                    curves[tname].append((rid, float(epoch), sampling))
+        if config["evaluation"]["reference_rows"]:
+            first, floor_images = tables[tname][0], image_dir(config, prefix, "floor")
+            floor = b.floor(floor_images)
+            tokens = b.floor(floor_images, "reconstructed")
+            ceiling = b.ceiling(first.run, b.evaluations[first.evaluation].sampling)
+            references[tname] = [
+                Row(tname, FLOOR, {}, "", floor, kind="reference"),
+                Row(tname, RECONSTRUCTED, {}, "", tokens, kind="reference"),
+                Row(tname, CEILING, {}, first.run, ceiling, kind="reference"),
+            ]
+
+    official = config["official"]
+    if official:
+        tables["official"], curves["official"] = [], []
+        for name, spec in official.items():
+            where = f"official.{name}"
+            sampling = _sampling_settings(_merge(study_sampling, spec["sampling"]), where)
+            key = f"official_{name}"
+            eid = b.evaluation(key, 0.0, True, sampling, checkpoint=spec["checkpoint"])
+            tables["official"].append(
+                Row("official", name, {"model": name}, key, eid, spec["paper"])
+            )
+
+    runs = plan_trunks(b.configs, {(r, e) for rows in curves.values() for r, e, _ in rows})
+    curve_ids = {
+        t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
+    }
+    return Study(
+        study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids,
+        references,
+    )  # fmt: skip
+
+
+def _check_reference_rows(config: dict) -> None:
+    """The floor must be scored at the sample count of the rows it calibrates (FID falls
+    with the count), so the demo's test/ holds num_per_class images per class."""
+    demo = config["data"].get("demo")
+    if not config["evaluation"]["reference_rows"] or demo is None:
+        return
+    want = config["sampling"]["num_per_class"]
+    if demo["test_per_class"] != want:
+        raise StudyError(
+            f"data.demo.test_per_class: {demo['test_per_class']}, but evaluation.reference_rows "
+            f"needs the floor row's real images at the rows' sample count, sampling.num_per_class "
+            f"= {want}; set test_per_class: {want}"
+        )
+
+
+def _column_value(key: str, row: dict, base: dict, cfg: TrainConfig) -> Any:
+    """What a table shows in column `key` for a row: the row's own value, else the base's,
+    else the resolved one."""
+    if key in row:
+        return row[key]
+    if key in base:
+        return base[key]
+    return getattr(cfg, key, None)
+
+
+def load_study_file(path) -> Study:
+    """`load_study` of a YAML file; every problem (missing file, bad YAML, bad study) is a
+    StudyError that names the file."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise StudyError(f"{path}: {err}") from err
+    return load_study(config, source=str(path))

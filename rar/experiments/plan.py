@@ -1,0 +1,232 @@
+"""The plan of a study (`rar plan`): totals of epochs, GPU-hours and samples, the plan as JSON,
+the plan as text, and the throughput `rar preflight` measured. Torch-free."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
+
+
+def measured_throughput(study: Study, path: str | Path | None = None) -> dict | None:
+    """The throughput `rar preflight` measured on the user's nodes (`throughput.json`: training
+    and sampling images/s per GPU by model size), from `path` or, by default,
+    `<prefix>/preflight/throughput.json` when it exists; None without one. A file that is not
+    such a record is a StudyError naming it."""
+    file = Path(path) if path else Path(study.prefix) / "preflight" / "throughput.json"
+    if path is None and not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise StudyError(f"{file}: not a readable throughput record ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        raise StudyError(f"{file}: not a throughput record of `rar preflight` (no 'train' figures)")
+    return {**data, "file": str(file)}
+
+
+def estimate(study: Study, measured: dict | None = None) -> dict:
+    """Planned vs naive training epochs, GPU-hours, evaluations and samples (`rar plan`);
+    GPU-hours from `measured` figures (`measured_throughput`) where they exist."""
+    planned, naive = study.planned_epochs(), study.naive_epochs()
+    return {
+        "runs": len(study.runs),
+        "table_runs": len(study.table_runs()),
+        "trunks": sum(r.kind == "trunk" for r in study.runs.values()),
+        "branches": sum(r.kind == "branch" for r in study.runs.values()),
+        "planned_epochs": planned,
+        "naive_epochs": naive,
+        "saved_fraction": 1 - planned / naive if naive else 0.0,
+        "gpu_hours": study.gpu_hours(measured=measured),
+        "gpu_hours_sources": {
+            model: source
+            for model, (_, source) in study.gpu_hours_per_epoch(measured).items()
+            if model in {r.config.model for r in study.runs.values()}
+        },
+        "evaluations": len(study.evaluations),
+        "sweeps": len(study.sweeps),
+        "samples": sum(e.num_samples for e in study.evaluations.values()),
+        "sweep_samples": sum(s.num_samples for s in study.sweeps.values()),
+    }
+
+
+def plan_dict(study: Study, measured: dict | None = None) -> dict:
+    """Everything `rar plan --json` prints: every run with its resolved training config and
+    the tables it serves, every evaluation and sweep with its resolved settings."""
+    tables_of = {rid: sorted({row.table for row in study.row_of(rid)}) for rid in study.runs}
+    return {
+        "study": study.name,
+        "prefix": study.prefix,
+        "totals": estimate(study, measured),
+        "measured_throughput": measured,
+        "datasets": [
+            {"name": d.name, "crop": d.crop, "dir": study.data_dir(d.name)}
+            for d in study.datasets.values()
+        ],
+        "tables": {
+            name: {
+                "recipe": study.recipe(name),
+                "rows": [
+                    {
+                        "label": r.label,
+                        "keys": r.keys,
+                        "run": r.run,
+                        "evaluation": r.evaluation,
+                        "paper": r.paper,
+                    }
+                    for r in rows
+                ],
+            }
+            for name, rows in study.tables.items()
+        },
+        "runs": [
+            {
+                "id": run.id,
+                "kind": run.kind,
+                "trunk": run.trunk,
+                "branch_epoch": run.branch_epoch,
+                "segments": list(run.segments),
+                "epochs_to_train": run.epochs_to_train,
+                "tables": tables_of[run.id],
+                "config": run.config.to_dict(),
+            }
+            for run in study.runs.values()
+        ],
+        "evaluations": [
+            {
+                "id": ev.id,
+                "run": ev.run,
+                "epoch": ev.epoch,
+                "final": ev.final,
+                "checkpoint": ev.checkpoint,
+                "sweep": ev.sweep,
+                "sampling": ev.sampling,
+                "metrics": ev.metrics,
+                "num_samples": ev.num_samples,
+            }
+            for ev in study.evaluations.values()
+        ],
+        "sweeps": [
+            {
+                "id": s.id,
+                "run": s.run,
+                "checkpoint": s.checkpoint,
+                "scales": list(s.scales),
+                "sampling": s.sampling,
+                "metrics": s.metrics,
+                "num_samples": s.num_samples,
+            }
+            for s in study.sweeps.values()
+        ],
+    }
+
+
+def _recipe_line(name: str, recipe: dict) -> str:
+    arch = {"plain": "plain ViT", "adaln": "adaLN (final)"}.get(recipe["architecture"])
+    scales = recipe["guidance_scales"]
+    if isinstance(scales, tuple) and len(scales) > 1:
+        guidance = f"sweep over {', '.join(f'{s:g}' for s in scales)}"
+    elif isinstance(scales, tuple):
+        guidance = f"scale {scales[0]:g}"
+    else:
+        guidance = "per-row scales"
+    samples = recipe["samples"]
+    samples = f"{samples:,}" if isinstance(samples, int) else "/".join(f"{s:,}" for s in samples)
+    return (
+        f"  {name}: architecture {arch or recipe['architecture']}, crop {recipe['crop']}, "
+        f"guidance {recipe['guidance_schedule']} ({guidance}), {samples} samples per evaluation"
+    )
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.3g}"
+
+
+def _measured_lines(study: Study, e: dict, measured: dict) -> list[str]:
+    """Which GPU-hour figures are measured (by `rar preflight`, on which machine) and which
+    are the config's estimates; sampling time at the measured rate."""
+    rates = study.gpu_hours_per_epoch(measured)
+    models = list(dict.fromkeys(r.config.model for r in study.runs.values()))
+    train = measured.get("train", {})
+    parts = []
+    for model in models:
+        if model not in rates:
+            parts.append(f"{model} no figure")
+        elif rates[model][1] == "measured":
+            rec = train[model]
+            unit = "GPU" if rec.get("device") == "cuda" else f"{rec.get('device', '?')} process"
+            parts.append(
+                f"{model} {rates[model][0]:.3g}/epoch measured ({rec['images_per_s_per_gpu']:g} "
+                f"images/s per {unit})"
+            )
+        else:
+            parts.append(f"{model} {rates[model][0]:.3g}/epoch the config's estimate")
+    lines = [f"  per epoch: {'; '.join(parts)}"]
+    machines = sorted({r.get("machine", "?") for r in train.values() if isinstance(r, dict)})
+    lines.append(
+        f"  measured by rar preflight ({measured.get('file')}, {measured.get('measured', '?')}) "
+        f"on {'; '.join(machines)}"
+    )
+    sample = next(iter((measured.get("sample") or {}).items()), None)
+    if sample and sample[1].get("images_per_s_per_gpu"):
+        model, rec = sample
+        hours = (e["samples"] + e["sweep_samples"]) / rec["images_per_s_per_gpu"] / 3600
+        unit = "GPU" if rec.get("device") == "cuda" else f"{rec.get('device', '?')} process"
+        lines.append(
+            f"  sampling: {rec['images_per_s_per_gpu']:g} images/s per {unit} measured ({model}, "
+            f"{rec.get('dtype')}, batch {rec.get('batch_size')}): about {_hours(hours)} "
+            f"{unit}-hours for every evaluation's and sweep's samples at that rate"
+        )
+    return lines
+
+
+def format_plan(study: Study, measured: dict | None = None) -> str:
+    """Human-readable plan: the recipe of each table, one line per run, then the totals;
+    GPU-hours from `measured` figures (`measured_throughput`) where they exist, saying
+    which are measured and which are the config's estimates."""
+    lines = [f"study {study.name}: outputs under {study.prefix}/", "tables:"]
+    lines += [_recipe_line(name, study.recipe(name)) for name in study.tables]
+    lines.append("runs:")
+    for run in sorted(study.runs.values(), key=lambda r: (r.kind != "trunk", r.id)):
+        labels = "; ".join(f"{row.table} ({row.label})" for row in study.row_of(run.id))
+        if run.kind == "trunk":
+            how = f"trunk, segments end at {', '.join(f'{s:g}' for s in run.segments)}"
+        elif run.kind == "branch":
+            how = f"branch from {run.trunk} at epoch {run.branch_epoch:g}"
+        else:
+            how = "from scratch"
+        lines.append(
+            f"  {run.id}  {run.config.model:8s} {run.config.architecture:5s} "
+            f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
+            f"{run.epochs_to_train:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
+        )
+    e = estimate(study, measured)
+    lines.append(
+        f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
+        f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
+        f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
+    )
+    is_measured = "measured" in e["gpu_hours_sources"].values()
+    if e["gpu_hours"] is not None and is_measured:
+        lines.append(f"GPU-hours: {_hours(e['gpu_hours'])} (measured figures where there are some)")
+    elif e["gpu_hours"] is not None:
+        lines.append(f"estimated: {e['gpu_hours']:,.0f} GPU-hours (throughput in the config)")
+    else:
+        lines.append(
+            "estimated GPU-hours: set throughput.gpu_hours_per_epoch in the config, or measure "
+            "with `rar preflight`"
+        )
+    if measured:
+        lines += _measured_lines(study, e, measured)
+    lines.append(f"evaluations: {e['evaluations']} ({e['samples']:,} samples)")
+    if study.sweeps:
+        lines.append(
+            f"guidance sweeps: {e['sweeps']} ({e['sweep_samples']:,} samples, scored in the "
+            "sweep jobs)"
+        )
+    if any(ev.num_samples < PAPER_SAMPLES for ev in study.evaluations.values()):
+        lines.append(
+            f"note: under {PAPER_SAMPLES:,} samples per evaluation: not comparable to the paper"
+        )
+    return "\n".join(lines)

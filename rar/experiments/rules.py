@@ -1,0 +1,290 @@
+"""What each rule of `workflow/rules/` passes on: its input files and its command's arguments,
+answered from a `Study`. Torch-free and Snakemake-free.
+
+`RuleInputs` is called the way Snakemake calls input and params functions (`wildcards`, and
+`input` for params that need it), so a rule names `inputs.train_start` and the rule files
+hold no study logic; a test calls the same method with a namespace for `wildcards`. The
+Snakemake-only parts stay in `common.smk`: the `ancient` flag and the `WorkflowError`.
+
+Quoting: every value put on a command line is quoted by the rule (`{x:q}`; a list quotes each
+element), and argument lists are built here as lists, never as one string, so a config value
+is always one literal argument and never shell syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from typing import Any
+
+from rar.config import OUTSIDE_IDENTITY
+from rar.experiments.study import Evaluation, Study, Sweep
+
+
+class RuleInputs:
+    """The input and params functions of the workflow's rules, for one study."""
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.config = study.config
+        self.prefix = study.prefix
+
+    # -- where a stage runs ------------------------------------------------------------------
+
+    def launcher_args(self, stage: str) -> str:
+        """Where a heavy stage runs (rar.launch): the backend from the profile, and the stage's
+        resources from `<launcher_dir>/<stage>.yaml` when the profile names such a folder. A
+        resource must be a string, so this one is quoted here."""
+        args = ["--launcher", self.config["launcher"]]
+        if self.config["launcher_dir"]:
+            args += ["--launcher-config", f"{self.config['launcher_dir']}/{stage}.yaml"]
+        return shlex.join(args)
+
+    # -- data --------------------------------------------------------------------------------
+
+    def image_dir(self) -> str:
+        """Where the training images are: the demo makes its own, the paper's are linked."""
+        return self.study.image_dir("train")
+
+    def heldout_image_dir(self) -> str:
+        return self.study.image_dir("heldout")
+
+    def image_marker(self) -> str | list:
+        """A file that exists once the image folder is complete (the demo's dataset.json)."""
+        return f"{self.prefix}/images/dataset.json" if self.study.is_demo() else []
+
+    def tokenizer_file(self) -> str:
+        """The tokenizer weights: trained by the pipeline (demo) or the released file."""
+        tok = self.config["tokenizer"]
+        return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+
+    def dataset_crop(self, wildcards) -> str:
+        return self.study.datasets[wildcards.dataset].crop
+
+    def manifest_of_run(self, wildcards) -> str:
+        return f"{self.study.data_dir(self.study.dataset_of(wildcards.run))}/manifest.json"
+
+    def heldout_of_run(self, wildcards) -> str | list:
+        """The held-out tokens a run validates on (train: val_every > 0), made by
+        tokenize_val; [] when it does not validate or names its own."""
+        cfg = self.study.runs[wildcards.run].config
+        if cfg.val_every <= 0 or cfg.val_data:
+            return []
+        return f"{self.study.data_dir(self.study.dataset_of(wildcards.run))}/val/manifest.json"
+
+    # -- training ----------------------------------------------------------------------------
+
+    def run_config_dict(self, wildcards) -> dict:
+        """A run's file: the settings of its identity only. The rest (OUTSIDE_IDENTITY: the
+        checkpoints it keeps, logging) reaches each training job as `--settings`, a resource,
+        so that editing them neither rewrites this file nor makes Snakemake retrain."""
+        config = self.study.runs[wildcards.run].config.to_dict()
+        return {k: v for k, v in config.items() if k not in OUTSIDE_IDENTITY}
+
+    def train_settings(self, wildcards) -> str:
+        config = self.study.runs[wildcards.run].config.to_dict()
+        settings = {k: v for k, v in config.items() if k in OUTSIDE_IDENTITY}
+        return shlex.join(["--settings", json.dumps(settings, sort_keys=True)])
+
+    def stop_epoch(self, wildcards) -> float:
+        """The epoch a training job ends at: a named checkpoint's, or the run's last."""
+        if wildcards.stop == "final":
+            return self.study.runs[wildcards.run].config.epochs
+        return float(wildcards.stop.removeprefix("epoch_"))
+
+    def train_start(self, wildcards) -> str | list:
+        """The checkpoint a training job continues from: a trunk's previous segment, a branch's
+        trunk checkpoint at its anneal start, or nothing (from scratch)."""
+        run = self.study.runs[wildcards.run]
+        epoch = self.stop_epoch(wildcards)
+        if run.kind == "trunk":
+            earlier = [s for s in run.segments if s < epoch]
+            return self.study.checkpoint(run.id, max(earlier)) if earlier else []
+        if run.kind == "branch":
+            return self.study.checkpoint(run.trunk, run.branch_epoch)
+        return []
+
+    def train_args(self, wildcards, input) -> list:
+        """`--until-epoch E` for a segment, `--init-from CKPT` when the job continues."""
+        until = f"{self.stop_epoch(wildcards):g}"
+        args = [] if wildcards.stop == "final" else ["--until-epoch", until]
+        return args + (["--init-from", input.start] if input.start else [])
+
+    def untrained_run_config(self, wildcards) -> str:
+        """The config of the run whose initial weights a CEILING row samples."""
+        return f"{self.study.run_dir(wildcards.run)}/config.yaml"
+
+    # -- sampling and sweeps -----------------------------------------------------------------
+
+    def evaluation(self, wildcards) -> Evaluation:
+        return self.study.evaluations[wildcards.evaluation]
+
+    def sweep(self, wildcards) -> Sweep:
+        return self.study.sweeps[wildcards.sweep]
+
+    def _checkpoint_of(self, run: str, epoch: float | None, checkpoint: str | None) -> str:
+        """A released file, or our run's checkpoint at `epoch` (None: its final one)."""
+        return checkpoint or self.study.checkpoint(run, epoch)
+
+    def trained_checkpoint(self, wildcards) -> str:
+        """The run's final checkpoint (intermediate ones exist once the run has finished), or
+        the released checkpoint an official evaluation scores."""
+        ev = self.evaluation(wildcards)
+        return self._checkpoint_of(ev.run, None, ev.checkpoint)
+
+    def sample_checkpoint(self, wildcards) -> str:
+        ev = self.evaluation(wildcards)
+        return self._checkpoint_of(ev.run, None if ev.final else ev.epoch, ev.checkpoint)
+
+    def sweep_checkpoint(self, wildcards) -> str:
+        s = self.sweep(wildcards)
+        return self._checkpoint_of(s.run, None, s.checkpoint)
+
+    def sweep_result(self, wildcards) -> str | list:
+        """The guidance.json an evaluation takes its scale from ([] without a sweep)."""
+        ev = self.evaluation(wildcards)
+        return f"{self.study.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else []
+
+    def _sampling_flags(self, sampling: dict) -> list:
+        flags = ["--temperature", sampling["temperature"], "--order", sampling["order"]]
+        flags += ["--guidance-schedule", sampling["guidance_schedule"]]
+        if "guidance_power" in sampling:
+            flags += ["--guidance-power", sampling["guidance_power"]]
+        return [*flags, "--chunk-size", self.config["sampling"]["chunk_size"]]
+
+    def extractor_flags(self, flag: str) -> list:
+        """`flag <weights>` when the config names the extractor's weights file."""
+        weights = self.config["evaluation"]["weights"]
+        return [flag, weights] if weights else []
+
+    def _metric_flags(self, metrics: dict) -> list:
+        return ["--num-per-class", metrics["num_per_class"], "--seed", metrics["seed"]]
+
+    def sample_args(self, wildcards, input) -> list:
+        ev = self.evaluation(wildcards)
+        if input.guidance:
+            scale = ["--guidance-scale-from", input.guidance]
+        else:
+            scale = ["--guidance-scale", ev.sampling["guidance_scale"]]
+        return [
+            *scale,
+            *self._sampling_flags(ev.sampling),
+            *self._metric_flags(ev.metrics),
+            # fail before sampling when the metric's extractor weights cannot be had
+            "--check-extractor", ev.metrics["extractor"],
+            *self.extractor_flags("--extractor-weights"),
+        ]  # fmt: skip
+
+    def sweep_args(self, wildcards) -> list:
+        s = self.sweep(wildcards)
+        return [
+            "--scales", *s.scales,
+            *self._sampling_flags(s.sampling),
+            *self._metric_flags(s.metrics),
+            "--extractor", s.metrics["extractor"],
+            *self.extractor_flags("--weights"),
+        ]  # fmt: skip
+
+    def reconstruction_images(self, wildcards) -> str:
+        return self.evaluation(wildcards).images
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluation_samples(self, wildcards) -> str:
+        return self.study.samples_of(wildcards.evaluation)
+
+    def evaluation_input(self, wildcards) -> str | list:
+        """The file whose existence means the samples are there (a folder's: its marker)."""
+        if self.evaluation(wildcards).kind == "real":
+            return self.image_marker()
+        return self.study.samples_of(wildcards.evaluation)
+
+    def evaluation_heldout(self, wildcards) -> str | list:
+        """The held-out tokens of an evaluation's val_nll: its run's data set's val/ split ([]
+        for real images, a released checkpoint, or `evaluation.val_nll: false`)."""
+        ev = self.evaluation(wildcards)
+        if not self.config["evaluation"]["val_nll"] or ev.run not in self.study.runs:
+            return []
+        return f"{self.study.data_dir(self.study.dataset_of(ev.run))}/val/manifest.json"
+
+    def probe_input(self) -> str | list:
+        """The images of the class probe's marker ([] without `evaluation.class_probe`)."""
+        return self.image_marker() if self.config["evaluation"]["class_probe"] else []
+
+    def evaluate_args(self, wildcards, input) -> list:
+        args = ["--heldout", os.path.dirname(input.heldout)] if input.heldout else []
+        if self.config["evaluation"]["class_probe"]:
+            args += ["--probe-images", self.image_dir()]
+        return args
+
+    def reference_param(self, wildcards, input) -> str:
+        """Real images to compare with: the ADM reference batch (paper), or the demo's
+        held-out images (made with the training images, never trained on)."""
+        if self.config["evaluation"]["reference"]:
+            return input.reference
+        return f"{self.prefix}/images/val"
+
+    def reference_input(self) -> str | list:
+        return self.config["evaluation"]["reference"] or self.image_marker()
+
+    # -- report and targets ------------------------------------------------------------------
+
+    def table_metrics(self, wildcards) -> list[str]:
+        return self.study.metrics_files(wildcards.table)
+
+    def table_sweeps(self, wildcards) -> list[str]:
+        return [row["sweep"] for row in self.study.report_rows(wildcards.table) if row["sweep"]]
+
+    def table_rows(self, wildcards) -> list[dict]:
+        return self.study.report_rows(wildcards.table)
+
+    def table_plot_kind(self, wildcards) -> dict:
+        return self.study.plot_kind(wildcards.table)
+
+    def table_checkpoints(self, wildcards) -> list[str]:
+        return [self.study.checkpoint(run) for run in self.study.table_runs(wildcards.table)]
+
+    def table_training_logs(self, wildcards) -> list[dict]:
+        return self.study.training_logs(wildcards.table)
+
+    def table_grids(self, wildcards) -> list[str]:
+        return [grid["png"] for grid in self.study.grids(wildcards.table)]
+
+    def table_grid_labels(self, wildcards) -> list[dict]:
+        return self.study.grids(wildcards.table)
+
+    def table_sweep_points(self, wildcards) -> list[dict]:
+        return self.study.sweep_points(wildcards.table)
+
+    def curve_points(self, wildcards) -> list[dict]:
+        return self.study.curve_points(wildcards.table)
+
+    def curve_metrics(self, wildcards) -> list[str]:
+        return [point["metrics"] for point in self.curve_points(wildcards)]
+
+    def throughput_benchmarks(self) -> list[str]:
+        """Table 5's timings, one CSV per (model, dtype) of `throughput_table`."""
+        bench = self.config.get("throughput_table")
+        if not bench:
+            return []
+        p = self.prefix
+        return [f"{p}/throughput/{m}_{d}.csv" for m in bench["models"] for d in bench["dtypes"]]
+
+    def all_outputs(self) -> list[str]:
+        return self.study.outputs()
+
+    # -- preflight ---------------------------------------------------------------------------
+
+    def study_json(self) -> str:
+        """The validated study as one JSON argument of `rar preflight --config-json` (quoted
+        in the shell command, so that no config string is ever shell syntax); its `launcher`
+        and `launcher_dir` keys are the profile's, so the preflight's jobs go where the
+        grid's go."""
+        return json.dumps(self.config, sort_keys=True)
+
+
+def one_of(names: Any) -> str:
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"

@@ -1,0 +1,391 @@
+"""The pieces of a study and the files they live in: data sets, runs, sweeps, evaluations,
+table rows, and `Study`, which answers every path and total the tools ask for. Torch-free.
+
+`Study` keeps its answers as methods (paths, the training plan's totals, what a table's report
+is made of) because each one is a question about the same resolved tables; how the study is
+built from a config is `rar.experiments.build`, what each rule passes on is
+`rar.experiments.rules`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rar.config import TrainConfig
+
+PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
+# The reference rows of a table (`evaluation.reference_rows`): real held-out images scored
+# like samples (the floor: what a perfect generator reaches at that sample count) and samples
+# of a run's initial weights (the ceiling: what a generator that learned nothing reaches).
+# A third, between them: the floor's images through the tokenizer and back, the best a generator
+# in its token space can reach.
+FLOOR, CEILING = "real held-out images", "untrained model"
+RECONSTRUCTED = "tokenizer reconstructions"
+EVALUATION_KINDS = ("model", "real", "reconstructed", "untrained")
+
+
+class StudyError(ValueError):
+    """A study config that cannot be run; the message names the file, the key path and the
+    value at fault."""
+
+
+def short_hash(obj: Any) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def run_id(cfg: TrainConfig) -> str:
+    """The run's identity (`TrainConfig.run_id`: the settings that change its weights)."""
+    return cfg.run_id()
+
+
+# ##########################################################################################
+# The pieces of a study
+# ##########################################################################################
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str  # folder name: <dataset>-<tokenizer>-<crop>
+    crop: str
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    config: TrainConfig
+    kind: str  # "scratch" | "trunk" | "branch"
+    trunk: str | None = None  # branch: the trunk's run id
+    branch_epoch: float | None = None  # branch: the trunk epoch it starts from
+    segments: tuple[float, ...] = ()  # trunk: the epochs where its training jobs end
+
+    @property
+    def epochs_to_train(self) -> float:
+        return self.config.epochs - (self.branch_epoch or 0)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Sampling one checkpoint at several guidance scales to pick the scale with the lowest
+    FID. `sampling` holds every setting but the scale; `metrics` its (smaller) sample count."""
+
+    id: str
+    run: str
+    scales: tuple[float, ...]
+    sampling: dict
+    metrics: dict
+    checkpoint: str | None = None  # a released checkpoint file (no run of ours)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.scales) * self.metrics["num_per_class"] * self.metrics["num_classes"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scoring one sample set. kind "model": samples of a checkpoint (a run's at `epoch`, or
+    a released file); "untrained": samples of the initial weights of run `run`'s config (the
+    ceiling row; `checkpoint` is where `rar init-checkpoint` writes them); "real": the
+    real images of the folder `images` scored as samples (the floor row; no run, no
+    sampling)."""
+
+    id: str
+    run: str  # a run id, "official_<name>" for a released checkpoint, "" for real images
+    epoch: float  # checkpoint epoch; equal to the run's epochs for the final checkpoint
+    final: bool
+    sampling: dict
+    metrics: dict
+    checkpoint: str | None = None  # a released or initial-weights file (no training of ours)
+    sweep: str | None = None  # the sweep whose chosen guidance scale this evaluation uses
+    kind: str = "model"
+    images: str | None = None  # kinds "real", "reconstructed": the folder of class folders
+
+    @property
+    def num_samples(self) -> int:
+        return self.metrics["num_per_class"] * self.metrics["num_classes"]
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str
+    label: str
+    keys: dict  # the values that distinguish this row (the table's varying columns)
+    run: str
+    evaluation: str
+    paper: dict = field(default_factory=dict)  # the paper's metrics for this row, if given
+    kind: str = "row"  # "row", or "reference" (FLOOR, CEILING: after the table's rows)
+
+
+@dataclass
+class Study:
+    name: str
+    prefix: str  # where outputs go: "results" or "results/<name>"
+    config: dict  # validated, defaults filled
+    datasets: dict[str, DataSet]
+    runs: dict[str, Run]
+    evaluations: dict[str, Evaluation]
+    sweeps: dict[str, Sweep]
+    tables: dict[str, list[Row]]
+    curve_evaluations: dict[str, list[str]]  # table -> evaluations at intermediate epochs
+    references: dict[str, list[Row]] = field(default_factory=dict)  # table -> FLOOR, CEILING
+
+    # -- paths (DESIGN.md "Files") ---------------------------------------------------------
+
+    def is_demo(self) -> bool:
+        return "demo" in self.config["data"]
+
+    def image_dir(self, split: str = "train") -> str:
+        """The class folders of a split of the images (`image_dir`)."""
+        return image_dir(self.config, self.prefix, split)
+
+    def untrained_checkpoint(self, run: str) -> str:
+        return f"{self.prefix}/untrained/{run}.pt"
+
+    def reconstructions(self, evaluation: str) -> str:
+        """The sample file of a "reconstructed" evaluation (`rar reconstruct`)."""
+        return f"{self.prefix}/reconstructions/{evaluation}.npz"
+
+    def samples_of(self, evaluation: str) -> str:
+        """What an evaluation scores: its samples.npz, the reconstructions' file, or (the
+        FLOOR row) a folder of real images in class folders."""
+        ev = self.evaluations[evaluation]
+        if ev.kind == "real":
+            return ev.images
+        if ev.kind == "reconstructed":
+            return self.reconstructions(evaluation)
+        return f"{self.eval_dir(evaluation)}/samples.npz"
+
+    def data_dir(self, dataset: str) -> str:
+        return f"{self.prefix}/data/{dataset}"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.prefix}/runs/{run}"
+
+    def eval_dir(self, evaluation: str) -> str:
+        return f"{self.prefix}/evals/{evaluation}"
+
+    def sweep_dir(self, sweep: str) -> str:
+        return f"{self.prefix}/sweeps/{sweep}"
+
+    def checkpoint(self, run: str, epoch: float | None = None) -> str:
+        """The checkpoint file of `run` at `epoch` (None or its last epoch: final.pt). Up to
+        its branch point a branch is its trunk, whose checkpoint that is."""
+        r = self.runs[run]
+        if epoch is None or epoch >= r.config.epochs:
+            return f"{self.run_dir(run)}/checkpoints/final.pt"
+        if r.kind == "branch" and epoch <= r.branch_epoch:
+            return self.checkpoint(r.trunk, epoch)
+        return f"{self.run_dir(run)}/checkpoints/epoch_{epoch:g}.pt"
+
+    def dataset_of(self, run: str) -> str:
+        return Path(self.runs[run].config.data).name
+
+    # -- the training plan -----------------------------------------------------------------
+
+    def planned_epochs(self) -> float:
+        return sum(r.epochs_to_train for r in self.runs.values())
+
+    def naive_epochs(self) -> float:
+        """Epochs if every run a table needs trained from scratch, trunks unused."""
+        return sum(self.runs[r].config.epochs for r in self.table_runs())
+
+    def table_runs(self, table: str | None = None) -> list[str]:
+        """The training runs of a table's rows (all tables: None), in row order; an official
+        checkpoint has none."""
+        names = [table] if table else list(self.tables)
+        rows = [row for t in names for row in self.tables[t]]
+        return list(dict.fromkeys(r.run for r in rows if r.run in self.runs))
+
+    def gpu_hours_per_epoch(self, measured: dict | None = None) -> dict[str, tuple[float, str]]:
+        """GPU-hours per epoch by model size, each with its source: "measured" (training
+        images/s per GPU from `rar preflight`'s throughput file, `measured_throughput`:
+        source images / (3600 x images/s)) or "estimate" (the config's
+        `throughput.gpu_hours_per_epoch`, the fallback for sizes not measured)."""
+        rates = {
+            model: (rate, "estimate")
+            for model, rate in self.config["throughput"].get("gpu_hours_per_epoch", {}).items()
+        }
+        images = self.config["data"]["source_images"]
+        for model, record in ((measured or {}).get("train") or {}).items():
+            per_gpu = record.get("images_per_s_per_gpu") if isinstance(record, dict) else None
+            if isinstance(per_gpu, (int, float)) and per_gpu > 0:
+                rates[model] = (images / (3600 * per_gpu), "measured")
+        return rates
+
+    def gpu_hours(
+        self, epochs_by_run: dict[str, float] | None = None, measured: dict | None = None
+    ) -> float | None:
+        """GPU-hours of the plan from `gpu_hours_per_epoch` (measured figures first, then the
+        config's); None when a model size has neither."""
+        rates = self.gpu_hours_per_epoch(measured)
+        total = 0.0
+        for run in self.runs.values():
+            rate = rates.get(run.config.model)
+            if rate is None:
+                return None
+            epochs = (epochs_by_run or {}).get(run.id, run.epochs_to_train)
+            total += rate[0] * epochs
+        return total
+
+    def recipe(self, table: str) -> dict:
+        """What the rows of `table` share of the paper's two recipes (RAR §4.1): architecture,
+        data crop, guidance schedule and sweep; a key whose rows differ lists the values."""
+        rows = self.tables[table]
+
+        def values(get) -> Any:
+            found = list(dict.fromkeys(get(row) for row in rows))
+            return found[0] if len(found) == 1 else found
+
+        def run_cfg(row: Row) -> TrainConfig | None:
+            run = self.runs.get(row.run)
+            return run.config if run else None
+
+        def sampling(row: Row) -> dict:
+            return self.evaluations[row.evaluation].sampling
+
+        return {
+            "architecture": values(lambda r: run_cfg(r).architecture if run_cfg(r) else "released"),
+            "crop": values(
+                lambda r: (
+                    self.datasets[self.dataset_of(r.run)].crop if r.run in self.runs else "released"
+                )
+            ),
+            "guidance_schedule": values(lambda r: sampling(r)["guidance_schedule"]),
+            "guidance_scales": values(
+                lambda r: tuple(
+                    sampling(r).get("guidance_scales") or [sampling(r)["guidance_scale"]]
+                )
+            ),
+            "samples": values(lambda r: self.evaluations[r.evaluation].num_samples),
+        }
+
+    def report_rows(self, table: str) -> list[dict]:
+        """What rar.report.make_table needs of each row of `table`, then of its reference
+        rows; failure records included (the evaluation's, then its sweep's, then the run's)."""
+        out = []
+        for row in self.rows_with_references(table):
+            ev = self.evaluations[row.evaluation]
+            failures = [f"{self.eval_dir(row.evaluation)}/failure.txt"]
+            if ev.sweep:
+                failures.append(f"{self.sweep_dir(ev.sweep)}/failure.txt")
+            if row.run in self.runs and ev.kind == "model":
+                failures.append(f"{self.run_dir(row.run)}/failure.txt")
+            out.append(
+                {
+                    "label": row.label,
+                    "keys": row.keys,
+                    "run": row.run,
+                    "evaluation": row.evaluation,
+                    "paper": row.paper,
+                    "kind": row.kind,
+                    "failure": failures,
+                    "sweep": f"{self.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else None,
+                }
+            )
+        return out
+
+    def rows_with_references(self, table: str) -> list[Row]:
+        return self.tables[table] + self.references.get(table, [])
+
+    def metrics_files(self, table: str) -> list[str]:
+        return [
+            f"{self.eval_dir(row.evaluation)}/metrics.json"
+            for row in self.rows_with_references(table)
+        ]
+
+    # -- what a table's report is made of (the report rules name these files) -------------
+
+    def plot_kind(self, table: str) -> dict:
+        """A heatmap for an annealing grid (both anneal keys vary), else bars by the first
+        key."""
+        keys = self.tables[table][0].keys
+        if {"anneal_start", "anneal_end"} <= set(keys):
+            return {"plot": "heatmap"}
+        return {"plot": "bars", "key": next(iter(keys))}
+
+    def training_logs(self, table: str) -> list[dict]:
+        """[{label, metrics_csv}] of the table's runs, each labelled by its first row."""
+        labels: dict[str, str] = {}
+        for row in self.tables[table]:
+            labels.setdefault(row.run, row.label)
+        return [
+            {"label": labels[run], "metrics_csv": f"{self.run_dir(run)}/metrics.csv"}
+            for run in self.table_runs(table)
+        ]
+
+    def grids(self, table: str) -> list[dict]:
+        """[{label, png}]: each row's sample grid."""
+        return [
+            {"label": row.label, "png": f"{self.eval_dir(row.evaluation)}/grid.png"}
+            for row in self.tables[table]
+        ]
+
+    def sweep_points(self, table: str) -> list[dict]:
+        """[{label, guidance}]: the guidance.json of each row chosen by a sweep."""
+        return [
+            {"label": row["label"], "guidance": row["sweep"]}
+            for row in self.report_rows(table)
+            if row["sweep"]
+        ]
+
+    def curve_points(self, table: str) -> list[dict]:
+        """FID-vs-epoch points of a table, [{label, epoch, metrics}]: its intermediate
+        evaluations, each curve ending with its run's final evaluation."""
+        label = {row.run: row.label for row in reversed(self.tables[table])}
+        evaluations = list(self.curve_evaluations[table])
+        curve_runs = {self.evaluations[e].run for e in evaluations}
+        evaluations += [row.evaluation for row in self.tables[table] if row.run in curve_runs]
+        return [
+            {
+                "label": label[self.evaluations[e].run],
+                "epoch": self.evaluations[e].epoch,
+                "metrics": f"{self.eval_dir(e)}/metrics.json",
+            }
+            for e in dict.fromkeys(evaluations)
+        ]
+
+    def outputs(self) -> list[str]:
+        """Every file the study makes by default: each table (CSV and Markdown) with its
+        plots, the scan-order figure, and Table 5 when the config asks for it."""
+        p = self.prefix
+        out = [f"{p}/plots/scan_orders.png"]
+        if self.config.get("throughput_table"):
+            out += [f"{p}/table5.csv", f"{p}/table5.md"]
+        for table in self.tables:
+            out += [f"{p}/{table}.csv", f"{p}/{table}.md"]
+            plots = ("fid", "loss", "samples") if self.table_runs(table) else ("fid", "samples")
+            out += [f"{p}/plots/{table}_{kind}.png" for kind in plots]
+            if self.curve_evaluations[table]:
+                out.append(f"{p}/plots/{table}_fid_vs_epoch.png")
+            if any(self.evaluations[row.evaluation].sweep for row in self.tables[table]):
+                out.append(f"{p}/plots/{table}_guidance.png")
+        return out
+
+    def row_of(self, run: str) -> list[Row]:
+        return [row for rows in self.tables.values() for row in rows if row.run == run]
+
+
+def image_dir(config: dict, prefix: str, split: str = "train") -> str:
+    """The class folders of the images of `split`:
+
+    - "train": what the tokenizer and the runs train on (the demo makes its own; ImageNet's
+      train split is linked);
+    - "heldout": what validation and `val_nll` use (README "Watching a grid"): the demo's
+      val/, or ImageNet's validation split in the class-folder layout beside the train split;
+    - "floor": the FLOOR row's real images: the demo's test/ (disjoint from val/, the demo's
+      FID reference), or ImageNet's validation split (the ADM reference batch is drawn from
+      the train split)."""
+    demo = "demo" in config["data"]
+    if split == "train":
+        return f"{prefix}/images/train" if demo else config["data"]["images"]
+    if split == "heldout":
+        if demo:
+            return f"{prefix}/images/val"
+        return str(Path(config["data"]["images"]).parent / "val")  # beside ImageNet's train/
+    if split == "floor":
+        return f"{prefix}/images/test" if demo else image_dir(config, prefix, "heldout")
+    raise ValueError(f"unknown image split {split!r}")
