@@ -38,5 +38,5 @@ include: "workflow/rules/preflight.smk"
 
 rule all:
     input:
-        all_outputs(),
+        inputs.all_outputs(),
     default_target: True

@@ -29,7 +29,7 @@ import torch
 
 from rar.model import RAR, RAR_CONFIGS, RARConfig, config_from_state_dict, rar_from_state_dict
 
-# Our training checkpoints (rar.train.save_checkpoint): a dict with this "format", the
+# Our training checkpoints (rar.resume.save_checkpoint): a dict with this "format", the
 # model and optimizer states, step, epoch and the run config.
 CHECKPOINT_FORMAT = "rar-train/1"
 

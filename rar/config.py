@@ -181,7 +181,7 @@ class TrainConfig:
 
 
 # ##########################################################################################
-# Settings dataclasses from YAML (TrainConfig here, rar.launch.LauncherConfig)
+# Settings dataclasses from YAML (TrainConfig here, rar.settings.LauncherConfig)
 # ##########################################################################################
 
 

@@ -34,13 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# ExtractorUnavailable and check_extractor_available are what callers of `rar evaluate` (the
-# CLI, rar.preflight) catch and call before any work; they live in rar.extractors.
-from rar.extractors import (  # noqa: F401
+from rar.extractors import (
     EXTRACTORS,
     INCEPTION,
-    ExtractorUnavailable,
-    check_extractor_available,
     extract_features,
     load_feature_extractor,
     resolve_weights,

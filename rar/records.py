@@ -150,7 +150,7 @@ class Progress:
 
 
 def read_progress(path: Path) -> Progress:
-    """Parse metrics.csv (rar.train.METRICS_FIELDS). A torn last line (being appended now) and
+    """Parse metrics.csv (rar.watch.METRICS_FIELDS). A torn last line (being appended now) and
     rows that do not parse are skipped; each job restarts `elapsed_s` at 0, so the time used is
     the sum of each job's last value."""
     try:

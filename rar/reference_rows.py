@@ -7,7 +7,7 @@ scored the same way it does (issue #13):
   evaluation's samples, scored against the reference exactly like samples: `rar evaluate
   --samples <folder of class folders>` (the folder of each image is its label, so
   class_accuracy calibrates the probe too). For the demo: `images/test` against the reference
-  `images/val` (rar.demo_data: `test_per_class`); the two are disjoint random crops.
+  `images/val` (rar.demo.data: `test_per_class`); the two are disjoint random crops.
 - `untrained model` (the ceiling): samples from a model at its initial weights, the weights
   the run's training starts from (`torch.manual_seed(seed)` then `model_from_config`, as
   rar.train does at step 0). `write_untrained_checkpoint` saves them as a step-0 training

@@ -146,7 +146,7 @@ class LauncherConfig(_Loadable, source="launcher config"):
 # How a sample set is drawn (rar.sample.sample's keyword arguments)
 # ##########################################################################################
 
-EXTRACTOR_NAMES = ("inception-v3-compat", "efficientnet-lite0")  # rar.evaluate.EXTRACTORS
+EXTRACTOR_NAMES = ("inception-v3-compat", "efficientnet-lite0")  # rar.extractors.EXTRACTORS
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class ScoringSettings(_Loadable, source="scoring settings"):
 
     isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: torch-fidelity's
     `save_cpu_ram` mode, blocks of prc_batch_size x N instead of the N x N matrices (10 GB at
-    50k). The FID's interval: `fid_ci_low`, `fid_ci_high` (rar.evaluate.FID_CI_METHOD,
+    50k). The FID's interval: `fid_ci_low`, `fid_ci_high` (rar.metrics.FID_CI_METHOD,
     `FidBootstrap`). heldout: `val_nll` (with `val_nll_ci_low`/`_high`) of the checkpoint named
     in the samples' samples.json, in the order they were sampled in; null without a checkpoint.
     """

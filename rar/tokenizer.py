@@ -7,7 +7,7 @@ RAR (arXiv 2411.00776, §4.1) models the 16x16 = 256 token ids of the MaskGIT-VQ
 state dict. `MaskGITVQGAN` reproduces that network key for key, so the file loads with
 `strict=True`, and it reproduces the release's ids and decodings (tests/test_tokenizer.py).
 
-Every tokenizer in this package (also the offline demo's `rar.vq_demo.VQDemo`) follows
+Every tokenizer in this package (also the offline demo's `rar.demo.vq.VQDemo`) follows
 DESIGN.md: `encode(images in [0, 1]) -> (B, h*w)` raster-order int64 ids, `decode(ids) ->
 images in [0, 1]`, `codebook_size`, `grid`, `image_size` and `identity()`, a hash of the
 weights recorded in every manifest and run config.
@@ -480,10 +480,10 @@ def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 25
 
 
 # Kinds of our own tokenizer checkpoints: kind -> (module, model class, config class). Imported
-# lazily by name, because rar.vq_demo imports this module.
+# lazily by name, because rar.demo.vq imports this module.
 TOKENIZER_KINDS: dict[str, tuple[str, str, str]] = {
     "maskgit_vqgan": ("rar.tokenizer", "MaskGITVQGAN", "MaskGITVQGANConfig"),
-    "vq_demo": ("rar.vq_demo", "VQDemo", "VQDemoConfig"),
+    "vq_demo": ("rar.demo.vq", "VQDemo", "VQDemoConfig"),
 }
 
 

@@ -33,7 +33,6 @@ from torch import nn
 
 from rar.config import TrainConfig
 from rar.data.batches import BatchSource, ShardBatchSource, check_data, stream_from
-from rar.data.batches import TensorBatchSource as TensorBatchSource  # rar.preflight imports it here
 from rar.model import RAR, rar_config
 from rar.orders import order_generator, randomness_ratio, sample_orders, scan_order, shuffle
 from rar.records import stdout_log, write_failure

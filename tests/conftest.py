@@ -54,7 +54,7 @@ def heldout_shards(tmp_path) -> tuple[Path, Path]:
     import torch
 
     from rar.data.tokenize import tokenize_images
-    from rar.demo_data import make_demo_dataset
+    from rar.demo.data import make_demo_dataset
     from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     images = make_demo_dataset(

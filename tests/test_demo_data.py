@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 
-from rar.demo_data import PHOTOS, make_demo_dataset
+from rar.demo.data import PHOTOS, make_demo_dataset
 
 SMALL = dict(num_classes=3, images_per_class=6, val_per_class=2, image_size=16, seed=3)
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from rar.config import TrainConfig
+from rar.data.batches import TensorBatchSource
 from rar.launch import LauncherConfig, LaunchError, TrainJob, launch
-from rar.train import TensorBatchSource, load_checkpoint, train
+from rar.train import load_checkpoint, train
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -6,8 +6,9 @@ import torch
 
 from rar.checkpoint import load_generator
 from rar.config import TrainConfig
+from rar.data.batches import TensorBatchSource
 from rar.reference_rows import write_untrained_checkpoint
-from rar.train import TensorBatchSource, load_checkpoint, train
+from rar.train import load_checkpoint, train
 
 SAMPLES = 64
 

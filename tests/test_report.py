@@ -180,7 +180,7 @@ GRID = {(0, 0): 80.0, (0, 2): 70.0, (2, 3): 60.0, (3, 4): 61.0, (4, 4): 75.0}
 
 def test_extractor_suffixes_match_evaluate():
     pytest.importorskip("torch_fidelity")
-    from rar.evaluate import EXTRACTORS
+    from rar.extractors import EXTRACTORS
 
     for name, spec in EXTRACTORS.items():
         assert report.extractor_suffix(name) == spec.suffix

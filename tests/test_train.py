@@ -498,7 +498,7 @@ def demo_shards(tmp_path_factory):
     """Demo photographs (4 classes x 16 images, 64 px) tokenized by a small random
     MaskGIT-VQGAN (64 codes, 4 x 4 grid) into center+flip shards."""
     from rar.data.tokenize import tokenize_images
-    from rar.demo_data import make_demo_dataset
+    from rar.demo.data import make_demo_dataset
     from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     root = tmp_path_factory.mktemp("demo")

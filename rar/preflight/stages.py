@@ -182,7 +182,7 @@ class Rehearsal:
     def make_images(self) -> Check:
         images, scale, demo = self.images, self.scale, self.demo
         if demo:
-            from rar.demo_data import make_demo_dataset
+            from rar.demo.data import make_demo_dataset
 
             make_demo_dataset(
                 images, num_classes=min(scale.classes, demo["num_classes"]),
@@ -195,7 +195,7 @@ class Rehearsal:
         return Check("stage images", True, f"{n} images of ImageNet linked in {images / 'train'}")
 
     def make_tokenizer(self) -> tuple[Check, Path]:
-        from rar.vq_demo import VQDemoConfig, train_tokenizer_from_folder
+        from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
 
         tok_cfg, demo, steps = self.tok_cfg, self.demo, self.scale.tokenizer_steps
         train = tok_cfg["train"]

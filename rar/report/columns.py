@@ -19,7 +19,7 @@ import pandas as pd
 PathLike = str | os.PathLike
 
 INCEPTION = "inception-v3-compat"  # the paper's extractor (torch-fidelity, as ADM)
-# Metric-name suffix per extractor, as rar.evaluate.EXTRACTORS[...].suffix (copied because that
+# Metric-name suffix per extractor, as rar.extractors.EXTRACTORS[...].suffix (copied because that
 # module imports torch; tests/test_report.py checks the two agree).
 EXTRACTOR_SUFFIXES = {INCEPTION: "", "efficientnet-lite0": "_efficientnet_lite0"}
 

@@ -103,7 +103,7 @@ def read_failure(paths: PathLike | Sequence[PathLike] | None) -> str | None:
 
 
 def read_train_log(path: PathLike) -> pd.DataFrame | None:
-    """A run's metrics.csv (rar.train.METRICS_FIELDS; or its validation.csv) as numbers sorted
+    """A run's metrics.csv (rar.watch.METRICS_FIELDS; or its validation.csv) as numbers sorted
     by step, or None if absent or without rows.
 
     The file grows by appended lines while training runs, so a last line without its newline

@@ -24,21 +24,3 @@ def heldout_of_run(wildcards):
     manifest = inputs.heldout_of_run(wildcards)
     return ancient(manifest) if manifest else []
 
-
-# The names workflow/rules/report.smk uses.
-launcher_args = inputs.launcher_args
-image_marker = inputs.image_marker
-image_dir = inputs.image_dir
-table_metrics = inputs.table_metrics
-table_sweeps = inputs.table_sweeps
-table_rows = inputs.table_rows
-table_plot_kind = inputs.table_plot_kind
-table_checkpoints = inputs.table_checkpoints
-table_training_logs = inputs.table_training_logs
-table_grids = inputs.table_grids
-table_grid_labels = inputs.table_grid_labels
-table_sweep_points = inputs.table_sweep_points
-curve_points = inputs.curve_points
-curve_metrics = inputs.curve_metrics
-throughput_benchmarks = inputs.throughput_benchmarks
-all_outputs = inputs.all_outputs

@@ -3,8 +3,8 @@
 
 rule table:
     input:
-        metrics=table_metrics,
-        sweeps=table_sweeps,
+        metrics=inputs.table_metrics,
+        sweeps=inputs.table_sweeps,
     output:
         csv=f"{P}/{{table}}.csv",
         md=f"{P}/{{table}}.md",
@@ -15,7 +15,7 @@ rule table:
             labels={"table": "{table}"},
         ),
     params:
-        rows=table_rows,
+        rows=inputs.table_rows,
     log:
         f"logs/{study.name}/table/{{table}}.log",
     conda:
@@ -35,7 +35,7 @@ rule table_plot:
             labels={"table": "{table}", "plot": "FID"},
         ),
     params:
-        kind=table_plot_kind,
+        kind=inputs.table_plot_kind,
     log:
         f"logs/{study.name}/table_plot/{{table}}.log",
     conda:
@@ -46,7 +46,7 @@ rule table_plot:
 
 rule loss_curves:
     input:
-        checkpoints=table_checkpoints,
+        checkpoints=inputs.table_checkpoints,
     output:
         png=report(
             f"{P}/plots/{{table}}_loss.png",
@@ -55,7 +55,7 @@ rule loss_curves:
             labels={"table": "{table}", "plot": "training loss"},
         ),
     params:
-        runs=table_training_logs,
+        runs=inputs.table_training_logs,
     log:
         f"logs/{study.name}/loss_curves/{{table}}.log",
     conda:
@@ -66,8 +66,8 @@ rule loss_curves:
 
 rule sample_grids:
     input:
-        grids=table_grids,
-        real=image_marker(),
+        grids=inputs.table_grids,
+        real=inputs.image_marker(),
     output:
         png=report(
             f"{P}/plots/{{table}}_samples.png",
@@ -76,8 +76,8 @@ rule sample_grids:
             labels={"table": "{table}", "plot": "samples"},
         ),
     params:
-        grids=table_grid_labels,
-        real=image_dir(),  # real images of the same classes, beside the samples
+        grids=inputs.table_grid_labels,
+        real=inputs.image_dir(),  # real images of the same classes, beside the samples
     log:
         f"logs/{study.name}/sample_grids/{{table}}.log",
     conda:
@@ -88,7 +88,7 @@ rule sample_grids:
 
 rule fid_vs_epoch:
     input:
-        metrics=curve_metrics,
+        metrics=inputs.curve_metrics,
     output:
         png=report(
             f"{P}/plots/{{table}}_fid_vs_epoch.png",
@@ -97,7 +97,7 @@ rule fid_vs_epoch:
             labels={"table": "{table}", "plot": "FID vs epoch"},
         ),
     params:
-        points=curve_points,
+        points=inputs.curve_points,
     log:
         f"logs/{study.name}/fid_vs_epoch/{{table}}.log",
     conda:
@@ -108,7 +108,7 @@ rule fid_vs_epoch:
 
 rule guidance_sweeps:
     input:
-        sweeps=table_sweeps,
+        sweeps=inputs.table_sweeps,
     output:
         png=report(
             f"{P}/plots/{{table}}_guidance.png",
@@ -117,7 +117,7 @@ rule guidance_sweeps:
             labels={"table": "{table}", "plot": "guidance sweep"},
         ),
     params:
-        points=table_sweep_points,
+        points=inputs.table_sweep_points,
     log:
         f"logs/{study.name}/guidance_sweeps/{{table}}.log",
     conda:
@@ -153,7 +153,7 @@ rule bench_sample:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=launcher_args("sample"),
+        launcher=inputs.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -164,7 +164,7 @@ rule bench_sample:
 
 rule table5:
     input:
-        benchmarks=throughput_benchmarks(),
+        benchmarks=inputs.throughput_benchmarks(),
     output:
         csv=report(
             f"{P}/table5.csv",

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from rar.tokenizer import Tokenizer, load_tokenizer
-from rar.vq_demo import (
+from rar.demo.vq import (
     VQDemo,
     VQDemoConfig,
     evaluate_reconstruction,
     save_tokenizer,
     train_vq_demo,
 )
+from rar.tokenizer import Tokenizer, load_tokenizer
 
 # Small enough that a few dozen steps take about a second on a 2-core CPU.
 TINY = VQDemoConfig(

@@ -1,0 +1,146 @@
+"""The shape ARCHITECTURE.md promises, checked on every run: no import cycle inside rar/, no
+function over 80 lines, no module over 600.
+
+Read from the source with `ast` (nothing is imported), so a violation names its file and line.
+Imports inside functions count too: a lazy import still ties two modules together.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rar"
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 600
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the package (packages by their __init__)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The rar modules `name` imports, anywhere in its file, resolved to known modules."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from rar import x` imports the module rar.x when there is one.
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_inside_rar():
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    # A package's __init__ importing its own submodules is how a package exports its API;
+    # the submodules importing each other is what must stay acyclic.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_is_at_most_600_lines(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{MODULES[name]}: {lines} lines"
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} {lines}"
+                    )
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)
+
+
+def _documented(page: Path, heading: str) -> set[str]:
+    """The paths named in the first column of the first table under `heading`."""
+    text = page.read_text()
+    section = text[text.index(heading) :]
+    lines = section.splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    named = set()
+    for row in rows:
+        first = row.split("|")[1]
+        named |= {part.strip("` ") for part in first.split(",") if "`" in part}
+    return named
+
+
+@pytest.mark.parametrize(
+    "page, heading, prefix",
+    [("README.md", "## The package", "rar/"), ("ARCHITECTURE.md", "## Modules (rar/)", "")],
+)
+def test_the_module_tables_name_every_module(page, heading, prefix):
+    """README's package table and ARCHITECTURE.md's name each module, or its package folder."""
+    named = _documented(PACKAGE.parent / page, heading)
+    missing = []
+    for path in MODULES.values():
+        if path.name in ("__init__.py", "__main__.py") and path.parent == PACKAGE:
+            continue
+        rel = path.relative_to(PACKAGE).as_posix()
+        folders = [f"{parent.as_posix()}/" for parent in path.relative_to(PACKAGE).parents][:-1]
+        if not {prefix + rel, *(prefix + f for f in folders)} & named:
+            missing.append(rel)
+    assert not missing, f"{page} does not name: {', '.join(missing)}"
+    stale = [n for n in named if not (PACKAGE.parent / ("" if prefix else "rar/") / n).exists()]
+    assert not stale, f"{page} names what no longer exists: {', '.join(stale)}"
