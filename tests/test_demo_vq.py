@@ -12,6 +12,7 @@ from rar.demo.vq import (
     VQDemoConfig,
     evaluate_reconstruction,
     save_tokenizer,
+    spectral_loss,
     train_vq_demo,
 )
 from rar.tokenizer import Tokenizer, load_tokenizer
@@ -71,6 +72,37 @@ def test_training_reduces_reconstruction_error(images, trained, capsys):
     assert after["tokens_per_image"] == TINY.grid**2 and after["num_images"] == 128
     json.dumps(after)  # JSON-ready: plain floats and ints
     assert untrained.identity() != trained.identity()
+
+
+def test_spectral_loss_known_values():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert spectral_loss(x, x) == 0
+    # A constant offset c moves only the constant term, by c * sqrt(H * W) = 0.1 * 8, of the
+    # H x (W / 2 + 1) = 8 x 5 terms of each of the 6 channel images.
+    assert spectral_loss(x + 0.1, x).item() == pytest.approx(0.1 * 8 / (8 * 5), rel=1e-5)
+    # What the term is for: a faint high-frequency error (a checkerboard of amplitude eps:
+    # one term of each channel's transform, 8 * eps) costs in proportion to eps, not to
+    # eps squared as under MSE, so its gradient does not fade as the error does.
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0
+    for eps in (0.1, 0.001):
+        assert spectral_loss(x + eps * checker, x).item() == pytest.approx(8 * eps / 40, rel=1e-3)
+        mse = torch.nn.functional.mse_loss(x + eps * checker, x).item()
+        assert mse == pytest.approx(eps**2, rel=1e-3)
+
+
+def test_the_spectral_weight_enters_the_loss(images):
+    model = VQDemo(TINY)
+    x = images[:4].permute(0, 3, 1, 2).float() / 255
+    _, _, plain = model(x)
+    _, _, weighted = model(x, spectral_weight=2.0)
+    assert plain["spectral"] > 0
+    expected = plain["recon"] + plain["vq"] + 2.0 * plain["spectral"]
+    assert weighted["loss"].item() == pytest.approx(expected.item())
+    a, b = (
+        train_vq_demo(images, TINY, steps=6, batch_size=8, spectral_weight=w, progress=False)
+        for w in (0.0, 1.0)
+    )
+    assert a.identity() != b.identity()
 
 
 def test_progress_lines_are_printed(images, capsys):

@@ -89,6 +89,13 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="images per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument(
+        "--spectral-weight",
+        type=float,
+        default=None,
+        help="weight of the loss on the images' Fourier transforms, beside the pixel MSE "
+        "(default: rar.demo.vq.SPECTRAL_WEIGHT, 1; 0: MSE alone, blurrier)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_train_tokenizer)
 
@@ -110,6 +117,7 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        **({} if args.spectral_weight is None else {"spectral_weight": args.spectral_weight}),
     )
     return 0
 

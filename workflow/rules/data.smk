@@ -48,7 +48,8 @@ rule demo_tokenizer:
         "--val-images {params.val:q} --out {output.tokenizer:q} --quality {output.quality:q} "
         "--image-size {params.image_size:q} --codebook-size {params.codebook:q} "
         "--downsample {params.train[downsample]:q} --steps {params.train[steps]:q} "
-        "--batch-size {params.train[batch_size]:q} --seed {params.train[seed]:q} > {log:q} 2>&1"
+        "--batch-size {params.train[batch_size]:q} --seed {params.train[seed]:q} "
+        "--spectral-weight {params.train[spectral_weight]:q} > {log:q} 2>&1"
 
 
 rule tokenize_part:
