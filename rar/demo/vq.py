@@ -42,8 +42,8 @@ __all__ = [
     "VQDemo",
     "VQDemoConfig",
     "evaluate_reconstruction",
-    "spectral_loss",
     "save_tokenizer",
+    "spectral_loss",
     "train_vq_demo",
 ]
 
