@@ -16,7 +16,7 @@ import torch
 
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
-from rar.runtime import resolve_device
+from rar.runtime import autocast, autocast_dtype, resolve_device
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
@@ -97,8 +97,7 @@ def bench_train(
     net = model_from_config(cfg).to(dev).train()
     optimizer = build_optimizer(net, cfg)
     step_model = torch.compile(net) if compile else net
-    amp = {"auto": torch.bfloat16 if dev.type == "cuda" else None, "fp32": None,
-           "bf16": torch.bfloat16}[dtype]  # fmt: skip
+    amp = autocast_dtype(dtype, dev)
     N = cfg.num_tokens
     tokens = torch.randint(cfg.codebook_size, (batch_size, N), device=dev)
     labels = torch.randint(cfg.num_classes + 1, (batch_size,), device=dev)
@@ -184,7 +183,7 @@ def bench_sample(
         net = RAR(rar_config(model)).eval()
     preset = SAMPLING_PRESETS.get(model, SamplingConfig())
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
-    amp = {"fp32": None, "bf16": torch.bfloat16}[dtype]
+    amp = autocast_dtype(dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
     labels = torch.arange(batch_size, device=dev) % net.config.num_classes
@@ -202,7 +201,7 @@ def bench_sample(
             compile=compile,
         )
         if decode is not None:
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            with autocast(dev, amp):
                 decode(ids)
 
     seconds = seconds_per_call(one_batch, steps, dev)
@@ -210,7 +209,7 @@ def bench_sample(
         "model": model,
         "params": num_parameters(net),
         "batch_size": batch_size,
-        "dtype": dtype,
+        "dtype": "bf16" if amp else "fp32",
         "decoder": decoder,
         "guidance_scale": scale,
         "compile": compile,
@@ -221,7 +220,7 @@ def bench_sample(
         "tokens_per_s": round(batch_size * net.config.num_tokens / seconds, 1),
     }
     print(
-        f"{model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, {dtype}, "
+        f"{model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, {result['dtype']}, "
         f"guidance {scale}, decoder {decoder}, compile {compile} on {result['machine']}:\n"
         f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s "
         f"({seconds:.3f} s per batch, median-free mean of {steps} batches after 1 warm-up)",

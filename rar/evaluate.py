@@ -35,8 +35,6 @@ import numpy as np
 import torch
 
 from rar.extractors import (
-    EXTRACTORS,
-    INCEPTION,
     extract_features,
     load_feature_extractor,
     resolve_weights,
@@ -53,6 +51,7 @@ from rar.metrics import (
     named_metrics,
     precision_recall,
 )
+from rar.presets import EXTRACTORS, INCEPTION
 from rar.settings import ScoringSettings
 
 METRICS_FORMAT = "rar-metrics/1"

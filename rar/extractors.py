@@ -12,56 +12,16 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rar.demo import extractor as efficientnet
+from rar.presets import EXTRACTORS
 
-INCEPTION = "inception-v3-compat"
 # torch-fidelity's Inception weights file ends in the first 8 hex digits of its sha256 (the
 # torch.hub convention), "weights-inception-2015-12-05-6726825d.pth".
 INCEPTION_SHA256_PREFIX = "6726825d"
-
-
-@dataclass(frozen=True)
-class ExtractorSpec:
-    """The torch-fidelity feature layers one extractor uses, and how its metrics are named."""
-
-    fid_layer: str  # also precision/recall
-    isc_layer: str
-    suffix: str  # appended to metric names: "" for Inception, "_efficientnet_lite0" otherwise
-    input_size: int | None = None  # side images are resized to; None: the extractor's own
-
-    def features_id(self, weights_sha256: str) -> str:
-        """What the features depend on besides the images, for cache keys: the weights and,
-        where this project chose it, the input size."""
-        return weights_sha256 + (f"-{self.input_size}px" if self.input_size else "")
-
-    def metric_names(self) -> dict[str, str]:
-        """torch-fidelity's result keys -> ours."""
-        s = self.suffix
-        return {
-            "frechet_inception_distance": f"fid{s}",
-            "inception_score_mean": f"isc{s}_mean",
-            "inception_score_std": f"isc{s}_std",
-            "precision": f"precision{s}",
-            "recall": f"recall{s}",
-        }
-
-
-EXTRACTORS: dict[str, ExtractorSpec] = {
-    # ADM / torch-fidelity: pool_3 (2048) for FID and precision/recall, logits without the
-    # bias for IS (as the original TF Inception Score code reads them).
-    INCEPTION: ExtractorSpec(fid_layer="2048", isc_layer="logits_unbiased", suffix=""),
-    efficientnet.NAME: ExtractorSpec(
-        fid_layer=efficientnet.FID_LAYER,
-        isc_layer=efficientnet.ISC_LAYER,
-        suffix="_efficientnet_lite0",
-        input_size=efficientnet.INPUT_SIZE,
-    ),
-}
 
 
 class ExtractorUnavailable(RuntimeError):

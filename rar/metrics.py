@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from rar.extractors import INCEPTION, INCEPTION_SHA256_PREFIX
+from rar.extractors import INCEPTION_SHA256_PREFIX
+from rar.presets import INCEPTION
 from rar.settings import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED  # the defaults `rar evaluate` shows
 
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes

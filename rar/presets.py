@@ -3,6 +3,8 @@ reads them while parsing the Snakefile); `rar.model` and `rar.generate` build on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # RAR Table 1 / the official release. Trailing comments: parameters at codebook 1024, 1000
 # classes and 256 tokens, with adaLN (as released; the exact counts are in README.md and
 # tests/test_model.py) | as the plain ViT of the ablations (`architecture="plain"`, RAR §4.1).
@@ -44,3 +46,49 @@ SCAN_ORDERS: tuple[str, ...] = (
 # chunk), so it is part of a sample set's identity: the one default of rar.sample.sample(),
 # `rar sample`, `rar sweep-guidance` and the study schema's `sampling.chunk_size`.
 DEFAULT_CHUNK_SIZE = 250
+
+
+# The feature extractors of the metrics (rar.extractors loads them): which torch-fidelity
+# layers each reads, and how its metrics are named, so that a demo number can never pass
+# for the paper's Inception one.
+INCEPTION = "inception-v3-compat"  # the paper's (torch-fidelity, as ADM)
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """The torch-fidelity feature layers one extractor uses, and how its metrics are named."""
+
+    fid_layer: str  # also precision/recall
+    isc_layer: str
+    suffix: str  # appended to metric names: "" for Inception, "_efficientnet_lite0" otherwise
+    input_size: int | None = None  # side images are resized to; None: the extractor's own
+
+    def features_id(self, weights_sha256: str) -> str:
+        """What the features depend on besides the images, for cache keys: the weights and,
+        where this project chose it, the input size."""
+        return weights_sha256 + (f"-{self.input_size}px" if self.input_size else "")
+
+    def metric_names(self) -> dict[str, str]:
+        """torch-fidelity's result keys -> ours."""
+        s = self.suffix
+        return {
+            "frechet_inception_distance": f"fid{s}",
+            "inception_score_mean": f"isc{s}_mean",
+            "inception_score_std": f"isc{s}_std",
+            "precision": f"precision{s}",
+            "recall": f"recall{s}",
+        }
+
+
+EXTRACTORS: dict[str, ExtractorSpec] = {
+    # ADM / torch-fidelity: pool_3 (2048) for FID and precision/recall, logits without the
+    # bias for IS (as the original TF Inception Score code reads them).
+    INCEPTION: ExtractorSpec(fid_layer="2048", isc_layer="logits_unbiased", suffix=""),
+    # The offline demo's (rar.demo.extractor): global average pool (1280) and the 1000 ImageNet
+    # logits, of the 32 px images upsampled to 96 px, not the 224 px the network was trained
+    # at: 12x less work per image, the class probe still 100% right on held-out images.
+    EFFICIENTNET_LITE0: ExtractorSpec(
+        fid_layer="1280", isc_layer="logits", suffix="_efficientnet_lite0", input_size=96
+    ),
+}

@@ -28,7 +28,7 @@ from rar.checkpoint import load_generator
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from rar.io import sha256_file, write_json, write_npz
 from rar.model import RAR
-from rar.runtime import resolve_device
+from rar.runtime import autocast_dtype, resolve_device
 from rar.sample_chunks import (
     CHUNK_NAME,
     SAMPLES_FORMAT,
@@ -192,14 +192,6 @@ def _tokenizer_for(model: RAR, tokenizer: str | os.PathLike, checkpoint: str | o
 # ##########################################################################################
 
 
-def _amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    if dtype == "auto":
-        dtype = "bf16" if device.type == "cuda" else "fp32"
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype must be 'fp32', 'bf16' or 'auto', got {dtype!r}")
-    return torch.bfloat16 if dtype == "bf16" else None
-
-
 def info_path_for(out: str | os.PathLike) -> Path:
     """The settings file beside `out`: `samples.npz` -> `samples.json`."""
     return Path(out).with_suffix(".json")
@@ -341,7 +333,7 @@ def sample(
 
         check_extractor_available(check_extractor, extractor_weights)
     rank, world_size, dev = _placement(rank, world_size, device)
-    amp_dtype, out, started = _amp_dtype(dtype, dev), Path(out), time.perf_counter()
+    amp_dtype, out, started = autocast_dtype(dtype, dev), Path(out), time.perf_counter()
     model, model_desc = load_generator(checkpoint)
     settings, preset_used = resolve_sampling(model_desc["model_size"], preset=preset, **overrides)
     num_classes = _classes_of(model, num_classes)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rar.options import option
-from rar.presets import DEFAULT_CHUNK_SIZE, GUIDANCE_SCHEDULES, SAMPLING_PRESETS
+from rar.presets import DEFAULT_CHUNK_SIZE, EXTRACTORS, GUIDANCE_SCHEDULES, SAMPLING_PRESETS
 
 
 class _Loadable:
@@ -146,7 +146,7 @@ class LauncherConfig(_Loadable, source="launcher config"):
 # How a sample set is drawn (rar.sample.sample's keyword arguments)
 # ##########################################################################################
 
-EXTRACTOR_NAMES = ("inception-v3-compat", "efficientnet-lite0")  # rar.extractors.EXTRACTORS
+EXTRACTOR_NAMES = tuple(EXTRACTORS)
 
 
 @dataclass(frozen=True)

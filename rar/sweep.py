@@ -59,7 +59,7 @@ def summarize(points: list[dict], metric: str) -> dict:
 def sweep_point(scale: float, metrics: dict) -> dict:
     """One point of a sweep from its metrics.json: FID, IS, precision, recall under their
     plain names, whatever the extractor ("fid" or the demo's "fid_efficientnet_lite0")."""
-    from rar.extractors import EXTRACTORS
+    from rar.presets import EXTRACTORS
 
     names = EXTRACTORS[metrics["extractor"]].metric_names()
     plain = {

@@ -37,6 +37,7 @@ from torch import nn
 from rar.data.shards import iter_samples, load_manifest
 from rar.io import atomic_write_bytes
 from rar.orders import sample_orders, scan_order, shuffle
+from rar.runtime import autocast
 
 HELDOUT_DIR = "val"  # the held-out shards of a data set: <data dir>/val/
 HELDOUT_CROP = "center"  # ADM's center crop, as the FID references
@@ -159,7 +160,7 @@ def sequence_nll(
         for i in range(0, len(tokens), batch_size):
             x = tokens[i : i + batch_size].to(device)  # (b, N)
             y, o = labels[i : i + batch_size].to(device), orders[i : i + batch_size].to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            with autocast(device, amp):
                 logits = model(x, y, o)  # (b, N, codebook)
             targets = shuffle(x, o)  # logits[:, k] predicts the k-th token visited
             nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
-from rar.extractors import EXTRACTORS, INCEPTION_SHA256_PREFIX
+from rar.extractors import INCEPTION_SHA256_PREFIX
 from rar.metrics import (
     FidBootstrap,
     comparability,
@@ -17,6 +17,7 @@ from rar.metrics import (
     inception_score,
     named_metrics,
 )
+from rar.presets import EXTRACTORS
 
 # ------------------------------------------------------------------------------------------
 # Bookkeeping

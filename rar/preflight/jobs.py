@@ -118,14 +118,14 @@ def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
     """How the uninterrupted run ran (steps, device, precision, DDP backend, batches) and its
     steady-state throughput."""
     from rar.bench import machine_description
+    from rar.runtime import autocast_dtype
 
     return dict(
         reference_step=reference_step,
         total_steps=cfg.total_steps,
         device=dev.type,
         machine=machine_description(dev),
-        dtype="bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
-        else "fp32",
+        dtype="bf16" if autocast_dtype(cfg.precision, dev) else "fp32",
         compile=cfg.compile,
         micro_batch=cfg.micro_batch or cfg.global_batch // env.world_size,
         global_batch=cfg.global_batch,
@@ -219,13 +219,13 @@ def rehearse_sampling(
     )  # fmt: skip
     if info is None:  # not rank 0
         return {}
-    from rar.runtime import resolve_device
+    from rar.runtime import autocast_dtype, resolve_device
 
     dev = resolve_device(device, DistEnv.from_environ().local_rank)
     model, _ = load_generator(checkpoint)
     model.to(dev)
     tok = load_tokenizer(tokenizer).to(dev)
-    amp = torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and dev.type == "cuda") else None
+    amp = autocast_dtype(dtype, dev)
     labels = torch.arange(bench_batch, device=dev) % num_classes
     gen = torch.Generator(dev).manual_seed(0)
     settings = {k: v for k, v in sampling.items() if k != "order"}

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rar.presets import EXTRACTORS, INCEPTION
+
 PathLike = str | os.PathLike
 
-INCEPTION = "inception-v3-compat"  # the paper's extractor (torch-fidelity, as ADM)
-# Metric-name suffix per extractor, as rar.extractors.EXTRACTORS[...].suffix (copied because that
-# module imports torch; tests/test_report.py checks the two agree).
-EXTRACTOR_SUFFIXES = {INCEPTION: "", "efficientnet-lite0": "_efficientnet_lite0"}
+# Metric-name suffix per extractor ("" for the paper's Inception).
+EXTRACTOR_SUFFIXES = {name: spec.suffix for name, spec in EXTRACTORS.items()}
 
 # Our column -> metrics.json key without the extractor suffix.
 METRIC_KEYS = {
