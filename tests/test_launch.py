@@ -18,28 +18,25 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import helpers
 import pytest
 import torch
+from helpers import SAMPLES, weights
 
 from rar.config import TrainConfig
 from rar.data.batches import TensorBatchSource
 from rar.launch import LauncherConfig, LaunchError, TrainJob, launch
 from rar.train import load_checkpoint, train
 
+# Jobs run in other processes (SLURM nodes, local workers), where tests/ is not importable:
+# this module and the helpers it calls travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-SAMPLES = 64
+cloudpickle.register_pickle_by_value(helpers)
 
 
 def tiny_run(**overrides) -> TrainConfig:
-    """rar_tiny on a 4x4 grid: 64 images, batch 8 (2 micro-batches of 4) -> 8 steps per epoch."""
-    base = dict(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=0, anneal_end=1,
-        checkpoint_minutes=60, log_every=4, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    """helpers.tiny_run annealed over the first epoch: 8 steps per epoch, 24 in all."""
+    return helpers.tiny_run(**{"anneal_start": 0, "anneal_end": 1, **overrides})
 
 
 class SlowSource(TensorBatchSource):
@@ -83,10 +80,6 @@ def failing_job(*, should_stop, message: str) -> None:
 
 def double(x: int) -> int:
     return 2 * x
-
-
-def weights(path):
-    return load_checkpoint(path)["model"]
 
 
 def assert_same_weights(a, b):

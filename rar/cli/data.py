@@ -12,6 +12,7 @@ from rar.cli.common import (
     launcher_from_args,
     setup_logging,
 )
+from rar.demo import CROP_SCALE, SPECTRAL_WEIGHT
 
 
 def add_make_demo_data(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +44,8 @@ def add_make_demo_data(sub: argparse._SubParsersAction) -> None:
         type=float,
         nargs=2,
         metavar=("MIN", "MAX"),
-        help="side of a crop as a fraction of the photo's short side, drawn uniformly "
-        "(default: rar.demo.data.CROP_SCALE, 0.3 to 1)",
+        default=CROP_SCALE,
+        help="side of a crop as a fraction of the photo's short side, drawn uniformly",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_make_demo_data)
@@ -60,7 +61,7 @@ def _run_make_demo_data(args: argparse.Namespace) -> int:
         val_per_class=args.val_per_class,
         test_per_class=args.test_per_class,
         image_size=args.image_size,
-        **({"crop_scale": tuple(args.crop_scale)} if args.crop_scale else {}),
+        crop_scale=tuple(args.crop_scale),
         seed=args.seed,
     )
     return 0
@@ -92,9 +93,9 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--spectral-weight",
         type=float,
-        default=None,
+        default=SPECTRAL_WEIGHT,
         help="weight of the loss on the images' Fourier transforms, beside the pixel MSE "
-        "(default: rar.demo.vq.SPECTRAL_WEIGHT, 1; 0: MSE alone, blurrier)",
+        "(0: MSE alone, blurrier)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_train_tokenizer)
@@ -116,8 +117,8 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        spectral_weight=args.spectral_weight,
         seed=args.seed,
-        **({} if args.spectral_weight is None else {"spectral_weight": args.spectral_weight}),
     )
     return 0
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rar.demo import CROP_SCALE
+
 
 @dataclass(frozen=True)
 class Photo:
@@ -144,7 +146,6 @@ PHOTOS: tuple[Photo, ...] = (
     ),
 )
 
-CROP_SCALE = (0.3, 1.0)  # crop side as a fraction of the photo's short side: (min, max)
 FLIP_P = 0.5
 
 
