@@ -52,6 +52,7 @@ from rar.metrics import (
     precision_recall,
 )
 from rar.presets import EXTRACTORS, INCEPTION
+from rar.runtime import resolve_device
 from rar.settings import ScoringSettings
 
 METRICS_FORMAT = "rar-metrics/1"
@@ -63,17 +64,6 @@ METRICS_FORMAT = "rar-metrics/1"
 
 # The interval's fields at the top level of metrics.json (the rest go under "settings").
 FID_CI_FIELDS = ("fid_ci_low", "fid_ci_high", "fid_ci_level", "fid_ci_method")
-
-
-def torch_device(device: str) -> torch.device:
-    """`device` ("auto": CUDA when there is one). A CUDA device with an index is made the
-    current one, since torch-fidelity places its work on the current device."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def sampling_fields(info: dict) -> dict:
@@ -125,7 +115,9 @@ class Scorer:
         self.weights_path = resolve_weights(s.extractor, s.weights, allow_download=s.allow_download)
         self.weights_sha256 = sha256_file(self.weights_path)
         self.features_id = self.spec.features_id(self.weights_sha256)
-        self.dev = torch_device(s.device)
+        self.dev = resolve_device(s.device)
+        if self.dev.type == "cuda":  # torch-fidelity works on the current CUDA device
+            torch.cuda.set_device(self.dev)
         self.cuda, self.verbose = self.dev.type == "cuda", s.verbose
         self.fe = load_feature_extractor(
             s.extractor, self.weights_path, cuda=self.cuda, verbose=s.verbose
