@@ -119,6 +119,22 @@ def test_training_is_deterministic(images):
     assert a.identity() == b.identity() != c.identity()
 
 
+def test_training_is_deterministic_on_two_threads():
+    """At the demo's size the codebook's gradient (an index_put with accumulate) is summed by
+    several threads; rar.runtime's deterministic mode keeps its order fixed."""
+    images32 = _shapes(64, size=32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = (
+            train_vq_demo(images32, VQDemoConfig(), steps=10, batch_size=32, progress=False)
+            for _ in range(2)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert a.identity() == b.identity()
+
+
 def test_interface_shapes_and_range(images, trained):
     assert isinstance(trained, Tokenizer)
     assert not trained.training and not any(p.requires_grad for p in trained.parameters())

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rar.demo import SPECTRAL_WEIGHT
+from rar.runtime import deterministic_algorithms
 from rar.tokenizer import Tokenizer, save_tokenizer, to_uint8
 
 __all__ = [
@@ -270,6 +271,16 @@ def _reseed_codes(
             state[name][which] = 0.0
 
 
+def _log_step(step: int, steps: int, losses: dict, ids: torch.Tensor, codes: int, secs: float):
+    psnr = -10.0 * math.log10(max(losses["recon"].item(), 1e-10))
+    print(
+        f"vq_demo step {step + 1}/{steps} loss {losses['loss'].item():.4f} "
+        f"recon {losses['recon'].item():.4f} ({psnr:.1f} dB) vq {losses['vq'].item():.4f} "
+        f"codes in use {ids.unique().numel()}/{codes} {secs:.0f}s",
+        flush=True,
+    )
+
+
 def train_vq_demo(
     images: torch.Tensor,
     config: VQDemoConfig | None = None,
@@ -289,7 +300,8 @@ def train_vq_demo(
     images: uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1], H = W = config.image_size.
     Adam with a 5% linear warm-up and cosine decay. Every `restart_every` steps, codes unused
     since the last check are re-seeded from the batch's latents; restarts stop at 80% of the
-    steps so the decoder learns the final codebook. Deterministic on CPU for a given seed
+    steps so the decoder learns the final codebook. Deterministic on CPU for a given seed, at
+    any thread count
     (the caller's global RNG state is left untouched). Prints a progress line every
     `log_every` steps when `progress`. The loss is MSE + VQ + spectral_weight x `spectral_loss`.
 
@@ -317,36 +329,31 @@ def train_vq_demo(
 
     used = torch.zeros(cfg.codebook_size, dtype=torch.bool, device=device)
     t0 = time.perf_counter()
-    for step in range(steps):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
-        x = data[idx].to(device)  # (B, 3, H, W)
-        if step == 0:
-            # Data-dependent init: codes start on real latents, not in empty space.
-            with torch.no_grad():
-                z0 = model.latents(x).reshape(-1, cfg.code_dim)  # (B*h*w, D)
-            _reseed_codes(model, torch.arange(cfg.codebook_size, device=device), z0, opt, gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        _, ids, losses = model(x, spectral_weight)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        used[ids.flatten()] = True
-
-        if restart_every and (step + 1) % restart_every == 0 and step < 0.8 * steps:
-            with torch.no_grad():
-                z = model.latents(x).reshape(-1, cfg.code_dim)
-            _reseed_codes(model, (~used).nonzero().flatten(), z, opt, gen)
-            used.zero_()
-        if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-            psnr = -10.0 * math.log10(max(losses["recon"].item(), 1e-10))
-            print(
-                f"vq_demo step {step + 1}/{steps} loss {losses['loss'].item():.4f} "
-                f"recon {losses['recon'].item():.4f} ({psnr:.1f} dB) vq {losses['vq'].item():.4f} "
-                f"codes in use {ids.unique().numel()}/{cfg.codebook_size} "
-                f"{time.perf_counter() - t0:.0f}s",
-                flush=True,
-            )
+    # The codebook's gradient is an index_put with accumulate (rar.runtime explains): with more
+    # than one thread its summation order, and so the tokenizer, varied from run to run.
+    # Serial in deterministic mode: 100 steps on 2 threads took 19.2-20.9 s either way.
+    with deterministic_algorithms(True, device):
+        for step in range(steps):
+            idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
+            x = data[idx].to(device)  # (B, 3, H, W)
+            if step == 0:  # data-dependent init: codes start on real latents, not empty space
+                with torch.no_grad():
+                    z0 = model.latents(x).reshape(-1, cfg.code_dim)  # (B*h*w, D)
+                _reseed_codes(model, torch.arange(cfg.codebook_size, device=device), z0, opt, gen)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            _, ids, losses = model(x, spectral_weight)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            used[ids.flatten()] = True
+            if restart_every and (step + 1) % restart_every == 0 and step < 0.8 * steps:
+                with torch.no_grad():
+                    z = model.latents(x).reshape(-1, cfg.code_dim)
+                _reseed_codes(model, (~used).nonzero().flatten(), z, opt, gen)
+                used.zero_()
+            if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+                _log_step(step, steps, losses, ids, cfg.codebook_size, time.perf_counter() - t0)
     return model.freeze()
 
 
