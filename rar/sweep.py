@@ -96,13 +96,13 @@ def sweep_guidance(
     Writes `<out folder>/scale_<g>/samples.npz` and `metrics.json` per scale, then `out`
     (guidance.json, `summarize`). Returns its content from rank 0, None from other ranks.
     """
-    from rar.evaluate import evaluate
+    from rar.evaluate import Scorer
     from rar.sample import sample
 
     if not scales:
         raise ValueError("a guidance sweep needs at least one scale")
     folder = Path(out).parent
-    points = []
+    points, scorer = [], None
     for scale in sorted(scales):
         point_dir = folder / f"scale_{scale:g}"
         metrics_path = point_dir / "metrics.json"
@@ -117,16 +117,13 @@ def sweep_guidance(
             )
             if info is None:  # another rank merges and scores
                 continue
-            evaluate(
-                point_dir / "samples.npz",
-                reference,
-                extractor=extractor,
-                weights=weights,
-                cache_dir=cache_dir,
-                out=metrics_path,
-                device=device,
-                bootstrap_resamples=0,  # the sweep compares means; intervals cost minutes
-            )
+            if scorer is None:  # the extractor and reference features load once per sweep
+                scorer = Scorer(
+                    reference, extractor=extractor, weights=weights, cache_dir=cache_dir,
+                    device=device,
+                    bootstrap_resamples=0,  # the sweep compares means; intervals cost minutes
+                )  # fmt: skip
+            scorer.score(point_dir / "samples.npz", metrics_path)
         points.append(sweep_point(scale, json.loads(metrics_path.read_text())))
     if len(points) < len(scales):
         return None

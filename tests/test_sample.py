@@ -404,3 +404,40 @@ def test_chunk_size_has_one_default(files, tmp_path, monkeypatch):
     schema = yaml.safe_load(SCHEMA.read_text())
     chunk = schema["properties"]["sampling"]["allOf"][1]["properties"]["chunk_size"]
     assert chunk["default"] == DEFAULT_CHUNK_SIZE
+
+
+def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
+    files, tmp_path, monkeypatch
+):
+    """Every scale of a sweep is scored by one Scorer (the extractor, its weights' hash and
+    the reference features load once per job), and each point's metrics.json is what
+    `rar evaluate` writes for the same samples."""
+    from PIL import Image
+
+    import rar.evaluate
+    from rar.evaluate import evaluate
+    from rar.sweep import sweep_guidance
+
+    reference = tmp_path / "reference"
+    rng = np.random.default_rng(0)
+    for c in range(NUM_CLASSES):
+        (reference / str(c)).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).resize((64, 64)).save(reference / str(c) / f"{i}.png")
+    made, scorer = [], rar.evaluate.Scorer
+    monkeypatch.setattr(rar.evaluate, "Scorer", lambda *a, **k: made.append(1) or scorer(*a, **k))
+    scoring = dict(extractor="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu")
+    sampling = dict(num_per_class=PER_CLASS, chunk_size=CHUNK, seed=3, progress=False)
+    result = sweep_guidance(
+        files["checkpoint"], files["tokenizer"], tmp_path / "sweep/guidance.json",
+        scales=[1.0, 3.0], reference=reference, sampling=sampling, **scoring,
+    )  # fmt: skip
+    assert len(made) == 1 and [p["guidance_scale"] for p in result["points"]] == [1.0, 3.0]
+    point = tmp_path / "sweep/scale_3"
+    alone = evaluate(point / "samples.npz", reference, bootstrap_resamples=0, **scoring)
+    swept = json.loads((point / "metrics.json").read_text())
+    timings = {"seconds", "setup_seconds", "scoring_seconds"}
+    assert {k: v for k, v in swept.items() if k not in timings} == {
+        k: v for k, v in alone.items() if k not in timings
+    }
