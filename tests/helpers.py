@@ -1,4 +1,6 @@
-"""The tiny training runs the tests share (tests/test_train.py, tests/test_logging.py).
+"""What several test modules share: the tiny training runs (tests/test_train.py,
+tests/test_logging.py, tests/test_launch.py) and the release of requeued SLURM jobs
+(tests/test_launch.py, tests/test_preflight.py).
 
 A plain module, imported by name: tests/ is not a package (see pyproject.toml), and
 tests/conftest.py puts this folder on sys.path; subprocesses that tests start insert it
@@ -6,6 +8,9 @@ themselves.
 """
 
 from __future__ import annotations
+
+import subprocess
+import time
 
 import torch
 
@@ -58,3 +63,30 @@ def assert_same_weights(a, b, exact=True):
             assert torch.equal(a[k], b[k]), k
         else:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# SLURM holds a requeued job (reason BeginTime, about 2 minutes) so that it cannot start while
+# its previous run is still being torn down. The tests start it sooner, but only once the hold
+# has lasted well past the cluster's KillWait (5 s, shared/slurm): released at once, the new run
+# can start before the old job step is gone, and fail at its first second (CI saw it).
+REQUEUE_SETTLE_S = 15.0
+
+
+class RequeueReleaser:
+    """Call `poll(job_id)` every second or so: it starts the job once it has been held for
+    REQUEUE_SETTLE_S, so a test waits seconds per requeue instead of minutes."""
+
+    def __init__(self) -> None:
+        self.held_since: float | None = None
+
+    def poll(self, job_id: str) -> None:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
+        ).stdout.split()
+        if state[:2] != ["PENDING", "BeginTime"]:
+            self.held_since = None
+        elif self.held_since is None:
+            self.held_since = time.monotonic()
+        elif time.monotonic() - self.held_since >= REQUEUE_SETTLE_S:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            self.held_since = None

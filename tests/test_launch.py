@@ -314,9 +314,8 @@ def test_slurm_runs_a_training_job_and_reports_a_failure(tmp_path, capsys):
 def _signal_then_release(record: Path, stop: threading.Event, *, after: str) -> None:
     """Play SLURM's part in a time-out, on a clock the test controls: once the job's log
     shows `after`, send USR2 to its steps (what `--signal=USR2@N` sends N s before the time
-    limit, and a preemption sends at once); then start the requeued job as soon as it is
-    held: SLURM holds it ~2 min, until its old credential expires."""
-    signalled = False
+    limit, and a preemption sends at once); then start the requeued job (helpers.py)."""
+    signalled, releaser = False, helpers.RequeueReleaser()
     while not stop.wait(0.5):
         if not record.exists():
             continue
@@ -325,11 +324,7 @@ def _signal_then_release(record: Path, stop: threading.Event, *, after: str) -> 
         if not signalled and log.exists() and after in log.read_text():
             subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
             signalled = True
-        reason = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
-        ).stdout.split()
-        if reason[:2] == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+        releaser.poll(job_id)
 
 
 @pytest.mark.slurm

@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import yaml
@@ -147,18 +148,12 @@ needs_slurm = pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster 
 
 
 def _release_requeued(folder: Path, stop: threading.Event) -> None:
-    """SLURM holds a requeued job for ~2 min (until its old credential expires); start it at
-    once (as tests/test_launch.py does), so the test takes one minute, not three."""
+    """Start the training job as soon as it is safe after each requeue (helpers.py)."""
+    releaser = helpers.RequeueReleaser()
     while not stop.wait(1.0):
         record = folder / "job.json"
-        if not record.exists():
-            continue
-        job_id = json.loads(record.read_text())["job_id"]
-        reason = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
-        ).stdout.split()
-        if reason[:2] == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+        if record.exists():
+            releaser.poll(json.loads(record.read_text())["job_id"])
 
 
 @pytest.mark.slurm
