@@ -7,14 +7,19 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned here, not in pyproject.toml: this pair is the one that
 # torch-fidelity's torchvision import needs and that this project is tested with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# pip byte-compiles what it installs one file at a time; compiling the same files afterwards on
+# every core is faster (one fresh install each on the 2-core machine: 134 s -> 113 s; same
+# 13,554 .pyc files). Like pip, it skips files that do not compile (other Pythons' syntax).
+COMPILE := import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2, workers=0)
 
 .PHONY: install test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile $(TORCH_PINS)
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -c "$(COMPILE)" $(VENV)/lib
 	touch $@
 
 install: $(VENV)/.installed
