@@ -123,7 +123,11 @@ def clear_failure(folder: str | Path) -> None:
 
 def read_failure(folder: Path) -> tuple[str, list[str], float] | None:
     """(reason, log paths, mtime) of `<folder>/failure.txt`, or None."""
-    path = folder / FAILURE_FILE
+    return read_failure_file(Path(folder) / FAILURE_FILE)
+
+
+def read_failure_file(path: Path) -> tuple[str, list[str], float] | None:
+    """(reason, log paths, mtime) of the failure record `path`, or None where there is none."""
     try:
         text, mtime = path.read_text(), path.stat().st_mtime
     except OSError:

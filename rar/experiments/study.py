@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rar.config import TrainConfig
+from rar.records import FAILURE_FILE
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
 # The reference rows of a table (`evaluation.reference_rows`): real held-out images scored
@@ -269,11 +270,11 @@ class Study:
         out = []
         for row in self.rows_with_references(table):
             ev = self.evaluations[row.evaluation]
-            failures = [f"{self.eval_dir(row.evaluation)}/failure.txt"]
+            failures = [f"{self.eval_dir(row.evaluation)}/{FAILURE_FILE}"]
             if ev.sweep:
-                failures.append(f"{self.sweep_dir(ev.sweep)}/failure.txt")
+                failures.append(f"{self.sweep_dir(ev.sweep)}/{FAILURE_FILE}")
             if row.run in self.runs and ev.kind == "model":
-                failures.append(f"{self.run_dir(row.run)}/failure.txt")
+                failures.append(f"{self.run_dir(row.run)}/{FAILURE_FILE}")
             out.append(
                 {
                     "label": row.label,

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from rar.experiments import PAPER_SAMPLES
+from rar.records import read_failure_file
 from rar.report.columns import (
     INCEPTION,
     METRIC_KEYS,
@@ -96,9 +97,8 @@ def read_failure(paths: PathLike | Sequence[PathLike] | None) -> str | None:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for p in paths:
-        if p is not None and Path(p).exists():
-            lines = [ln.strip() for ln in Path(p).read_text().splitlines() if ln.strip()]
-            return lines[0] if lines else "no reason recorded"
+        if p is not None and (record := read_failure_file(Path(p))) is not None:
+            return record[0]
     return None
 
 
