@@ -1,13 +1,15 @@
 """The settings of the stages that sample, score and launch, as frozen dataclasses like
 `rar.config.TrainConfig`: where a stage runs (`LauncherConfig`), how a sample set is drawn
-(`SampleSettings`) and how sample sets are scored (`ScoringSettings`).
+(`SampleSettings`), how sample sets are scored (`ScoringSettings`) and how the demo's
+tokenizer is trained (`TokenizerTraining`).
 
 Each field carries its default and its help once (`rar.options.option`); `rar sample`,
-`rar evaluate`, `rar sweep-guidance` and the launcher flags of every heavy stage are generated
-from them. They live here, not beside the code that uses them (rar.launch imports submitit,
-rar.sample and rar.evaluate torch), because `rar --help` reads them while building its parser:
-this module imports nothing heavier than rar.presets. Loading from YAML or a mapping goes
-through rar.config's checks, imported when first used (it imports numpy).
+`rar evaluate`, `rar sweep-guidance`, `rar train-tokenizer` and the launcher flags of every
+heavy stage are generated from them. They live here, not beside the code that uses them
+(rar.launch imports submitit, rar.sample, rar.evaluate and rar.demo.vq torch), because
+`rar --help` reads them while building its parser: this module imports nothing heavier than
+rar.presets and rar.demo's constants. Loading from YAML or a mapping goes through rar.config's
+checks, imported when first used (it imports numpy).
 """
 
 # option() is dataclasses.field with the help in its metadata, not a shared default value; ruff
@@ -21,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from rar.demo import SPECTRAL_WEIGHT
 from rar.options import option
 from rar.presets import DEFAULT_CHUNK_SIZE, EXTRACTORS, GUIDANCE_SCHEDULES, SAMPLING_PRESETS
 
@@ -261,3 +264,19 @@ class ScoringSettings(_Loadable, source="scoring settings"):
         flag="--no-download",
     )
     verbose: bool = option(True, "print progress")
+
+
+@dataclass(frozen=True)
+class TokenizerTraining:
+    """How `rar.demo.vq.train_vq_demo` trains the demo's VQ tokenizer (`rar train-tokenizer`,
+    a study's `tokenizer.train`): Adam, a 5% linear warm-up, then cosine decay."""
+
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(32, "images per step")
+    lr: float = option(2e-3, "peak learning rate")
+    spectral_weight: float = option(
+        SPECTRAL_WEIGHT,
+        "weight of the loss on the images' Fourier transforms, beside the pixel MSE "
+        "(0: MSE alone, blurrier)",
+    )
+    seed: int = option(0, "random seed")

@@ -15,6 +15,7 @@ from rar.demo.vq import (
     spectral_loss,
     train_vq_demo,
 )
+from rar.settings import TokenizerTraining
 from rar.tokenizer import Tokenizer, load_tokenizer
 
 # Small enough that a few dozen steps take about a second on a 2-core CPU.
@@ -57,11 +58,13 @@ def images():
 
 @pytest.fixture(scope="module")
 def trained(images):
-    return train_vq_demo(images, TINY, steps=40, batch_size=16, lr=3e-3, seed=0, progress=False)
+    return train_vq_demo(
+        images, TINY, TokenizerTraining(steps=40, batch_size=16, lr=3e-3, seed=0), progress=False
+    )
 
 
 def test_training_reduces_reconstruction_error(images, trained, capsys):
-    untrained = train_vq_demo(images, TINY, steps=0, seed=0, progress=False)
+    untrained = train_vq_demo(images, TINY, TokenizerTraining(steps=0, seed=0), progress=False)
     before = evaluate_reconstruction(untrained, images)
     after = evaluate_reconstruction(trained, images, batch_size=50)
     assert after["mse"] < 0.5 * before["mse"]
@@ -99,21 +102,30 @@ def test_the_spectral_weight_enters_the_loss(images):
     expected = plain["recon"] + plain["vq"] + 2.0 * plain["spectral"]
     assert weighted["loss"].item() == pytest.approx(expected.item())
     a, b = (
-        train_vq_demo(images, TINY, steps=6, batch_size=8, spectral_weight=w, progress=False)
+        train_vq_demo(
+            images,
+            TINY,
+            TokenizerTraining(steps=6, batch_size=8, spectral_weight=w),
+            progress=False,
+        )
         for w in (0.0, 1.0)
     )
     assert a.identity() != b.identity()
 
 
 def test_progress_lines_are_printed(images, capsys):
-    train_vq_demo(images, TINY, steps=4, batch_size=4, seed=1, log_every=2, progress=True)
+    train_vq_demo(
+        images, TINY, TokenizerTraining(steps=4, batch_size=4, seed=1), log_every=2, progress=True
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("vq_demo step 4/4 loss")
 
 
 def test_training_is_deterministic(images):
     a, b, c = (
-        train_vq_demo(images, TINY, steps=12, batch_size=8, seed=s, progress=False)
+        train_vq_demo(
+            images, TINY, TokenizerTraining(steps=12, batch_size=8, seed=s), progress=False
+        )
         for s in (3, 3, 4)
     )
     assert a.identity() == b.identity() != c.identity()
@@ -127,7 +139,9 @@ def test_training_is_deterministic_on_two_threads():
     torch.set_num_threads(2)
     try:
         a, b = (
-            train_vq_demo(images32, VQDemoConfig(), steps=10, batch_size=32, progress=False)
+            train_vq_demo(
+                images32, VQDemoConfig(), TokenizerTraining(steps=10, batch_size=32), progress=False
+            )
             for _ in range(2)
         )
     finally:
@@ -170,7 +184,7 @@ def test_plain_codes_and_8x_downsampling_train():
         code_dim=4,
         l2_norm_codes=False,
     )
-    tok = train_vq_demo(_shapes(32), cfg, steps=3, batch_size=8, progress=False)
+    tok = train_vq_demo(_shapes(32), cfg, TokenizerTraining(steps=3, batch_size=8), progress=False)
     assert tok.grid == 2 and tok.encode(torch.rand(2, 3, 16, 16)).shape == (2, 4)
 
 
@@ -178,4 +192,6 @@ def test_config_and_input_checks(images):
     with pytest.raises(ValueError, match="divisible"):
         VQDemoConfig(image_size=30, channel_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="config wants 32"):
-        train_vq_demo(images, VQDemoConfig(image_size=32), steps=1, progress=False)
+        train_vq_demo(
+            images, VQDemoConfig(image_size=32), TokenizerTraining(steps=1), progress=False
+        )

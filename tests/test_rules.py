@@ -210,3 +210,30 @@ def test_one_of_matches_exactly_the_names():
     pattern = one_of(["table2", "a.b"])
     assert re.fullmatch(pattern, "a.b") and not re.fullmatch(pattern, "axb")
     assert re.fullmatch(one_of([]), "") is None  # no names: matches nothing
+
+
+def test_the_demo_tokenizer_is_trained_as_its_config_says(demo, monkeypatch):
+    """tokenizer.train reaches `rar train-tokenizer` whole (each key a TokenizerTraining field
+    or --downsample), and the schema's defaults are TokenizerTraining's."""
+    import dataclasses
+
+    import rar.demo.vq
+    from rar.cli import main
+    from rar.experiments import SCHEMA
+    from rar.settings import TokenizerTraining
+
+    train = demo.config["tokenizer"]["train"]
+    calls = []
+    monkeypatch.setattr(rar.demo.vq, "train_tokenizer_from_folder", lambda *a, **k: calls.append(k))
+    argv = ["train-tokenizer", "--images", "i", "--out", "o.pt", *map(str, demo.tokenizer_args())]
+    assert main(argv) == 0
+    training, config = calls[0]["training"], calls[0]["config"]
+    assert config.downsample == train["downsample"]
+    assert {k: v for k, v in train.items() if k != "downsample"} == {
+        k: getattr(training, k) for k in train if k != "downsample"
+    }
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["tokenizer"]["properties"]["train"][
+        "properties"
+    ]
+    for field in dataclasses.fields(TokenizerTraining):
+        assert schema[field.name]["default"] == field.default, field.name

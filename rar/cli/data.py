@@ -12,7 +12,13 @@ from rar.cli.common import (
     launcher_from_args,
     setup_logging,
 )
-from rar.demo import CROP_SCALE, SPECTRAL_WEIGHT
+from rar.demo import CROP_SCALE
+from rar.options import add_options, option_values
+from rar.settings import TokenizerTraining
+
+# The flags of `rar train-tokenizer` that are TokenizerTraining's fields (a study's
+# tokenizer.train keys, beside `downsample`).
+TOKENIZER_TRAINING = ("steps", "batch_size", "lr", "spectral_weight", "seed")
 
 
 def add_make_demo_data(sub: argparse._SubParsersAction) -> None:
@@ -87,39 +93,20 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     p.add_argument("--codebook-size", type=int, default=256, help="number of codes")
     p.add_argument("--downsample", type=int, choices=[4, 8], default=4, help="pixels per token")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument(
-        "--spectral-weight",
-        type=float,
-        default=SPECTRAL_WEIGHT,
-        help="weight of the loss on the images' Fourier transforms, beside the pixel MSE "
-        "(0: MSE alone, blurrier)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    add_options(p, TokenizerTraining, TOKENIZER_TRAINING)
     p.set_defaults(handler=_run_train_tokenizer)
 
 
 def _run_train_tokenizer(args: argparse.Namespace) -> int:
     from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
 
-    mult = {4: (1, 2, 4), 8: (1, 2, 4, 4)}[args.downsample]
-    cfg = VQDemoConfig(
-        image_size=args.image_size, codebook_size=args.codebook_size, channel_mult=mult
-    )
+    cfg = VQDemoConfig.with_downsample(args.downsample, image_size=args.image_size,
+                                       codebook_size=args.codebook_size)  # fmt: skip
+    training = TokenizerTraining(**option_values(args, TokenizerTraining, TOKENIZER_TRAINING))
     train_tokenizer_from_folder(
-        args.images,
-        args.out,
-        quality=args.quality,
-        val_images=args.val_images,
-        config=cfg,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        spectral_weight=args.spectral_weight,
-        seed=args.seed,
-    )
+        args.images, args.out, quality=args.quality, val_images=args.val_images, config=cfg,
+        training=training,
+    )  # fmt: skip
     return 0
 
 

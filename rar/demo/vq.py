@@ -15,7 +15,8 @@ et al. 2017, arXiv 1711.00937) with two choices that make a short run reliable:
   its weighting): MSE alone leaves faint high frequencies unlearnt, a blur the FID's
   features see at once. Measured at 600 steps on a 3,200-image build of the demo set:
   reconstruction FID 1496 -> 1311 and PSNR 23.5 -> 24.7 dB with weight 1 (EfficientNet-Lite0
-  features, 160 test images); in the shipped demo (2,720 images), 1305 and 24.3 dB.
+  features, 160 test images); in the shipped demo (2,720 images, deterministic training),
+  1275 and 24.2 dB.
 
 It implements `rar.tokenizer.Tokenizer`, so the rest of the pipeline treats it like
 MaskGIT-VQGAN, and `save_tokenizer` / `rar.tokenizer.load_tokenizer` round-trip it (kind
@@ -36,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar.demo import SPECTRAL_WEIGHT
 from rar.runtime import deterministic_algorithms
+from rar.settings import TokenizerTraining
 from rar.tokenizer import Tokenizer, save_tokenizer, to_uint8
 
 __all__ = [
@@ -75,6 +76,13 @@ class VQDemoConfig:
         for m in self.channel_mult:
             if (self.base_channels * m) % self.norm_groups:
                 raise ValueError(f"width {self.base_channels * m} not divisible by norm_groups")
+
+    @classmethod
+    def with_downsample(cls, downsample: int, **fields) -> VQDemoConfig:
+        """The config of `downsample` pixels per token (4 or 8): one level per halving."""
+        if downsample not in (4, 8):
+            raise ValueError(f"downsample {downsample}: the demo tokenizer has 4 or 8")
+        return cls(channel_mult=(1, 2, 4) if downsample == 4 else (1, 2, 4, 4), **fields)
 
     @property
     def downsample(self) -> int:
@@ -284,12 +292,8 @@ def _log_step(step: int, steps: int, losses: dict, ids: torch.Tensor, codes: int
 def train_vq_demo(
     images: torch.Tensor,
     config: VQDemoConfig | None = None,
+    training: TokenizerTraining | None = None,
     *,
-    steps: int = 1000,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    spectral_weight: float = SPECTRAL_WEIGHT,
-    seed: int = 0,
     log_every: int = 100,
     progress: bool = True,
     restart_every: int = 10,
@@ -304,12 +308,21 @@ def train_vq_demo(
     any thread count
     (the caller's global RNG state is left untouched). Prints a progress line every
     `log_every` steps when `progress`. The loss is MSE + VQ + spectral_weight x `spectral_loss`.
+    training: steps, batch size, learning rate, spectral weight and seed (default: its
+    defaults).
 
     Measured on synthetic 32 px shape images (1,024 of them), default config, one busy CPU
     core: about 0.3-0.45 s a step. Training reaches 25.4 dB PSNR after 1000 steps (7.5 min),
     with all 256 codes in use (perplexity 234). lr 5e-3 did worse, hence 2e-3.
     """
-    cfg = config or VQDemoConfig()
+    cfg, t = config or VQDemoConfig(), training or TokenizerTraining()
+    steps, batch_size, lr, seed, spectral_weight = (
+        t.steps,
+        t.batch_size,
+        t.lr,
+        t.seed,
+        t.spectral_weight,
+    )
     data = as_float_images(images)
     if data.shape[-2:] != (cfg.image_size, cfg.image_size):
         raise ValueError(f"images are {tuple(data.shape[-2:])}, config wants {cfg.image_size}")
@@ -435,11 +448,7 @@ def train_tokenizer_from_folder(
     quality: str | os.PathLike | None = None,
     val_images: str | os.PathLike | None = None,
     config: VQDemoConfig | None = None,
-    steps: int = 1000,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    spectral_weight: float = SPECTRAL_WEIGHT,
-    seed: int = 0,
+    training: TokenizerTraining | None = None,
 ) -> VQDemo:
     """Train the demo tokenizer on a class-folder image set, save it to `out` and, with
     `quality`, write its reconstruction quality (PSNR, codebook usage) on `val_images` (or
@@ -448,15 +457,8 @@ def train_tokenizer_from_folder(
 
     cfg = config or VQDemoConfig()
     train_set = load_image_folder(images, image_size=cfg.image_size)
-    tok = train_vq_demo(
-        train_set,
-        cfg,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        spectral_weight=spectral_weight,
-        seed=seed,
-    )
+    training = training or TokenizerTraining()
+    tok = train_vq_demo(train_set, cfg, training)
     save_tokenizer(tok, out)
     if quality is not None:
         held_out = val_images is not None and Path(val_images).is_dir()
@@ -466,8 +468,8 @@ def train_tokenizer_from_folder(
         report = evaluate_reconstruction(tok, eval_set)
         report.update(
             evaluated_on=str(val_images if held_out else images),
-            steps=steps,
-            spectral_weight=spectral_weight,
+            steps=training.steps,
+            spectral_weight=training.spectral_weight,
             identity=tok.identity(),
         )
         atomic_write_json(quality, report)

@@ -60,6 +60,21 @@ class RuleInputs:
         tok = self.config["tokenizer"]
         return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
 
+    def tokenizer_args(self) -> list:
+        """`rar train-tokenizer`'s flags from the config's tokenizer.train: --downsample, then
+        each key that is a field of TokenizerTraining under its flag."""
+        import dataclasses
+
+        from rar.options import flag_of
+        from rar.settings import TokenizerTraining
+
+        train = self.config["tokenizer"]["train"]
+        args = ["--downsample", train["downsample"]]
+        for field in dataclasses.fields(TokenizerTraining):
+            if field.name in train:
+                args += [flag_of(field), train[field.name]]
+        return args
+
     def dataset_crop(self, wildcards) -> str:
         return self.study.datasets[wildcards.dataset].crop
 

@@ -196,19 +196,19 @@ class Rehearsal:
 
     def make_tokenizer(self) -> tuple[Check, Path]:
         from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
+        from rar.settings import TokenizerTraining
 
         tok_cfg, demo, steps = self.tok_cfg, self.demo, self.scale.tokenizer_steps
         train = tok_cfg["train"]
-        mult = {4: (1, 2, 4), 8: (1, 2, 4, 4)}[train["downsample"]]
         path = self.out / "tokenizer" / f"{tok_cfg['name']}.pt"
-        cfg = VQDemoConfig(
+        cfg = VQDemoConfig.with_downsample(
+            train["downsample"], codebook_size=tok_cfg["codebook_size"],
             image_size=demo["image_size"] if demo else tok_cfg["grid"] * train["downsample"],
-            codebook_size=tok_cfg["codebook_size"], channel_mult=mult,
         )  # fmt: skip
-        train_tokenizer_from_folder(
-            self.images / "train", path, config=cfg, steps=steps,
-            batch_size=min(16, train["batch_size"]), seed=train["seed"],
-        )  # fmt: skip
+        training = TokenizerTraining(
+            steps=steps, batch_size=min(16, train["batch_size"]), seed=train["seed"]
+        )
+        train_tokenizer_from_folder(self.images / "train", path, config=cfg, training=training)
         return Check(
             "stage tokenizer", True, f"toy {tok_cfg['name']} ({steps} "
             f"steps) trained in this process: {path}",

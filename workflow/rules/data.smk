@@ -33,7 +33,7 @@ rule demo_tokenizer:
     params:
         images=f"{P}/images/train",
         val=f"{P}/images/val",
-        train=C["tokenizer"].get("train", {}),
+        args=inputs.tokenizer_args() if "train" in C["tokenizer"] else [],
         image_size=C["data"].get("demo", {}).get("image_size", 32),
         codebook=C["tokenizer"]["codebook_size"],
     log:
@@ -47,9 +47,7 @@ rule demo_tokenizer:
         "OMP_NUM_THREADS={threads} rar train-tokenizer --images {params.images:q} "
         "--val-images {params.val:q} --out {output.tokenizer:q} --quality {output.quality:q} "
         "--image-size {params.image_size:q} --codebook-size {params.codebook:q} "
-        "--downsample {params.train[downsample]:q} --steps {params.train[steps]:q} "
-        "--batch-size {params.train[batch_size]:q} --seed {params.train[seed]:q} "
-        "--spectral-weight {params.train[spectral_weight]:q} > {log:q} 2>&1"
+        "{params.args:q} > {log:q} 2>&1"
 
 
 rule tokenize_part:
