@@ -9,6 +9,7 @@ not a package that could share them otherwise.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -568,8 +569,13 @@ def test_figure_helpers_shorten_statuses_and_name_the_reference_rows(tmp_path):
     df, _ = anneal_table(tmp_path, GRID, nll)
     assert panel_metrics(df, "fid") == ["fid", "val_nll"]
     assert panel_metrics(df, "val_nll") == ["val_nll"]
-    assert reference_note(df, "fid") == (
-        f"{FLOOR} 20.00 · {RECONSTRUCTED} 40.00 · {CEILING} 220.00"
+    note = reference_note(df, "fid")
+    assert (
+        note.replace("\u00a0", " ") == f"{FLOOR} 20.00 · {RECONSTRUCTED} 40.00 · {CEILING} 220.00"
+    )
+    # a wrapped title breaks between reference rows, never inside one
+    assert [ln.removesuffix(" ·") for ln in textwrap.fill(note, 34).splitlines()] == note.split(
+        " · "
     )
     assert reference_note(df, "val_nll") == ""  # the reference rows have no NLL
 

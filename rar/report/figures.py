@@ -54,10 +54,16 @@ def save_png(fig, out: PathLike, *, palette: int | None = None, dpi: int = DPI) 
     return out
 
 
+def chars_across(fig_or_ax, fontsize: float = 9) -> float:
+    """How many characters of `fontsize` fit across a figure (or the figure of an axes): an
+    average glyph is ~0.55 of the font size."""
+    fig = getattr(fig_or_ax, "figure", None) or fig_or_ax
+    return fig.get_figwidth() * 72 / (0.55 * fontsize)
+
+
 def wrap_to(fig, text: str, fontsize: float) -> str:
-    """`text` wrapped to the figure's width (an average glyph: ~0.55 of the font size)."""
-    chars = fig.get_figwidth() * 72 / (0.55 * fontsize)
-    return textwrap.fill(text, max(20, int(chars * 0.95)))
+    """`text` wrapped to the figure's width."""
+    return textwrap.fill(text, max(20, int(chars_across(fig, fontsize) * 0.95)))
 
 
 def empty_note(ax, text: str, **style) -> None:
@@ -92,4 +98,5 @@ def reference_note(df: pd.DataFrame, metric: str) -> str:
     parts = [
         f"{r['label']} {fmt_cell(r[metric], d)}" for _, r in refs.iterrows() if known(r[metric])
     ]
-    return " · ".join(parts)
+    # No-break spaces inside each part: a wrapped title breaks between rows, never within one.
+    return " · ".join(part.replace(" ", "\u00a0") for part in parts)

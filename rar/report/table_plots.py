@@ -27,6 +27,7 @@ from rar.report.columns import (
     metric_label,
 )
 from rar.report.figures import (
+    chars_across,
     check_metric,
     figure,
     panel_metrics,
@@ -245,9 +246,11 @@ def _points_panel(ax, df: pd.DataFrame, rows: pd.DataFrame, m: str, ext: list[st
     ax.set_ylabel(textwrap.fill(axis_label(m, ext), 30), fontsize=9)
     title = metric_label(m, ext)
     note = reference_note(df, m)
-    ax.set_title(title + (f"\nreference rows: {note}" if note else ""), fontsize=9)
+    if note:  # wrapped to the panel, which is narrower than the figure by the axis labels
+        title += "\n" + textwrap.fill(f"reference rows: {note}", int(chars_across(ax) * 0.8))
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.margins(x=0.08, y=0.15)
+    ax.margins(x=0.15, y=0.15)  # room right of the last point for its value
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=7)
 
