@@ -52,7 +52,7 @@ from rar.metrics import (
     precision_recall,
 )
 from rar.presets import EXTRACTORS, INCEPTION
-from rar.runtime import resolve_device
+from rar.runtime import make_current, resolve_device
 from rar.settings import ScoringSettings
 
 METRICS_FORMAT = "rar-metrics/1"
@@ -116,8 +116,7 @@ class Scorer:
         self.weights_sha256 = sha256_file(self.weights_path)
         self.features_id = self.spec.features_id(self.weights_sha256)
         self.dev = resolve_device(s.device)
-        if self.dev.type == "cuda":  # torch-fidelity works on the current CUDA device
-            torch.cuda.set_device(self.dev)
+        make_current(self.dev)  # torch-fidelity works on the current CUDA device
         self.cuda, self.verbose = self.dev.type == "cuda", s.verbose
         self.fe = load_feature_extractor(
             s.extractor, self.weights_path, cuda=self.cuda, verbose=s.verbose

@@ -29,6 +29,14 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
     return torch.device(device)
 
 
+def make_current(device: torch.device) -> None:
+    """Make an indexed CUDA device (`cuda:1`) the current one, for libraries that place their
+    work on the current device (torch-fidelity). Plain `cuda` already means the current one,
+    and torch.cuda.set_device refuses a device without an index."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a precision setting on `device`: 'bf16' -> torch.bfloat16, 'fp32'
     -> None (no autocast), 'auto' -> bf16 on a GPU and fp32 elsewhere."""

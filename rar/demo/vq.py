@@ -315,14 +315,8 @@ def train_vq_demo(
     core: about 0.3-0.45 s a step. Training reaches 25.4 dB PSNR after 1000 steps (7.5 min),
     with all 256 codes in use (perplexity 234). lr 5e-3 did worse, hence 2e-3.
     """
-    cfg, t = config or VQDemoConfig(), training or TokenizerTraining()
-    steps, batch_size, lr, seed, spectral_weight = (
-        t.steps,
-        t.batch_size,
-        t.lr,
-        t.seed,
-        t.spectral_weight,
-    )
+    cfg, training = config or VQDemoConfig(), training or TokenizerTraining()
+    steps, lr, seed = training.steps, training.lr, training.seed
     data = as_float_images(images)
     if data.shape[-2:] != (cfg.image_size, cfg.image_size):
         raise ValueError(f"images are {tuple(data.shape[-2:])}, config wants {cfg.image_size}")
@@ -347,7 +341,7 @@ def train_vq_demo(
     # Serial in deterministic mode: 100 steps on 2 threads took 19.2-20.9 s either way.
     with deterministic_algorithms(True, device):
         for step in range(steps):
-            idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
+            idx = torch.randint(0, data.shape[0], (training.batch_size,), generator=gen)
             x = data[idx].to(device)  # (B, 3, H, W)
             if step == 0:  # data-dependent init: codes start on real latents, not empty space
                 with torch.no_grad():
@@ -355,7 +349,7 @@ def train_vq_demo(
                 _reseed_codes(model, torch.arange(cfg.codebook_size, device=device), z0, opt, gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            _, ids, losses = model(x, spectral_weight)
+            _, ids, losses = model(x, training.spectral_weight)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
