@@ -2,9 +2,9 @@
 tests/test_logging.py, tests/test_launch.py) and the release of requeued SLURM jobs
 (tests/test_launch.py, tests/test_preflight.py).
 
-A plain module, imported by name: tests/ is not a package (see pyproject.toml), and
-tests/conftest.py puts this folder on sys.path; subprocesses that tests start insert it
-themselves.
+A plain module, imported by name: tests/ is not a package (see pyproject.toml), whose
+pytest `pythonpath` puts this folder on sys.path; subprocesses that tests start insert it
+themselves, and jobs on other processes get it pickled by value (tests/test_launch.py).
 """
 
 from __future__ import annotations

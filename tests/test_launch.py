@@ -21,7 +21,7 @@ import cloudpickle
 import helpers
 import pytest
 import torch
-from helpers import SAMPLES, weights
+from helpers import SAMPLES, assert_same_weights, weights
 
 from rar.config import TrainConfig
 from rar.data.batches import TensorBatchSource
@@ -80,12 +80,6 @@ def failing_job(*, should_stop, message: str) -> None:
 
 def double(x: int) -> int:
     return 2 * x
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def record_of(path: Path) -> dict:
