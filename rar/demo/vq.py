@@ -15,8 +15,7 @@ et al. 2017, arXiv 1711.00937) with two choices that make a short run reliable:
   its weighting): MSE alone leaves faint high frequencies unlearnt, a blur the FID's
   features see at once. Measured at 600 steps on a 3,200-image build of the demo set:
   reconstruction FID 1496 -> 1311 and PSNR 23.5 -> 24.7 dB with weight 1 (EfficientNet-Lite0
-  features, 160 test images); in the shipped demo (2,720 images, deterministic training),
-  1275 and 24.2 dB.
+  features, 160 test images). config/demo.yaml has what the demo's tokenizer measures now.
 
 It implements `rar.tokenizer.Tokenizer`, so the rest of the pipeline treats it like
 MaskGIT-VQGAN, and `save_tokenizer` / `rar.tokenizer.load_tokenizer` round-trip it (kind
