@@ -237,7 +237,11 @@ def generate(
     order: scan-order name, permutation(s), or "random" (see `resolve_orders`).
     generator: source of every random draw (orders and tokens), on the labels' device.
     amp_dtype: e.g. torch.bfloat16 for autocast on GPU; None = the model's dtype.
-    compile: torch.compile the decode step (GPU; "reduce-overhead" uses CUDA graphs).
+    compile: torch.compile the decode step ("reduce-overhead"). Not yet a speed-up: on an H200
+        (torch 2.11) inductor skips its CUDA graphs, because the step writes the KV cache in
+        place ("mutated inputs"), and rar_b did not finish a compiled warm-up and three
+        batches of 128 in 100 s, where eager bf16 takes 3.8 s a batch (README, "GPU
+        performance").
     """
     B, N = labels.shape[0], model.config.num_tokens
     scales = [

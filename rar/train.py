@@ -55,6 +55,7 @@ from rar.runtime import (
     derive_seed,
     deterministic_algorithms,
     resolve_device,
+    tf32,
 )
 from rar.validate import HeldOut
 from rar.watch import MetricsLog, Watcher, find_heldout, find_tokenizer
@@ -165,10 +166,12 @@ def train(
     Loggers (`cfg.tensorboard`, `cfg.wandb`): rar.tracking, on rank 0.
 
     On the CPU, and on GPUs with `cfg.deterministic`, the run uses deterministic algorithms
-    (`deterministic_algorithms`); the caller's setting is restored on return.
+    (`deterministic_algorithms`); on GPUs, TF32 (`tf32`). The caller's settings are restored
+    on return.
     """
     device = resolve_device(device, DistEnv.from_environ().local_rank)
-    with deterministic_algorithms(device.type == "cpu" or cfg.deterministic, device):
+    deterministic = device.type == "cpu" or cfg.deterministic
+    with deterministic_algorithms(deterministic, device), tf32(device):
         return _train(
             cfg, workdir, source=source, init_from=init_from, device=device,
             should_stop=should_stop, max_steps=max_steps, until_epoch=until_epoch,
@@ -326,9 +329,6 @@ def _train(
     if done is not None:
         return done
     env = DistEnv.from_environ()
-    if device.type == "cuda":  # TF32 for what runs outside bf16 autocast (entry point only)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     env.init_process_group(device)
     micro, accum = batch_split(cfg, env.world_size)
     torch.manual_seed(cfg.seed)  # the initial weights; every later draw is seeded per step

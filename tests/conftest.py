@@ -3,9 +3,15 @@ shared functions in tests/helpers.py (`from helpers import ...`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# cuBLAS reads its workspace setting once, at its first call in the process; a GPU test of
+# `deterministic: true` training (rar.runtime.deterministic_algorithms) may come after other
+# CUDA work, so the test session fixes it before any.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 REPO = Path(__file__).resolve().parents[1]
 # The steering repo's shared/ folder sits beside the checkout (and beside CI's fresh clone).

@@ -12,6 +12,7 @@ from rar.runtime import (
     deterministic_algorithms,
     make_current,
     resolve_device,
+    tf32,
 )
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)  # torch.device needs no GPU
@@ -60,6 +61,24 @@ def test_derive_seed_is_fixed_and_63_bits():
     assert derive_seed(3, 0, 1, 1) == derive_seed(3, 0, 1, 1) != derive_seed(3, 0, 0, 1)
     assert all(0 <= derive_seed(s, 7) < 2**63 for s in range(20))
     assert derive_seed(0) == 6375474604893067239  # the value before rar.runtime held it
+
+
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def test_tf32_is_on_for_a_gpu_for_the_duration_only():
+    before = _tf32_flags()
+    try:
+        for caller in ((False, False), (True, False)):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = caller
+            with tf32(GPU):
+                assert _tf32_flags() == (True, True)
+            assert _tf32_flags() == caller
+            with tf32(CPU):
+                assert _tf32_flags() == caller
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def test_deterministic_algorithms_restore_the_callers_setting(monkeypatch):
