@@ -11,6 +11,8 @@
 #
 #   bash benchmarks/gpu.sh [OUT.csv]            (default results/bench/gpu.csv)
 #
+# OUT.csv is rewritten after every command, so a run cut short keeps what it measured.
+#
 # Settings (environment; the defaults are the GPU run's, and a CPU dry run of this script uses
 # tiny ones): RAR_BENCH_MODELS ("rar_b rar_l"), RAR_BENCH_BATCH (128), RAR_BENCH_STEPS (3),
 # RAR_BENCH_TRAIN_MODEL (rar_l), RAR_BENCH_TRAIN_BATCH (32), RAR_BENCH_DEVICE (cuda),
@@ -39,36 +41,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=0
 
-run() {  # run one benchmark command within the time limit; a failure is noted, not fatal
-    echo "+ $*" >&2
-    if ! timeout "$LIMIT" "$@"; then
-        echo "FAILED (or over ${LIMIT} s): $*" >&2
-        echo "$*" >> "$work/failed.txt"
-        failed=1
-    fi
-}
-
-variants=("fp32" "bf16")
-[ "$COMPILE" = 1 ] && variants+=("bf16 --compile")
-for model in $MODELS; do
-    for variant in "${variants[@]}"; do
-        # shellcheck disable=SC2086  # $variant is "DTYPE [--compile]"
-        run "$RAR" bench-sample --model "$model" --batch-size "$BATCH" --steps "$STEPS" \
-            --device "$DEVICE" --decoder "$DECODER" --dtype $variant --csv "$work/sample.csv"
-    done
-done
-train_variants=("")
-[ "$COMPILE" = 1 ] && train_variants+=("--compile")
-for variant in "${train_variants[@]}"; do
-    # shellcheck disable=SC2086
-    run "$RAR" bench-train --model "$TRAIN_MODEL" --batch-size "$TRAIN_BATCH" --steps "$STEPS" \
-        --device "$DEVICE" --dtype bf16 $variant --csv "$work/train.csv"
-done
-
+mkdir -p "$(dirname "$OUT")"
 # One CSV: a `bench` column (sample | train), the union of both benchmarks' columns, and for
 # sampling the paper's fp32 A100 figure and the speed-up over our fp32 row on this GPU.
-mkdir -p "$(dirname "$OUT")"
-"$PYTHON" - "$work" "$OUT" <<'PY'
+merge() {  # (re)write $OUT from the results so far: a run cut short keeps what it measured
+    "$PYTHON" - "$work" "$OUT" <<'PY'
 import csv
 import sys
 from pathlib import Path
@@ -89,10 +66,12 @@ for r in rows:
         base = fp32.get(r["model"])
         r["speedup_vs_fp32"] = round(float(r["images_per_s"]) / base, 2) if base else ""
 fields = list(dict.fromkeys(k for r in rows for k in r))
-with out.open("w", newline="") as f:
+partial = out.with_name(out.name + ".part")  # written whole, then renamed into place
+with partial.open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
+partial.replace(out)
 print(f"{len(rows)} rows -> {out}")
 for r in rows:
     what = f"{r['bench']:6s} {r['model']:8s} {r['dtype']:4s} compile={r['compile']:5s}"
@@ -100,6 +79,36 @@ for r in rows:
     extra += f" ({r['speedup_vs_fp32']}x fp32)" if r.get("speedup_vs_fp32") else ""
     print(f"  {what} {float(r['images_per_s']):10.2f} images/s{extra}")
 PY
+}
+
+run() {  # run one benchmark command within the time limit; a failure is noted, not fatal
+    echo "+ $*" >&2
+    if ! timeout "$LIMIT" "$@"; then
+        echo "FAILED (or over ${LIMIT} s): $*" >&2
+        echo "$*" >> "$work/failed.txt"
+        failed=1
+    fi
+    merge > /dev/null
+}
+
+variants=("fp32" "bf16")
+[ "$COMPILE" = 1 ] && variants+=("bf16 --compile")
+for model in $MODELS; do
+    for variant in "${variants[@]}"; do
+        # shellcheck disable=SC2086  # $variant is "DTYPE [--compile]"
+        run "$RAR" bench-sample --model "$model" --batch-size "$BATCH" --steps "$STEPS" \
+            --device "$DEVICE" --decoder "$DECODER" --dtype $variant --csv "$work/sample.csv"
+    done
+done
+train_variants=("")
+[ "$COMPILE" = 1 ] && train_variants+=("--compile")
+for variant in "${train_variants[@]}"; do
+    # shellcheck disable=SC2086
+    run "$RAR" bench-train --model "$TRAIN_MODEL" --batch-size "$TRAIN_BATCH" --steps "$STEPS" \
+        --device "$DEVICE" --dtype bf16 $variant --csv "$work/train.csv"
+done
+
+merge
 if [ -s "$work/failed.txt" ]; then
     echo "these commands failed or ran over their limit:" >&2
     cat "$work/failed.txt" >&2

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -396,6 +397,39 @@ def test_the_gpu_script_writes_one_csv(tmp_path):
     assert rows[0]["speedup_vs_fp32"] == "1.0" and float(rows[1]["speedup_vs_fp32"]) > 0
     assert all(float(r["images_per_s"]) > 0 for r in rows)
     assert "mfu" in rows[2] and "tokens_per_s" in rows[0]
+
+
+@pytest.mark.slow
+def test_the_gpu_script_cut_short_keeps_what_it_measured(tmp_path):
+    """The CSV is rewritten after each command: killed (as by a job's time limit) during its
+    training benchmark, the script leaves both sampling rows behind."""
+    real = Path(sys.executable).parent / "rar"
+    rar = tmp_path / "rar"
+    rar.write_text(
+        "#!/bin/bash\n"
+        "# the training benchmark kills the script: its parent is timeout, whose parent is it\n"
+        'if [ "$1" = bench-train ]; then\n'
+        '    kill -KILL "$(cut -d" " -f4 /proc/$PPID/stat)"; exit 1\n'
+        "fi\n"
+        f'exec "{real}" "$@"\n'
+    )
+    rar.chmod(0o755)
+    env = {
+        **os.environ, "RAR": str(rar), "RAR_BENCH_MODELS": "rar_tiny", "RAR_BENCH_BATCH": "2",
+        "RAR_BENCH_STEPS": "1", "RAR_BENCH_DEVICE": "cpu", "RAR_BENCH_COMPILE": "0",
+        "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+    }  # fmt: skip
+    out = tmp_path / "gpu.csv"
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)], env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    import csv
+
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["bench"], r["dtype"]) for r in rows] == [("sample", "fp32"), ("sample", "bf16")]
 
 
 def test_a_profile_gives_the_launcher_settings_and_config_file():
