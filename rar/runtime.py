@@ -1,6 +1,7 @@
 """Where and how code runs: the one place that turns a `--device` setting into a torch device
-and a precision setting into an autocast dtype, deterministic algorithms, the distributed
-environment a process finds itself in (torchrun's or SLURM's variables), and training's seeds.
+and a precision setting into an autocast dtype, deterministic algorithms and TF32 (each for the
+duration of a call), the distributed environment a process finds itself in (torchrun's or
+SLURM's variables), and training's seeds.
 
 Seeds: `derive_seed` is training's; rar.orders, rar.sample and rar.data.loader each derive
 their own streams from numpy's SeedSequence, and unifying them would change every seeded

@@ -1,4 +1,5 @@
-"""rar.runtime: devices, precision, deterministic algorithms, the distributed environment, seeds."""
+"""rar.runtime: devices, precision, deterministic algorithms, TF32, the distributed environment,
+seeds."""
 
 from __future__ import annotations
 
