@@ -280,7 +280,7 @@ def test_bf16_generation_on_gpu(model):
 
 @pytest.mark.gpu
 def test_gpu_logits_and_greedy_generation_equal_the_cpus(arch_model):
-    """fp32 on the GPU (TF32 off, as outside rar.train's entry point) computes what the CPU
+    """fp32 on the GPU (TF32 off, as outside a rar.train.train call) computes what the CPU
     does: teacher-forced logits in random orders to float tolerance, and the same greedy
     (top-1) tokens through the KV cache, with guidance."""
     cpu, gpu = arch_model, _tiny_model(arch_model.config.architecture).to("cuda")

@@ -94,8 +94,15 @@ def test_config_yaml_round_trip_and_run_id(tmp_path):
 # -- the loop -------------------------------------------------------------------------------
 
 
-def test_training_learns_and_logs(tmp_path):
-    final = train(tiny_run(epochs=4), tmp_path, source=tiny_source())
+# The GPU variants: precision "auto" is bf16 autocast there, with fused AdamW and TF32, and
+# `deterministic: true` is README's promise of bit-identical resumes (conftest fixes cuBLAS's
+# workspace setting). On the CPU training is always deterministic.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_learns_and_logs(tmp_path, device):
+    final = train(tiny_run(epochs=4), tmp_path, source=tiny_source(), device=device)
     assert final.name == "final.pt" and not (tmp_path / "checkpoints" / "last.pt").exists()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,loss,accuracy,lr,ratio")
@@ -106,42 +113,23 @@ def test_training_learns_and_logs(tmp_path):
     ckpt = load_checkpoint(final)
     assert ckpt["step"] == 32 and ckpt["config"]["model"] == "rar_tiny"
     assert TrainConfig.from_dict(ckpt["config"]) == tiny_run(epochs=4)
+    assert {w.dtype for w in ckpt["model"].values() if w.is_floating_point()} == {torch.float32}
 
 
-def test_resume_is_bit_identical(tmp_path):
-    cfg = tiny_run()
-    ref = train(cfg, tmp_path / "ref", source=tiny_source())
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_is_bit_identical(tmp_path, device):
+    cfg = tiny_run(deterministic=True)
+    ref = train(cfg, tmp_path / "ref", source=tiny_source(), device=device)
     for stop_after in (5, 7):  # stop twice, mid-epoch, then finish
-        out = train(cfg, tmp_path / "cut", source=tiny_source(), max_steps=stop_after)
+        out = train(
+            cfg, tmp_path / "cut", source=tiny_source(), device=device, max_steps=stop_after
+        )
         assert out.name == "last.pt"
-    done = train(cfg, tmp_path / "cut", source=tiny_source())
+    done = train(cfg, tmp_path / "cut", source=tiny_source(), device=device)
     assert_same_weights(weights(done), weights(ref))
     assert (tmp_path / "cut" / "metrics.csv").read_text() != ""
     steps = [r.split(",")[0] for r in (tmp_path / "cut/metrics.csv").read_text().split()[1:]]
     assert steps == sorted(set(steps), key=int)  # no duplicated rows after the resumes
-
-
-@pytest.mark.gpu
-def test_deterministic_resume_on_gpu_is_bit_identical(tmp_path):
-    """README's promise for `deterministic: true` on a GPU: a run stopped mid-epoch and resumed
-    equals the uninterrupted run bit for bit (conftest fixes cuBLAS's workspace setting)."""
-    cfg = tiny_run(deterministic=True)
-    ref = train(cfg, tmp_path / "ref", source=tiny_source(), device="cuda")
-    cut = train(cfg, tmp_path / "cut", source=tiny_source(), device="cuda", max_steps=5)
-    assert cut.name == "last.pt"
-    done = train(cfg, tmp_path / "cut", source=tiny_source(), device="cuda")
-    assert_same_weights(weights(done), weights(ref))
-
-
-@pytest.mark.gpu
-def test_training_on_gpu_learns_in_bf16(tmp_path):
-    """precision "auto" is bf16 autocast on a GPU, with fused AdamW and TF32: the loss goes down
-    as on the CPU, and the checkpoint holds fp32 weights."""
-    final = train(tiny_run(epochs=4), tmp_path, source=tiny_source(), device="cuda")
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    first, last = rows[1].split(","), rows[-1].split(",")
-    assert int(last[0]) == 32 and float(last[2]) < float(first[2])
-    assert {w.dtype for w in weights(final).values() if w.is_floating_point()} == {torch.float32}
 
 
 def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
