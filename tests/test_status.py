@@ -32,6 +32,7 @@ def study_config() -> dict:
     """config/demo.yaml with a small grid: two scratch runs, a trunk, a branch, and a table3 row
     (the anneal (4, 4) row makes the trunk a table run; (2, 3) branches from it at epoch 2)."""
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    config["train"].update(epochs=4, anneal_start=2, anneal_end=3)  # the grid below's epochs
     # A fixed guidance for every row (the demo's own tables pick theirs by a sweep).
     config["sampling"] = {**config["sampling"], "guidance_scale": 2.0, "guidance_power": 1.0}
     config["tables"] = {
