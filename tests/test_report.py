@@ -599,6 +599,37 @@ def test_anneal_heatmap_writes_a_png(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left nothing behind
 
 
+def drawn_texts(plot, **kwargs) -> tuple[Path, list[str]]:
+    """What `plot(**kwargs)` returns, and every text its figure holds when it is saved (axes
+    titles, tick labels, annotations)."""
+    from matplotlib.figure import Figure
+
+    drawn, original = [], Figure.savefig
+
+    def spy(fig, *args, **kw):
+        for ax in fig.axes:
+            drawn.extend(t.get_text() for t in [ax.title, *ax.get_yticklabels(), *ax.texts])
+        return original(fig, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", spy)
+        return plot(**kwargs), drawn
+
+
+def test_anneal_heatmap_says_which_row_was_sampled_in_random_order(tmp_path):
+    rows, paths = [], []
+    for (s, e), fid in GRID.items():
+        rows.append(row(f"{s}-{e}", {"anneal_start": s, "anneal_end": e}))
+        order = "random" if (s, e) == (4, 4) else "row-major"
+        paths.append(write_scored(tmp_path / f"{s}-{e}.json", fid, 2.0, sampling={"order": order}))
+    csv = tmp_path / "t2.csv"
+    make_table(table="table2", rows=rows, metrics=paths, csv=csv)
+    out, drawn = drawn_texts(plot_anneal_heatmap, csv=csv, out=tmp_path / "heat.png")
+    assert_png(out)
+    marked = [t for t in drawn if "sampled in random order" in t]
+    assert len(marked) == 1 and marked[0].startswith("[73.00, 77.00]")  # (4, 4): 75 +- 2
+
+
 def test_metric_bars_with_missing_rows(tmp_path):
     m = write_metrics(tmp_path / "a.json", fid=1.9)
     rows = [row("b", {"model": "rar_b"}, paper={"fid": 1.95}), row("l", {"model": "rar_l"})]
@@ -683,8 +714,6 @@ def test_sample_grids_with_a_missing_one(tmp_path):
 def test_sample_grids_beside_real_images_with_class_names(tmp_path):
     """A grid of panels: real images of the shown classes first, the class names beside the
     first panel of each line, full labels, the random-order row said, a small file."""
-    from matplotlib.figure import Figure
-
     real = tmp_path / "real"
     rng = np.random.default_rng(1)
     names = ["astronaut", "camera", "chelsea", "coffee"]
@@ -704,26 +733,12 @@ def test_sample_grids_beside_real_images_with_class_names(tmp_path):
         grids.append(
             {"label": f"anneal_start={r}, anneal_end={r} (a long label)", "png": d / "grid.png"}
         )
-    drawn = {}
-    original = Figure.savefig
-
-    def spy(fig, *args, **kwargs):
-        drawn["texts"] = [
-            t.get_text() for ax in fig.axes for t in [ax.title, *ax.get_yticklabels()]
-        ]
-        return original(fig, *args, **kwargs)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(Figure, "savefig", spy)
-    try:
-        out = plot_sample_grids(grids=grids, out=tmp_path / "grids.png", real=real)
-    finally:
-        mp.undo()
+    out, drawn = drawn_texts(plot_sample_grids, grids=grids, out=tmp_path / "grids.png", real=real)
     assert_png(out)
     assert out.stat().st_size < 500_000
-    texts = " ".join(drawn["texts"]).replace("\n", " ")
+    texts = " ".join(drawn).replace("\n", " ")
     assert "real images of these classes" in texts
-    assert all(name in drawn["texts"] for name in names)
+    assert all(name in drawn for name in names)
     assert "anneal_start=4, anneal_end=4 (a long label) (sampled in random order)" in texts
     with Image.open(out) as im:
         assert im.mode == "P"  # a palette: photographs stay small

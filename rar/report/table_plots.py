@@ -143,7 +143,8 @@ def _heatmap_panel(fig, ax, df: pd.DataFrame, metric: str, ext: list[str]) -> No
 
 def _annotate_cells(ax, df: pd.DataFrame, metric: str, values: pd.DataFrame, bold) -> None:
     """Each known cell's value (BEYOND where its interval misses the best's; bold at `bold`),
-    with its interval and the paper's value in small print under it."""
+    with its interval, the paper's value and a random sampling order (Table 2's random-only
+    row) in small print under it."""
     paper = anneal_grid(df, f"paper_{metric}")[0] if f"paper_{metric}" in df else None
     rows = table_rows(df)
     beyond = beyond_best(rows.reset_index(drop=True), metric) if metric in INTERVALS else None
@@ -167,6 +168,8 @@ def _annotate_cells(ax, df: pd.DataFrame, metric: str, values: pd.DataFrame, bol
             small.append(f"[{r[lo_col]:.{d}f}, {r[hi_col]:.{d}f}]")
         if paper is not None and np.isfinite(paper.iat[i, j]):
             small.append(f"paper {paper.iat[i, j]:.{d}f}")
+        if r.get("sampling_order") == "random":
+            small.append("sampled in random order")
         # Dark text on the bright end of the ramp, white on the dark end.
         t = (arr[i, j] - lo) / (hi - lo) if hi > lo else 0.5
         bright = t < 0.5 if lower else t > 0.5
