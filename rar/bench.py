@@ -16,7 +16,7 @@ import torch
 
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
 from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
-from rar.runtime import autocast, autocast_dtype, resolve_device
+from rar.runtime import autocast, autocast_dtype, resolve_device, tf32
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
@@ -110,7 +110,8 @@ def bench_train(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = seconds_per_call(one_step, steps, dev)
+    with tf32(dev):  # training's setting (rar.train), or fp32 steps are not training's
+        seconds = seconds_per_call(one_step, steps, dev)
     tokens_per_s = batch_size * N / seconds
     flops = train_flops_per_token(net) * tokens_per_s
     peak = next(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 
 import torch
 
+import rar.bench
 from rar.bench import _decoder, bench_sample, seconds_per_call
 
 
@@ -26,3 +28,21 @@ def test_bench_sample_on_the_cpu_appends_a_row(tmp_path):
     assert result["decoder"] == "none" and result["images_per_s"] > 0
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 1 and rows[0]["model"] == "rar_tiny"
+
+
+def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monkeypatch):
+    """TF32 is process-wide, and training turns it on for its loop only (rar.runtime.tf32): the
+    bench times its steps inside the same scope, or its fp32 figures are not training's."""
+    entered, real = [], rar.bench.tf32
+
+    @contextlib.contextmanager
+    def spy(device):
+        with real(device):
+            entered.append(device.type)
+            yield
+
+    monkeypatch.setattr(rar.bench, "tf32", spy)
+    result = rar.bench.bench_train(
+        model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=tmp_path / "b.csv"
+    )
+    assert entered == ["cpu"] and result["images_per_s"] > 0
