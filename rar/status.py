@@ -43,6 +43,7 @@ from rar.records import (
 
 LOG_TAIL_LINES = 5
 STAGES = ("waiting", "training", "sampling", "evaluating", "done", "failed")
+ENDED_WELL = ("COMPLETED", "FINISHED")  # job states of a job that did its work
 
 # ##########################################################################################
 # One line of the table
@@ -144,7 +145,7 @@ def _failed(
         reason, logs, mtime = failure
         if record is None or mtime + 1.0 >= record["_mtime"] or not (info and info.live):
             return reason, logs
-    if info is not None and not info.live and info.state not in ("COMPLETED", "FINISHED"):
+    if info is not None and not info.live and info.state not in ENDED_WELL:
         return STATE_REASONS.get(info.state, f"job {info.job_id} ended {info.state}"), []
     return None
 
@@ -194,6 +195,10 @@ def _train_row(reader: _Reader, row: RowStatus, run: Run, target: Path) -> None:
             if not trunk_ckpt.exists():
                 row.waits_on = f"trunk {run.trunk} epoch {run.branch_epoch:g}"
         return
+    if run.kind == "trunk" and row.job_state in ENDED_WELL:
+        # a segment's job has ended with its checkpoint; Snakemake has not started the next
+        row.stage, row.log = "waiting", None
+        row.waits_on = f"its next segment, from epoch {row.epoch:g}"
     if progress.epochs_per_s:
         row.eta_s = eta_seconds(row.epoch, row.epochs, progress.epochs_per_s)
 

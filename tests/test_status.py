@@ -195,6 +195,22 @@ def test_each_state_of_a_partly_finished_grid(grid, no_slurm):
     assert "rows: table2 (anneal_start, anneal_end); table3 (target_order)" in text
 
 
+def test_a_trunk_between_segments_waits_on_its_next_one(grid, no_slurm):
+    """Its segment's job ended well and left its checkpoint; the next job has not started: the
+    trunk waits (in Snakemake's queue), it is not training under a COMPLETED job."""
+    study, root, runs = grid
+    k = root / study.run_dir(runs["trunk"])
+    write_metrics(k, [(1.0, 4.6, 1.0, 120.0), (2.0, 4.2, 1.0, 240.0)])
+    write_record(k / "job.json", job_id="pid-7", state="COMPLETED")
+    touch(k / "checkpoints/epoch_2.pt")
+    trunk = by_run(collect(study, root=root))[runs["trunk"]]
+    assert (trunk.stage, trunk.epoch, trunk.job_state) == ("waiting", 2.0, "COMPLETED")
+    assert trunk.waits_on == "its next segment, from epoch 2"
+    # while that job runs, the trunk is training
+    write_record(k / "job.json", job_id=f"pid-{os.getpid()}", state="RUNNING")
+    assert by_run(collect(study, root=root))[runs["trunk"]].stage == "training"
+
+
 def test_gpu_hours_and_eta_arithmetic(grid, no_slurm):
     study, root, runs = grid
     status = collect(study, root=root)
