@@ -33,16 +33,22 @@ def test_bench_sample_on_the_cpu_appends_a_row(tmp_path):
 def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monkeypatch):
     """TF32 is process-wide, and training turns it on for its loop only (rar.runtime.tf32): the
     bench times its steps inside the same scope, or its fp32 figures are not training's."""
-    entered, real = [], rar.bench.tf32
+    scopes, timed_in, real_tf32, real_timer = [], [], rar.bench.tf32, rar.bench.seconds_per_call
 
     @contextlib.contextmanager
     def spy(device):
-        with real(device):
-            entered.append(device.type)
+        with real_tf32(device):
+            scopes.append(device.type)
             yield
+            scopes.append("closed")
+
+    def timer(*args):
+        timed_in.append(list(scopes))  # the scopes entered (and not closed) when timing
+        return real_timer(*args)
 
     monkeypatch.setattr(rar.bench, "tf32", spy)
+    monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
     result = rar.bench.bench_train(
         model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=tmp_path / "b.csv"
     )
-    assert entered == ["cpu"] and result["images_per_s"] > 0
+    assert timed_in == [["cpu"]] and scopes == ["cpu", "closed"] and result["images_per_s"] > 0

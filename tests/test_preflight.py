@@ -9,6 +9,7 @@ release's), with zero weights.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -387,8 +388,6 @@ def test_the_gpu_script_writes_one_csv(tmp_path):
         text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import csv
-
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["bench"], r["dtype"]) for r in rows] == [
@@ -425,8 +424,6 @@ def test_the_gpu_script_cut_short_keeps_what_it_measured(tmp_path):
         text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    import csv
-
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["bench"], r["dtype"]) for r in rows] == [("sample", "fp32"), ("sample", "bf16")]

@@ -249,7 +249,8 @@ def add_status(sub: argparse._SubParsersAction) -> None:
         description=(
             "For each row of the study's tables (then curve points and trunks): its stage "
             "(waiting / training / sampling / evaluating / done / failed), epochs done of "
-            "planned (and the trunk checkpoint a branch waits on), the current r and loss, the "
+            "planned (and the trunk checkpoint a branch waits on; a trunk between two segments, "
+            "its next one), the current r and loss, the "
             "job and its SLURM state (one sacct/squeue call for all jobs; without SLURM the job "
             "records' own states, marked '?'), requeues, GPU-hours used (CPU-h for jobs that ran "
             "without a GPU, as the job record says) and an ETA from the run's recent throughput; "

@@ -19,6 +19,8 @@ from rar.report.columns import DECIMALS, PLOT_METRICS, PathLike, fmt_cell, known
 from rar.report.intervals import reference_rows
 
 DPI = 120
+# How every figure marks a row sampled in random order (Table 2's random-only row).
+RANDOM_ORDER = "sampled in random order"
 
 
 def figure(width: float, height: float):

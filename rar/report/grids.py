@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rar.report.columns import PathLike
-from rar.report.figures import DPI, empty_note, figure, save_png
+from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
 
 # ##########################################################################################
 # Scan orders (RAR appendix figure; Table 3's target orders)
@@ -161,7 +161,7 @@ def _real_panel(
 def _grid_label(grid: dict, info: dict) -> str:
     """A row's panel title: its label, and whether it was sampled in random order."""
     if (info.get("sampling") or {}).get("order") == "random":
-        return grid["label"] + " (sampled in random order)"
+        return f"{grid['label']} ({RANDOM_ORDER})"
     return grid["label"]
 
 

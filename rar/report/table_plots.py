@@ -27,6 +27,7 @@ from rar.report.columns import (
     metric_label,
 )
 from rar.report.figures import (
+    RANDOM_ORDER,
     chars_across,
     check_metric,
     figure,
@@ -169,7 +170,7 @@ def _annotate_cells(ax, df: pd.DataFrame, metric: str, values: pd.DataFrame, bol
         if paper is not None and np.isfinite(paper.iat[i, j]):
             small.append(f"paper {paper.iat[i, j]:.{d}f}")
         if r.get("sampling_order") == "random":
-            small.append("sampled in random order")
+            small.append(RANDOM_ORDER)
         # Dark text on the bright end of the ramp, white on the dark end.
         t = (arr[i, j] - lo) / (hi - lo) if hi > lo else 0.5
         bright = t < 0.5 if lower else t > 0.5
