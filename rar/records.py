@@ -38,6 +38,7 @@ LIVE_STATES = frozenset(
         "PREEMPTED", "READY", "UNKNOWN",
     }
 )  # fmt: skip
+ENDED_WELL = frozenset({"COMPLETED", "FINISHED"})  # states of a job that did its work
 LOST = "LOST"  # a record says the job is live, but its scheduler (or process) knows it not
 UNKNOWN_GRACE_S = 120.0  # how long a fresh SLURM job may be unknown to sacct and squeue
 RATE_WINDOW = 20  # metrics.csv rows behind the ETA's throughput

@@ -27,6 +27,7 @@ from typing import Any
 
 from rar.experiments import Row, Run, Study, estimate
 from rar.records import (
+    ENDED_WELL,
     STATE_REASONS,
     JobInfo,
     Progress,
@@ -43,7 +44,6 @@ from rar.records import (
 
 LOG_TAIL_LINES = 5
 STAGES = ("waiting", "training", "sampling", "evaluating", "done", "failed")
-ENDED_WELL = ("COMPLETED", "FINISHED")  # job states of a job that did its work
 
 # ##########################################################################################
 # One line of the table
