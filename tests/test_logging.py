@@ -323,13 +323,17 @@ def wandb_history(run_dir: Path) -> tuple[dict, dict[int, dict]]:
 
 
 def test_wandb_offline_writes_the_metrics_without_network(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = tiny_run(wandb="offline", log_group="demo", val_every=1, sample_every=3)
     run = tmp_path / "run"
     train(cfg, run, source=tiny_source(), heldout=tiny_heldout(), tokenizer=ColourTokenizer())
+    # run.finish() may return before W&B's service has written the last records; shutting the
+    # service down waits for them, as a job's exit does (read before it, a loaded machine once
+    # found 9 of the 24 steps)
+    wandb.teardown()
     (offline,) = sorted((run / "wandb").glob(f"offline-run-*-{cfg.run_id()}"))
     info, history = wandb_history(offline)
     assert info == {
