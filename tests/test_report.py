@@ -42,6 +42,7 @@ from rar.report.grids import _grid_image
 from rar.report.read import guidance_cells, row_status
 from rar.report.tables import assemble_table
 from rar.sweep import FORMAT as SWEEP_FORMAT
+from rar.sweep import summarize
 
 # ##########################################################################################
 # Fake inputs
@@ -467,6 +468,24 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
 # ##########################################################################################
 # rar.report.intervals and .captions: the best row, error bars, reference rows, the verdict
 # ##########################################################################################
+
+
+def test_the_caption_says_a_two_scale_sweep_always_chooses_an_edge(tmp_path):
+    def table(folder: Path, scales: list[float]) -> str:
+        points = [{"guidance_scale": g, "fid": 60.0 + g} for g in scales]
+        sweep = folder / "guidance.json"
+        sweep.parent.mkdir(parents=True)
+        sweep.write_text(json.dumps(summarize(points, "fid")))
+        r = {**row("2-3", {"anneal_start": 2, "anneal_end": 3}), "sweep": sweep}
+        md = folder / "t2.md"
+        metrics = write_scored(folder / "metrics.json", 60.0, 2.0)
+        make_table(table="table2", rows=[r], metrics=[metrics], csv=folder / "t2.csv", md=md)
+        return md.read_text()
+
+    two, three = table(tmp_path / "two", [2.0, 4.0]), table(tmp_path / "three", [1.0, 2.0, 4.0])
+    assert "| 2: 62.00!, 4: 64.00 |" in two and "| 1: 61.00!, 2: 62.00, 4: 64.00 |" in three
+    assert "which should then be widened; a sweep of two scales chooses an edge" in two
+    assert "which should then be widened)." in three and "two scales" not in three
 
 
 def test_intervals_mark_rows_beyond_the_best(tmp_path):

@@ -42,12 +42,16 @@ def caption(df: pd.DataFrame, reasons: list[list[str]]) -> list[str]:
     ]
     if holes:
         paras.append(f"**No metrics for {len(holes)} of {len(df)} rows:** " + "; ".join(holes))
-    if df["guidance_sweep"].notna().any():
+    sweeps = df["guidance_sweep"].dropna()  # "2: 1454.96!, 4: 1577.59" (read.guidance_cells)
+    if len(sweeps):
+        two = sweeps.str.count(": ").eq(2).any()
         paras.append(
             "guidance: the classifier-free guidance scale of the evaluation. The paper does not "
             "give its ablations' scale, so each row's scale was chosen by a sweep: FID at each "
             "scale on a smaller sample set (the sweep column; * = chosen, ! = chosen at an edge "
-            "of the swept range, which should then be widened)."
+            "of the swept range, which should then be widened"
+            + ("; a sweep of two scales chooses an edge whatever its FIDs" if two else "")
+            + ")."
         )
     paras.append("paper: the RAR paper's value where known (arXiv 2411.00776); Δ = ours − paper.")
     return paras
