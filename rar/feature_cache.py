@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,8 +51,8 @@ def cached_npz(
 ):
     """`read(npz)` of `cache` when it exists and reads; else `compute()` -> (value, arrays,
     what was done), whose arrays are written to `cache`, and the value returned. Under the
-    cache's lock, so parallel jobs compute an entry once. An unreadable entry (`read` raises
-    OSError, ValueError or KeyError) is recomputed and replaced."""
+    cache's lock, so parallel jobs compute an entry once. An unreadable entry (not an archive,
+    cut short, or without the arrays `read` wants) is recomputed and replaced."""
     with _locked(cache):
         if cache.exists():
             try:
@@ -60,7 +61,7 @@ def cached_npz(
                 if verbose:
                     print(f"{what} from cache {cache}", flush=True)
                 return value
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # unreadable: recompute and replace
         value, arrays, done = compute()
         write_npz(cache, arrays)

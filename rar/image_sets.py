@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar.io import image_files, open_npz_array
+from rar.io import image_files, npz_members, open_npz_array
 
 
 class NpzImages(torch.utils.data.Dataset):
@@ -53,10 +53,7 @@ def images_dataset(path: str | os.PathLike) -> torch.utils.data.Dataset:
 
 def npz_keys(path: Path) -> set[str]:
     """The arrays of an `.npz`; none for a folder."""
-    if path.is_dir():
-        return set()
-    with np.load(path) as z:
-        return set(z.files)
+    return set() if path.is_dir() else npz_members(path)
 
 
 def folder_classes(path: str | os.PathLike) -> list[str]:

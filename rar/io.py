@@ -186,11 +186,26 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | Streame
                 raise ValueError(f"{name}: wrote {written} bytes, expected {nbytes}")
 
 
+def _npz_archive(path: Path) -> zipfile.ZipFile:
+    """`path` opened as the zip archive an `.npz` is; ValueError naming it when it is not one
+    (a truncated copy, another format under the name)."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path}: not an .npz archive ({err})") from None
+
+
+def npz_members(path: str | os.PathLike) -> set[str]:
+    """The names of the arrays an `.npz` holds."""
+    with _npz_archive(Path(path)) as zf:
+        return {name.removesuffix(".npy") for name in zf.namelist()}
+
+
 def open_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
     """Array `key` of an `.npz`, memory-mapped when the member is stored uncompressed (ours and
     np.savez's are), so a 50,000-image file is read lazily; loaded into memory otherwise."""
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
+    with _npz_archive(path) as zf:
         try:
             info = zf.getinfo(f"{key}.npy")
         except KeyError:

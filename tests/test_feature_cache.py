@@ -37,6 +37,12 @@ def test_an_unreadable_entry_is_computed_again_and_replaced(tmp_path):
         cache, lambda z: z["y"], lambda: (2, {"y": np.zeros(1)}, "y"), what="y", verbose=False
     )
     assert value == 2 and set(np.load(cache).files) == {"y"}
+    # An entry cut short (a partial copy of a cache folder) is replaced too.
+    cache.write_bytes(cache.read_bytes()[:60])
+    value = cached_npz(
+        cache, lambda z: z["y"], lambda: (3, {"y": np.ones(1)}, "y"), what="y", verbose=False
+    )
+    assert value == 3 and np.load(cache)["y"].tolist() == [1.0]
 
 
 def test_first_per_class_keeps_the_first_images_of_each_class_in_order():

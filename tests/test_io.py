@@ -3,6 +3,7 @@ torch-fidelity's, keyed by content)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from rar.io import (
     StreamedArray,
     content_sha256,
     image_files,
+    npz_members,
     open_npz_array,
     sha256_file,
     write_npz,
@@ -89,3 +91,15 @@ def test_write_npz_rejects_a_short_stream(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         write_npz(tmp_path / "x.npz", {"arr_0": short})
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_npz_reader_names_the_file_that_is_no_archive(tmp_path):
+    np.savez(tmp_path / "good.npz", arr_0=np.zeros(2), labels=np.ones(2))
+    assert npz_members(tmp_path / "good.npz") == {"arr_0", "labels"}
+    with pytest.raises(KeyError, match=r"good\.npz: no array 'images'"):
+        open_npz_array(tmp_path / "good.npz", "images")
+    bad = tmp_path / "samples.npz"
+    bad.write_bytes((tmp_path / "good.npz").read_bytes()[:100])  # a copy cut short
+    for read in (npz_members, lambda p: open_npz_array(p, "arr_0")):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}: not an \\.npz archive"):
+            read(bad)
