@@ -6,14 +6,13 @@ class folders, their folder is their label). The file order of a folder is rar.i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rar.io import image_files, npz_members, open_npz_array
+from rar.io import image_files, npz_members, open_npz_array, read_json
 
 
 class NpzImages(torch.utils.data.Dataset):
@@ -97,4 +96,4 @@ def samples_info(samples: Path) -> dict:
     path = samples.with_suffix(".json")
     if samples.is_dir() or not path.exists():
         return {}
-    return json.loads(path.read_text())
+    return read_json(path)

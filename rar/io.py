@@ -100,6 +100,16 @@ def content_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in `path`; ValueError naming the file when it is not JSON (FileNotFoundError
+    when it is missing), so a damaged record is named wherever it is read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

@@ -26,7 +26,7 @@ import torch
 from rar import presets
 from rar.checkpoint import load_generator
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
-from rar.io import sha256_file, write_json, write_npz
+from rar.io import read_json, sha256_file, write_json, write_npz
 from rar.model import RAR
 from rar.runtime import autocast_dtype, resolve_device
 from rar.sample_chunks import (
@@ -150,7 +150,7 @@ def completed_samples(out: Path, plan: dict) -> dict | None:
     info_path = info_path_for(out)
     if not (out.exists() and info_path.exists()):
         return None
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path)
     old = info.get("plan") or {}
     if old == plan:
         print(f"{out} is complete with these settings; nothing to do", flush=True)

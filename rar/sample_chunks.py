@@ -26,7 +26,6 @@ it, which process makes it, and the merge into one file. Torch only for the gene
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import time
@@ -40,6 +39,7 @@ from rar.io import (
     StreamedArray,
     atomic_write_bytes,
     open_npz_array,
+    read_json,
     sha256_file,
     write_json,
     write_npz,
@@ -123,7 +123,7 @@ def check_plan(chunk_dir: Path, plan: dict) -> None:
     different checkpoint or seed would otherwise be mixed silently into one sample set)."""
     path = chunk_dir / "plan.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old.get("format") != plan["format"]:
             raise ValueError(
                 f"{chunk_dir} holds chunks of an unfinished sampling in the layout "

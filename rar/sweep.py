@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rar.io import atomic_write_text
+from rar.io import atomic_write_text, read_json
 from rar.presets import EXTRACTORS
 
 FORMAT = "rar-guidance-sweep/1"
@@ -125,7 +125,7 @@ def sweep_guidance(
                     bootstrap_resamples=0,  # the sweep compares means; intervals cost minutes
                 )  # fmt: skip
             scorer.score(point_dir / "samples.npz", metrics_path)
-        points.append(sweep_point(scale, json.loads(metrics_path.read_text())))
+        points.append(sweep_point(scale, read_json(metrics_path)))
     if len(points) < len(scales):
         return None
     result = summarize(points, "fid")
@@ -143,7 +143,7 @@ def read_sweep(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a guidance sweep result ({FORMAT})")
     return data

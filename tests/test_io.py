@@ -16,6 +16,7 @@ from rar.io import (
     image_files,
     npz_members,
     open_npz_array,
+    read_json,
     sha256_file,
     write_npz,
 )
@@ -103,3 +104,14 @@ def test_an_npz_reader_names_the_file_that_is_no_archive(tmp_path):
     for read in (npz_members, lambda p: open_npz_array(p, "arr_0")):
         with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}: not an \\.npz archive"):
             read(bad)
+
+
+def test_read_json_names_the_file_that_is_not_json(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"fid": 2.5}')
+    assert read_json(tmp_path / "metrics.json") == {"fid": 2.5}
+    for damage in (b'{"fid": 2.', b"\xff\xfe"):  # cut short; not even text
+        (tmp_path / "metrics.json").write_bytes(damage)
+        with pytest.raises(ValueError, match=r"metrics\.json: not JSON \("):
+            read_json(tmp_path / "metrics.json")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "absent.json")

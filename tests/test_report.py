@@ -470,6 +470,15 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
 # ##########################################################################################
 
 
+def test_a_damaged_record_stops_the_table_and_is_named(tmp_path):
+    r = row("2-3", {"anneal_start": 2, "anneal_end": 3})
+    metrics = write_scored(tmp_path / "metrics.json", 60.0, 2.0)
+    metrics.write_text(metrics.read_text()[:20])  # a copy cut short
+    with pytest.raises(ValueError, match=r"metrics\.json: not JSON"):
+        make_table(table="table2", rows=[r], metrics=[metrics], csv=tmp_path / "t2.csv")
+    assert not (tmp_path / "t2.csv").exists()
+
+
 def test_the_caption_says_a_two_scale_sweep_always_chooses_an_edge(tmp_path):
     def table(folder: Path, scales: list[float]) -> str:
         points = [{"guidance_scale": g, "fid": 60.0 + g} for g in scales]

@@ -4,7 +4,6 @@ orders) and the sample grid of every row of a table, beside real images of the s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rar.io import read_json
 from rar.report.columns import PathLike
 from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
 
@@ -181,7 +181,7 @@ def _draw_grid(ax, label: str, im: np.ndarray | None, aspect: float, *, width: f
 def _grid_info(png: PathLike) -> dict:
     """samples.json beside a grid.png (rar.sample), or {}."""
     info = Path(png).with_name("samples.json")
-    return json.loads(info.read_text()) if info.exists() else {}
+    return read_json(info) if info.exists() else {}
 
 
 def _grid_image(png: PathLike, max_rows: int | None) -> np.ndarray | None:

@@ -8,7 +8,6 @@ for one it cannot understand: a half-read record must not become a silent blank.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rar.experiments import PAPER_SAMPLES
+from rar.io import read_json
 from rar.records import read_failure_file
 from rar.report.columns import (
     INCEPTION,
@@ -38,7 +38,7 @@ def read_metrics(path: PathLike | None) -> dict | None:
     """
     if path is None or not Path(path).exists():
         return None
-    record = json.loads(Path(path).read_text())
+    record = read_json(path)
     extractor = record.get("extractor", INCEPTION)
     s = extractor_suffix(extractor)
     if f"fid{s}" not in record:
@@ -76,7 +76,7 @@ def read_val_nll(path: PathLike | None) -> dict | None:
             "val_nll_ci_low": None,
             "val_nll_ci_high": None,
         }
-    record = json.loads(path.read_text())
+    record = read_json(path)
     value = record.get("val_nll")
     if value is None:
         return None
