@@ -8,8 +8,10 @@ itself survives a crash. A job killed at any moment leaves at most a hidden `.na
 never a file that looks finished to a rerun or to Snakemake.
 
 JSON: `write_json` (readable, keys in the writer's order: metrics.json, samples.json) and
-`atomic_write_json` (canonical, sorted keys: files whose bytes are compared or hashed).
-`.npz`: `write_npz` (byte-deterministic, streamed) and `open_npz_array` (memory-mapped).
+`atomic_write_json` (canonical, sorted keys: files whose bytes are compared or hashed);
+`read_json` names a file that is not JSON.
+`.npz`: `write_npz` (byte-deterministic, streamed) and `open_npz_array` (memory-mapped);
+`npz_members` lists the arrays; both name a file that is not an archive.
 Hashes: `sha256_file` (a file's bytes) and `content_sha256` (a file, or a folder of images).
 """
 
