@@ -195,11 +195,12 @@ def _train_row(reader: _Reader, row: RowStatus, run: Run, target: Path) -> None:
             if not trunk_ckpt.exists():
                 row.waits_on = f"trunk {run.trunk} epoch {run.branch_epoch:g}"
         return
-    written = [s for s in run.segments if reader.path(study.checkpoint(run.id, s)).exists()]
-    if run.kind == "trunk" and row.job_state in ENDED_WELL and written:
+    if run.kind == "trunk" and row.job_state in ENDED_WELL:
         # a segment's job ended with its checkpoint; Snakemake has not started the next job
-        row.stage, row.log = "waiting", None
-        row.waits_on = f"its next segment, from epoch {max(written):g}"
+        written = [s for s in run.segments if reader.path(study.checkpoint(run.id, s)).exists()]
+        if written:
+            row.stage, row.log = "waiting", None
+            row.waits_on = f"its next segment, from epoch {max(written):g}"
     if progress.epochs_per_s:
         row.eta_s = eta_seconds(row.epoch, row.epochs, progress.epochs_per_s)
 

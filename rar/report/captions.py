@@ -24,6 +24,7 @@ from rar.report.columns import (
     known,
 )
 from rar.report.intervals import best_index, gap_closed, interval, reference_rows, table_rows
+from rar.report.read import sweep_size
 
 # ##########################################################################################
 # Caption
@@ -42,9 +43,9 @@ def caption(df: pd.DataFrame, reasons: list[list[str]]) -> list[str]:
     ]
     if holes:
         paras.append(f"**No metrics for {len(holes)} of {len(df)} rows:** " + "; ".join(holes))
-    sweeps = df["guidance_sweep"].dropna()  # "2: 1454.96!, 4: 1577.59" (read.guidance_cells)
+    sweeps = df["guidance_sweep"].dropna()
     if len(sweeps):
-        two = sweeps.str.count(": ").eq(2).any()
+        two = sweeps.map(sweep_size).eq(2).any()
         paras.append(
             "guidance: the classifier-free guidance scale of the evaluation. The paper does not "
             "give its ablations' scale, so each row's scale was chosen by a sweep: FID at each "

@@ -128,6 +128,14 @@ def read_train_log(path: PathLike) -> pd.DataFrame | None:
     return df if len(df) else None
 
 
+SWEEP_SEPARATOR = ", "  # between the points of a `guidance_sweep` cell
+
+
+def sweep_size(cell: str) -> int:
+    """How many scales a `guidance_sweep` cell of `guidance_cells` shows."""
+    return len(cell.split(SWEEP_SEPARATOR))
+
+
 def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     """The guidance scale an evaluation used, and its sweep's FIDs ("2: 3.10, 4: 2.51*, ...",
     * = chosen, ! = chosen at an edge of the range) when a sweep chose it."""
@@ -145,7 +153,7 @@ def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     ]
     return {
         "guidance_scale": scale if scale is not None else chosen,
-        "guidance_sweep": ", ".join(cells),
+        "guidance_sweep": SWEEP_SEPARATOR.join(cells),
     }
 
 
