@@ -1,13 +1,19 @@
-# rar-pipeline: the RAR paper's tables as one DAG (DESIGN.md). An index only: the rules live in
-# workflow/rules/, the logic in the `rar` package.
+# rar-pipeline: the RAR paper's tables as one DAG (docs: ARCHITECTURE.md). An index only: the
+# rules live in workflow/rules/, the logic in the `rar` package.
 #   snakemake --profile slurm results/table2.csv      the paper's Table 2 on a SLURM cluster
 #   snakemake --profile profiles/demo                 the offline demo (results/demo/)
+#   snakemake --profile slurm --configfile my.yaml    your own study: my.yaml alone
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The study: config/config.yaml (the paper's), unless --configfile names one, which then is
+# the whole study: a config of your own is never merged into the paper's (its tables would
+# come back). --config entries (a profile's launcher) apply on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

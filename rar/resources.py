@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -148,6 +149,45 @@ def study_resources(config: dict) -> list[Needed]:
     for name, spec in config.get("official", {}).items():
         if name in RESOURCES and RESOURCES[name].kind == "rar":
             out.append(Needed(RESOURCES[name], spec["checkpoint"], f"official.{name}.checkpoint"))
+    return out
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Something a study needs from outside that is not where its config says."""
+
+    path: str  # as the config names it (relative to the study's root, or absolute)
+    line: str  # the config key, the path, what it is, how to get it
+    file: bool  # a file a stage reads (an input of the workflow), not an image folder
+
+
+def missing_resources(config: dict, root: str | os.PathLike = ".") -> list[Missing]:
+    """Everything a validated study needs from outside that is not where its config says: the
+    images of a study that does not make its own (ImageNet's train split, and its validation
+    split beside it), then the files of `study_resources`. Empty: nothing is missing.
+    Existence only; `rar preflight` checks the content."""
+    out = []
+    data = config["data"]
+    if "demo" not in data:
+        train = data["images"]
+        heldout = str(Path(train).parent / "val")  # as rar.experiments.image_dir
+        for folder, what in (
+            (train, "ImageNet's train split in class folders (<wnid>/<file>); link it there"),
+            (
+                heldout,
+                "ImageNet's validation split in the same class-folder layout, beside the train "
+                "split (the held-out NLL and the floor row)",
+            ),
+        ):
+            if not (Path(root) / folder).is_dir():
+                out.append(Missing(folder, f"data.images: {folder}: {what}", file=False))
+    for needed in study_resources(config):
+        if not (Path(root) / needed.path).is_file():
+            line = (
+                f"{needed.key}: {needed.path}: {needed.resource.what}; "
+                f"`rar fetch --only {needed.resource.name}` puts it there"
+            )
+            out.append(Missing(needed.path, line, file=True))
     return out
 
 

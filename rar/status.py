@@ -254,10 +254,9 @@ def row_status(reader: _Reader, label: str, run_id: str, ev_id: str | None) -> R
             _eval_row(reader, row, ev_id)
         return row
     run = study.runs[run_id]
-    if ev_id is not None:
-        target_epoch = run.config.epochs  # sampling waits for final.pt, curve points too
-    else:  # a trunk no table row uses: trained up to its last branch point
-        target_epoch = max(run.segments) if run.segments else run.config.epochs
+    # sampling waits for final.pt, curve points too; a trunk no table row uses trains up to
+    # its last branch point (Run.end_epoch)
+    target_epoch = run.config.epochs if ev_id is not None else run.end_epoch
     target = reader.path(study.checkpoint(run_id, target_epoch))
     progress = reader.progress(run_id)
     gpu_hours, cpu_hours = reader.hours(run_id)
@@ -327,8 +326,7 @@ def collect(study: Study, *, root: str | Path = ".", use_slurm: bool = True) -> 
     reader = _Reader(study, root, slurm, now)
     rows = [row_status(reader, *line) for line in _lines(study)]
     runs_done = sum(
-        reader.path(study.checkpoint(r.id, _target_epoch(study, r))).exists()
-        for r in study.runs.values()
+        reader.path(study.checkpoint(r.id, r.end_epoch)).exists() for r in study.runs.values()
     )
     evals_done = sum(
         (reader.path(study.eval_dir(e)) / "metrics.json").exists() for e in study.evaluations
@@ -347,14 +345,6 @@ def collect(study: Study, *, root: str | Path = ".", use_slurm: bool = True) -> 
         columns={t: list(rows[0].keys) for t, rows in study.tables.items() if rows},
         cpu_hours_used=sum(reader.hours(r)[1] for r in study.runs),
     )
-
-
-def _target_epoch(study: Study, run: Run) -> float:
-    """The epoch a run is done at: its end, or a trunk no table row needs: its last segment."""
-    in_table = any(row.run == run.id for rows in study.tables.values() for row in rows)
-    if run.kind == "trunk" and run.segments and not in_table:
-        return max(run.segments)
-    return run.config.epochs
 
 
 # ##########################################################################################

@@ -171,7 +171,7 @@ def test_a_yaml_syntax_error_names_the_file_through_the_entry_point(tmp_path):
 def test_an_unexpected_error_exits_1_with_the_hint(monkeypatch, capsys):
     import rar.experiments
 
-    def broken(path):
+    def broken(path, root=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(rar.experiments, "load_study_file", broken)
@@ -185,7 +185,7 @@ def test_an_unexpected_error_exits_1_with_the_hint(monkeypatch, capsys):
 def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
     import rar.experiments
 
-    def interrupted(path):
+    def interrupted(path, root=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(rar.experiments, "load_study_file", interrupted)

@@ -43,12 +43,13 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
 
 
-def read_study(path: str):
-    """The study of config file `path`; its StudyError (naming the file and key) reaches
-    `main`, which prints it as this command's error."""
+def read_study(path: str, root: str | None = None):
+    """The study of config file `path` (its trunks planned against what `root`'s results/
+    holds, when given); its StudyError (naming the file and key) reaches `main`, which prints
+    it as this command's error."""
     from rar.experiments import load_study_file
 
-    return load_study_file(path)
+    return load_study_file(path, root=root)
 
 
 # The LauncherConfig keys a heavy stage's flags override (the rest: --launcher-config's file).

@@ -36,6 +36,12 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
         help="throughput measured by `rar preflight` (default: <results>/preflight/"
         "throughput.json when it exists); its figures replace the config's estimates",
     )
+    p.add_argument(
+        "--root",
+        default=".",
+        help="folder the study's results/ is under: the plan counts what is on disk there "
+        "(a trunk's kept checkpoints, finished runs) as the workflow does",
+    )
     p.set_defaults(handler=_run_plan)
 
 
@@ -44,7 +50,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     from rar.experiments import format_plan, measured_throughput, plan_dict
 
-    study = read_study(args.config)
+    study = read_study(args.config, args.root)
     measured = measured_throughput(study, args.throughput)
     plan = plan_dict(study, measured) if args.json else None
     print(json.dumps(plan, indent=1) if args.json else format_plan(study, measured))
@@ -282,7 +288,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
     from rar.status import collect, format_status, watch
 
-    study = read_study(args.config)
+    study = read_study(args.config, args.root)
 
     failed = False
 

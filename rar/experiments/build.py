@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from rar.config import TrainConfig
@@ -22,10 +23,12 @@ from rar.experiments.study import (
     DataSet,
     Evaluation,
     Row,
+    RunOnDisk,
     Study,
     StudyError,
     Sweep,
     image_dir,
+    run_on_disk,
     short_hash,
 )
 from rar.experiments.trunks import plan_trunks
@@ -243,20 +246,25 @@ class _Builder:
         return eid
 
 
-def load_study(config: Any, *, source: str = "config") -> Study:
+def load_study(config: Any, *, source: str = "config", root: str | Path | None = None) -> Study:
     """Resolve a study config into data sets, runs, evaluations, sweeps, tables and trunks.
 
     The one loader of every tool: the schema's checks and defaults first (`validate_config`),
     then the package's. Every error is a StudyError naming `source`, the key and the value.
+    `root`: the folder the study's results/ is under; given, the trunk plan reads what each
+    trunk has done there (`rar.experiments.trunks.run_on_disk`), as every tool that plans
+    work must (the Snakefile, `rar plan`, `rar status`); None plans as if nothing had run.
     """
     config = validate_config(config, source=source)
     try:
-        return _build(config)
+        study = _build(config, None if root is None else Path(root))
     except StudyError as err:
         raise StudyError(f"{source}: {err}") from None
+    study.source = source
+    return study
 
 
-def _build(config: dict) -> Study:
+def _build(config: dict, root: Path | None) -> Study:
     study_name = config["study"]
     prefix = "results" if study_name == "paper" else f"results/{study_name}"
     b = _Builder(config, prefix)
@@ -315,13 +323,21 @@ def _build(config: dict) -> Study:
                 Row("official", name, {"model": name}, key, eid, spec["paper"])
             )
 
-    runs = plan_trunks(b.configs, {(r, e) for rows in curves.values() for r, e, _ in rows})
+    def on_disk(rid: str, epochs: float) -> RunOnDisk:
+        return run_on_disk(root / prefix / "runs" / rid, epochs)
+
+    runs = plan_trunks(
+        b.configs,
+        {(r, e) for rows in curves.values() for r, e, _ in rows},
+        keep_every=config["trunks"]["keep_every"],
+        on_disk=None if root is None else on_disk,
+    )
     curve_ids = {
         t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
     }
     return Study(
         study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids,
-        references,
+        references, root=root,
     )  # fmt: skip
 
 
@@ -350,9 +366,9 @@ def _column_value(key: str, row: dict, base: dict, cfg: TrainConfig) -> Any:
     return getattr(cfg, key, None)
 
 
-def load_study_file(path) -> Study:
-    """`load_study` of a YAML file; every problem (missing file, bad YAML, bad study) is a
-    StudyError that names the file."""
+def load_study_file(path, root: str | Path | None = None) -> Study:
+    """`load_study` of a YAML file (`root` as there); every problem (missing file, bad YAML,
+    bad study) is a StudyError that names the file."""
     import yaml
 
     try:
@@ -360,4 +376,4 @@ def load_study_file(path) -> Study:
             config = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: {err}") from err
-    return load_study(config, source=str(path))
+    return load_study(config, source=str(path), root=root)

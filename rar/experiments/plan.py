@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
+from rar.presets import RAR_CONFIGS
+from rar.resources import missing_resources
 
 
 def measured_throughput(study: Study, path: str | Path | None = None) -> dict | None:
@@ -26,11 +28,36 @@ def measured_throughput(study: Study, path: str | Path | None = None) -> dict | 
     return {**data, "file": str(file)}
 
 
+def epochs_left(study: Study) -> dict[str, float]:
+    """Run id -> the epochs its training jobs still have to train, from what its folder shows
+    (`Study.on_disk`; all of them when the study was loaded without a root)."""
+    left = {}
+    for rid, run in study.runs.items():
+        done = max(run.branch_epoch or 0.0, study.on_disk(rid).reached)
+        left[rid] = max(0.0, run.end_epoch - done)
+    return left
+
+
+def checkpoint_gb(study: Study, rid: str) -> float:
+    """The size of one checkpoint of run `rid`, estimated from its model's shape: fp32 weights
+    and AdamW's two moments, 12 bytes a parameter (a transformer block: attention 4 h^2, MLP
+    2 h m, adaLN's modulation 6 h^2; embeddings of the codebook, classes and positions)."""
+    cfg = study.runs[rid].config
+    shape = RAR_CONFIGS[cfg.model]
+    h, m = shape["hidden_size"], shape["mlp_size"]
+    block = 4 * h * h + 2 * h * m + (6 * h * h if cfg.architecture == "adaln" else 0)
+    embeddings = (cfg.codebook_size + cfg.num_classes + cfg.num_tokens) * h * 2
+    return 12 * (shape["num_layers"] * block + embeddings) / 1e9
+
+
 def estimate(study: Study, measured: dict | None = None) -> dict:
     """Planned vs naive training epochs, GPU-hours, evaluations and samples (`rar plan`);
     GPU-hours from `measured` figures (`measured_throughput`) where they exist."""
     planned, naive = study.planned_epochs(), study.naive_epochs()
+    left = epochs_left(study)
+    kept = {rid: len(run.config.checkpoint_epochs) + 1 for rid, run in study.runs.items()}
     return {
+        "config": study.source,
         "runs": len(study.runs),
         "table_runs": len(study.table_runs()),
         "trunks": sum(r.kind == "trunk" for r in study.runs.values()),
@@ -38,7 +65,11 @@ def estimate(study: Study, measured: dict | None = None) -> dict:
         "planned_epochs": planned,
         "naive_epochs": naive,
         "saved_fraction": 1 - planned / naive if naive else 0.0,
+        "epochs_left": sum(left.values()),
         "gpu_hours": study.gpu_hours(measured=measured),
+        "gpu_hours_left": study.gpu_hours(left, measured=measured),
+        "checkpoints": sum(kept.values()),
+        "checkpoint_gb": sum(n * checkpoint_gb(study, rid) for rid, n in kept.items()),
         "gpu_hours_sources": {
             model: source
             for model, (_, source) in study.gpu_hours_per_epoch(measured).items()
@@ -88,6 +119,8 @@ def plan_dict(study: Study, measured: dict | None = None) -> dict:
                 "branch_epoch": run.branch_epoch,
                 "segments": list(run.segments),
                 "epochs_to_train": run.epochs_to_train,
+                "epochs_left": epochs_left(study)[run.id],
+                "note": run.note,
                 "tables": tables_of[run.id],
                 "config": run.config.to_dict(),
             }
@@ -185,13 +218,15 @@ def format_plan(study: Study, measured: dict | None = None) -> str:
     """Human-readable plan: the recipe of each table, one line per run, then the totals;
     GPU-hours from `measured` figures (`measured_throughput`) where they exist, saying
     which are measured and which are the config's estimates."""
-    lines = [f"study {study.name}: outputs under {study.prefix}/", "tables:"]
+    lines = [f"study {study.name} (config {study.source}): outputs under {study.prefix}/"]
+    lines.append("tables:")
     lines += [_recipe_line(name, study.recipe(name)) for name in study.tables]
     lines.append("runs:")
     for run in sorted(study.runs.values(), key=lambda r: (r.kind != "trunk", r.id)):
         labels = "; ".join(f"{row.table} ({row.label})" for row in study.row_of(run.id))
         if run.kind == "trunk":
             how = f"trunk, segments end at {', '.join(f'{s:g}' for s in run.segments)}"
+            how += f" (no row needs its end: trains to {run.until:g})" if run.until else ""
         elif run.kind == "branch":
             how = f"branch from {run.trunk} at epoch {run.branch_epoch:g}"
         else:
@@ -201,11 +236,25 @@ def format_plan(study: Study, measured: dict | None = None) -> str:
             f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
             f"{run.epochs_to_train:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
         )
+        if run.note:
+            lines.append(f"{'':16}{run.note}")
     e = estimate(study, measured)
     lines.append(
         f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
         f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
         f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
+    )
+    if study.root is not None:
+        hours = "" if e["gpu_hours_left"] is None else f", {_hours(e['gpu_hours_left'])} GPU-hours"
+        lines.append(
+            f"to train now: {e['epochs_left']:g} epochs{hours} (the rest is on disk under "
+            f"{study.root / study.prefix})"
+        )
+    every = study.config["trunks"]["keep_every"]
+    lines.append(
+        f"checkpoints kept: {e['checkpoints']} (each run's last, its branch points and curve "
+        f"epochs{f', every {every:g} epochs of a trunk' if every else ''}), about "
+        f"{e['checkpoint_gb']:,.1f} GB"
     )
     is_measured = "measured" in e["gpu_hours_sources"].values()
     if e["gpu_hours"] is not None and is_measured:
@@ -220,6 +269,10 @@ def format_plan(study: Study, measured: dict | None = None) -> str:
     if measured:
         lines += _measured_lines(study, e, measured)
     lines.append(f"evaluations: {e['evaluations']} ({e['samples']:,} samples)")
+    if study.root is not None:
+        missing = missing_resources(study.config, study.root)
+        lines += [f"missing before the grid can run ({len(missing)}):"] if missing else []
+        lines += [f"  {m.line}" for m in missing]
     if study.sweeps:
         lines.append(
             f"guidance sweeps: {e['sweeps']} ({e['sweep_samples']:,} samples, scored in the "

@@ -246,6 +246,43 @@ class RuleInputs:
 
     # -- report and targets ------------------------------------------------------------------
 
+    def report_recipe(self, wildcards) -> str:
+        """What table `wildcards.table` and its plots are made of (`write_report_recipes`): an
+        input of each of their rules, so that a config edit that changes a table's rows remakes
+        the table and pulls in what its new rows need."""
+        return self.recipe_file(wildcards.table)
+
+    def recipe_file(self, table: str) -> str:
+        return f"{self.prefix}/recipes/{table}.json"
+
+    def write_report_recipes(self, root: str | os.PathLike = ".") -> None:
+        """Write each table's recipe where it differs from the file on disk (its mtime then
+        says when the table's make-up last changed). Snakemake reruns a heavy stage only when
+        its output is missing (ancient inputs, `mtime` the only rerun trigger:
+        profiles/default): without Snakemake's record of input sets, this file is how a table
+        learns that its rows changed."""
+        from rar.io import atomic_write_text
+
+        for table in self.study.tables:
+            recipe = {
+                "rows": self.study.report_rows(table),
+                "plot": self.study.plot_kind(table),
+                "curve": self.study.curve_points(table),
+                "logs": self.study.training_logs(table),
+                "checkpoints": [self.study.checkpoint(r) for r in self.study.table_runs(table)],
+                "grids": self.study.grids(table),
+            }
+            text = json.dumps(recipe, indent=1, sort_keys=True) + "\n"
+            path = os.path.join(root, self.recipe_file(table))
+            try:
+                with open(path) as f:
+                    if f.read() == text:
+                        continue
+            except OSError:
+                pass
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write_text(path, text)
+
     def table_metrics(self, wildcards) -> list[str]:
         return self.study.metrics_files(wildcards.table)
 

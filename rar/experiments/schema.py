@@ -5,6 +5,7 @@ the key path and the value, then the schema's defaults written in (what Snakemak
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,22 @@ def _describe(error) -> str | None:
     return f"{where}: {error.message}"
 
 
+# A number in exponent form without a dot (`lr: 4e-4`): YAML 1.1 (PyYAML, Snakemake's loader)
+# reads it as text, YAML 1.2 and every reader as the number it is. Read as a number.
+_EXPONENT = re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$")
+
+
+def _exponent_numbers(value: Any) -> Any:
+    """`value` with every string that is a number in exponent form made that float."""
+    if isinstance(value, dict):
+        return {k: _exponent_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exponent_numbers(v) for v in value]
+    if isinstance(value, str) and _EXPONENT.match(value):
+        return float(value)
+    return value
+
+
 def validate_config(config: Any, *, source: str = "config") -> dict:
     """`config` checked against the study schema, with its defaults filled in (a new dict).
     Raises StudyError naming `source`, the key path and the value."""
@@ -100,6 +117,7 @@ def validate_config(config: Any, *, source: str = "config") -> dict:
         raise StudyError(
             f"{source}: a study config is a mapping of keys, got {type(config).__name__}"
         )
+    config = _exponent_numbers(config)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

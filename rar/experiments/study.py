@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rar.config import TrainConfig
-from rar.records import FAILURE_FILE
+from rar.records import FAILURE_FILE, read_progress
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
 # The reference rows of a table (`evaluation.reference_rows`): real held-out images scored
@@ -44,6 +45,40 @@ def run_id(cfg: TrainConfig) -> str:
     return cfg.run_id()
 
 
+_NAMED = re.compile(r"^epoch_([0-9]+(?:\.[0-9]+)?)\.pt$")
+
+
+@dataclass(frozen=True)
+class RunOnDisk:
+    """What a run's folder shows: the epochs of its named checkpoints (`epoch_<E>.pt`), and
+    the furthest epoch it is known to have trained to (0: not started)."""
+
+    kept: frozenset[float] = frozenset()
+    reached: float = 0.0
+
+    def passed(self, epoch: float) -> bool:
+        """Whether the run trained beyond `epoch` without keeping a checkpoint there."""
+        return epoch < self.reached and epoch not in self.kept
+
+
+NOTHING = RunOnDisk()
+
+
+def run_on_disk(run_dir: str | Path, epochs: float) -> RunOnDisk:
+    """A run's named checkpoints and how far it got: its last named checkpoint, `final.pt`
+    (its end, `epochs`), or the last row of its `metrics.csv` (a job in flight, or one that
+    stopped between two checkpoints), whichever is furthest."""
+    folder = Path(run_dir)
+    ckpts = folder / "checkpoints"
+    names = [p.name for p in ckpts.iterdir()] if ckpts.is_dir() else []
+    kept = frozenset(float(m[1]) for m in map(_NAMED.match, names) if m)
+    reached = max(kept, default=0.0)
+    if "final.pt" in names:
+        reached = epochs
+    logged = read_progress(folder / "metrics.csv").epoch
+    return RunOnDisk(kept, max(reached, logged or 0.0))
+
+
 # ##########################################################################################
 # The pieces of a study
 # ##########################################################################################
@@ -63,10 +98,17 @@ class Run:
     trunk: str | None = None  # branch: the trunk's run id
     branch_epoch: float | None = None  # branch: the trunk epoch it starts from
     segments: tuple[float, ...] = ()  # trunk: the epochs where its training jobs end
+    until: float | None = None  # a trunk no table row needs: where its last job ends
+    note: str | None = None  # why the plan trains it so, when a config edit changed that
+
+    @property
+    def end_epoch(self) -> float:
+        """The epoch its last training job ends at."""
+        return self.config.epochs if self.until is None else self.until
 
     @property
     def epochs_to_train(self) -> float:
-        return self.config.epochs - (self.branch_epoch or 0)
+        return self.end_epoch - (self.branch_epoch or 0)
 
 
 @dataclass(frozen=True)
@@ -133,6 +175,8 @@ class Study:
     tables: dict[str, list[Row]]
     curve_evaluations: dict[str, list[str]]  # table -> evaluations at intermediate epochs
     references: dict[str, list[Row]] = field(default_factory=dict)  # table -> FLOOR, CEILING
+    source: str = "config"  # the config file it was read from, for messages
+    root: Path | None = None  # the folder results/ is under, when the plan read the disk
 
     # -- paths (DESIGN.md "Files") ---------------------------------------------------------
 
@@ -181,6 +225,12 @@ class Study:
         if r.kind == "branch" and epoch <= r.branch_epoch:
             return self.checkpoint(r.trunk, epoch)
         return f"{self.run_dir(run)}/checkpoints/epoch_{epoch:g}.pt"
+
+    def on_disk(self, run: str) -> RunOnDisk:
+        """What run `run`'s folder shows (nothing when the study was loaded without a root)."""
+        if self.root is None:
+            return NOTHING
+        return run_on_disk(self.root / self.run_dir(run), self.runs[run].config.epochs)
 
     def dataset_of(self, run: str) -> str:
         return Path(self.runs[run].config.data).name

@@ -2,6 +2,20 @@
 # once per data set (dataset, tokenizer, crop) that a table's rows train on.
 
 
+# The study's missing resources (common.smk), so that a dry run shows the whole DAG; it never
+# runs: onstart refuses the run first, naming every missing file.
+if any(m.file for m in _missing):
+
+    rule missing_resource:
+        output:
+            [m.path for m in _missing if m.file],
+        log:
+            f"logs/{study.name}/missing_resource.log",
+        conda:
+            "../../environment.yml"
+        shell:
+            "echo 'missing resources: see the message above' > {log:q}; exit 1"
+
 rule demo_images:
     output:
         dataset=f"{P}/images/dataset.json",
@@ -26,7 +40,7 @@ rule demo_images:
 
 rule demo_tokenizer:
     input:
-        dataset=rules.demo_images.output.dataset,
+        dataset=ancient(rules.demo_images.output.dataset),
     output:
         tokenizer=f"{P}/tokenizer/{C['tokenizer']['name']}.pt",
         quality=f"{P}/tokenizer/quality.json",
@@ -52,8 +66,8 @@ rule demo_tokenizer:
 
 rule tokenize_part:
     input:
-        images=inputs.image_marker(),
-        tokenizer=inputs.tokenizer_file(),
+        images=ancient(inputs.image_marker()),
+        tokenizer=ancient(inputs.tokenizer_file()),
     output:
         done=touch(f"{P}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
@@ -81,10 +95,13 @@ rule tokenize_part:
 
 rule shards:
     input:
-        jobs=expand(
-            f"{P}/data/{{{{dataset}}}}/jobs/{{job}}.done", job=range(C["data"]["tokenize_jobs"])
+        jobs=ancient(
+            expand(
+                f"{P}/data/{{{{dataset}}}}/jobs/{{job}}.done",
+                job=range(C["data"]["tokenize_jobs"]),
+            )
         ),
-        tokenizer=inputs.tokenizer_file(),
+        tokenizer=ancient(inputs.tokenizer_file()),
     output:
         manifest=f"{P}/data/{{dataset}}/manifest.json",
     params:
@@ -110,8 +127,8 @@ rule shards:
 # Training logs its NLL every `val_every` epochs; nothing trains on it.
 rule tokenize_val:
     input:
-        images=inputs.image_marker(),
-        tokenizer=inputs.tokenizer_file(),
+        images=ancient(inputs.image_marker()),
+        tokenizer=ancient(inputs.tokenizer_file()),
     output:
         manifest=f"{P}/data/{{dataset}}/val/manifest.json",
     params:

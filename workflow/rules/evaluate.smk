@@ -4,10 +4,10 @@
 
 rule evaluate:
     input:
-        samples=inputs.evaluation_input,
-        reference=inputs.reference_input(),
-        heldout=inputs.evaluation_heldout,  # val_nll's held-out tokens
-        probe=inputs.probe_input(),
+        samples=ancient(inputs.evaluation_input),
+        reference=ancient(inputs.reference_input()),
+        heldout=ancient(inputs.evaluation_heldout),  # val_nll's held-out tokens
+        probe=ancient(inputs.probe_input()),
     output:
         metrics=f"{P}/evals/{{evaluation}}/metrics.json",
     params:

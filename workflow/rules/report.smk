@@ -3,6 +3,7 @@
 
 rule table:
     input:
+        recipe=inputs.report_recipe,
         metrics=inputs.table_metrics,
         sweeps=inputs.table_sweeps,
     output:
@@ -46,6 +47,7 @@ rule table_plot:
 
 rule loss_curves:
     input:
+        recipe=inputs.report_recipe,
         checkpoints=inputs.table_checkpoints,
     output:
         png=report(
@@ -66,6 +68,7 @@ rule loss_curves:
 
 rule sample_grids:
     input:
+        recipe=inputs.report_recipe,
         grids=inputs.table_grids,
         real=inputs.image_marker(),
     output:
@@ -88,6 +91,7 @@ rule sample_grids:
 
 rule fid_vs_epoch:
     input:
+        recipe=inputs.report_recipe,
         metrics=inputs.curve_metrics,
     output:
         png=report(
@@ -108,6 +112,7 @@ rule fid_vs_epoch:
 
 rule guidance_sweeps:
     input:
+        recipe=inputs.report_recipe,
         sweeps=inputs.table_sweeps,
     output:
         png=report(

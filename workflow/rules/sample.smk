@@ -4,9 +4,9 @@
 
 rule sweep_guidance:
     input:
-        checkpoint=inputs.sweep_checkpoint,
-        tokenizer=inputs.tokenizer_file(),
-        reference=inputs.reference_input(),
+        checkpoint=ancient(inputs.sweep_checkpoint),
+        tokenizer=ancient(inputs.tokenizer_file()),
+        reference=ancient(inputs.reference_input()),
     output:
         guidance=f"{P}/sweeps/{{sweep}}/guidance.json",
     params:
@@ -33,9 +33,9 @@ rule sweep_guidance:
 
 rule sample:
     input:
-        trained=inputs.trained_checkpoint,
-        tokenizer=inputs.tokenizer_file(),
-        guidance=inputs.sweep_result,
+        trained=ancient(inputs.trained_checkpoint),
+        tokenizer=ancient(inputs.tokenizer_file()),
+        guidance=ancient(inputs.sweep_result),
     output:
         samples=f"{P}/evals/{{evaluation}}/samples.npz",
         grid=f"{P}/evals/{{evaluation}}/grid.png",
@@ -62,8 +62,8 @@ rule sample:
 # The `tokenizer reconstructions` reference row: the floor's real images encoded and decoded.
 rule reconstruct:
     input:
-        images=inputs.image_marker(),
-        tokenizer=inputs.tokenizer_file(),
+        images=ancient(inputs.image_marker()),
+        tokenizer=ancient(inputs.tokenizer_file()),
     output:
         samples=f"{P}/reconstructions/{{evaluation}}.npz",
     params:

@@ -20,7 +20,7 @@ rule run_config:
 # The CEILING row's checkpoint: a run's initial weights (rar.reference_rows), never trained.
 rule untrained_checkpoint:
     input:
-        config=inputs.untrained_run_config,
+        config=ancient(inputs.untrained_run_config),
     output:
         checkpoint=f"{P}/untrained/{{run}}.pt",
     log:
@@ -34,10 +34,10 @@ rule untrained_checkpoint:
 
 rule train:
     input:
-        config=rules.run_config.output.config,
-        manifest=inputs.manifest_of_run,
-        heldout=heldout_of_run,  # for val_every (read by rar train from <data>/val)
-        start=inputs.train_start,
+        config=ancient(rules.run_config.output.config),
+        manifest=ancient(inputs.manifest_of_run),
+        heldout=ancient(inputs.heldout_of_run),  # for val_every (rar train reads <data>/val)
+        start=ancient(inputs.train_start),
     output:
         checkpoint=f"{P}/runs/{{run}}/checkpoints/{{stop}}.pt",
     params:
