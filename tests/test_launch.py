@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -224,18 +223,9 @@ def wait_for_state(record: Path, states: set[str], timeout_s: float = 120) -> di
     raise AssertionError(f"{record} never reached {states}")
 
 
-def slurm_available() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sacct") is None:
-        return False
-    try:
-        subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
 needs_slurm = pytest.mark.skipif(
-    not slurm_available(), reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)"
+    not helpers.slurm_available(),
+    reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)",
 )
 
 

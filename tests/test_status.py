@@ -341,22 +341,24 @@ def test_a_failure_older_than_the_next_attempt_is_not_shown(grid, no_slurm):
 
 
 def test_status_is_torch_free_and_fast(grid):
+    """`rar status` stays fast by what it leaves unimported (torch alone takes seconds); a
+    wall-clock limit would fail on a loaded machine and pass a slow change on a fast one."""
     _, root, _ = grid
     config = root / "study.yaml"
     config.write_text(yaml.safe_dump(study_config()))
+    heavy = ("torch", "torchvision", "scipy", "matplotlib", "pandas", "snakemake")
     code = (
-        "import sys, time; from rar.cli import main; t = time.perf_counter(); "
+        "import sys; from rar.cli import main; "
         f"main(['status', '--config', {str(config)!r}, '--root', {str(root)!r}]); "
         f"main(['status', '--config', {str(REPO / 'config/config.yaml')!r}, "
         f"'--root', {str(root)!r}]); "
-        "assert 'torch' not in sys.modules, 'rar status imported torch'; "
-        "print('seconds', time.perf_counter() - t)"
+        f"print('imported', [m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     ).stdout
     assert "table3 z-curve" in out
-    assert float(out.split("seconds")[-1]) < 2.0
+    assert out.splitlines()[-1] == "imported []"
 
 
 def test_debug_launch_writes_failure_and_a_later_success_clears_it(tmp_path):

@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -522,11 +523,18 @@ _DDP_RUN = textwrap.dedent(
 )
 
 
+def free_port() -> int:
+    """A TCP port that nothing listens on now: the kernel's pick for port 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """Global batch 8 as 2 processes x 4 equals 1 process x 4 x 2 accumulation steps."""
     single = train(tiny_run(micro_batch=4), tmp_path / "one", source=tiny_source())
     code = _DDP_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "two"))
-    port = str(29500 + os.getpid() % 1000)
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code],

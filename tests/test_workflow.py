@@ -8,13 +8,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import slurm_available
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 
@@ -228,15 +228,9 @@ def test_demo_dag_end_to_end(tmp_path):
     assert jobs["sample"] == jobs["evaluate"] == sampled == len(evaluations) - 2
 
 
-def _slurm_running() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    return subprocess.run(["sinfo"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm) running")
+@pytest.mark.skipif(not slurm_available(), reason="no SLURM cluster (shared/slurm) running")
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
     config = mini_demo("slurm")
