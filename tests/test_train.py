@@ -21,6 +21,7 @@ from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
 from rar.data.batches import stream_from
 from rar.orders import scan_order
+from rar.resume import find_resume_point
 from rar.runtime import DistEnv
 from rar.train import (
     Job,
@@ -245,21 +246,26 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     child_log = tmp_path / "child.log"
     with child_log.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log)
-    last = tmp_path / "cut/checkpoints/last.pt"
+    ckpts = tmp_path / "cut/checkpoints"
     deadline = time.monotonic() + 120
-    while proc.poll() is None and (not last.exists() or load_step(last) < 6):
-        assert time.monotonic() < deadline, f"no step 6 in 120 s: {child_log.read_text()}"
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the child exited ({proc.returncode}): {child_log.read_text()}"
-    proc.send_signal(signal.SIGKILL)
+    try:
+        while proc.poll() is None and load_step(ckpts / "last.pt") < 6:
+            assert time.monotonic() < deadline, f"no step 6 in 120 s: {child_log.read_text()}"
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the child exited ({proc.returncode}): {child_log.read_text()}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    killed_at = load_step(last)
+    assert not (ckpts / "final.pt").exists()
+    # Where the resume must start: last.pt, or the file that holds its step when the kill
+    # fell between save_last's two renames (rar.resume.find_resume_point).
+    point = find_resume_point(ckpts)
+    killed_at = point.ckpt["step"]
     assert 6 <= killed_at < cfg.total_steps
-    assert not (tmp_path / "cut/checkpoints/final.pt").exists()
     capsys.readouterr()
     done = train(cfg, tmp_path / "cut", source=tiny_source())
     out = capsys.readouterr().out
-    assert f"resuming from {last} at step {killed_at}" in out
+    assert f"resuming from {point.path} at step {killed_at}" in out
     assert printed_steps(out) == list(range(killed_at + 1, cfg.total_steps + 1))
     assert_same_weights(weights(done), weights(ref))
 
