@@ -12,7 +12,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # 13,554 .pyc files). Like pip, it skips files that do not compile (other Pythons' syntax).
 COMPILE := import compileall, sys; compileall.compile_dir(sys.argv[1], quiet=2, workers=0)
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint mutation demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Each curated mutation of tools/mutation.py must fail a test that guards it (docs/testing.md).
+mutation: install
+	$(BIN)/python tools/mutation.py
 
 # The offline demo: the same DAG as the paper's study, on this CPU, into results/demo/.
 demo: install

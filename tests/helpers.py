@@ -1,6 +1,8 @@
 """What several test modules share: the tiny training runs (tests/test_train.py,
-tests/test_logging.py, tests/test_launch.py) and the release of requeued SLURM jobs
-(tests/test_launch.py, tests/test_preflight.py).
+tests/test_logging.py, tests/test_launch.py, tests/test_reference_rows.py), small pictures
+(tests/test_io.py, tests/test_image_sets.py), whether the local SLURM cluster answers, and
+the release of requeued SLURM jobs (tests/test_launch.py, tests/test_preflight.py,
+tests/test_workflow.py, tests/test_status.py).
 
 A plain module, imported by name: tests/ is not a package (see pyproject.toml), whose
 pytest `pythonpath` puts this folder on sys.path; subprocesses that tests start insert it
@@ -9,10 +11,12 @@ themselves, and jobs on other processes get it pickled by value (tests/test_laun
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
 import torch
+from PIL import Image
 
 from rar.config import TrainConfig
 from rar.data.batches import TensorBatchSource
@@ -56,6 +60,12 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
+def picture(path, value: int) -> None:
+    """A 4 x 4 grey RGB image of `value` at `path` (its folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (value,) * 3).save(path)
+
+
 def assert_same_weights(a, b, exact=True):
     assert a.keys() == b.keys()
     for k in a:
@@ -63,6 +73,20 @@ def assert_same_weights(a, b, exact=True):
             assert torch.equal(a[k], b[k]), k
         else:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def slurm_available() -> bool:
+    """Whether the local cluster of shared/slurm answers (start-local-slurm.sh there): its
+    commands are on the PATH and `sinfo` replies within 20 s. Modules call this at collection
+    time, so a controller that hangs must not hang the test session. (Not functools.cache'd:
+    tests/test_launch.py pickles this module by value, and a cache wrapper pickles by name.)"""
+    if not all(shutil.which(c) for c in ("sbatch", "sinfo", "sacct", "squeue", "scontrol")):
+        return False
+    try:
+        subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 # SLURM holds a requeued job (reason BeginTime, about 2 minutes) so that it cannot start while

@@ -268,9 +268,22 @@ def test_tokenize_manifest_and_shards(shards, tokenizer, image_dir):
     np.testing.assert_array_equal(tokenizer.encode(x)[0].numpy(), arr)
 
 
-def test_tar_bytes_deterministic():
-    members = [("a_0.cls", b"3"), ("a_0.tokens.npy", b"\x00" * 40)]
-    assert tar_bytes(members) == tar_bytes(members)
+def test_tar_bytes_deterministic(monkeypatch):
+    """The same members give the same bytes whenever and by whomever they are written: every
+    header field that could carry the clock, the user or the umask is fixed."""
+    import time
+
+    long_name = "n" * 120 + ".tokens.npy"  # past ustar's 100 characters: a PAX header
+    members = [("a_0.cls", b"3"), ("a_0.tokens.npy", b"\x00" * 40), (long_name, b"x")]
+    first = tar_bytes(members)
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
+    assert tar_bytes(members) == first
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        infos = tar.getmembers()
+        assert [(i.name, tar.extractfile(i).read()) for i in infos] == members  # in order
+    for i in infos:
+        assert (i.mtime, i.uid, i.gid, i.uname, i.gname, i.mode) == (0, 0, 0, "", "", 0o644)
+        assert i.type == tarfile.REGTYPE and "mtime" not in i.pax_headers
 
 
 def test_resumed_tokenization_is_byte_identical(image_dir, tokenizer, shards, tmp_path):

@@ -8,26 +8,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import picture
 
 from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_info, samples_labels
 from rar.io import write_npz
 
 
-def _picture(path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), (value,) * 3).save(path)
-
-
 def test_a_folders_labels_are_its_class_folders_in_file_order(tmp_path):
     for name, value in (("b/1.png", 1), ("a/x/2.png", 2), ("b/0.png", 3)):
-        _picture(tmp_path / "real" / name, value)
+        picture(tmp_path / "real" / name, value)
     real = tmp_path / "real"
     assert samples_labels(real).tolist() == [0, 1, 1]  # a/x/2.png, b/0.png, b/1.png
     assert samples_labels(real, ["z", "a", "b"]).tolist() == [1, 2, 2]  # the probe's ids
     dataset = images_dataset(real)
     assert [int(dataset[i][0, 0, 0]) for i in range(3)] == [2, 3, 1]  # the same order
-    _picture(real / "stray.png", 4)
+    picture(real / "stray.png", 4)
     with pytest.raises(ValueError, match=r"stray\.png: not in a folder"):
         folder_labels(real, ["a", "b"])
     assert samples_labels(tmp_path / "real" / "a" / "x") is None  # no class folders

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 import time
+import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import picture
 
 from rar.io import (
     StreamedArray,
@@ -22,17 +23,12 @@ from rar.io import (
 )
 
 
-def _picture(path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), (value,) * 3).save(path)
-
-
 @pytest.fixture
 def folder(tmp_path):
     root = tmp_path / "images"
-    _picture(root / "b" / "1.png", 1)
-    _picture(root / "a" / "2.PNG", 2)
-    _picture(root / "a" / "deep" / "3.jpg", 3)
+    picture(root / "b" / "1.png", 1)
+    picture(root / "a" / "2.PNG", 2)
+    picture(root / "a" / "deep" / "3.jpg", 3)
     (root / "a" / "notes.txt").write_text("not an image")
     (root / "c.png.txt").write_text("not an image")
     return root
@@ -59,7 +55,7 @@ def test_content_sha256_follows_names_and_contents_not_the_folder(folder, tmp_pa
     (moved / "b" / "1.png").rename(moved / "b" / "4.png")
     renamed = content_sha256(moved)
     assert renamed != digest
-    _picture(moved / "b" / "4.png", 9)
+    picture(moved / "b" / "4.png", 9)
     assert content_sha256(moved) not in (digest, renamed)
     assert content_sha256(moved / "a" / "2.PNG") == sha256_file(moved / "a" / "2.PNG")
 
@@ -78,6 +74,10 @@ def test_write_npz_is_byte_deterministic_and_readable(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
     write_npz(tmp_path / "b.npz", {"arr_0": images, "labels": labels})
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    # Two writes within one second match even when stamped; any clock (time.time above, or
+    # the C library's that datetime and time.localtime() read) shows in the members' dates.
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        assert {m.date_time for m in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     with np.load(tmp_path / "a.npz") as z:
         assert np.array_equal(z["arr_0"], images) and np.array_equal(z["labels"], labels)
     mapped = open_npz_array(tmp_path / "a.npz", "arr_0")

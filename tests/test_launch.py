@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -119,26 +118,34 @@ def test_slurm_without_sbatch_says_so(tmp_path, monkeypatch):
 # -- the job side ---------------------------------------------------------------------------
 
 
-def test_checkpoint_stops_at_a_step_and_the_requeued_job_resumes(tmp_path):
+def test_checkpoint_stops_at_a_step_and_the_requeued_job_resumes(tmp_path, capsys):
     """What submitit's signal handler does, by hand: checkpoint() mid-run, then run the
-    DelayedSubmission it returns; the weights equal an uninterrupted run's."""
+    DelayedSubmission it returns; the requeued job resumes at the step the first one stopped
+    at, trains no earlier step again, and ends with an uninterrupted run's weights."""
     ref = train_tiny(tmp_path / "ref", should_stop=lambda: False, epochs=2)
     job, out = TrainJob(train_tiny), {}
     worker = threading.Thread(
         target=lambda: out.update(r=job(tmp_path / "cut", sleep_s=0.05, epochs=2))
     )
     worker.start()
-    while (
-        not (tmp_path / "cut/metrics.csv").exists()
-        or len((tmp_path / "cut/metrics.csv").read_text().splitlines()) < 2
-    ):  # the first logged step (4 of 16)
+    metrics, deadline = tmp_path / "cut/metrics.csv", time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+        # the first logged step (4 of 16)
+        assert worker.is_alive(), "the job ended before its first logged step"
+        assert time.monotonic() < deadline, "no logged step in 120 s"
         time.sleep(0.05)
     delayed = job.checkpoint(tmp_path / "cut", sleep_s=0.05, epochs=2)
     worker.join()
-    assert Path(out["r"]).name == "last.pt" and 4 <= load_checkpoint(out["r"])["step"] < 16
+    stopped_at = load_checkpoint(out["r"])["step"]
+    assert Path(out["r"]).name == "last.pt" and 4 <= stopped_at < 16
     assert isinstance(delayed.function, TrainJob) and delayed.function.requeues == 1
+    capsys.readouterr()
     done = delayed.result()  # the requeued job
     assert Path(done).name == "final.pt"
+    log = capsys.readouterr().out
+    assert f"resuming from {out['r']} at step {stopped_at}" in log
+    logged = [int(s) for s in re.findall(r"^step (\d+)/16 ", log, re.MULTILINE)]
+    assert logged == [s for s in (4, 8, 12, 16) if s > stopped_at]  # none trained twice
     assert_same_weights(weights(done), weights(ref))
 
 
@@ -216,18 +223,9 @@ def wait_for_state(record: Path, states: set[str], timeout_s: float = 120) -> di
     raise AssertionError(f"{record} never reached {states}")
 
 
-def slurm_available() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sacct") is None:
-        return False
-    try:
-        subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
 needs_slurm = pytest.mark.skipif(
-    not slurm_available(), reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)"
+    not helpers.slurm_available(),
+    reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)",
 )
 
 

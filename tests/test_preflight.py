@@ -140,13 +140,9 @@ def test_the_workflow_target_runs_the_preflight(tmp_path):
     assert "measured by rar preflight" in plan
 
 
-def _slurm_running() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    return subprocess.run(["sinfo"], capture_output=True).returncode == 0
-
-
-needs_slurm = pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm)")
+needs_slurm = pytest.mark.skipif(
+    not helpers.slurm_available(), reason="no SLURM cluster (shared/slurm)"
+)
 
 
 def _release_requeued(folder: Path, stop: threading.Event) -> None:
@@ -324,7 +320,7 @@ def test_a_partition_that_does_not_exist_fails_naming_the_profile_file(tmp_path)
 # -- rar plan with measured throughput ----------------------------------------------------------
 
 
-def test_plan_prefers_measured_figures_and_says_which_are_estimates(tmp_path, capsys):
+def test_plan_prefers_measured_figures_and_says_which_are_estimates(tmp_path, capsys, monkeypatch):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     study = load_study(config)
     before = study.gpu_hours()
@@ -349,11 +345,8 @@ def test_plan_prefers_measured_figures_and_says_which_are_estimates(tmp_path, ca
     assert rates["rar_b"] == (2.2, "estimate")
     assert study.gpu_hours(measured=measured) < before
     cfg = write(tmp_path / "paper.yaml", config)
-    os.chdir(tmp_path)  # `rar plan` finds results/preflight/throughput.json by itself
-    try:
-        assert main(["plan", "--config", str(cfg)]) == 0
-    finally:
-        os.chdir(REPO)
+    monkeypatch.chdir(tmp_path)  # `rar plan` finds results/preflight/throughput.json by itself
+    assert main(["plan", "--config", str(cfg)]) == 0
     text = capsys.readouterr().out
     assert "GPU-hours:" in text and "rar_l 3.56/epoch measured (100 images/s per GPU)" in text
     assert "rar_b 2.2/epoch the config's estimate" in text

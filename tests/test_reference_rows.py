@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import torch
+from helpers import tiny_run, tiny_source, weights
 
 from rar.checkpoint import load_generator
-from rar.config import TrainConfig
-from rar.data.batches import TensorBatchSource
 from rar.reference_rows import write_untrained_checkpoint
-from rar.train import load_checkpoint, train
-
-SAMPLES = 64
-
-
-def tiny_run() -> TrainConfig:
-    """rar_tiny on a 4x4 grid (as tests/test_train.py's): 8 steps per epoch."""
-    return TrainConfig(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
-        checkpoint_minutes=60, log_every=4, seed=3,
-    )  # fmt: skip
-
-
-def tiny_source() -> TensorBatchSource:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(4, (SAMPLES,), generator=g)
-    tokens = torch.randint(16, (SAMPLES, 16), generator=g)
-    return TensorBatchSource(tokens.to(torch.int16), labels, seed=0)
-
-
-def weights(path):
-    return load_checkpoint(path)["model"]
+from rar.train import train
 
 
 def test_untrained_checkpoint_holds_the_initial_weights_of_the_run(tmp_path):

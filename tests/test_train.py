@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
 from rar.data.batches import stream_from
 from rar.orders import scan_order
+from rar.resume import find_resume_point
 from rar.runtime import DistEnv
 from rar.train import (
     Job,
@@ -108,28 +111,47 @@ def test_training_learns_and_logs(tmp_path, device):
     assert rows[0].startswith("step,epoch,loss,accuracy,lr,ratio")
     first, last = rows[1].split(","), rows[-1].split(",")
     assert int(last[0]) == 32 and float(last[2]) < float(first[2])  # the loss went down
+    # r of the step that ends at each logged step (4, 8, ..., 32): 1 up to epoch 1, then linear
+    # to 0 at epoch 2 (steps 11 and 15 are at epochs 1.375 and 1.875), then 0 (RAR §3.2)
     ratios = [float(r.split(",")[5]) for r in rows[1:]]
-    assert ratios[0] == 1.0 and ratios[-1] == 0.0  # annealed from random to raster
+    assert ratios == [1.0, 1.0, 0.625, 0.125, 0.0, 0.0, 0.0, 0.0]
     ckpt = load_checkpoint(final)
     assert ckpt["step"] == 32 and ckpt["config"]["model"] == "rar_tiny"
     assert TrainConfig.from_dict(ckpt["config"]) == tiny_run(epochs=4)
     assert {w.dtype for w in ckpt["model"].values() if w.is_floating_point()} == {torch.float32}
 
 
+def printed_steps(out: str) -> list[int]:
+    """The steps of the log lines a training call printed (rar.train.StepLog)."""
+    return [int(s) for s in re.findall(r"^step (\d+)/\d+ ", out, re.MULTILINE)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_resume_is_bit_identical(tmp_path, device):
-    cfg = tiny_run(deterministic=True)
+def test_resume_is_bit_identical(tmp_path, device, capsys):
+    """Stopped twice mid-epoch, each call resumes where the last stopped (its log says the
+    step), trains no step twice, and the run ends with the uninterrupted run's weights."""
+    cfg = tiny_run(deterministic=True, log_every=1)
     ref = train(cfg, tmp_path / "ref", source=tiny_source(), device=device)
-    for stop_after in (5, 7):  # stop twice, mid-epoch, then finish
+    last = tmp_path / "cut/checkpoints/last.pt"
+    capsys.readouterr()
+    trained = []
+    for start, stop_after in ((0, 5), (5, 7)):  # stop twice, mid-epoch, then finish
         out = train(
             cfg, tmp_path / "cut", source=tiny_source(), device=device, max_steps=stop_after
         )
-        assert out.name == "last.pt"
+        assert out == last and load_checkpoint(last)["step"] == start + stop_after
+        log = capsys.readouterr().out
+        assert (f"resuming from {last} at step {start}" in log) == (start > 0)
+        assert printed_steps(log) == list(range(start + 1, start + stop_after + 1))
+        trained += printed_steps(log)
     done = train(cfg, tmp_path / "cut", source=tiny_source(), device=device)
+    log = capsys.readouterr().out
+    assert f"resuming from {last} at step 12" in log
+    trained += printed_steps(log)
+    assert trained == list(range(1, cfg.total_steps + 1))  # every step once, none redone
     assert_same_weights(weights(done), weights(ref))
-    assert (tmp_path / "cut" / "metrics.csv").read_text() != ""
-    steps = [r.split(",")[0] for r in (tmp_path / "cut/metrics.csv").read_text().split()[1:]]
-    assert steps == sorted(set(steps), key=int)  # no duplicated rows after the resumes
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "cut/metrics.csv").read_text().split()[1:]]
+    assert steps == list(range(1, cfg.total_steps + 1))  # no duplicated rows after the resumes
 
 
 def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
@@ -139,10 +161,25 @@ def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
     branch_point = tmp_path / "trunk/checkpoints/epoch_1.pt"
     assert load_checkpoint(branch_point)["step"] == 8
 
-    run = tiny_run(anneal_start=1, anneal_end=2, target_order="z-curve")
+    run = tiny_run(anneal_start=1, anneal_end=2, target_order="z-curve", log_every=1)
     scratch = train(run, tmp_path / "scratch", source=tiny_source())
+    # The branch's first step is the trunk's step 9: it starts from the trunk's weights,
+    # optimizer moments and step count, and its loss is the scratch run's at step 9 (a run
+    # that ignored the trunk would log step 1, with the untrained model's loss).
+    first = train(run, tmp_path / "branch", source=tiny_source(), init_from=branch_point,
+                  max_steps=1)  # fmt: skip
+    ckpt = load_checkpoint(first)
+    assert ckpt["step"] == 9
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {9}  # AdamW's count
+    assert metrics_rows(tmp_path / "branch")[0] == metrics_rows(tmp_path / "scratch")[8]
     branch = train(run, tmp_path / "branch", source=tiny_source(), init_from=branch_point)
     assert_same_weights(weights(branch), weights(scratch))
+
+
+def metrics_rows(workdir) -> list[tuple[int, float, float]]:
+    """(step, loss, ratio) of each row of a run's metrics.csv."""
+    rows = (workdir / "metrics.csv").read_text().split()[1:]
+    return [(int(r.split(",")[0]), float(r.split(",")[2]), float(r.split(",")[5])) for r in rows]
 
 
 def test_trunk_trained_in_segments_equals_one_job(tmp_path):
@@ -199,21 +236,37 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     """The killed run saves `last.pt` after every step; the reference and the resume need not
-    (checkpoint timing does not change the computation)."""
-    cfg = tiny_run()
+    (checkpoint timing does not change the computation). The child must reach step 6 alive
+    and die of the signal; the resume starts from its last step and trains no earlier one."""
+    cfg = tiny_run(log_every=1)
     ref = train(cfg, tmp_path / "ref", source=tiny_source())
     code = _KILLED_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "cut"))
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    last = tmp_path / "cut/checkpoints/last.pt"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not last.exists() or load_step(last) < 6):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "cut/checkpoints/final.pt").exists()
+    child_log = tmp_path / "child.log"
+    with child_log.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log)
+    ckpts = tmp_path / "cut/checkpoints"
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and load_step(ckpts / "last.pt") < 6:
+            assert time.monotonic() < deadline, f"no step 6 in 120 s: {child_log.read_text()}"
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the child exited ({proc.returncode}): {child_log.read_text()}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (ckpts / "final.pt").exists()
+    # Where the resume must start: last.pt, or the file that holds its step when the kill
+    # fell between save_last's two renames (rar.resume.find_resume_point).
+    point = find_resume_point(ckpts)
+    killed_at = point.ckpt["step"]
+    assert 6 <= killed_at < cfg.total_steps
+    capsys.readouterr()
     done = train(cfg, tmp_path / "cut", source=tiny_source())
+    out = capsys.readouterr().out
+    assert f"resuming from {point.path} at step {killed_at}" in out
+    assert printed_steps(out) == list(range(killed_at + 1, cfg.total_steps + 1))
     assert_same_weights(weights(done), weights(ref))
 
 
@@ -476,11 +529,18 @@ _DDP_RUN = textwrap.dedent(
 )
 
 
+def free_port() -> int:
+    """A TCP port that nothing listens on now: the kernel's pick for port 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """Global batch 8 as 2 processes x 4 equals 1 process x 4 x 2 accumulation steps."""
     single = train(tiny_run(micro_batch=4), tmp_path / "one", source=tiny_source())
     code = _DDP_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "two"))
-    port = str(29500 + os.getpid() % 1000)
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code],

@@ -8,13 +8,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import slurm_available
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 
@@ -231,15 +231,9 @@ def test_demo_dag_end_to_end(tmp_path):
     assert jobs["sample"] == jobs["evaluate"] == sampled == len(evaluations) - 2
 
 
-def _slurm_running() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    return subprocess.run(["sinfo"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(not _slurm_running(), reason="no SLURM cluster (shared/slurm) running")
+@pytest.mark.skipif(not slurm_available(), reason="no SLURM cluster (shared/slurm) running")
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
     config = mini_demo("slurm")
@@ -272,8 +266,6 @@ def test_demo_dag_through_the_slurm_launcher(tmp_path):
 
 # -- no config string is ever executed --------------------------------------------------------
 
-PAYLOADS = ("$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m} '", 'x" ; touch {m} "')
-
 
 def _string_fields(obj, path=()):
     """Every (key path, value) of a string leaf in a config."""
@@ -293,49 +285,100 @@ def _set(obj, path, value):
     obj[path[-1]] = value
 
 
-def test_no_config_string_reaches_a_shell(tmp_path):
-    """A value with shell syntax in any string field is refused by the schema, or (free text:
-    labels, descriptions) never appears unquoted in a command: the workflow's dry run prints
-    every shell command, and each parses back with the payload inside one literal argument."""
+def poison(config: dict, marker: Path) -> dict:
+    """Poison every string field of `config` in place with the worst value the schema accepts
+    there, each value unique (`p<i>`): shell syntax that would create `marker`, else a space,
+    else a suffix; fields that admit none (names of orders, crops, models) are left as they
+    are. Returns {key path: poisoned value}."""
     from rar.experiments import StudyError
 
+    poisoned = {}
+    for i, (path, value) in enumerate(list(_string_fields(config))):
+        shell = f"{value} $(touch {marker}) `touch {marker}`; touch {marker} 'q\" p{i}"
+        for candidate in (shell, f"{value} p{i}", f"{value}p{i}"):
+            trial = copy.deepcopy(config)
+            _set(trial, path, candidate)
+            try:
+                load_study(trial)
+            except StudyError:
+                continue
+            _set(config, path, candidate)
+            poisoned[path] = candidate
+            break
+    load_study(config)  # all of them at once, too
+    return poisoned
+
+
+def shell_commands(dry_run: str) -> dict[str, list[str]]:
+    """rule -> the shell commands a `snakemake -n -p` run printed for its jobs."""
+    commands: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            rule = m[1]
+        elif line.startswith("Shell command: ") and line != "Shell command: None":
+            commands.setdefault(rule, []).append(line.removeprefix("Shell command: "))
+    return commands
+
+
+def test_no_config_string_reaches_a_shell(tmp_path):
+    """With every string field of the config poisoned (`poison`), every shell command of every
+    rule in the dry run parses back with each poisoned value inside one literal argument, and
+    a real job whose command carries one (a path with a space) runs and creates no marker."""
     marker = tmp_path / "PWNED"
     config = mini_demo("inject")
+    # The throughput table's models must name models (the schema takes any name; the rule then
+    # has no input): that list stays unpoisoned.
+    throughput = config.pop("throughput_table")
     config["evaluation"].update(weights="resources/w.pth", reference="resources/ref.npz")
-    config["launcher_dir"] = "profiles/slurm"
+    config["launcher_dir"] = str(tmp_path / "launch")
     config["official"] = {
         "rar_b": {"checkpoint": "resources/rar_b.bin", "sampling": {"preset": "rar_b"}}
     }
     config["tables"]["table2"]["description"] = "annealing"
     config["tables"]["table2"]["rows"][0]["label"] = "raster"
-    fields = list(_string_fields(config))
-    assert len(fields) > 20
-    accepted = []
-    for path, _ in fields:
-        for payload in PAYLOADS:
-            c = copy.deepcopy(config)
-            _set(c, path, payload.format(m=marker))
-            try:
-                load_study(c)
-            except StudyError:
-                continue
-            accepted.append((path, c))
-    assert {p for p, _ in accepted} == {
+    poisoned = poison(config, marker)
+    config["throughput_table"] = throughput
+    shell_syntax = {p for p, v in poisoned.items() if "$(" in v}
+    assert shell_syntax == {
         ("tables", "table2", "description"),
         ("tables", "table2", "rows", 0, "label"),
+    }  # every other field refuses it (rar/schemas/study.schema.yaml)
+    spaced = {p for p, v in poisoned.items() if " " in v} - shell_syntax
+    assert spaced >= {
+        ("launcher_dir",),
+        ("evaluation", "weights"),
+        ("official", "rar_b", "checkpoint"),
     }
-    for name in ("w.pth", "ref.npz", "rar_b.bin"):  # present, so the dry run has a DAG
-        (tmp_path / "resources").mkdir(exist_ok=True)
-        (tmp_path / "resources" / name).write_bytes(b"")
-    for _path, c in accepted[:: len(PAYLOADS)]:  # one payload per accepted field suffices
-        cfg = tmp_path / "inject.yaml"
-        cfg.write_text(yaml.safe_dump(c))
-        proc = snakemake(
-            "-n", "-p", "-d", str(tmp_path), "--configfile", str(cfg),
-            "--replace-workflow-config", "--forceall",
-        )  # fmt: skip
-        for line in proc.stdout.splitlines():
-            if "touch" in line:
-                tokens = shlex.split(line)
-                assert not any(t == "touch" for t in tokens), line
-    assert not marker.exists()
+    for path in (
+        ("evaluation", "weights"),
+        ("evaluation", "reference"),
+        ("official", "rar_b", "checkpoint"),
+    ):
+        (tmp_path / poisoned[path]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / poisoned[path]).write_bytes(b"")  # present, so the dry run has a DAG
+    path = tmp_path / "inject.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
+    proc = snakemake("-n", "-p", *args, "--forceall")
+    commands = shell_commands(proc.stdout)
+    assert {"train", "sample", "evaluate", "tokenize_part", "bench_sample"} <= set(commands)
+    reached = set()
+    for rule, lines in commands.items():
+        for line in lines:
+            tokens = shlex.split(line)
+            for key, value in poisoned.items():
+                one_argument = any(value in t for t in tokens)  # quoted, whatever the quoting
+                if value in line or one_argument:
+                    assert one_argument, (rule, key, line)  # not split over arguments
+                    reached.add(key)
+            assert "touch" not in tokens, (rule, line)
+    assert spaced <= reached  # each spaced value reached a command, and as one argument
+
+    # A real job: rar bench-sample, its launcher file under the spaced launcher_dir.
+    launch_dir = Path(poisoned[("launcher_dir",)])
+    launch_dir.mkdir(parents=True)
+    (launch_dir / "sample.yaml").write_text("backend: debug\n")
+    target = f"results/{config['study']}/throughput/rar_tiny_fp32.csv"
+    snakemake(*args, "--cores", "1", target)
+    assert (tmp_path / target).exists() and not marker.exists()
