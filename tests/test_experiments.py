@@ -161,6 +161,85 @@ def test_branches_start_from_their_anneal_start(paper):
             assert start == 0
 
 
+def _trunk_at(study, *, kept: tuple[float, ...], reached: float, tmp_path: Path) -> Path:
+    """A folder where Table 2's trunk has kept `kept` and trained to `reached` (its
+    metrics.csv's last row)."""
+    trunk = next(r for r in study.runs.values() if r.kind == "trunk")
+    folder = tmp_path / study.run_dir(trunk.id) / "checkpoints"
+    folder.mkdir(parents=True)
+    for epoch in kept:
+        (folder / f"epoch_{epoch:g}.pt").write_bytes(b"")
+    (folder.parent / "metrics.csv").write_text(
+        f"step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s\n"
+        f"1,{reached},1,0,0,1,0,0,0,1\n"
+    )
+    return tmp_path
+
+
+def test_a_branch_point_the_trunk_passed_branches_from_its_last_kept_checkpoint(paper, tmp_path):
+    """Table 2's trunk kept epoch 100 and trained to 250: a row added at 150 or 200 or 220
+    (no checkpoint there) cannot have the trunk go back; it branches from epoch 100 with a
+    note. 300, not reached yet, stays a segment; 200's checkpoint was kept: a branch there."""
+    config = copy.deepcopy(paper)
+    config["tables"] = {"table2": config["tables"]["table2"]}
+    config["tables"]["table2"]["rows"].append({"anneal_start": 150, "anneal_end": 300})
+    root = _trunk_at(load_study(config), kept=(100, 200), reached=250, tmp_path=tmp_path)
+    study = load_study(config, root=root)
+    trunk = next(r for r in study.runs.values() if r.kind == "trunk")
+    starts = {}
+    for row in study.tables["table2"]:
+        run = study.runs[row.run]
+        starts[run.config.anneal_start] = (run.kind, run.branch_epoch, run.note)
+    assert starts[150][:2] == ("branch", 100) and "passed epoch 150" in starts[150][2]
+    assert starts[200] == ("branch", 200, None) and starts[300] == ("branch", 300, None)
+    assert trunk.segments == (100, 200, 300)
+    # nothing on disk: 150 is a segment like any other
+    assert load_study(config).runs[trunk.id].segments == (100, 150, 200, 300)
+
+
+def test_a_passed_branch_point_with_nothing_kept_before_it_trains_from_scratch(paper, tmp_path):
+    config = copy.deepcopy(paper)
+    config["tables"] = {"table2": config["tables"]["table2"]}
+    config["tables"]["table2"]["rows"].append({"anneal_start": 50, "anneal_end": 300})
+    root = _trunk_at(load_study(config), kept=(100,), reached=120, tmp_path=tmp_path)
+    run = load_study(config, root=root).runs[load_study(config).tables["table2"][-1].run]
+    assert run.kind == "scratch" and "passed epoch 50" in run.note
+    assert run.epochs_to_train == run.config.epochs
+
+
+def test_a_trunk_no_row_needs_is_charged_to_its_last_branch_point(paper):
+    config = copy.deepcopy(paper)
+    rows = [{"target_order": o} for o in ("row-major", "spiral-in", "z-curve")]
+    config["tables"] = {"scan": {"base": {"model": "rar_b"}, "rows": rows}}
+    study = load_study(config)
+    trunk = next(r for r in study.runs.values() if r.kind == "trunk")
+    assert (trunk.segments, trunk.until, trunk.epochs_to_train) == ((200,), 200, 200)
+
+
+def test_keep_every_keeps_trunk_checkpoints_only(paper):
+    config = copy.deepcopy(paper)
+    config["trunks"] = {"keep_every": 50}
+    study = load_study(config)
+    for run in study.runs.values():
+        kept = set(run.config.checkpoint_epochs)
+        if run.kind == "trunk":
+            assert {50, 100, 150, 200, 250, 300, 350} <= kept and 400 not in kept
+        else:
+            assert not {50, 150, 250, 350} & kept
+
+
+def test_a_run_folder_holding_another_runs_settings_is_named(paper, tmp_path):
+    study = load_study(paper, root=tmp_path)
+    first, second = list(study.runs.values())[:2]
+    for run, settings in ((first, first), (second, first)):  # second's folder: first's file
+        (tmp_path / study.run_dir(run.id)).mkdir(parents=True)
+        settings.config.save(tmp_path / study.run_dir(run.id) / "config.yaml")
+    assert study.misfiled_runs() == [
+        f"{tmp_path / study.run_dir(second.id)}/config.yaml: the settings of run {first.id}, "
+        f"in the folder of run {second.id}"
+    ]
+
+
 def test_a_lone_branch_trains_from_scratch(paper):
     """Table 4's B/XL/XXL runs would each need a trunk of their own: not worth it."""
     study = load_study(paper)

@@ -184,6 +184,9 @@ def test_your_own_config_replaces_the_papers(fake_imagenet):  # noqa: F811
     config["official"] = {}
     path = fake_imagenet / "mine.yaml"
     path.write_text(yaml.safe_dump(config))
+    # run where the paper's config is, as from a checkout
+    (fake_imagenet / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", fake_imagenet / "config/config.yaml")
     proc = snakemake("-d", str(fake_imagenet), "--configfile", str(path), "-n", "-p")
     study = load_study(config)
     assert f"study 'paper' from {path}" in proc.stdout + proc.stderr

@@ -110,6 +110,36 @@ MUTATIONS = [
         "    return np.repeat(np.arange(num_classes, dtype=np.int64), num_per_class)\n",
         ("tests/test_sample_chunks.py::test_labels_are_class_interleaved_in_a_seeded_order",),
     ),
+    Mutation(
+        "the trunk plan ignores the disk: a passed branch point becomes a segment",
+        "rar/experiments/trunks.py",
+        "    disk = on_disk(trunk_id, E) if on_disk else NOTHING\n",
+        "    disk = NOTHING\n",
+        (
+            "tests/test_experiments.py::"
+            "test_a_branch_point_the_trunk_passed_branches_from_its_last_kept_checkpoint",
+            "tests/test_experiments.py::"
+            "test_a_passed_branch_point_with_nothing_kept_before_it_trains_from_scratch",
+        ),
+    ),
+    Mutation(
+        "rar plan charges a trunk no row needs its whole schedule",
+        "rar/experiments/study.py",
+        "        return self.config.epochs if self.until is None else self.until\n",
+        "        return self.config.epochs\n",
+        (
+            "tests/test_experiments.py::test_a_trunk_no_row_needs_is_charged_to_its_last_branch_point",
+            "tests/test_finished_work.py::"
+            "test_plan_charges_the_epochs_the_workflow_trains[scan orders, RAR-B]",
+        ),
+    ),
+    Mutation(
+        "a --configfile merges into config/config.yaml",
+        "Snakefile",
+        "if not workflow.overwrite_configfiles:\n",
+        "if True:\n",
+        ("tests/test_finished_work.py::test_your_own_config_replaces_the_papers",),
+    ),
 ]
 
 

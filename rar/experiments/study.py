@@ -232,6 +232,24 @@ class Study:
             return NOTHING
         return run_on_disk(self.root / self.run_dir(run), self.runs[run].config.epochs)
 
+    def misfiled_runs(self) -> list[str]:
+        """Run folders under the root whose config.yaml is another run's (a folder moved or
+        renamed by hand, or a config edited in place): one line each. A workflow that trusted
+        them would build on the wrong weights; nothing reads them while this is non-empty."""
+        out = []
+        for rid in self.runs if self.root is not None else ():
+            path = self.root / self.run_dir(rid) / "config.yaml"
+            if not path.is_file():
+                continue
+            try:
+                found = TrainConfig.load(path).run_id()
+            except (OSError, ValueError) as err:
+                out.append(f"{path}: unreadable ({err})")
+                continue
+            if found != rid:
+                out.append(f"{path}: the settings of run {found}, in the folder of run {rid}")
+        return out
+
     def dataset_of(self, run: str) -> str:
         return Path(self.runs[run].config.data).name
 

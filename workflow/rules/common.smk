@@ -17,6 +17,12 @@ try:
 except StudyError as err:
     raise WorkflowError(str(err)) from None
 logger.info(f"study {study.name!r} from {_source}: outputs under {study.prefix}/")
+# A run's folder is its identity: one that holds another run's settings is never built on.
+if _misfiled := study.misfiled_runs():
+    raise WorkflowError(
+        "run folders that are not the run their name says; move them out of results/:\n  "
+        + "\n  ".join(_misfiled)
+    )
 
 C = study.config
 P = study.prefix  # results/ (paper) or results/<study>/ (the demo)
