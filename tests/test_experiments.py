@@ -23,6 +23,7 @@ from rar.experiments import (
     plan_dict,
     run_id,
 )
+from rar.experiments.schedule import TrainJob, wall_clock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,6 +239,27 @@ def test_a_run_folder_holding_another_runs_settings_is_named(paper, tmp_path):
         f"{tmp_path / study.run_dir(second.id)}/config.yaml: the settings of run {first.id}, "
         f"in the folder of run {second.id}"
     ]
+
+
+def test_wall_clock_waits_for_the_trunk_and_shares_the_gpus():
+    """A trunk of two segments (100 epochs each), two branches from its first segment end
+    (100 epochs each) and a run from scratch (200 epochs), 1 GPU-hour per epoch on 1 GPU a
+    job: the chain trunk -> branch is 200 hours; with 4 GPUs nothing waits but for the
+    trunk, with 3 one of the three jobs after the first segment waits for a GPU, with 1
+    everything runs in turn (600 hours)."""
+    jobs = [
+        TrainJob("t", 0, 100, None),
+        TrainJob("t", 100, 200, ("t", 100)),
+        TrainJob("a", 100, 200, ("t", 100)),
+        TrainJob("b", 100, 200, ("t", 100)),
+        TrainJob("s", 0, 200, None),
+    ]
+    rate = dict.fromkeys("tabs", 1.0)
+    assert wall_clock(jobs, rate, gpus=4, gpus_per_run=1) == (200, 200)
+    assert wall_clock(jobs, rate, gpus=3, gpus_per_run=1) == (300, 200)
+    assert wall_clock(jobs, rate, gpus=1, gpus_per_run=1) == (600, 200)
+    assert wall_clock(jobs, rate, gpus=2, gpus_per_run=1) == (300, 200)
+    assert wall_clock(jobs, rate, gpus=8, gpus_per_run=2) == (100, 100)
 
 
 def test_a_lone_branch_trains_from_scratch(paper):

@@ -20,6 +20,7 @@ from test_workflow import fake_imagenet, job_counts, mini_demo  # noqa: F401 (a 
 
 from rar.cli import main
 from rar.experiments import load_study
+from rar.experiments.schedule import training_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 # The stages whose outputs cost GPU-hours (and the data they read): none of them may rerun.
@@ -230,6 +231,25 @@ def test_plan_charges_the_epochs_the_workflow_trains(name, fake_imagenet):  # no
     proc = snakemake("-d", str(fake_imagenet), "--configfile", str(path), "-n", "-p")
     study = load_study(config)
     assert dag_epochs(proc.stdout, study) == {r.id: r.epochs_to_train for r in study.runs.values()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("table", ["table2", "table3", "table4"])
+def test_plan_by_table_charges_what_the_tables_target_trains(table, fake_imagenet, capsys):  # noqa: F811
+    """`rar plan --table T` and `snakemake results/T.csv`: the same runs and epochs (a trunk
+    only up to the branch points T's rows start from)."""
+    paper = REPO / "config/config.yaml"
+    proc = snakemake("-d", str(fake_imagenet), "--configfile", str(paper), "-n", "-p",
+                     f"results/{table}.csv")  # fmt: skip
+    study = load_study(yaml.safe_load(paper.read_text()))
+    planned: dict[str, float] = {}
+    for job in training_jobs(study, [table]):
+        planned[job.run] = planned.get(job.run, 0.0) + job.epochs
+    assert dag_epochs(proc.stdout, study) == planned
+    assert main(["plan", "--config", str(paper), "--table", table]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if x.startswith(f"  {table}: ") and " rows, " in x)
+    assert f"{len(planned)} runs, {sum(planned.values()):g} epochs" in line
 
 
 def test_the_demo_plan_charges_the_epochs_the_workflow_trains(tmp_path):

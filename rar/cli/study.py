@@ -42,6 +42,27 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
         help="folder the study's results/ is under: the plan counts what is on disk there "
         "(a trunk's kept checkpoints, finished runs) as the workflow does",
     )
+    p.add_argument(
+        "--table",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only what table NAME needs, as `snakemake results/NAME.csv` trains it (its runs, "
+        "and a trunk up to its rows' branch points); repeat for several",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        help="print the wall-clock time of the training on this many GPUs (the trunk's "
+        "segments run one after another, each branch after its segment)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=8,
+        help="GPUs a training job uses (profiles/slurm/train.yaml: nodes x gpus_per_node)",
+    )
     p.set_defaults(handler=_run_plan)
 
 
@@ -53,7 +74,11 @@ def _run_plan(args: argparse.Namespace) -> int:
     study = read_study(args.config, args.root)
     measured = measured_throughput(study, args.throughput)
     plan = plan_dict(study, measured) if args.json else None
-    print(json.dumps(plan, indent=1) if args.json else format_plan(study, measured))
+    if plan is None:
+        plan = format_plan(
+            study, measured, tables=args.table, gpus=args.gpus, gpus_per_run=args.gpus_per_run
+        )
+    print(json.dumps(plan, indent=1) if args.json else plan)
     return 0
 
 

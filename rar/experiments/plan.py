@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rar.experiments.schedule import training_jobs, wall_clock
 from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
 from rar.presets import RAR_CONFIGS
 from rar.resources import missing_resources
@@ -214,19 +215,60 @@ def _measured_lines(study: Study, e: dict, measured: dict) -> list[str]:
     return lines
 
 
-def format_plan(study: Study, measured: dict | None = None) -> str:
+def format_plan(
+    study: Study,
+    measured: dict | None = None,
+    *,
+    tables: list[str] | None = None,
+    gpus: int = 0,
+    gpus_per_run: int = 8,
+) -> str:
     """Human-readable plan: the recipe of each table, one line per run, then the totals;
     GPU-hours from `measured` figures (`measured_throughput`) where they exist, saying
-    which are measured and which are the config's estimates."""
+    which are measured and which are the config's estimates. `tables`: only what those
+    tables need (`snakemake results/<table>.csv`); `gpus` > 0: the wall-clock time on that
+    many GPUs, `gpus_per_run` to a training job."""
+    for table in tables or ():
+        if table not in study.tables:
+            raise StudyError(
+                f"{study.source}: no table {table!r} (it has {', '.join(study.tables)})"
+            )
     lines = [f"study {study.name} (config {study.source}): outputs under {study.prefix}/"]
     lines.append("tables:")
-    lines += [_recipe_line(name, study.recipe(name)) for name in study.tables]
-    lines.append("runs:")
-    for run in sorted(study.runs.values(), key=lambda r: (r.kind != "trunk", r.id)):
-        labels = "; ".join(f"{row.table} ({row.label})" for row in study.row_of(run.id))
+    lines += [_recipe_line(name, study.recipe(name)) for name in tables or study.tables]
+    lines += _run_lines(study, tables)
+    if tables is None:
+        lines += _total_lines(study, measured)
+    lines += _table_lines(study, measured, tables, gpus, gpus_per_run)
+    if study.root is not None:
+        missing = missing_resources(study.config, study.root)
+        lines += [f"missing before the grid can run ({len(missing)}):"] if missing else []
+        lines += [f"  {m.line}" for m in missing]
+    if any(ev.num_samples < PAPER_SAMPLES for ev in study.evaluations.values()):
+        lines.append(
+            f"note: under {PAPER_SAMPLES:,} samples per evaluation: not comparable to the paper"
+        )
+    return "\n".join(lines)
+
+
+def _run_lines(study: Study, tables: list[str] | None) -> list[str]:
+    """One line per run `tables` need (all: None): its model, recipe, epochs, how it trains
+    and the rows it serves; then why, when a config edit changed that."""
+    epochs: dict[str, float] = {}
+    for job in training_jobs(study, tables):
+        epochs[job.run] = epochs.get(job.run, 0.0) + job.epochs
+    lines = ["runs:"]
+    for rid in sorted(epochs, key=lambda r: (study.runs[r].kind != "trunk", r)):
+        run = study.runs[rid]
+        labels = "; ".join(
+            f"{row.table} ({row.label})"
+            for row in study.row_of(rid)
+            if row.table in (tables or study.tables)
+        )
         if run.kind == "trunk":
             how = f"trunk, segments end at {', '.join(f'{s:g}' for s in run.segments)}"
-            how += f" (no row needs its end: trains to {run.until:g})" if run.until else ""
+            if epochs[rid] < run.config.epochs:  # it starts at 0: this is where it stops
+                how += f" (trains to {epochs[rid]:g}: no row here needs its end)"
         elif run.kind == "branch":
             how = f"branch from {run.trunk} at epoch {run.branch_epoch:g}"
         else:
@@ -234,20 +276,31 @@ def format_plan(study: Study, measured: dict | None = None) -> str:
         lines.append(
             f"  {run.id}  {run.config.model:8s} {run.config.architecture:5s} "
             f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
-            f"{run.epochs_to_train:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
+            f"{epochs[rid]:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
         )
         if run.note:
             lines.append(f"{'':16}{run.note}")
+    return lines
+
+
+def _total_lines(study: Study, measured: dict | None) -> list[str]:
+    """The whole study: epochs against no trunks, what is left, checkpoints, GPU-hours,
+    evaluations and sweeps."""
     e = estimate(study, measured)
-    lines.append(
+    lines = [
         f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
         f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
         f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
-    )
+    ]
     if study.root is not None:
         hours = "" if e["gpu_hours_left"] is None else f", {_hours(e['gpu_hours_left'])} GPU-hours"
+        done = (
+            "nothing of it is on disk yet"
+            if e["epochs_left"] == e["planned_epochs"]
+            else ("the rest is on disk")
+        )
         lines.append(
-            f"to train now: {e['epochs_left']:g} epochs{hours} (the rest is on disk under "
+            f"to train now: {e['epochs_left']:g} epochs{hours} ({done} under "
             f"{study.root / study.prefix})"
         )
     every = study.config["trunks"]["keep_every"]
@@ -269,17 +322,45 @@ def format_plan(study: Study, measured: dict | None = None) -> str:
     if measured:
         lines += _measured_lines(study, e, measured)
     lines.append(f"evaluations: {e['evaluations']} ({e['samples']:,} samples)")
-    if study.root is not None:
-        missing = missing_resources(study.config, study.root)
-        lines += [f"missing before the grid can run ({len(missing)}):"] if missing else []
-        lines += [f"  {m.line}" for m in missing]
     if study.sweeps:
         lines.append(
             f"guidance sweeps: {e['sweeps']} ({e['sweep_samples']:,} samples, scored in the "
             "sweep jobs)"
         )
-    if any(ev.num_samples < PAPER_SAMPLES for ev in study.evaluations.values()):
+    return lines
+
+
+def _table_lines(
+    study: Study, measured: dict | None, tables: list[str] | None, gpus: int, per_run: int
+) -> list[str]:
+    """Per table, what `snakemake results/<table>.csv` trains (runs shared between tables
+    count in each), and the wall-clock time of `tables` (all: None) on `gpus` GPUs."""
+    rates = study.gpu_hours_per_epoch(measured)
+    per_run_rate = {rid: rates.get(run.config.model, (None,))[0] for rid, run in study.runs.items()}
+    known = all(r is not None for r in per_run_rate.values())
+    lines = ["by table (what `snakemake results/<table>.csv` trains; shared runs in each):"]
+    for table in tables or study.tables:
+        jobs = training_jobs(study, [table])
+        epochs = sum(j.epochs for j in jobs)
+        runs = len({j.run for j in jobs})
+        hours = sum(j.epochs * per_run_rate[j.run] for j in jobs) if known else None
         lines.append(
-            f"note: under {PAPER_SAMPLES:,} samples per evaluation: not comparable to the paper"
+            f"  {table}: {len(study.tables[table])} rows, {runs} runs, {epochs:g} epochs"
+            + (f", {_hours(hours)} GPU-hours" if hours is not None else "")
         )
-    return "\n".join(lines)
+    if gpus > 0 and known:
+        jobs = training_jobs(study, tables, left=study.root is not None)
+        total, chain = wall_clock(jobs, per_run_rate, gpus, min(per_run, gpus))
+        what = ", ".join(tables) if tables else "the whole study"
+        lines.append(
+            f"wall-clock for {what} on {gpus} GPUs ({min(per_run, gpus)} a training job): "
+            f"{_duration(total)} of training; its longest chain of jobs (a trunk's segments, "
+            f"then the branch after them) alone is {_duration(chain)}"
+        )
+    elif gpus > 0:
+        lines.append("wall-clock: needs GPU-hours per epoch for every model size (see above)")
+    return lines
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:,.1f} hours" if hours < 48 else f"{hours / 24:,.1f} days"
