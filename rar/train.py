@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -514,8 +515,12 @@ def _loop(
 
 
 def _finish(job: Job, step: int, segment_end: Path | None) -> Path:
-    """A trunk segment keeps `last.pt` for the next segment; a finished run writes `final.pt`
-    and removes `last.pt` and its predecessors."""
+    """A trunk segment keeps `last.pt` for the next segment; a finished run writes `final.pt`,
+    makes `last.pt` a hard link to it (no disk of its own) and removes last.pt's
+    predecessors. The link is what keeps a finished run finished when its final.pt is
+    deleted (Snakemake deletes the outputs of a job it reruns, e.g. one it saw as
+    incomplete after it died while the job ran on): the rerun resumes at the last step and
+    writes final.pt again, training nothing."""
     if segment_end is not None:
         if not segment_end.exists():  # resumed exactly at the boundary
             job.save(segment_end, step)
@@ -524,8 +529,12 @@ def _finish(job: Job, step: int, segment_end: Path | None) -> Path:
     final = job.ckpt_dir / "final.pt"
     job.save(final, step)
     if job.env.rank == 0:
-        for name in (LAST, LAST_PREV, LAST_NEXT):
+        for name in (LAST_PREV, LAST_NEXT):
             (job.ckpt_dir / name).unlink(missing_ok=True)
+        link = job.ckpt_dir / f".{LAST}.link"
+        link.unlink(missing_ok=True)
+        os.link(final, link)
+        os.replace(link, job.last)
     return final
 
 

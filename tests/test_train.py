@@ -103,10 +103,28 @@ def test_config_yaml_round_trip_and_run_id(tmp_path):
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
+def test_a_finished_run_whose_final_checkpoint_was_deleted_trains_nothing(tmp_path, capsys):
+    """Snakemake deletes the outputs of a job it reruns (one it saw as incomplete when it died
+    while the job ran on): the rerun writes final.pt again from the run's last step."""
+    cfg = tiny_run(epochs=2)
+    final = train(cfg, tmp_path, source=tiny_source())
+    weights = load_checkpoint(final)["model"]
+    rows = (tmp_path / "metrics.csv").read_text()
+    final.unlink()
+    capsys.readouterr()
+    again = train(cfg, tmp_path, source=tiny_source())
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'checkpoints/last.pt'} at step {cfg.total_steps}" in out
+    assert (tmp_path / "metrics.csv").read_text() == rows  # no step trained again
+    restored = load_checkpoint(again)["model"]
+    assert all(torch.equal(restored[k], weights[k]) for k in weights)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_learns_and_logs(tmp_path, device):
     final = train(tiny_run(epochs=4), tmp_path, source=tiny_source(), device=device)
-    assert final.name == "final.pt" and not (tmp_path / "checkpoints" / "last.pt").exists()
+    # last.pt is final.pt, a hard link (no disk of its own)
+    assert final.name == "final.pt" and (tmp_path / "checkpoints" / "last.pt").samefile(final)
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,loss,accuracy,lr,ratio")
     first, last = rows[1].split(","), rows[-1].split(",")
