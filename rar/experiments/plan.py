@@ -307,7 +307,11 @@ def _total_lines(study: Study, measured: dict | None) -> list[str]:
     lines.append(
         f"checkpoints kept: {e['checkpoints']} (each run's last, its branch points and curve "
         f"epochs{f', every {every:g} epochs of a trunk' if every else ''}), about "
-        f"{e['checkpoint_gb']:,.1f} GB"
+        + (
+            f"{e['checkpoint_gb']:,.1f} GB"
+            if e["checkpoint_gb"] >= 1
+            else f"{e['checkpoint_gb'] * 1000:.0f} MB"
+        )
     )
     is_measured = "measured" in e["gpu_hours_sources"].values()
     if e["gpu_hours"] is not None and is_measured:
