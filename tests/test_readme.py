@@ -93,3 +93,28 @@ def test_the_extractor_finds_what_it_should():
     text = "`rar plan [--config c.yaml]` `rar <command>: error: x`\n```\nrar a \\\n  --b c\n```"
     assert fenced_commands(text) == ["rar a --b c"]
     assert inline_commands(text) == ["rar plan [--config c.yaml]"]
+
+
+# -- the report's front page ------------------------------------------------------------------
+
+WORKFLOW_RST = README.parent / "workflow/report/workflow.rst"
+
+
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])
+def test_the_report_front_page_renders_its_sections(config):
+    """workflow/report/workflow.rst, rendered as `snakemake --report` renders it (Jinja with
+    trim_blocks and lstrip_blocks, then reStructuredText): its sections are titles and the
+    tables a bullet list, not one paragraph."""
+    import docutils.core
+    import jinja2
+    import yaml
+
+    study = yaml.safe_load((README.parent / config).read_text())
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    snakemake = argparse.Namespace(config=study)
+    text = env.from_string(WORKFLOW_RST.read_text()).render(snakemake=snakemake, files=[])
+    tree = docutils.core.publish_doctree(text, settings_overrides={"report_level": 5})
+    titles = [node.astext() for node in tree.findall() if node.tagname == "title"]
+    assert titles[1:] == ["The tables", "How to read them"], titles
+    tables = next(node for node in tree.findall() if node.tagname == "bullet_list")
+    assert len(tables.children) == len(study["tables"]), tables.astext()
