@@ -80,9 +80,9 @@ def fenced_commands(text: str, program: str = "rar") -> list[str]:
 
 def inline_commands(text: str) -> list[str]:
     """The `rar ...` inline code spans of the prose that name a subcommand or a global flag
-    (not e.g. `rar <command>: error: ...`, which shows an output)."""
+    (not e.g. `rar <command>: error: ...`, which shows an output), line breaks made spaces."""
     prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    spans = re.findall(r"`(rar(?: [^`]*)?)`", prose)
+    spans = [" ".join(s.split()) for s in re.findall(r"`(rar(?:\s[^`]*)?)`", prose)]
     return [s for s in spans if re.fullmatch(r"rar(?: (?:[a-z][a-z-]*|-[^ ]*)(?: .*)?)?", s)]
 
 
@@ -268,6 +268,7 @@ def test_the_extractors_find_what_they_should():
     text = "`rar plan [--config c.yaml]` `rar <command>: error: x`\n```\nrar a \\\n  --b c\n```"
     assert fenced_commands(text) == ["rar a --b c"]
     assert inline_commands(text) == ["rar plan [--config c.yaml]"]
+    assert inline_commands("`rar\n  plan --table t`") == ["rar plan --table t"]
     text = "See DESIGN.md, `shared/reference/x.csv` and rar/model.py; not https://x.org/docs/y."
     assert cited_files(text) == ["DESIGN.md", "shared/reference/x.csv", "rar/model.py"]
     assert not _exists("DESIGN.md") and _exists("profiles/slurm/*.yaml")
