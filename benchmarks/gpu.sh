@@ -3,7 +3,7 @@
 #   - sampling throughput of RAR-B and RAR-L at batch 128 with the KV cache, guidance and the
 #     MaskGIT-VQGAN decoding included: fp32 (the paper's Table 5 setting: 17.0 and 15.0
 #     images/s on one A100), bf16 (static bf16 KV cache), and bf16 with the compiled decode
-#     step (torch.compile "reduce-overhead"; its CUDA graphs are skipped today: README);
+#     step (torch.compile "reduce-overhead"; its CUDA graphs are skipped today: docs/gpu.md);
 #   - training throughput and MFU of RAR-L in bf16 (flash SDPA, causal), eager and compiled.
 # Budget: under 8 minutes on one H100-class GPU (each command has its own time limit).
 # Targets: bf16 + compile sampling >= 5x the official code's fp32 figure on the same GPU (our

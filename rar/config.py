@@ -82,14 +82,14 @@ class TrainConfig:
     log_every: int = 50  # optimizer steps between metrics.csv rows
     compile: bool = False  # torch.compile the model (GPU)
     deterministic: bool = False  # GPU: deterministic kernels (cost unmeasured); CPU: always
-    # -- watching a run (README "Watching a grid"); rank 0 only, never stops training -----
+    # -- watching a run (docs/operating.md "Watching a grid"); rank 0 only, never stops training
     tensorboard: bool = False  # log to TensorBoard (pip install tensorboard)
     wandb: str = "off"  # Weights & Biases: "off", "online" or "offline" (pip install wandb)
     wandb_project: str = "rar"
     log_dir: str = ""  # the study's TensorBoard folder, a sub-folder per run; "" = <workdir>/tb
     log_group: str = ""  # the study: the W&B group of its runs
     val_every: float = 0  # epochs between held-out NLLs (validation.csv); 0 = off
-    val_data: str = ""  # held-out token shards; "" = <data>/val (README "Watching a grid")
+    val_data: str = ""  # held-out token shards; "" = <data>/val (docs/operating.md)
     sample_every: float = 0  # epochs between fixed-seed sample grids (samples/); 0 = off
 
     def __post_init__(self) -> None:

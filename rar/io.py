@@ -2,7 +2,7 @@
 
 Atomic: a file is either its old self or complete, never half written.
 
-Every stage writes through these (DESIGN.md "Files"): write to a temporary name in the same
+Every stage writes through these (docs/stages.md): write to a temporary name in the same
 folder, flush and fsync, `os.replace` onto the final name, then fsync the folder so the rename
 itself survives a crash. A job killed at any moment leaves at most a hidden `.name.*.tmp` file,
 never a file that looks finished to a rerun or to Snakemake.

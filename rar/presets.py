@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # RAR Table 1 / the official release. Trailing comments: parameters at codebook 1024, 1000
-# classes and 256 tokens, with adaLN (as released; the exact counts are in README.md and
+# classes and 256 tokens, with adaLN (as released; the exact counts are in docs/reproducing.md and
 # tests/test_model.py) | as the plain ViT of the ablations (`architecture="plain"`, RAR §4.1).
 # The tiny sizes train on a CPU (demo and tests).
 RAR_CONFIGS: dict[str, dict] = {

@@ -7,8 +7,8 @@ RAR (arXiv 2411.00776, §4.1) models the 16x16 = 256 token ids of the MaskGIT-VQ
 state dict. `MaskGITVQGAN` reproduces that network key for key, so the file loads with
 `strict=True`, and it reproduces the release's ids and decodings (tests/test_tokenizer.py).
 
-Every tokenizer in this package (also the offline demo's `rar.demo.vq.VQDemo`) follows
-DESIGN.md: `encode(images in [0, 1]) -> (B, h*w)` raster-order int64 ids, `decode(ids) ->
+Every tokenizer in this package (also the offline demo's `rar.demo.vq.VQDemo`) follows one
+interface: `encode(images in [0, 1]) -> (B, h*w)` raster-order int64 ids, `decode(ids) ->
 images in [0, 1]`, `codebook_size`, `grid`, `image_size` and `identity()`, a hash of the
 weights recorded in every manifest and run config.
 """

@@ -1,8 +1,8 @@
 """Held-out tokens, the validation NLL and sample grids: what a run is watched by while it trains.
 
-The held-out split (README "Watching a grid"): images no run trains on, tokenized once per data
-set into `<data dir>/val/` (token shards and a manifest, as the training shards) with the ADM
-center crop (`rar tokenize --crop center`), whatever crop the training shards use:
+The held-out split (docs/operating.md, "Watching a grid"): images no run trains on, tokenized
+once per data set into `<data dir>/val/` (token shards and a manifest, as the training shards)
+with the ADM center crop (`rar tokenize --crop center`), whatever crop the training shards use:
 
 - ImageNet: the official ILSVRC-2012 validation split (50,000 images, 50 per class, in the
   class-folder layout beside the train split: `resources/imagenet/val/<wnid>/*.JPEG`). Holding

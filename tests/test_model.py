@@ -27,7 +27,7 @@ OFFICIAL_PARAMS = {
     "rar_xxl": 1_498_520_704,
 }
 # The plain ViT of the ablations (RAR §4.1): the above minus every adaLN modulation, the final
-# adaLN and the timestep table, plus an affine LayerNorm before the head (README.md).
+# adaLN and the timestep table, plus an affine LayerNorm before the head (docs/reproducing.md).
 PLAIN_PARAMS = {
     "rar_b": 174_425_344,
     "rar_l": 308_064_256,

@@ -1,14 +1,30 @@
-"""README.md cannot drift from the `rar` command line: every `rar ...` command it shows parses.
+"""The documents cannot drift from the repository: every command they show runs as shown, and
+every file they cite exists.
 
-Commands in fenced code blocks are run with `--help` appended (argparse then checks the
-subcommand, the choices and the types of the values given before it, and exits 0); since
-argparse reports unknown flags only after `--help` has exited, each `--flag` a command shows,
-in a code block or inline, is also looked up in its subcommand's help.
+The documents are README.md, docs/*.md, config/README.md and ARCHITECTURE.md. In their fenced
+code blocks:
+
+- every `rar ...` command is run with `--help` appended (argparse then checks the subcommand,
+  the choices and the types of the values given before it, and exits 0); since argparse
+  reports unknown flags only after `--help` has exited, each `--flag` a command shows, in a
+  code block or inline, is also looked up in its subcommand's help;
+- every `snakemake ...` command parses with Snakemake's own argument parser, names a profile
+  that exists (a folder, or a name under profiles/ that `rar profile install` installs) and
+  targets that a rule of the workflow produces (under config/config.yaml or the demo's
+  config/demo.yaml);
+- every `make X` names a target of the Makefile;
+
+In the whole text, code blocks included, every file a document cites (a relative link, a path
+into one of the repository's folders, an upper-case `NAME.md`, the steering repository's
+`shared/`) must be in the repository (a glob matches something; a link's #anchor names a
+heading of its page): a document describes this repository and nothing beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import glob
 import re
 import shlex
 from pathlib import Path
@@ -17,34 +33,63 @@ import pytest
 
 from rar.cli import build_parser, main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCUMENTS = [
+    README,
+    *sorted((REPO / "docs").glob("*.md")),
+    REPO / "config/README.md",
+    REPO / "ARCHITECTURE.md",
+]
 FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
+# The repository's own top-level folders: a path into one of them must exist.
+FOLDERS = ("benchmarks", "config", "docs", "profiles", "rar", "tests", "tools", "workflow")
+# Files that a stage writes, named bare in the documents (not files of the repository).
+GENERATED = re.compile(r"SOURCES\.md|benchmarks/demo/.*")
+# docs/testing.md (owned by the test suite's maintainers) names the local SLURM cluster of the
+# steering repository's shared/ folder, which CI places beside the checkout (tests/helpers.py):
+# the one outside folder a document may name, and only there.
+OUTSIDE = {"docs/testing.md": re.compile(r"(\.\./)?shared(/slurm(/.*)?)?/?")}
 
 
-def fenced_commands(text: str) -> list[str]:
-    """The `rar ...` lines of the fenced code blocks, backslash continuations joined."""
-    commands, in_block, pending = [], False, ""
+def fenced_lines(text: str) -> list[str]:
+    """The lines of the fenced code blocks, backslash continuations joined, `$ ` and the
+    `.venv/bin/` prefix removed, comments cut."""
+    lines, in_block, pending = [], False, ""
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             in_block, pending = not in_block, ""
             continue
         if not in_block:
             continue
-        line = pending + line.strip().removeprefix("$ ")
+        line = pending + line.strip().removeprefix("$ ").removeprefix(".venv/bin/")
         pending = ""
         if line.endswith("\\"):
             pending = line[:-1].rstrip() + " "
-        elif line.startswith("rar ") or line == "rar":
-            commands.append(line)
-    return commands
+        elif line and not line.startswith("#"):
+            lines.append(re.sub(r"\s+#\s.*$", "", line))
+    return lines
+
+
+def fenced_commands(text: str, program: str = "rar") -> list[str]:
+    """The `PROGRAM ...` lines of the fenced code blocks."""
+    commands = [c for c in fenced_lines(text) if c == program or c.startswith(program + " ")]
+    # Not an output line a block shows beside its command: `rar plan: error: ...`.
+    return [c for c in commands if not re.match(rf"{program} [a-z-]+: ", c)]
 
 
 def inline_commands(text: str) -> list[str]:
     """The `rar ...` inline code spans of the prose that name a subcommand or a global flag
-    (not e.g. `rar <command>: error: ...`, which shows an output)."""
+    (not e.g. `rar <command>: error: ...`, which shows an output), line breaks made spaces."""
     prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    spans = re.findall(r"`(rar(?: [^`]*)?)`", prose)
+    spans = [" ".join(s.split()) for s in re.findall(r"`(rar(?:\s[^`]*)?)`", prose)]
     return [s for s in spans if re.fullmatch(r"rar(?: (?:[a-z][a-z-]*|-[^ ]*)(?: .*)?)?", s)]
+
+
+def inline_snakemake(text: str) -> list[str]:
+    """The `snakemake ...` inline code spans of the prose, line breaks made spaces."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    return [" ".join(s.split()) for s in re.findall(r"`(snakemake [^`]*)`", prose)]
 
 
 def _subcommand(words: list[str]) -> str | None:
@@ -60,36 +105,197 @@ def _help(command: str) -> str:
     return sub.choices[name].format_help() if name in sub.choices else parser.format_help()
 
 
-TEXT = README.read_text()
-FENCED = list(dict.fromkeys(fenced_commands(TEXT)))
-INLINE = list(dict.fromkeys(inline_commands(TEXT)))
+def _name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
 
 
-def test_the_readme_shows_commands():
-    assert len(FENCED) >= 6 and len(INLINE) >= 10
-    assert any(c.startswith("rar make-demo-data") for c in INLINE)
+TEXTS = {_name(page): page.read_text() for page in DOCUMENTS}
 
 
-@pytest.mark.parametrize("command", FENCED)
-def test_fenced_command_parses(command):
+def _each(extract) -> list:
+    """(document, item) for each item `extract` finds in a document, once per document."""
+    return [(doc, item) for doc, text in TEXTS.items() for item in dict.fromkeys(extract(text))]
+
+
+FENCED = _each(fenced_commands)
+INLINE = _each(inline_commands)
+SNAKEMAKE = _each(lambda text: fenced_commands(text, "snakemake") + inline_snakemake(text))
+MAKE = _each(lambda text: fenced_commands(text, "make"))
+
+
+def test_the_documents_show_commands():
+    assert len(FENCED) >= 6 and len(INLINE) >= 10 and len(SNAKEMAKE) >= 3
+    assert any(c.startswith("rar make-demo-data") for _, c in INLINE)
+    assert {doc for doc, _ in FENCED} >= {"docs/stages.md", "config/README.md"}
+    assert {doc for doc, _ in SNAKEMAKE} >= {"README.md", "docs/demo.md"}
+
+
+@pytest.mark.parametrize("doc, command", FENCED)
+def test_fenced_command_parses(doc, command):
     with pytest.raises(SystemExit) as exit:
         main([*shlex.split(command)[1:], "--help"])
-    assert exit.value.code == 0, command
+    assert exit.value.code == 0, f"{doc}: {command}"
 
 
-@pytest.mark.parametrize("command", list(dict.fromkeys(FENCED + INLINE)))
-def test_flags_shown_exist(command):
+@pytest.mark.parametrize("doc, command", list(dict.fromkeys(FENCED + INLINE)))
+def test_flags_shown_exist(doc, command):
     text = _help(command)
     name = _subcommand(shlex.split(command))
     if name is not None and re.fullmatch(r"[a-z][a-z-]*", name):  # not a <placeholder>
-        assert f"usage: rar {name} " in text, f"README shows `{command}`: no subcommand {name!r}"
+        assert f"usage: rar {name} " in text, f"{doc} shows `{command}`: no subcommand {name!r}"
     for flag in FLAG.findall(command):
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
-            f"README shows `{command}`, but `{flag}` is not in its --help"
+            f"{doc} shows `{command}`, but `{flag}` is not in its --help"
         )
 
 
-def test_the_extractor_finds_what_it_should():
+# -- snakemake and make ---------------------------------------------------------------------
+
+
+@functools.cache
+def _rules(configfile: str) -> list:
+    """The rules of a study's workflow (the Snakefile parsed, no DAG built)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[REPO / configfile]),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
+        return list(workflow._workflow.rules)
+
+
+def _produced(target: str) -> bool:
+    """Whether a rule of the paper's or the demo's workflow makes `target`."""
+    return any(
+        rule.is_producer(target)
+        for configfile in ("config/config.yaml", "config/demo.yaml")
+        for rule in _rules(configfile)
+    )
+
+
+@pytest.mark.parametrize("doc, command", SNAKEMAKE)
+def test_snakemake_command_runs_as_shown(doc, command):
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args = get_argument_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit:
+        pytest.fail(f"{doc} shows `{command}`: Snakemake does not parse it")
+    profiles = args.profile if isinstance(args.profile, list) else [args.profile]
+    for profile in (Path(p) for p in profiles if p is not None):
+        found = (REPO / profile / "config.yaml").exists() or (
+            len(profile.parts) == 1 and (REPO / "profiles" / profile / "config.yaml").exists()
+        )
+        assert found, f"{doc} shows `{command}`: no profile {profile}"
+    for target in args.targets or []:
+        assert _produced(target), f"{doc} shows `{command}`: no rule makes {target}"
+
+
+def test_the_target_check_tells_a_target_from_a_typo():
+    assert _produced("results/table2.csv") and _produced("results/demo/table3.csv")
+    assert not _produced("results/tabel2.csv")
+
+
+@pytest.mark.parametrize("doc, command", MAKE)
+def test_make_target_exists(doc, command):
+    makefile = (REPO / "Makefile").read_text()
+    for target in shlex.split(command)[1:]:
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{doc}: {command}"
+
+
+# -- files ----------------------------------------------------------------------------------
+
+PATH = re.compile(
+    rf"(?<![\w/.~-])(?:(?:{'|'.join(FOLDERS)})/[\w./*<>{{}}-]*|(?:\.\./)?shared/[\w./-]*"
+    r"|[A-Z][A-Z_]+\.md)"
+)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _exists(path: str, base: Path = REPO) -> bool:
+    """Whether the repository holds `path` (a glob: anything), read from `base`."""
+    path = path.rstrip(".,;:")
+    if re.search(r"[<>{}]|\.\.\.|/[A-Z]+(/|$)", path):  # a placeholder: RUN, <run>, {run}
+        return True
+    target = (base / path).resolve()
+    if REPO not in (target, *target.parents):
+        return False
+    return bool(glob.glob(str(target))) if "*" in path else target.exists()
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them."""
+    headings = re.findall(
+        r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M
+    )
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def cited_files(text: str) -> list[str]:
+    """The files a document cites: paths into the repository's folders, `NAME.md` and
+    `shared/` anywhere in its text (relative links are checked from the document's folder)."""
+    return list(dict.fromkeys(m.group(0).rstrip(".,;:") for m in PATH.finditer(text)))
+
+
+@pytest.mark.parametrize("doc", TEXTS)
+def test_documents_cite_only_files_the_repository_holds(doc):
+    text = TEXTS[doc]
+    outside = OUTSIDE.get(doc)
+    missing = [
+        path
+        for path in cited_files(text)
+        if not GENERATED.fullmatch(path)
+        and not (outside and outside.fullmatch(path))
+        and not _exists(path)
+    ]
+    for link in LINK.findall(text):
+        path, _, anchor = link.partition("#")
+        if re.match(r"[a-z]+:", path):
+            continue
+        target = (REPO / doc).parent / path if path else REPO / doc
+        if (path and not _exists(path, (REPO / doc).parent)) or (
+            anchor and target.suffix == ".md" and anchor not in _anchors(target)
+        ):
+            missing.append(link)
+    assert not missing, f"{doc} cites what the repository does not hold: {', '.join(missing)}"
+
+
+def test_the_extractors_find_what_they_should():
     text = "`rar plan [--config c.yaml]` `rar <command>: error: x`\n```\nrar a \\\n  --b c\n```"
     assert fenced_commands(text) == ["rar a --b c"]
     assert inline_commands(text) == ["rar plan [--config c.yaml]"]
+    assert inline_commands("`rar\n  plan --table t`") == ["rar plan --table t"]
+    text = "See DESIGN.md, `shared/reference/x.csv` and rar/model.py; not https://x.org/docs/y."
+    assert cited_files(text) == ["DESIGN.md", "shared/reference/x.csv", "rar/model.py"]
+    assert not _exists("DESIGN.md") and _exists("profiles/slurm/*.yaml")
+    assert _exists("config/RUN/config.yaml") and not _exists("config/run/config.yaml")
+    assert {"the-demos-result", "run-your-own-config"} <= _anchors(README)
+
+
+# -- the report's front page ------------------------------------------------------------------
+
+WORKFLOW_RST = README.parent / "workflow/report/workflow.rst"
+
+
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])
+def test_the_report_front_page_renders_its_sections(config):
+    """workflow/report/workflow.rst, rendered as `snakemake --report` renders it (Jinja with
+    trim_blocks and lstrip_blocks, then reStructuredText): its sections are titles and the
+    tables a bullet list, not one paragraph."""
+    import docutils.core
+    import jinja2
+    import yaml
+
+    study = yaml.safe_load((README.parent / config).read_text())
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    snakemake = argparse.Namespace(config=study)
+    text = env.from_string(WORKFLOW_RST.read_text()).render(snakemake=snakemake, files=[])
+    tree = docutils.core.publish_doctree(text, settings_overrides={"report_level": 5})
+    titles = [node.astext() for node in tree.findall() if node.tagname == "title"]
+    assert titles[1:] == ["The tables", "How to read them"], titles
+    tables = next(node for node in tree.findall() if node.tagname == "bullet_list")
+    assert len(tables.children) == len(study["tables"]), tables.astext()

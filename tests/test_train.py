@@ -98,8 +98,8 @@ def test_config_yaml_round_trip_and_run_id(tmp_path):
 
 
 # The GPU variants: precision "auto" is bf16 autocast there, with fused AdamW and TF32, and
-# `deterministic: true` is README's promise of bit-identical resumes (conftest fixes cuBLAS's
-# workspace setting). On the CPU training is always deterministic.
+# `deterministic: true` is docs/stages.md's promise of bit-identical resumes (conftest fixes
+# cuBLAS's workspace setting). On the CPU training is always deterministic.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 

@@ -1,6 +1,6 @@
 """Token shards on disk: deterministic tar writing, atomic files, sidecars, manifest, checks.
 
-Layout of a shard directory (DESIGN.md `results/data/<dataset>-<tokenizer>/`):
+Layout of a shard directory (`results/data/<dataset>-<tokenizer>-<crop>/`, docs/stages.md):
 
     train-000000.tar  train-000000.json   one shard + its sidecar per part (see rar.data.tokenize)
     ...

@@ -8,7 +8,7 @@ at different scales and positions, sometimes mirrored, resized to `image_size` p
     <out>/train/<class>/<i>.png   images_per_class per class
     <out>/val/<class>/<i>.png     val_per_class per class (different random crops)
     <out>/test/<class>/<i>.png    test_per_class per class, when > 0 (other crops again)
-    <out>/SOURCES.md, sources.json  photo names, licences, sources (credited in the README)
+    <out>/SOURCES.md, sources.json  photo names, licences, sources (credited in docs/demo.md)
     <out>/dataset.json            the parameters; marks the set complete
 
 Deterministic: the same seed gives the same bytes (numpy's PCG64 draws, PIL's resampling and

@@ -1,7 +1,7 @@
 """`rar report`: metrics.json files -> the paper's tables (CSV, Markdown, HTML) and plots (PNG).
 
-The last stage of DESIGN.md's data flow. Each function exported here is what one ~10-line
-`workflow/scripts/*.py` calls (STYLE.md item 14), so the scripts hold no logic:
+The last stage of ARCHITECTURE.md's data flow. Each function exported here is what one ~10-line
+`workflow/scripts/*.py` calls, so the scripts hold no logic:
 
 - `make_table`: one row per table row of the config, our metrics beside the paper's, every row
   kept: a row whose evaluation has not produced `metrics.json` shows as `missing`, or as
