@@ -252,7 +252,7 @@ def find_heldout(cfg: TrainConfig, manifest: dict) -> HeldOut | str:
         return (
             f"no held-out tokens at {directory} (make them with `rar tokenize --images "
             f"<held-out images> --out {directory} --tokenizer <the data's> --crop center`; "
-            'README "Watching a grid")'
+            'docs/operating.md "Watching a grid")'
         )
     try:
         heldout = load_heldout(directory)

@@ -1,6 +1,6 @@
 """Studies: the config's tables -> runs, evaluations and the training plan. Torch-free.
 
-The Snakefile imports this module at parse time (DESIGN.md), so it imports neither torch nor
+The Snakefile imports this module at parse time (ARCHITECTURE.md), so it imports neither torch nor
 anything that does. `load_study` is the one way any tool reads a study (the Snakefile,
 `rar plan`, `rar status`, `rar report`): it applies `rar/schemas/study.schema.yaml` (checks,
 then the defaults written there), then the checks that need the package, and it is the only

@@ -81,8 +81,8 @@ def _train_settings(config: dict, prefix: str) -> dict:
         raise StudyError(
             f"train: {', '.join(clash)} follow from `data` and `tokenizer`; do not set them here"
         )
-    # Where the study's runs are watched (README "Watching a grid"): one TensorBoard folder
-    # and one W&B group per study; `train:` may set others.
+    # Where the study's runs are watched (docs/operating.md "Watching a grid"): one TensorBoard
+    # folder and one W&B group per study; `train:` may set others.
     watch = {"log_dir": f"{prefix}/tb", "log_group": config["study"]}
     return {**watch, **config["train"], **fixed}
 

@@ -178,7 +178,7 @@ class Study:
     source: str = "config"  # the config file it was read from, for messages
     root: Path | None = None  # the folder results/ is under, when the plan read the disk
 
-    # -- paths (DESIGN.md "Files") ---------------------------------------------------------
+    # -- paths (ARCHITECTURE.md, "Data flow") -----------------------------------------------
 
     def is_demo(self) -> bool:
         return "demo" in self.config["data"]
@@ -443,7 +443,7 @@ def image_dir(config: dict, prefix: str, split: str = "train") -> str:
 
     - "train": what the tokenizer and the runs train on (the demo makes its own; ImageNet's
       train split is linked);
-    - "heldout": what validation and `val_nll` use (README "Watching a grid"): the demo's
+    - "heldout": what validation and `val_nll` use (docs/operating.md "Watching a grid"): the demo's
       val/, or ImageNet's validation split in the class-folder layout beside the train split;
     - "floor": the FLOOR row's real images: the demo's test/ (disjoint from val/, the demo's
       FID reference), or ImageNet's validation split (the ADM reference batch is drawn from

@@ -122,7 +122,7 @@ rule shards:
         "--images-per-part {params.per_part:q} && rar verify-shards {params.out:q}) > {log:q} 2>&1"
 
 
-# The held-out split (README "Watching a grid"), once per data set: the demo's val/ images or
+# The held-out split (docs/operating.md "Watching a grid"), once per data set: the demo's val/ images or
 # ImageNet's validation split, center-cropped as the FID references, into <data set>/val/.
 # Training logs its NLL every `val_every` epochs; nothing trains on it.
 rule tokenize_val:
