@@ -413,7 +413,9 @@ def test_corrupt_last_resumes_from_the_previous_one(tmp_path, capsys):
     assert "metrics.csv had reached step 7, so at least 2 steps are trained again" in out
     kept = list(ckpts.glob("last.pt.corrupt-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == bad  # set aside, never deleted
-    assert sorted(p.name for p in ckpts.iterdir()) == sorted(["final.pt", kept[0].name])
+    names = ["final.pt", "last.pt", kept[0].name]  # last.pt: final.pt's hard link
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(names)
+    assert (ckpts / "last.pt").samefile(ckpts / "final.pt")
     assert_same_weights(weights(done), weights(ref))
     steps = [int(r.split(",")[0]) for r in (cut / "metrics.csv").read_text().split()[1:]]
     assert steps == list(range(1, cfg.total_steps + 1))
