@@ -13,10 +13,8 @@ import pytest
 # CUDA work, so the test session fixes it before any.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-REPO = Path(__file__).resolve().parents[1]
-# The steering repo's shared/ folder sits beside the checkout (and beside CI's fresh clone).
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference"
+# The reference files the parity tests compare against (tests/data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,24 +30,18 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def official_tiny():
-    """Official outputs for seeded tiny weights (shared/reference/README.md), or skip."""
+    """Official outputs for seeded tiny weights (tests/data/README.md)."""
     import torch
 
-    path = REFERENCE / "official_tiny.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared/ folder is absent)")
-    return torch.load(path, weights_only=True)
+    return torch.load(DATA / "official_tiny.pt", weights_only=True)
 
 
 @pytest.fixture(scope="session")
 def official_shapes():
-    """Key -> shape of the released state dicts (shared/reference/README.md), or skip."""
+    """Key -> shape of the released state dicts (tests/data/README.md)."""
     import json
 
-    path = REFERENCE / "official_rar_state_dict_shapes.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared/ folder is absent)")
-    return json.loads(path.read_text())
+    return json.loads((DATA / "official_rar_state_dict_shapes.json").read_text())
 
 
 @pytest.fixture
