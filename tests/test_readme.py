@@ -50,10 +50,6 @@ FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
 FOLDERS = ("benchmarks", "config", "docs", "profiles", "rar", "tests", "tools", "workflow")
 # Files that a stage writes, named bare in the documents (not files of the repository).
 GENERATED = re.compile(r"SOURCES\.md|benchmarks/demo/.*")
-# docs/testing.md (owned by the test suite's maintainers) names the local SLURM cluster of the
-# steering repository's shared/ folder, which CI places beside the checkout (tests/helpers.py):
-# the one outside folder a document may name, and only there.
-OUTSIDE = {"docs/testing.md": re.compile(r"(\.\./)?shared(/slurm(/.*)?)?/?")}
 
 
 def fenced_lines(text: str) -> list[str]:
@@ -290,13 +286,8 @@ def cited_files(text: str) -> list[str]:
 def _missing_files(doc: str) -> list[str]:
     """The files `doc` cites that the repository does not hold, and its broken links."""
     text = TEXTS[doc]
-    outside = OUTSIDE.get(doc)
     missing = [
-        path
-        for path in cited_files(text)
-        if not GENERATED.fullmatch(path)
-        and not (outside and outside.fullmatch(path))
-        and not _exists(path)
+        path for path in cited_files(text) if not GENERATED.fullmatch(path) and not _exists(path)
     ]
     for link in LINK.findall(text):
         path, _, anchor = link.partition("#")
