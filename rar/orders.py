@@ -6,7 +6,7 @@ raster index (row * grid + col) of the k-th token visited.
 RAR §3.2: during training each sequence is permuted at random with probability r, and r
 anneals linearly from 1 to 0 between an anneal start and end epoch. Table 3 trains models that
 converge to other scan orders than raster. Those orders are the ones the paper's supplementary
-Fig. 6 draws on the 16x16 grid (shared/reference/paper_scan_orders_16.json holds them cell by
+Fig. 6 draws on the 16x16 grid (tests/data/paper_scan_orders_16.json holds them cell by
 cell, and the tests check every entry). Row-major, z-curve and alternate agree with Taming
 Transformers (Esser et al., `taming/modules/transformer/permuter.py`); the other three do not:
 

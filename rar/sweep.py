@@ -1,7 +1,7 @@
 """Guidance sweeps: sample one checkpoint at several guidance scales, score each, keep the best.
 
 The paper does not give the guidance scale (or temperature) of its ablations (Tables 2 and 3,
-linear guidance; shared/reference/README.md), and every autoregressive image model's FID
+linear guidance; tests/data/README.md), and every autoregressive image model's FID
 depends strongly on it, so a fair reproduction tunes it per run as the paper's authors must
 have: each scale is sampled on a smaller set (the study's `sweep_per_class`, 10,000 images
 for ImageNet), scored with the study's extractor, and the scale with the lowest FID is written

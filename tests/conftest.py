@@ -3,6 +3,7 @@ shared functions in tests/helpers.py (`from helpers import ...`)."""
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -13,43 +14,97 @@ import pytest
 # CUDA work, so the test session fixes it before any.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-REPO = Path(__file__).resolve().parents[1]
-# The steering repo's shared/ folder sits beside the checkout (and beside CI's fresh clone).
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference"
+# The reference files the parity tests compare against (tests/data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# Every skip of the suite is decided here, by marker, and says why in one of these words. CI
+# (.ci/run sets RAR_CI=1) runs on a machine with no GPU, as root, with the local SLURM cluster
+# started: there, only the first two may skip; any other skip fails the session.
+NO_GPU = "no GPU: needs CUDA, none on this machine"
+AS_ROOT = "running as root: root reads every file whatever its mode"
+NO_SLURM = "no SLURM cluster answers (.ci/run starts the local one)"
+ALLOWED_IN_CI = (NO_GPU, AS_ROOT)
+SKIPS: list[str] = []  # the reason of each skip of this session
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs CUDA; none on this machine")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    def skip(marker: str, reason: str) -> None:
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+    if not torch.cuda.is_available():
+        skip("gpu", NO_GPU)
+    if os.geteuid() == 0:
+        skip("not_root", AS_ROOT)
+    if any(item.get_closest_marker("slurm") for item in items):
+        from helpers import slurm_available  # asked only when a collected test needs it
+
+        if not slurm_available():
+            skip("slurm", NO_SLURM)
+
+
+def _skip_reason(report) -> str:
+    """A skipped report's reason: pytest keeps (file, line, "Skipped: <reason>")."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        SKIPS.append(_skip_reason(report))
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a whole module skipped at import
+        SKIPS.append(_skip_reason(report))
+
+
+def _not_allowed() -> list[str]:
+    return sorted({r for r in SKIPS if r not in ALLOWED_IN_CI})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("RAR_CI") and _not_allowed() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Each skip reason with its count, near the end of the output (and into the file named by
+    RAR_SKIP_REPORT, which .ci/run prints last); under RAR_CI, why the session failed."""
+    counts = collections.Counter(SKIPS)
+    lines = [f"{n:4d} skipped: {reason}" for reason, n in sorted(counts.items())]
+    lines = lines or ["   0 skipped"]
+    strict = bool(os.environ.get("RAR_CI"))
+    if strict and _not_allowed():
+        lines.append(
+            "RAR_CI is set: a test may skip only for want of a GPU or as root; "
+            "failing the session for: " + "; ".join(_not_allowed())
+        )
+    terminalreporter.section("skip reasons")
+    for line in lines:
+        terminalreporter.line(line, red=line.startswith("RAR_CI"))
+    if path := os.environ.get("RAR_SKIP_REPORT"):
+        Path(path).write_text("".join(f"{line}\n" for line in ["== skip reasons", *lines]))
 
 
 @pytest.fixture(scope="session")
 def official_tiny():
-    """Official outputs for seeded tiny weights (shared/reference/README.md), or skip."""
+    """Official outputs for seeded tiny weights (tests/data/README.md)."""
     import torch
 
-    path = REFERENCE / "official_tiny.pt"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared/ folder is absent)")
-    return torch.load(path, weights_only=True)
+    return torch.load(DATA / "official_tiny.pt", weights_only=True)
 
 
 @pytest.fixture(scope="session")
 def official_shapes():
-    """Key -> shape of the released state dicts (shared/reference/README.md), or skip."""
+    """Key -> shape of the released state dicts (tests/data/README.md)."""
     import json
 
-    path = REFERENCE / "official_rar_state_dict_shapes.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared/ folder is absent)")
-    return json.loads(path.read_text())
+    return json.loads((DATA / "official_rar_state_dict_shapes.json").read_text())
 
 
 @pytest.fixture

@@ -76,10 +76,11 @@ def assert_same_weights(a, b, exact=True):
 
 
 def slurm_available() -> bool:
-    """Whether the local cluster of shared/slurm answers (start-local-slurm.sh there): its
-    commands are on the PATH and `sinfo` replies within 20 s. Modules call this at collection
-    time, so a controller that hangs must not hang the test session. (Not functools.cache'd:
-    tests/test_launch.py pickles this module by value, and a cache wrapper pickles by name.)"""
+    """Whether the local SLURM cluster answers (.ci/run starts it): its commands are on the
+    PATH and `sinfo` replies within 20 s. tests/conftest.py calls this at collection time when
+    a collected test is marked `slurm`, so a controller that hangs must not hang the session.
+    (Not functools.cache'd: tests/test_launch.py pickles this module by value, and a cache
+    wrapper pickles by name.)"""
     if not all(shutil.which(c) for c in ("sbatch", "sinfo", "sacct", "squeue", "scontrol")):
         return False
     try:
@@ -91,8 +92,9 @@ def slurm_available() -> bool:
 
 # SLURM holds a requeued job (reason BeginTime, about 2 minutes) so that it cannot start while
 # its previous run is still being torn down. The tests start it sooner, but only once the hold
-# has lasted well past the cluster's KillWait (5 s, shared/slurm): released at once, the new run
-# can start before the old job step is gone, and fail at its first second (CI saw it).
+# has lasted well past the cluster's KillWait (5 s on the one .ci/run starts): released at once,
+# the new run can start before the old job step is gone, and fail at its first second (CI saw
+# it).
 REQUEUE_SETTLE_S = 15.0
 
 

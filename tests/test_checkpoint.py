@@ -111,7 +111,7 @@ def test_unexpected_type(tmp_path):
     assert isinstance(load_file(path, what=WHAT, expect=(list, tuple)), list)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+@pytest.mark.not_root
 def test_unreadable_file(good):
     good.chmod(0)
     try:

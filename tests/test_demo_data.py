@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("skimage")
-
 from rar.demo.data import PHOTOS, make_demo_dataset
 
 SMALL = dict(num_classes=3, images_per_class=6, val_per_class=2, image_size=16, seed=3)

@@ -2,7 +2,8 @@
 
 The jobs train a tiny run on in-memory data (`train_tiny`), so each takes seconds. This module
 is pickled by value (cloudpickle) into the jobs: tests/ is not a package the job could import.
-Tests marked `slurm` submit to the local one-node cluster of shared/slurm and skip without it.
+Tests marked `slurm` submit to the local one-node cluster (.ci/run starts it; tests/conftest.py
+skips them without one).
 """
 
 from __future__ import annotations
@@ -223,12 +224,6 @@ def wait_for_state(record: Path, states: set[str], timeout_s: float = 120) -> di
     raise AssertionError(f"{record} never reached {states}")
 
 
-needs_slurm = pytest.mark.skipif(
-    not helpers.slurm_available(),
-    reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)",
-)
-
-
 def slurm_config(tmp_path, **overrides) -> LauncherConfig:
     """The local cluster: partition debug, one CPU, no GPUs (the node has none)."""
     base = dict(
@@ -240,7 +235,7 @@ def slurm_config(tmp_path, **overrides) -> LauncherConfig:
 
 @pytest.mark.parametrize(
     "backend",
-    ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.slow, needs_slurm])],
+    ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.slow])],
 )
 def test_relaunch_reattaches_to_the_live_job(tmp_path, capsys, backend):
     """Kill the launching process while its job runs; a new launch reattaches (same job id,
@@ -285,7 +280,6 @@ def test_relaunch_reattaches_to_the_live_job(tmp_path, capsys, backend):
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_slurm_runs_a_training_job_and_reports_a_failure(tmp_path, capsys):
     cfg = slurm_config(tmp_path)
     out = launch(
@@ -325,7 +319,6 @@ def _signal_then_release(record: Path, stop: threading.Event, *, after: str) -> 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@needs_slurm
 def test_slurm_usr2_requeues_and_resumes_bit_identically(tmp_path, capsys):
     """The job asks SLURM for USR2 40 s before its time limit; on that signal it saves
     last.pt, is requeued, and the requeued job resumes and ends with the weights of an
@@ -403,7 +396,6 @@ def shards(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_rar_train_through_slurm_on_shards(tmp_path, shards, capsys):
     """`rar train --launcher slurm`: the default TrainJob (rar.train.run) on real shards."""
     from rar.cli import main

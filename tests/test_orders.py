@@ -19,16 +19,13 @@ from rar.orders import (
 )
 
 # As tests/conftest.py finds it (not importable here: pytest runs with --import-mode=importlib).
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
 def paper_orders():
-    """The six orders as the paper's Fig. 6 draws them at 16x16 (shared/reference/README.md)."""
-    path = REFERENCE / "paper_scan_orders_16.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared/ folder is absent)")
-    return json.loads(path.read_text())
+    """The six orders as the paper's Fig. 6 draws them at 16x16 (tests/data/README.md)."""
+    return json.loads((DATA / "paper_scan_orders_16.json").read_text())
 
 
 def inverse(order: torch.Tensor) -> torch.Tensor:

@@ -140,11 +140,6 @@ def test_the_workflow_target_runs_the_preflight(tmp_path):
     assert "measured by rar preflight" in plan
 
 
-needs_slurm = pytest.mark.skipif(
-    not helpers.slurm_available(), reason="no SLURM cluster (shared/slurm)"
-)
-
-
 def _release_requeued(folder: Path, stop: threading.Event) -> None:
     """Start the training job as soon as it is safe after each requeue (helpers.py)."""
     releaser = helpers.RequeueReleaser()
@@ -156,7 +151,6 @@ def _release_requeued(folder: Path, stop: threading.Event) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@needs_slurm
 def test_preflight_through_slurm_with_a_2_task_ddp_training_job(tmp_path, capsys):
     config = write(tmp_path / "pf.yaml", toy_study("slurm"))
     out = tmp_path / "preflight"
@@ -291,7 +285,6 @@ def test_an_incomplete_imagenet_folder_is_counted(tmp_path):
 
 
 @pytest.mark.slurm
-@needs_slurm
 def test_a_partition_that_does_not_exist_fails_naming_the_profile_file(tmp_path):
     config = write(tmp_path / "pf.yaml", toy_study("nope"))
     launchers = launcher_dir(tmp_path, "slurm")

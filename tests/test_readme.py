@@ -18,13 +18,17 @@ In the whole text, code blocks included, every file a document cites (a relative
 into one of the repository's folders, an upper-case `NAME.md`, the steering repository's
 `shared/`) must be in the repository (a glob matches something; a link's #anchor names a
 heading of its page): a document describes this repository and nothing beside it.
+
+Each check is one test that lists every offender, in every document, at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import glob
+import io
 import re
 import shlex
 from pathlib import Path
@@ -46,10 +50,6 @@ FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
 FOLDERS = ("benchmarks", "config", "docs", "profiles", "rar", "tests", "tools", "workflow")
 # Files that a stage writes, named bare in the documents (not files of the repository).
 GENERATED = re.compile(r"SOURCES\.md|benchmarks/demo/.*")
-# docs/testing.md (owned by the test suite's maintainers) names the local SLURM cluster of the
-# steering repository's shared/ folder, which CI places beside the checkout (tests/helpers.py):
-# the one outside folder a document may name, and only there.
-OUTSIDE = {"docs/testing.md": re.compile(r"(\.\./)?shared(/slurm(/.*)?)?/?")}
 
 
 def fenced_lines(text: str) -> list[str]:
@@ -130,23 +130,46 @@ def test_the_documents_show_commands():
     assert {doc for doc, _ in SNAKEMAKE} >= {"README.md", "docs/demo.md"}
 
 
-@pytest.mark.parametrize("doc, command", FENCED)
-def test_fenced_command_parses(doc, command):
-    with pytest.raises(SystemExit) as exit:
-        main([*shlex.split(command)[1:], "--help"])
-    assert exit.value.code == 0, f"{doc}: {command}"
+def _offenders(check, items) -> list[str]:
+    """Every message `check(doc, item)` returns for the (document, item) pairs."""
+    return [message for doc, item in items for message in check(doc, item)]
 
 
-@pytest.mark.parametrize("doc, command", list(dict.fromkeys(FENCED + INLINE)))
-def test_flags_shown_exist(doc, command):
+def _parse_failure(doc: str, command: str) -> list[str]:
+    """Why `command --help` does not exit 0 (argparse's error line), if it does not."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main([*shlex.split(command)[1:], "--help"])
+        except SystemExit as exit:
+            if exit.code == 0:
+                return []
+            return [f"{doc} shows `{command}` (exit {exit.code}): {err.getvalue().strip()}"]
+    return [f"{doc} shows `{command}`: --help did not exit"]
+
+
+def test_fenced_commands_parse():
+    failures = _offenders(_parse_failure, FENCED)
+    assert not failures, "commands that do not parse:\n" + "\n".join(failures)
+
+
+def _unknown(doc: str, command: str) -> list[str]:
+    """What `command` shows that its --help lacks: the subcommand, or flags."""
     text = _help(command)
     name = _subcommand(shlex.split(command))
-    if name is not None and re.fullmatch(r"[a-z][a-z-]*", name):  # not a <placeholder>
-        assert f"usage: rar {name} " in text, f"{doc} shows `{command}`: no subcommand {name!r}"
-    for flag in FLAG.findall(command):
-        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
-            f"{doc} shows `{command}`, but `{flag}` is not in its --help"
-        )
+    named = name is not None and re.fullmatch(r"[a-z][a-z-]*", name)  # not a <placeholder>
+    if named and f"usage: rar {name} " not in text:
+        return [f"{doc} shows `{command}`: no subcommand {name!r}"]
+    return [
+        f"{doc} shows `{command}`, but `{flag}` is not in its --help"
+        for flag in FLAG.findall(command)
+        if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)
+    ]
+
+
+def test_flags_shown_exist():
+    unknown = _offenders(_unknown, dict.fromkeys(FENCED + INLINE))
+    assert not unknown, "\n".join(unknown)
 
 
 # -- snakemake and make ---------------------------------------------------------------------
@@ -177,22 +200,34 @@ def _produced(target: str) -> bool:
     )
 
 
-@pytest.mark.parametrize("doc, command", SNAKEMAKE)
-def test_snakemake_command_runs_as_shown(doc, command):
+def _snakemake_failures(doc: str, command: str) -> list[str]:
+    """What keeps `command` from running as shown: it does not parse, a profile or a target."""
     from snakemake.cli import get_argument_parser
 
     try:
-        args = get_argument_parser().parse_args(shlex.split(command)[1:])
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = get_argument_parser().parse_args(shlex.split(command)[1:])
     except SystemExit:
-        pytest.fail(f"{doc} shows `{command}`: Snakemake does not parse it")
+        return [f"{doc} shows `{command}`: Snakemake does not parse it"]
+    failures = []
     profiles = args.profile if isinstance(args.profile, list) else [args.profile]
     for profile in (Path(p) for p in profiles if p is not None):
         found = (REPO / profile / "config.yaml").exists() or (
             len(profile.parts) == 1 and (REPO / "profiles" / profile / "config.yaml").exists()
         )
-        assert found, f"{doc} shows `{command}`: no profile {profile}"
-    for target in args.targets or []:
-        assert _produced(target), f"{doc} shows `{command}`: no rule makes {target}"
+        if not found:
+            failures.append(f"{doc} shows `{command}`: no profile {profile}")
+    failures += [
+        f"{doc} shows `{command}`: no rule makes {target}"
+        for target in args.targets or []
+        if not _produced(target)
+    ]
+    return failures
+
+
+def test_snakemake_commands_run_as_shown():
+    failures = _offenders(_snakemake_failures, SNAKEMAKE)
+    assert not failures, "\n".join(failures)
 
 
 def test_the_target_check_tells_a_target_from_a_typo():
@@ -200,11 +235,18 @@ def test_the_target_check_tells_a_target_from_a_typo():
     assert not _produced("results/tabel2.csv")
 
 
-@pytest.mark.parametrize("doc, command", MAKE)
-def test_make_target_exists(doc, command):
+def _missing_targets(doc: str, command: str) -> list[str]:
     makefile = (REPO / "Makefile").read_text()
-    for target in shlex.split(command)[1:]:
-        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{doc}: {command}"
+    return [
+        f"{doc} shows `{command}`: the Makefile has no target {target}"
+        for target in shlex.split(command)[1:]
+        if not re.search(rf"^{re.escape(target)}:", makefile, re.M)
+    ]
+
+
+def test_make_targets_exist():
+    missing = _offenders(_missing_targets, MAKE)
+    assert not missing, "\n".join(missing)
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -241,16 +283,11 @@ def cited_files(text: str) -> list[str]:
     return list(dict.fromkeys(m.group(0).rstrip(".,;:") for m in PATH.finditer(text)))
 
 
-@pytest.mark.parametrize("doc", TEXTS)
-def test_documents_cite_only_files_the_repository_holds(doc):
+def _missing_files(doc: str) -> list[str]:
+    """The files `doc` cites that the repository does not hold, and its broken links."""
     text = TEXTS[doc]
-    outside = OUTSIDE.get(doc)
     missing = [
-        path
-        for path in cited_files(text)
-        if not GENERATED.fullmatch(path)
-        and not (outside and outside.fullmatch(path))
-        and not _exists(path)
+        path for path in cited_files(text) if not GENERATED.fullmatch(path) and not _exists(path)
     ]
     for link in LINK.findall(text):
         path, _, anchor = link.partition("#")
@@ -261,7 +298,31 @@ def test_documents_cite_only_files_the_repository_holds(doc):
             anchor and target.suffix == ".md" and anchor not in _anchors(target)
         ):
             missing.append(link)
-    assert not missing, f"{doc} cites what the repository does not hold: {', '.join(missing)}"
+    return [f"{doc} cites {path}" for path in missing]
+
+
+def test_documents_cite_only_files_the_repository_holds():
+    missing = [message for doc in TEXTS for message in _missing_files(doc)]
+    assert not missing, "cited, but not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_checks_report_what_they_should():
+    doc = "README.md"
+    assert _parse_failure(doc, "rar plan --config c.yaml") == []
+    assert "invalid choice: 'no-such'" in _parse_failure(doc, "rar no-such")[0]
+    assert _unknown(doc, "rar plan --config c.yaml") == []
+    assert _unknown(doc, "rar plan --no-such-flag") == [
+        "README.md shows `rar plan --no-such-flag`, but `--no-such-flag` is not in its --help"
+    ]
+    assert _unknown(doc, "rar no-such") == [
+        "README.md shows `rar no-such`: no subcommand 'no-such'"
+    ]
+    assert _missing_targets(doc, "make test nothing") == [
+        "README.md shows `make test nothing`: the Makefile has no target nothing"
+    ]
+    assert _snakemake_failures(doc, "snakemake --no-such-flag") == [
+        "README.md shows `snakemake --no-such-flag`: Snakemake does not parse it"
+    ]
 
 
 def test_the_extractors_find_what_they_should():

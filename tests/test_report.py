@@ -718,7 +718,6 @@ def test_fid_vs_epoch(tmp_path):
 
 
 def test_scan_orders_figure(tmp_path):
-    pytest.importorskip("torch")
     assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
     assert_png(plot_scan_orders(out=tmp_path / "two.png", grid=4, orders=["z-curve", "alternate"]))
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import slurm_available
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
 from rar.launch import LauncherConfig, LaunchError, launch
@@ -348,11 +347,8 @@ def squeue_state(job_id: str) -> str:
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(
-    not slurm_available(), reason="no SLURM cluster (bash ../shared/slurm/start-local-slurm.sh)"
-)
 def test_the_real_slurm_query_reads_a_requeue_a_cancel_and_a_vanished_job(grid):
-    """rar status against the local cluster of shared/slurm, no fakes: a job that ran and was
+    """rar status against the local cluster (.ci/run starts it), no fakes: a job that ran and was
     requeued (`scontrol requeue`) is live with one requeue (sacct --duplicates), a cancelled
     one is CANCELLED, and a recorded id that SLURM never had is LOST."""
     study, root, runs = grid

@@ -20,7 +20,7 @@ from rar.tokenizer import (
 
 @pytest.fixture(scope="module")
 def tiny(official_tiny):
-    """The official tiny MaskGIT-VQGAN record (shared/reference/README.md)."""
+    """The official tiny MaskGIT-VQGAN record (tests/data/README.md)."""
     return official_tiny["vqgan"]
 
 

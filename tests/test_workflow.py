@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import slurm_available
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 
@@ -236,7 +235,6 @@ def test_demo_dag_end_to_end(tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.skipif(not slurm_available(), reason="no SLURM cluster (shared/slurm) running")
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
     config = mini_demo("slurm")

@@ -3,10 +3,10 @@ of the repository and run the tests that guard it; every mutation must make one 
 
 Each mutation is a small textual patch (`old` -> `new`, `old` found exactly once) to one
 function in rar/ (or one row of config/config.yaml), with the tests listed beside it. The
-copy holds the checkout's tracked and untracked-but-not-ignored files, under a temporary
-folder beside a link to the steering repo's shared/ (tests/conftest.py finds it there); its
-tests run with PYTHONPATH and the working directory set to the copy, so the tests, their
-subprocesses and Snakemake's `rar` commands import the copy's `rar`, never the checkout's.
+copy holds the checkout's tracked and untracked-but-not-ignored files (tests/data/ with them),
+under a temporary folder; its tests run with PYTHONPATH and the working directory set to the
+copy, so the tests, their subprocesses and Snakemake's `rar` commands import the copy's `rar`,
+never the checkout's.
 
     .venv/bin/python tools/mutation.py            # every mutation
     .venv/bin/python tools/mutation.py -k resume  # the mutations whose name contains "resume"
@@ -200,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rar-mutation-") as tmp:
         copy = Path(tmp) / "repo"
         copy_checkout(copy)
-        if (REPO.parent / "shared").is_dir():
-            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
         check_imports_the_copy(copy)
         if not args.no_baseline:  # a test that fails anyway would "kill" every mutation
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))

@@ -162,9 +162,9 @@ rule bench_sample:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} rar bench-sample --model {wildcards.model} "
-        "--dtype {wildcards.dtype} --batch-size {params.bench[batch_size]} "
-        "--steps {params.bench[steps]} --csv {output.csv} {resources.launcher} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rar bench-sample --model {wildcards.model:q} "
+        "--dtype {wildcards.dtype:q} --batch-size {params.bench[batch_size]:q} "
+        "--steps {params.bench[steps]:q} --csv {output.csv:q} {resources.launcher} > {log:q} 2>&1"
 
 
 rule table5:
