@@ -319,6 +319,13 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU)")
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
+    p.add_argument(
+        "--hidden-size",
+        type=int,
+        default=None,
+        help="override the model size's width (MLP 4x the width); default: the size's own",
+    )
+    p.add_argument("--num-layers", type=int, default=None, help="override the model size's depth")
     add_launcher_flags(p)
     p.set_defaults(handler=_run_bench_sample)
 
@@ -347,5 +354,7 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         compile=args.compile,
         csv_path=str(csv_path) if csv_path else None,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
     )
     return 0
