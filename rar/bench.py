@@ -216,7 +216,7 @@ def bench_sample(
             guidance_power=preset.guidance_power,
             temperature=preset.temperature,
             generator=generator,
-            amp_dtype=amp,
+            dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,
         )
         if decode is not None:
