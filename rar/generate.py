@@ -287,6 +287,12 @@ def decode_engine(
     return engine
 
 
+def release_engine(model: RAR) -> None:
+    """Drop `model`'s engine and its KV cache (e.g. after a training run's sample grid, so
+    the cache does not hold memory through training); the next generation builds another."""
+    _ENGINES.pop(model, None)
+
+
 def _run_blocks(
     engine: DecodeEngine, model: RAR, x: torch.Tensor, c, input_pos: torch.Tensor
 ) -> torch.Tensor:

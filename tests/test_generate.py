@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import rar.generate
 from rar.generate import (
     SAMPLING_PRESETS,
     SamplingConfig,
@@ -20,6 +21,7 @@ from rar.generate import (
     guidance_schedule,
     prefill,
     prefill_logits,
+    release_engine,
     resolve_orders,
     sample_token,
     sampling_probs,
@@ -79,6 +81,21 @@ def test_kv_cache_logits_equal_full_forward(arch_model, order):
         again = _decode_all(arch_model, tokens, labels, orders)
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
     assert torch.equal(again, cached)
+
+
+def test_the_engine_is_reused_until_its_key_changes_or_it_is_released():
+    """One engine per (model, rows, dtype): a second call reuses it (cache and all), other
+    rows replace it, release_engine drops it."""
+    model = _tiny_model("adaln")
+    kw = dict(guidance_scale=2.0, guidance_power=1.0, temperature=1.0)
+    generate(model, torch.tensor([1, 2]), **kw)
+    first = decode_engine(model, 4)
+    generate(model, torch.tensor([3, 4]), **kw)
+    assert decode_engine(model, 4) is first
+    generate(model, torch.tensor([3]), **kw)
+    assert decode_engine(model, 2) is not first
+    release_engine(model)
+    assert rar.generate._ENGINES.get(model) is None
 
 
 def test_bf16_engine_runs_on_bf16_weights_close_to_fp32(arch_model):
