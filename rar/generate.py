@@ -256,7 +256,7 @@ class DecodeEngine(nn.Module):
                 mine.copy_(theirs)
         return self.weights
 
-    def compile(self, **options) -> None:
+    def compile_step(self, **options) -> None:
         """Compile `decode_one_token` once for this engine (`torch.compile(**options)`)."""
         self.compiled_step = torch.compile(decode_one_token, **options)
 
@@ -347,7 +347,7 @@ def prefill(engine: DecodeEngine, model: RAR) -> torch.Tensor:
 
 def decode_one_token(engine: DecodeEngine, model: RAR, token: torch.Tensor) -> torch.Tensor:
     """Feed the drawn token (B,) -> the probabilities (B, V) of the next one. The step that
-    `torch.compile` compiles once per engine (`DecodeEngine.compile`)."""
+    `torch.compile` compiles once per engine (`DecodeEngine.compile_step`)."""
     fed = torch.cat([token, token]) if engine.settings.guided else token
     logits = token_logits(engine, model, fed)
     return next_probs(engine, logits, engine.pos - PREFIX)  # pos: PREFIX + t + 1 now
@@ -439,7 +439,7 @@ def generate(
         the model (the engine's, kept between calls); None: the model's own.
     compile: run the decode step compiled once per engine, `torch.compile(mode=
         "reduce-overhead", fullgraph=True)` unless the engine was compiled already
-        (`decode_engine(...).compile(...)`).
+        (`decode_engine(...).compile_step(...)`).
     """
     B, N = labels.shape[0], model.config.num_tokens
     scales = [
@@ -455,7 +455,7 @@ def generate(
     guided = any(s != 1.0 for s in scales)
     engine = decode_engine(model, 2 * B if guided else B, dtype=dtype, cache_dtype=amp_dtype)
     if compile and engine.compiled_step is None:
-        engine.compile(mode="reduce-overhead", fullgraph=True)
+        engine.compile_step(mode="reduce-overhead", fullgraph=True)
     net = engine.weights_for(model)
     if guided:  # batch doubling: [conditional; unconditional with the null class]
         labels = torch.cat([labels, torch.full_like(labels, model.config.null_class)])

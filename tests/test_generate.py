@@ -473,7 +473,7 @@ def test_compiled_step_compiles_once_and_generates_what_eager_does(model):
     kw = dict(guidance_scale=3.0, guidance_power=1.0, temperature=1.0, top_k=10)
     seeded = [torch.Generator().manual_seed(s) for s in (0, 1, 0, 1)]
     eager = [generate(model, labels, generator=g, **kw) for g in seeded[:2]]
-    decode_engine(model, 6).compile(backend=counting, fullgraph=True)
+    decode_engine(model, 6).compile_step(backend=counting, fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = [generate(model, labels, generator=g, compile=True, **kw) for g in seeded[2:]]
     torch._dynamo.reset()
