@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The GPU paths, measured in one go (issue #15), into one CSV:
+# The GPU paths, measured in one go (issues #15 and #27), into one CSV:
 #   - sampling throughput of RAR-B and RAR-L at batch 128 with the KV cache, guidance and the
-#     MaskGIT-VQGAN decoding included: fp32 (the paper's Table 5 setting: 17.0 and 15.0
-#     images/s on one A100), bf16 (static bf16 KV cache), and bf16 with the compiled decode
-#     step (torch.compile "reduce-overhead"; its CUDA graphs are skipped today: docs/gpu.md);
+#     MaskGIT-VQGAN decoding included, through the decode engine (rar.generate.DecodeEngine):
+#     fp32 (the paper's Table 5 setting: 17.0 and 15.0 images/s on one A100) and real bf16
+#     (bf16 weights and KV cache, no autocast), each eager and with the decode step compiled
+#     once (torch.compile "reduce-overhead": CUDA graphs);
+#   - beside them, the baseline: the same fp32 eager benchmark run by the code before the
+#     engine (the parent of the commit that added `class DecodeEngine` to rar/generate.py),
+#     the `code` column saying which; `speedup_vs_baseline` divides by its images/s;
 #   - training throughput and MFU of RAR-L in bf16 (flash SDPA, causal), eager and compiled.
-# Budget: under 8 minutes on one H100-class GPU (each command has its own time limit).
-# Targets: bf16 + compile sampling >= 5x the official code's fp32 figure on the same GPU (our
-# fp32 row stands in for it: the official sampler is not run here), training MFU >= 40%.
+# Budget: under 8 minutes on one H100-class GPU for RAR-B's sampling rows alone (each command
+# has its own time limit); the issue #27 call is
+#
+#   RAR_BENCH_MODELS=rar_b RAR_BENCH_TRAIN=0 bash benchmarks/gpu.sh results/bench/gpu.csv
+#
+# Targets: bf16 + compile sampling >= 5x the official code's fp32 figure on the same GPU (the
+# baseline row stands in for it: the official sampler is not run here), training MFU >= 40%.
 #
 #   bash benchmarks/gpu.sh [OUT.csv]            (default results/bench/gpu.csv)
 #
@@ -15,9 +23,14 @@
 #
 # Settings (environment; the defaults are the GPU run's, and a CPU dry run of this script uses
 # tiny ones): RAR_BENCH_MODELS ("rar_b rar_l"), RAR_BENCH_BATCH (128), RAR_BENCH_STEPS (3),
-# RAR_BENCH_TRAIN_MODEL (rar_l), RAR_BENCH_TRAIN_BATCH (32), RAR_BENCH_DEVICE (cuda),
-# RAR_BENCH_COMPILE (1), RAR_BENCH_DECODER (auto), RAR_BENCH_TIMEOUT_S (180 per command), RAR (the
-# rar command; default .venv/bin/rar, else rar on the PATH).
+# RAR_BENCH_TRAIN (1: run the training rows), RAR_BENCH_TRAIN_MODEL (rar_l),
+# RAR_BENCH_TRAIN_BATCH (32), RAR_BENCH_DEVICE (cuda), RAR_BENCH_COMPILE (1),
+# RAR_BENCH_DECODER (auto), RAR_BENCH_TIMEOUT_S (180 per command), RAR (the rar command;
+# default .venv/bin/rar, else rar on the PATH), RAR_BENCH_BASELINE_DIR (a folder holding the
+# baseline's `rar/` package; default benchmarks/baseline when it has one, else exported from
+# git; a machine that gets the working tree without .git needs it made beforehand:
+# `mkdir -p benchmarks/baseline && git archive REV rar | tar -x -C benchmarks/baseline`, an
+# ignored folder, so it must be carried along by name). No baseline found: its row is left out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +38,7 @@ OUT=${1:-results/bench/gpu.csv}
 MODELS=${RAR_BENCH_MODELS:-"rar_b rar_l"}
 BATCH=${RAR_BENCH_BATCH:-128}
 STEPS=${RAR_BENCH_STEPS:-3}
+TRAIN=${RAR_BENCH_TRAIN:-1}
 TRAIN_MODEL=${RAR_BENCH_TRAIN_MODEL:-rar_l}
 TRAIN_BATCH=${RAR_BENCH_TRAIN_BATCH:-32}
 DEVICE=${RAR_BENCH_DEVICE:-cuda}
@@ -41,9 +55,28 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=0
 
+# The baseline: the code before the decode engine, as a folder put first on PYTHONPATH.
+BASELINE=${RAR_BENCH_BASELINE_DIR:-}
+if [ -z "$BASELINE" ] && [ -d benchmarks/baseline/rar ]; then
+    BASELINE=benchmarks/baseline
+fi
+if [ -z "$BASELINE" ]; then
+    engine=$(git log --reverse --format=%H -S "class DecodeEngine" -- rar/generate.py 2>/dev/null \
+        | head -n 1)
+    if [ -n "$engine" ] && mkdir -p "$work/baseline" \
+        && git archive "$engine^" rar | tar -x -C "$work/baseline"; then
+        BASELINE=$work/baseline
+        echo "baseline: $(git log -1 --format='%h %s' "$engine^")" >&2
+    else
+        echo "no baseline (no git history here, RAR_BENCH_BASELINE_DIR unset): its row is left out" >&2
+    fi
+fi
+[ -n "$BASELINE" ] && BASELINE=$(cd "$BASELINE" && pwd)
+
 mkdir -p "$(dirname "$OUT")"
-# One CSV: a `bench` column (sample | train), the union of both benchmarks' columns, and for
-# sampling the paper's fp32 A100 figure and the speed-up over our fp32 row on this GPU.
+# One CSV: a `bench` column (sample | train), a `code` column (baseline | engine), the union of
+# both benchmarks' columns, and for sampling the paper's fp32 A100 figure and the speed-up over
+# the baseline row (fp32 eager, the code before the engine) on this GPU.
 merge() {  # (re)write $OUT from the results so far: a run cut short keeps what it measured
     "$PYTHON" - "$work" "$OUT" <<'PY'
 import csv
@@ -53,18 +86,18 @@ from pathlib import Path
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 PAPER_FP32 = {"rar_b": 17.0, "rar_l": 15.0, "rar_xl": 8.3, "rar_xxl": 6.4}  # Table 5, one A100
 rows = []
-for bench in ("sample", "train"):
-    path = work / f"{bench}.csv"
+for bench, code, name in (("sample", "baseline", "sample_baseline"), ("sample", "engine", "sample"),
+                          ("train", "", "train")):
+    path = work / f"{name}.csv"
     if path.exists():
         with path.open() as f:
-            rows += [{"bench": bench, **r} for r in csv.DictReader(f)]
-fp32 = {r["model"]: float(r["images_per_s"]) for r in rows
-        if r["bench"] == "sample" and r["dtype"] == "fp32"}
+            rows += [{"bench": bench, "code": code, **r} for r in csv.DictReader(f)]
+base = {r["model"]: float(r["images_per_s"]) for r in rows if r["code"] == "baseline"}
 for r in rows:
     if r["bench"] == "sample":
         r["paper_fp32_a100_images_per_s"] = PAPER_FP32.get(r["model"], "")
-        base = fp32.get(r["model"])
-        r["speedup_vs_fp32"] = round(float(r["images_per_s"]) / base, 2) if base else ""
+        b = base.get(r["model"])
+        r["speedup_vs_baseline"] = round(float(r["images_per_s"]) / b, 2) if b else ""
 fields = list(dict.fromkeys(k for r in rows for k in r))
 partial = out.with_name(out.name + ".part")  # written whole, then renamed into place
 with partial.open("w", newline="") as f:
@@ -74,9 +107,9 @@ with partial.open("w", newline="") as f:
 partial.replace(out)
 print(f"{len(rows)} rows -> {out}")
 for r in rows:
-    what = f"{r['bench']:6s} {r['model']:8s} {r['dtype']:4s} compile={r['compile']:5s}"
+    what = f"{r['bench']:6s} {r['code']:8s} {r['model']:8s} {r['dtype']:4s} compile={r['compile']:5s}"
     extra = f" MFU {r['mfu']}" if r.get("mfu") else ""
-    extra += f" ({r['speedup_vs_fp32']}x fp32)" if r.get("speedup_vs_fp32") else ""
+    extra += f" ({r['speedup_vs_baseline']}x baseline)" if r.get("speedup_vs_baseline") else ""
     print(f"  {what} {float(r['images_per_s']):10.2f} images/s{extra}")
 PY
 }
@@ -92,16 +125,22 @@ run() {  # run one benchmark command within the time limit; a failure is noted, 
 }
 
 variants=("fp32" "bf16")
-[ "$COMPILE" = 1 ] && variants+=("bf16 --compile")
+[ "$COMPILE" = 1 ] && variants=("fp32" "fp32 --compile" "bf16" "bf16 --compile")
 for model in $MODELS; do
+    common=(bench-sample --model "$model" --batch-size "$BATCH" --steps "$STEPS"
+        --device "$DEVICE" --decoder "$DECODER")
+    if [ -n "$BASELINE" ]; then  # the code before the engine, fp32 eager
+        run env PYTHONPATH="$BASELINE" "$RAR" "${common[@]}" --dtype fp32 \
+            --csv "$work/sample_baseline.csv"
+    fi
     for variant in "${variants[@]}"; do
         # shellcheck disable=SC2086  # $variant is "DTYPE [--compile]"
-        run "$RAR" bench-sample --model "$model" --batch-size "$BATCH" --steps "$STEPS" \
-            --device "$DEVICE" --decoder "$DECODER" --dtype $variant --csv "$work/sample.csv"
+        run "$RAR" "${common[@]}" --dtype $variant --csv "$work/sample.csv"
     done
 done
-train_variants=("")
-[ "$COMPILE" = 1 ] && train_variants+=("--compile")
+train_variants=()
+[ "$TRAIN" = 1 ] && train_variants=("")
+[ "$TRAIN" = 1 ] && [ "$COMPILE" = 1 ] && train_variants+=("--compile")
 for variant in "${train_variants[@]}"; do
     # shellcheck disable=SC2086
     run "$RAR" bench-train --model "$TRAIN_MODEL" --batch-size "$TRAIN_BATCH" --steps "$STEPS" \

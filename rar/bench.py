@@ -162,6 +162,23 @@ def _decoder(decoder: str, model: str, device: torch.device):
         return decoder, MaskGITVQGAN(MaskGITVQGANConfig()).eval().decode
 
 
+def _bench_model(
+    model: str, device: torch.device, *, hidden_size: int | None, num_layers: int | None
+) -> RAR:
+    """The named size `model` with seeded random weights, its width (MLP 4x the width) and
+    depth overridden when given, in eval mode on `device`."""
+    if model not in RAR_CONFIGS:
+        raise ValueError(f"unknown model size {model!r}; known: {', '.join(RAR_CONFIGS)}")
+    overrides = {}
+    if hidden_size is not None:
+        overrides.update(hidden_size=hidden_size, mlp_size=4 * hidden_size)
+    if num_layers is not None:
+        overrides.update(num_layers=num_layers)
+    torch.manual_seed(0)
+    with device:
+        return RAR(rar_config(model, **overrides)).eval()
+
+
 def bench_sample(
     *,
     model: str = "rar_tiny",
@@ -173,15 +190,16 @@ def bench_sample(
     decoder: str = "auto",
     compile: bool = False,
     csv_path: str | Path | None = None,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
 ) -> dict:
     """Time class-conditional generation (and optionally tokenizer decoding) of
-    `batch_size`-image batches; print and return images/s and tokens/s."""
+    `batch_size`-image batches; print and return images/s and tokens/s.
+
+    hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
+    as in every named size) and depth, for sizes between the named ones."""
     dev = resolve_device(device)
-    if model not in RAR_CONFIGS:
-        raise ValueError(f"unknown model size {model!r}; known: {', '.join(RAR_CONFIGS)}")
-    torch.manual_seed(0)
-    with dev:
-        net = RAR(rar_config(model)).eval()
+    net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
     preset = SAMPLING_PRESETS.get(model, SamplingConfig())
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
     amp = autocast_dtype(dtype, dev)
@@ -198,7 +216,7 @@ def bench_sample(
             guidance_power=preset.guidance_power,
             temperature=preset.temperature,
             generator=generator,
-            amp_dtype=amp,
+            dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,
         )
         if decode is not None:
@@ -208,6 +226,8 @@ def bench_sample(
     seconds = seconds_per_call(one_batch, steps, dev)
     result = {
         "model": model,
+        "hidden_size": net.config.hidden_size,
+        "num_layers": net.config.num_layers,
         "params": num_parameters(net),
         "batch_size": batch_size,
         "dtype": "bf16" if amp else "fp32",
@@ -221,7 +241,8 @@ def bench_sample(
         "tokens_per_s": round(batch_size * net.config.num_tokens / seconds, 1),
     }
     print(
-        f"{model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, {result['dtype']}, "
+        f"{model} (width {net.config.hidden_size}, depth {net.config.num_layers}, "
+        f"{result['params'] / 1e6:.1f}M params), batch {batch_size}, {result['dtype']}, "
         f"guidance {scale}, decoder {decoder}, compile {compile} on {result['machine']}:\n"
         f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s "
         f"({seconds:.3f} s per batch, median-free mean of {steps} batches after 1 warm-up)",

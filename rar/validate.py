@@ -215,7 +215,7 @@ def sample_grid(
     tokenizer: decodes (B, N) codes to (B, 3, H, W) images in [0, 1] (rar.tokenizer.Tokenizer);
     order: a scan order, or "random" (`sampling_order`).
     """
-    from rar.generate import generate
+    from rar.generate import generate, release_engine
     from rar.tokenizer import to_uint8
 
     device = next(model.parameters()).device
@@ -228,6 +228,7 @@ def sample_grid(
             guidance_schedule=GRID_GUIDANCE_SCHEDULE, temperature=1.0, order=order,
             generator=g, amp_dtype=amp,
         )  # fmt: skip
+    release_engine(model)  # the grid's KV cache must not hold memory through training
     tokenizer_device = next(tokenizer.parameters()).device
     images = to_uint8(tokenizer.decode(ids.to(tokenizer_device))).cpu().numpy()  # (B, H, W, 3)
     _, H, W, _ = images.shape

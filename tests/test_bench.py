@@ -30,6 +30,27 @@ def test_bench_sample_on_the_cpu_appends_a_row(tmp_path):
     assert len(rows) == 1 and rows[0]["model"] == "rar_tiny"
 
 
+def test_bench_sample_overrides_width_and_depth(tmp_path):
+    result = bench_sample(
+        model="rar_tiny", batch_size=2, steps=1, device="cpu", hidden_size=32, num_layers=1
+    )
+    assert (result["hidden_size"], result["num_layers"]) == (32, 1)
+    assert result["params"] < bench_sample(model="rar_tiny", batch_size=2, steps=1)["params"]
+
+
+def test_bench_sample_bf16_runs_bf16_weights(monkeypatch):
+    """--dtype bf16 times real bf16 sampling (the engine's bf16 weights), not autocast."""
+    calls, real = [], rar.bench.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("dtype"), kwargs.get("amp_dtype")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rar.bench, "generate", spy)
+    result = bench_sample(model="rar_tiny", batch_size=2, steps=1, device="cpu", dtype="bf16")
+    assert result["dtype"] == "bf16" and set(calls) == {(torch.bfloat16, None)}
+
+
 def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monkeypatch):
     """TF32 is process-wide, and training turns it on for its loop only (rar.runtime.tf32): the
     bench times its steps inside the same scope, or its fp32 figures are not training's."""

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import rar.generate
 from rar.generate import (
     SAMPLING_PRESETS,
-    KVCache,
     SamplingConfig,
-    decode_one_token,
+    StepSettings,
+    decode_engine,
+    decode_n_tokens,
+    draw,
     generate,
     guidance_scale_at,
     guidance_schedule,
     prefill,
+    prefill_logits,
+    release_engine,
     resolve_orders,
     sample_token,
+    sampling_probs,
+    token_logits,
 )
 from rar.model import PREFIX, RAR, config_from_state_dict, rar_config
-from rar.orders import SCAN_ORDERS, scan_order
+from rar.orders import SCAN_ORDERS, scan_order, unshuffle
 from rar.presets import ARCHITECTURES, GUIDANCE_SCHEDULES
 
 
@@ -45,24 +55,22 @@ def arch_model(request) -> RAR:
     return _tiny_model(request.param)
 
 
-def _decode_all(model, tokens, labels, orders):
-    """Teacher-forced logits through prefill + decode_one_token."""
+def _decode_all(model, tokens, labels, orders, dtype=None):
+    """Teacher-forced logits through the decode engine: prefill, then one token a step."""
     B, N = tokens.shape
-    cache = KVCache(model, B, dtype=torch.float32, device="cpu")
+    engine = decode_engine(model, B, dtype=dtype)
+    net = engine.weights_for(model)
+    engine.start(labels, orders, [1.0] * N, StepSettings(False, 1.0, 0, 1.0))
     visited = tokens.gather(1, orders)
-    out = [prefill(model, labels, orders, cache)]
-    for t in range(N - 1):
-        pos = torch.tensor([PREFIX + t])
-        out.append(
-            decode_one_token(
-                model, visited[:, t], labels, orders[:, t], orders[:, t + 1], pos, cache
-            )
-        )
-    return torch.stack(out, dim=1)
+    out = [prefill_logits(engine, net)]
+    out += [token_logits(engine, net, visited[:, t]) for t in range(N - 1)]
+    return torch.stack(out, dim=1).float()
 
 
-@pytest.mark.parametrize("order", ["row-major", "random", "spiral-in"])
+@pytest.mark.parametrize("order", ["row-major", "spiral-in", "z-curve", "random"])
 def test_kv_cache_logits_equal_full_forward(arch_model, order):
+    """The engine's logits at every step are the full forward pass's, for both architectures
+    and in raster, two other scan orders and random order; twice, as the engine is reused."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(32, (3, 16), generator=g)
     labels = torch.tensor([0, 5, 10])  # 10 = the null class
@@ -70,7 +78,52 @@ def test_kv_cache_logits_equal_full_forward(arch_model, order):
     with torch.no_grad():
         full = arch_model(tokens, labels, orders)
         cached = _decode_all(arch_model, tokens, labels, orders)
+        again = _decode_all(arch_model, tokens, labels, orders)
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    assert torch.equal(again, cached)
+
+
+def test_the_engine_is_reused_until_its_key_changes_or_it_is_released():
+    """One engine per (model, rows, dtype): a second call reuses it (cache and all), other
+    rows replace it, release_engine drops it."""
+    model = _tiny_model("adaln")
+    kw = dict(guidance_scale=2.0, guidance_power=1.0, temperature=1.0)
+    generate(model, torch.tensor([1, 2]), **kw)
+    first = decode_engine(model, 4)
+    generate(model, torch.tensor([3, 4]), **kw)
+    assert decode_engine(model, 4) is first
+    generate(model, torch.tensor([3]), **kw)
+    assert decode_engine(model, 2) is not first
+    release_engine(model)
+    assert rar.generate._ENGINES.get(model) is None
+
+
+def test_bf16_engine_runs_on_bf16_weights_close_to_fp32(arch_model):
+    """Real bf16 sampling: the engine runs a bf16 copy of the weights (no autocast), with a
+    bf16 cache; its logits stay near the fp32 forward pass, generation runs, the caller's model
+    stays fp32, and the copy follows the model's current weights."""
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(32, (3, 16), generator=g)
+    labels, orders = torch.tensor([0, 5, 10]), torch.randperm(16, generator=g).expand(3, 16)
+    with torch.no_grad():
+        full = arch_model(tokens, labels, orders)
+        bf16 = _decode_all(arch_model, tokens, labels, orders, dtype=torch.bfloat16)
+    engine = decode_engine(arch_model, 3, dtype=torch.bfloat16)
+    assert {p.dtype for p in engine.weights.parameters()} == {torch.bfloat16}
+    assert engine.caches[0].k.dtype == torch.bfloat16
+    assert {p.dtype for p in arch_model.parameters()} == {torch.float32}
+    torch.testing.assert_close(bf16, full, rtol=0, atol=0.05)
+    assert (bf16.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+    ids = generate(
+        arch_model, torch.tensor([1, 2]), guidance_scale=2.0, guidance_power=1.0,
+        temperature=1.0, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert ids.shape == (2, 16) and ids.min() >= 0 and ids.max() < 32
+    model = _tiny_model(arch_model.config.architecture)
+    engine = decode_engine(model, 2, dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.bias.add_(1.0)
+    assert torch.equal(engine.weights_for(model).lm_head.bias, model.lm_head.bias.bfloat16())
 
 
 def test_guidance_schedule_values():
@@ -241,6 +294,193 @@ def test_top_k_and_top_p_restrict_the_support():
     assert len(set(sample_token(logits, temperature=1.0, generator=g).tolist())) >= 4
 
 
+# ------------------------------------------------------------------------------------------
+# The engine draws what the loop before it drew (rar/generate.py at 97aedca), without syncs
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("vocab", [32, 1024])
+def test_draw_is_multinomials_draw(vocab, device):
+    """`draw` (Exp(1) draws, argmax of probs / q) is torch.multinomial's single-sample draw bit
+    for bit, and leaves the generator in the same state, over seeds, batch sizes,
+    temperatures and top-k / top-p filters."""
+    for seed in range(40):
+        g = torch.Generator().manual_seed(1000 + seed)
+        B = (1, 3, 16)[seed % 3]
+        logits = (torch.randn(B, vocab, generator=g) * (1 + seed % 4)).to(device)
+        filters = [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.7, 5, 1.0), (1.02, 0, 0.8), (0.9, 20, 0.6)]
+        for temperature, top_k, top_p in filters:
+            probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            g1, g2 = (torch.Generator(device).manual_seed(seed) for _ in range(2))
+            want = torch.multinomial(probs, 1, generator=g1)[:, 0]
+            assert torch.equal(draw(probs, g2), want)
+            assert torch.equal(g1.get_state(), g2.get_state())
+
+
+@torch.no_grad()
+def _todays_generate(model, labels, orders, *, scales, temperature, top_k, top_p, generator):
+    """The decode loop before the engine (97aedca), kept as the reference: a KV cache of
+    plain tensors, a position tensor and a boolean mask made at every step, and
+    torch.multinomial. labels (B,), orders (B, N) -> (B, N) codes in visiting order."""
+    B, N = orders.shape
+    guided = any(s != 1.0 for s in scales)
+    if guided:
+        labels = torch.cat([labels, torch.full_like(labels, model.config.null_class)])
+        orders = torch.cat([orders, orders])
+    cfg = model.config
+    shape = (len(labels), cfg.num_heads, N + 1, cfg.hidden_size // cfg.num_heads)
+    cache = [(torch.zeros(shape), torch.zeros(shape)) for _ in model.blocks]
+
+    def run(x, c, input_pos):
+        mask = torch.arange(N + 1)[None, :] <= input_pos[:, None]
+        for block, kv in zip(model.blocks, cache, strict=True):
+            x = block(x, c, mask=mask, kv_cache=kv, input_pos=input_pos)
+        return model.head(x, c)[:, -1]
+
+    pos = torch.arange(PREFIX)
+    logits = run(model.prefix(labels, orders[:, 0]), model.condition(labels, pos), pos)
+    out = torch.empty(B, N, dtype=torch.long)
+    for t in range(N):
+        if guided:
+            cond, uncond = logits.float().chunk(2)
+            logits = uncond + (cond - uncond) * scales[t]
+        logits = logits.float() / temperature
+        if top_k > 0:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = sampling_probs(logits, temperature=1.0, top_p=top_p)  # top-p unchanged
+        out[:, t] = token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        if t < N - 1:
+            fed = torch.cat([token, token]) if guided else token
+            pos = torch.tensor([PREFIX + t])
+            x = model.token_inputs(fed[:, None], orders[:, t, None], orders[:, t + 1, None])
+            logits = run(x, model.condition(labels, pos), pos)
+    return out
+
+
+@pytest.mark.parametrize(
+    "scale, temperature, top_k, top_p",
+    [
+        (1.0, 1.0, 0, 1.0),
+        (3.0, 1.02, 0, 1.0),
+        (3.0, 0.7, 5, 1.0),
+        (2.0, 1.3, 0, 0.8),
+        (4.0, 1.0, 1, 1.0),  # greedy (top-1)
+    ],
+)
+def test_generation_is_todays_bit_for_bit(arch_model, scale, temperature, top_k, top_p):
+    """Seeded and greedy generation through the engine equal the loop before it token for
+    token: both architectures, raster, a scan and random orders, batch sizes 1 and 3, several
+    seeds, guided and unguided (the demo's samples, and so its tables, do not move)."""
+    for seed, order, B in [(0, "row-major", 3), (1, "spiral-out", 1), (2, "random", 3)]:
+        labels = torch.arange(B) * 3 % 10
+        kw = dict(guidance_scale=scale, guidance_power=1.5, temperature=temperature)
+        ids = generate(
+            arch_model, labels, order=order, top_k=top_k, top_p=top_p,
+            generator=torch.Generator().manual_seed(seed), **kw,
+        )  # fmt: skip
+        g = torch.Generator().manual_seed(seed)
+        orders = resolve_orders(order, B, 4, device="cpu", generator=g)
+        scales = [guidance_scale_at(t, 16, scale=scale, power=1.5) for t in range(16)]
+        want = _todays_generate(
+            arch_model, labels, orders, scales=scales, temperature=temperature,
+            top_k=top_k, top_p=top_p, generator=g,
+        )  # fmt: skip
+        assert torch.equal(ids, unshuffle(want, orders))
+
+
+# Ops that read a tensor's value into Python or make a tensor from host values: .item(),
+# bool(tensor), torch.equal, data-dependent shapes, torch.tensor (lift_fresh), and
+# torch.multinomial (whose kernel checks its input with .item()).
+_SYNC_OPS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select",
+                 "_assert_async", "lift_fresh", "multinomial")
+)  # fmt: skip
+
+
+class _NoHostSync(TorchDispatchMode):
+    """Fails on every op of `_SYNC_OPS`."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _SYNC_OPS:
+            raise AssertionError(f"host sync in the decode loop: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """A context in which host reads raise: the ops of `_NoHostSync`, and the Python entry
+    points that never reach an op (tolist, cpu, numpy, torch.tensor, torch.as_tensor)."""
+
+    def banned(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host sync in the decode loop: {name}")
+
+        return fail
+
+    @contextlib.contextmanager
+    def guard():
+        with monkeypatch.context() as m, _NoHostSync():
+            for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+                m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
+            for name in ("tensor", "as_tensor"):
+                m.setattr(torch, name, banned(f"torch.{name}"))
+            yield
+
+    return guard
+
+
+def test_decode_loop_makes_no_host_sync(arch_model, no_host_sync):
+    """decode_n_tokens (draws, guidance, top-k and top-p, every step of a generation) runs
+    under the ban; the ban does catch the loop before the engine (torch.multinomial, the
+    position tensor made each step)."""
+    labels, N = torch.tensor([1, 2, 3]), 16
+    engine = decode_engine(arch_model, 6)
+    settings = StepSettings(guided=True, temperature=1.0, top_k=8, top_p=0.9)
+    orders = torch.randperm(N, generator=torch.Generator().manual_seed(0)).expand(6, N)
+    scales = [guidance_scale_at(t, N, scale=3.0, power=1.0) for t in range(N)]
+    engine.start(torch.cat([labels, labels * 0 + 10]), orders, scales, settings)
+    out, g = torch.empty(3, N, dtype=torch.long), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        probs = prefill(engine, arch_model)
+        with no_host_sync():
+            decode_n_tokens(engine, arch_model, probs, out, generator=g, compiled=False)
+        assert engine.pos.tolist() == [PREFIX + N - 1]
+        with no_host_sync(), pytest.raises(AssertionError, match="host sync"):
+            _todays_generate(
+                arch_model, labels, orders[:3], scales=scales, temperature=1.0, top_k=0,
+                top_p=1.0, generator=g,
+            )  # fmt: skip
+
+
+def test_compiled_step_compiles_once_and_generates_what_eager_does(model):
+    """The decode step compiled (backend aot_eager, fullgraph) once per engine: two whole
+    guided generations with top-k recompile nothing after the first compilation, and draw
+    what eager decoding draws from the same generators."""
+    import torch._dynamo
+    from torch._dynamo.backends.common import aot_autograd  # noqa: F401 (registers aot_eager)
+
+    compilations = []
+
+    def counting(gm, example_inputs):
+        compilations.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    labels = torch.tensor([1, 4, 7])
+    kw = dict(guidance_scale=3.0, guidance_power=1.0, temperature=1.0, top_k=10)
+    seeded = [torch.Generator().manual_seed(s) for s in (0, 1, 0, 1)]
+    eager = [generate(model, labels, generator=g, **kw) for g in seeded[:2]]
+    decode_engine(model, 6).compile_step(backend=counting, fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = [generate(model, labels, generator=g, compile=True, **kw) for g in seeded[2:]]
+    torch._dynamo.reset()
+    assert len(compilations) == 1
+    assert all(torch.equal(c, e) for c, e in zip(compiled, eager, strict=True))
+
+
 def test_resolve_orders_rejects_non_permutations():
     with pytest.raises(ValueError, match="permutations"):
         resolve_orders(torch.zeros(16, dtype=torch.long), 2, 4, device="cpu")
@@ -263,8 +503,10 @@ def test_generation_matches_official(official_tiny):
 
 
 @pytest.mark.gpu
-def test_bf16_generation_on_gpu(model):
-    cuda_model = model.to("cuda")
+@pytest.mark.parametrize("how", ["amp_dtype", "dtype"])
+def test_bf16_generation_on_gpu(how):
+    """bf16 on the GPU: autocast over fp32 weights, and real bf16 weights (the engine's copy)."""
+    cuda_model = _tiny_model("adaln").to("cuda")
     labels = torch.arange(4, device="cuda")
     ids = generate(
         cuda_model,
@@ -272,8 +514,8 @@ def test_bf16_generation_on_gpu(model):
         guidance_scale=2.0,
         guidance_power=1.0,
         temperature=1.0,
-        amp_dtype=torch.bfloat16,
         generator=torch.Generator("cuda").manual_seed(0),
+        **{how: torch.bfloat16},
     )
     assert ids.shape == (4, 16) and ids.device.type == "cuda"
 
@@ -301,12 +543,20 @@ def test_gpu_logits_and_greedy_generation_equal_the_cpus(arch_model):
 @pytest.mark.gpu
 def test_compiled_decode_step_generates_what_eager_does_on_gpu():
     """`compile=True` (torch.compile "reduce-overhead" of the decode step) draws the same
-    tokens as eager decoding from the same generator."""
+    tokens as eager decoding from the same generator, over two generations that recompile
+    nothing, with CUDA graphs (inductor skips none: the KV cache is a module buffer)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     gpu = _tiny_model("adaln").to("cuda")
     labels = torch.arange(8, device="cuda")
     kw = dict(guidance_scale=2.0, guidance_power=1.0, temperature=1.0)
-    eager = generate(gpu, labels, generator=torch.Generator("cuda").manual_seed(0), **kw)
-    compiled = generate(
-        gpu, labels, generator=torch.Generator("cuda").manual_seed(0), compile=True, **kw
-    )
-    assert torch.equal(compiled, eager)
+    seeded = [torch.Generator("cuda").manual_seed(s) for s in (0, 1, 0, 1)]
+    eager = [generate(gpu, labels, generator=g, **kw) for g in seeded[:2]]
+    compiled = [generate(gpu, labels, generator=seeded[2], compile=True, **kw)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled.append(generate(gpu, labels, generator=seeded[3], compile=True, **kw))
+    assert all(torch.equal(c, e) for c, e in zip(compiled, eager, strict=True))
+    assert counters["inductor"]["cudagraph_skips"] == 0

@@ -354,8 +354,9 @@ def test_plan_prefers_measured_figures_and_says_which_are_estimates(tmp_path, ca
 
 @pytest.mark.slow
 def test_the_gpu_script_writes_one_csv(tmp_path):
-    """benchmarks/gpu.sh with tiny settings: sampling in fp32 and bf16 and training in bf16
-    land in one CSV with the speed-up column (compilation is left to the GPU run)."""
+    """benchmarks/gpu.sh with tiny settings: the baseline (the code before the decode engine,
+    exported from git), the engine's sampling in fp32 and bf16 and training in bf16 land in
+    one CSV with the speed-up column (compilation is left to the GPU run)."""
     env = {
         **os.environ,
         "RAR": str(Path(sys.executable).parent / "rar"),
@@ -376,12 +377,14 @@ def test_the_gpu_script_writes_one_csv(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["bench"], r["dtype"]) for r in rows] == [
-        ("sample", "fp32"), ("sample", "bf16"), ("train", "bf16"),
+    assert [(r["bench"], r["code"], r["dtype"]) for r in rows] == [
+        ("sample", "baseline", "fp32"), ("sample", "engine", "fp32"),
+        ("sample", "engine", "bf16"), ("train", "", "bf16"),
     ]  # fmt: skip
-    assert rows[0]["speedup_vs_fp32"] == "1.0" and float(rows[1]["speedup_vs_fp32"]) > 0
+    assert rows[0]["speedup_vs_baseline"] == "1.0" and float(rows[1]["speedup_vs_baseline"]) > 0
     assert all(float(r["images_per_s"]) > 0 for r in rows)
-    assert "mfu" in rows[2] and "tokens_per_s" in rows[0]
+    assert "mfu" in rows[3] and "tokens_per_s" in rows[0]
+    assert "baseline: " in proc.stderr
 
 
 @pytest.mark.slow
@@ -402,7 +405,7 @@ def test_the_gpu_script_cut_short_keeps_what_it_measured(tmp_path):
     env = {
         **os.environ, "RAR": str(rar), "RAR_BENCH_MODELS": "rar_tiny", "RAR_BENCH_BATCH": "2",
         "RAR_BENCH_STEPS": "1", "RAR_BENCH_DEVICE": "cpu", "RAR_BENCH_COMPILE": "0",
-        "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path), "RAR_BENCH_BASELINE_DIR": str(REPO),
     }  # fmt: skip
     out = tmp_path / "gpu.csv"
     proc = subprocess.run(
@@ -412,7 +415,9 @@ def test_the_gpu_script_cut_short_keeps_what_it_measured(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["bench"], r["dtype"]) for r in rows] == [("sample", "fp32"), ("sample", "bf16")]
+    assert [(r["code"], r["dtype"]) for r in rows] == [
+        ("baseline", "fp32"), ("engine", "fp32"), ("engine", "bf16"),
+    ]  # fmt: skip
 
 
 def test_a_profile_gives_the_launcher_settings_and_config_file():

@@ -305,7 +305,13 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
     p.add_argument("--batch-size", type=int, default=128, help="images generated per batch")
     p.add_argument("--steps", type=int, default=3, help="timed batches after one warm-up batch")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="autocast dtype")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the generator's weights and KV cache (bf16: a bf16 copy of the weights, no "
+        "autocast; the tokenizer decodes under autocast)",
+    )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     p.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default: model preset)"
@@ -317,8 +323,19 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
         help="tokenizer decoding to include in the timing; 'auto' = maskgit-vqgan for the "
         "ImageNet sizes (rar_b...rar_xxl), none for the tiny sizes",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (GPU)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help='torch.compile the decode step once ("reduce-overhead": CUDA graphs on a GPU)',
+    )
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
+    p.add_argument(
+        "--hidden-size",
+        type=int,
+        default=None,
+        help="override the model size's width (MLP 4x the width); default: the size's own",
+    )
+    p.add_argument("--num-layers", type=int, default=None, help="override the model size's depth")
     add_launcher_flags(p)
     p.set_defaults(handler=_run_bench_sample)
 
@@ -347,5 +364,7 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         compile=args.compile,
         csv_path=str(csv_path) if csv_path else None,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
     )
     return 0
