@@ -103,28 +103,63 @@ def test_plan_json_lists_resolved_runs_and_evaluations(paper):
         set(r["config"]) >= {"architecture", "model", "data", "epochs"} for r in runs.values()
     )
     t4_rar_l = next(r for r in plan["tables"]["table4"]["rows"] if r["keys"]["model"] == "rar_l")
-    assert runs[t4_rar_l["run"]]["tables"] == ["table4"]
+    # not Table 2's (200, 300) run; supplementary Table 4's 400-epoch row is this run
+    assert runs[t4_rar_l["run"]]["tables"] == ["epochs", "table4"]
     ev = next(e for e in plan["evaluations"] if e["sweep"])
     assert ev["sampling"]["guidance_schedule"] == "linear" and ev["num_samples"] == 50_000
     assert {d["crop"] for d in plan["datasets"]} == {"center+flip", "tencrop"}
 
 
+# The paper's numbers: a copy of shared/reference/paper_tables.csv, so the check holds in a
+# checkout without shared/ (test_the_copy_of_the_papers_tables_is_shared_reference_s).
+PAPER_TABLES = REPO / "tests/data/paper_tables.csv"
+
+
 def test_paper_values_in_the_config_equal_the_papers_tables(paper):
-    """Every number paper_tables.csv prints for Tables 2-4 is in config.yaml's rows."""
-    ref = REPO.parent / "shared/reference/paper_tables.csv"
-    if not ref.exists():
-        pytest.skip("shared/reference is not beside the checkout")
+    """Every number paper_tables.csv prints for Tables 2-4 and supplementary Table 4 (table
+    `epochs`) is in config.yaml's rows, and the rows give no other."""
     study = load_study(paper)
     expected = {}
-    for line in csv.DictReader(ref.open()):
-        if line["table"] in ("table2", "table3", "table4"):
-            values = {m: float(line[m]) for m in ("fid", "is", "precision", "recall")}
+    for line in csv.DictReader(PAPER_TABLES.open()):
+        if line["table"] in ("table2", "table3", "table4", "epochs"):
+            values = {m: float(line[m]) for m in ("fid", "is", "precision", "recall") if line[m]}
             expected[(line["table"], int(line["row"]))] = values
+    assert {t for t, _ in expected} == {"table2", "table3", "table4", "epochs"}
     for (table, i), values in expected.items():
         assert study.tables[table][i - 1].paper == values, (table, i)
     assert [r.paper for r in study.tables["official"]] == [
         expected[("table4", i)] for i in range(1, 5)
     ]
+    assert len(study.tables["epochs"]) == 3
+
+
+def test_the_copy_of_the_papers_tables_is_shared_reference_s():
+    ref = REPO.parent / "shared/reference/paper_tables.csv"
+    if not ref.exists():
+        pytest.skip("shared/reference is not beside the checkout")
+    assert PAPER_TABLES.read_text() == ref.read_text()
+
+
+def test_supplementary_table4_is_rar_l_final_recipe_at_three_lengths(paper):
+    """200, 300 and 400 epochs, each a full schedule, the 400-epoch run's warmup and
+    annealing points (100; 200, 300) scaled in proportion; the 400-epoch row is Table 4's
+    RAR-L run and evaluation, so the study trains two more runs for it."""
+    study = load_study(paper)
+    rows = study.tables["epochs"]
+    t4 = next(r for r in study.tables["table4"] if r.keys["model"] == "rar_l")
+    for row in rows:
+        cfg = study.runs[row.run].config
+        e = cfg.epochs
+        assert (cfg.model, cfg.architecture) == ("rar_l", "adaln")
+        assert (cfg.warmup_epochs, cfg.anneal_start, cfg.anneal_end) == (e / 4, e / 2, 3 * e / 4)
+        assert study.runs[row.run].kind == "scratch"
+        assert (
+            study.evaluations[row.evaluation].sampling == study.evaluations[t4.evaluation].sampling
+        )
+    assert [study.runs[r.run].config.epochs for r in rows] == [200, 300, 400]
+    assert rows[-1].run == t4.run and rows[-1].evaluation == t4.evaluation
+    assert study.runs[rows[0].run].config.data == study.runs[t4.run].config.data  # ten-crop
+    assert len({r.run for r in rows}) == 3
 
 
 def test_the_purely_random_row_is_the_trunk_and_samples_in_random_order(paper):

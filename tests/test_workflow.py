@@ -86,8 +86,11 @@ def test_paper_dry_run_tokenizes_two_data_sets_and_trains_table4_on_its_own(fake
     )  # fmt: skip
     jobs = job_counts(proc.stdout)
     assert jobs["shards"] == 2 and jobs["tokenize_part"] == 32  # center+flip and ten-crop
-    assert jobs["train"] == 20 + 3 + 4  # Table 4's four sizes, RAR-L included
-    assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28
+    # Table 4's four sizes, RAR-L included; supplementary Table 4 (`epochs`) adds RAR-L at 200
+    # and 300 epochs (its 400-epoch row is Table 4's RAR-L run and evaluation)
+    assert jobs["train"] == 20 + 3 + 4 + 2
+    assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28 + 2
+    assert jobs["evaluate"] == 28 + 2 and jobs["table"] == 5  # tables 2, 3, 4, epochs, official
 
 
 # -- the demo DAG at test scale --------------------------------------------------------------
