@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 
+import pytest
 import torch
 
 import rar.bench
@@ -52,3 +53,30 @@ def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monk
         model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=tmp_path / "b.csv"
     )
     assert timed_in == [["cpu"]] and scopes == ["cpu", "closed"] and result["images_per_s"] > 0
+
+
+def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
+    """`tf32` (the official sampler's precision, the paper's Table 5 setting): no autocast,
+    timed inside rar.runtime.tf32; `fp32` and `bf16` outside it."""
+    scopes, timed_in, real_tf32, real_timer = [], [], rar.bench.tf32, rar.bench.seconds_per_call
+
+    @contextlib.contextmanager
+    def spy(device):
+        with real_tf32(device):
+            scopes.append("tf32")
+            yield
+            scopes.pop()
+
+    def timer(*args):
+        timed_in.append(list(scopes))
+        return real_timer(*args)
+
+    monkeypatch.setattr(rar.bench, "tf32", spy)
+    monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
+    kw = dict(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    assert [bench_sample(**kw, dtype=d)["dtype"] for d in rar.bench.SAMPLE_DTYPES] == [
+        "fp32", "tf32", "bf16"
+    ]  # fmt: skip
+    assert timed_in == [[], ["tf32"], []]
+    with pytest.raises(ValueError, match="dtype must be one of fp32, tf32, bf16"):
+        bench_sample(**kw, dtype="fp16")

@@ -140,6 +140,22 @@ def test_the_copy_of_the_papers_tables_is_shared_reference_s():
     assert PAPER_TABLES.read_text() == ref.read_text()
 
 
+def test_table5_lists_all_four_sizes_with_the_papers_figures(paper):
+    """Table 5's four sizes with the paper's images/s (tests/data/paper_table5.csv, from
+    shared/reference/README.md), timed in fp32, in the official sampler's tf32 and in bf16."""
+    with (REPO / "tests/data/paper_table5.csv").open() as f:
+        expected = {r["model"]: float(r["images_per_s"]) for r in csv.DictReader(f)}
+    bench = load_study(paper).config["throughput_table"]
+    assert bench["paper"] == expected
+    assert bench["models"] == list(expected) == ["rar_b", "rar_l", "rar_xl", "rar_xxl"]
+    assert bench["dtypes"] == ["fp32", "tf32", "bf16"] and bench["batch_size"] == 128
+    readme = REPO.parent / "shared/reference/README.md"
+    if readme.exists():
+        text = " ".join(readme.read_text().split())
+        for size, value in zip(("B", "L", "XL", "XXL"), expected.values(), strict=True):
+            assert f"RAR-{size} {value}" in text
+
+
 def test_supplementary_table4_is_rar_l_final_recipe_at_three_lengths(paper):
     """200, 300 and 400 epochs, each a full schedule, the 400-epoch run's warmup and
     annealing points (100; 200, 300) scaled in proportion; the 400-epoch row is Table 4's

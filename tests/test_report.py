@@ -473,12 +473,15 @@ def test_rar_reports_table_stays_partial_until_complete(tmp_path, capsys):
 
 
 def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
+    """The paper's figures beside fp32 and tf32 rows; tf32 (the official sampler's fp32
+    weights with TF32 matrix products) is marked as the paper's setting."""
     from rar.report import make_throughput_table
 
     header = "model,params,batch_size,dtype,images_per_s,tokens_per_s,machine\n"
     rows = {
         "b32": "rar_b,1,128,fp32,20.5,5248.0,H100\n",
         "b16": "rar_b,1,128,bf16,41.0,10496.0,H100\n",
+        "btf": "rar_b,1,128,tf32,30.0,7680.0,H100\n",
     }
     paths = []
     for name, row in rows.items():
@@ -487,9 +490,11 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
     df = make_throughput_table(
         benchmarks=paths, csv=tmp_path / "t5.csv", md=tmp_path / "t5.md", paper={"rar_b": 17.0}
     )
-    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
+    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1, 17.0]
+    assert list(df["paper_setting"]) == [False, False, True]
     md = (tmp_path / "t5.md").read_text()
     assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
+    assert "| rar_b | tf32* | 128 | 30.00 | 7,680 | 17.0 | H100 |" in md
 
 
 # ##########################################################################################

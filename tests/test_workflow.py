@@ -91,6 +91,8 @@ def test_paper_dry_run_tokenizes_two_data_sets_and_trains_table4_on_its_own(fake
     assert jobs["train"] == 20 + 3 + 4 + 2
     assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28 + 2
     assert jobs["evaluate"] == 28 + 2 and jobs["table"] == 5  # tables 2, 3, 4, epochs, official
+    # Table 5: four sizes in fp32, tf32 (the official sampler's precision) and bf16
+    assert jobs["bench_sample"] == 4 * 3 and jobs["table5"] == 1
 
 
 # -- the demo DAG at test scale --------------------------------------------------------------
