@@ -80,3 +80,26 @@ def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
     assert timed_in == [[], ["tf32"], []]
     with pytest.raises(ValueError, match="dtype must be one of fp32, tf32, bf16"):
         bench_sample(**kw, dtype="fp16")
+
+
+def test_every_place_that_names_sample_dtypes_names_the_same():
+    """rar.bench.SAMPLE_DTYPES, `rar bench-sample --dtype`, the study schema's
+    throughput_table.dtypes and the bench_sample rule's wildcard constraint."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from rar.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    args = build_parser().parse_args(["bench-sample", "--dtype", "tf32"])
+    assert args.dtype == "tf32"
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dtype = next(a for a in sub.choices["bench-sample"]._actions if a.dest == "dtype")
+    assert tuple(dtype.choices) == rar.bench.SAMPLE_DTYPES
+    schema = yaml.safe_load((repo / "rar/schemas/study.schema.yaml").read_text())
+    enum = schema["properties"]["throughput_table"]["properties"]["dtypes"]["items"]["enum"]
+    assert tuple(enum) == rar.bench.SAMPLE_DTYPES
+    rules = (repo / "workflow/rules/report.smk").read_text()
+    assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in rules
