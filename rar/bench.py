@@ -6,6 +6,7 @@ warm-up batch, and a device synchronisation before every clock read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -20,6 +21,11 @@ from rar.runtime import autocast, autocast_dtype, resolve_device, tf32
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
+# bench_sample's precisions: fp32 (no autocast; PyTorch's default flags), bf16 (autocast), and
+# tf32: fp32 weights with TF32 matrix products and convolutions, the official sampler's
+# (bytedance/1d-tokenizer sample_imagenet_rar.py sets both allow_tf32 flags), so the setting
+# of the paper's Table 5 figures.
+SAMPLE_DTYPES = ("fp32", "tf32", "bf16")
 
 
 def machine_description(device: torch.device) -> str:
@@ -194,15 +200,19 @@ def bench_sample(
     num_layers: int | None = None,
 ) -> dict:
     """Time class-conditional generation (and optionally tokenizer decoding) of
-    `batch_size`-image batches; print and return images/s and tokens/s.
+    `batch_size`-image batches; print and return images/s and tokens/s. dtype: one of
+    SAMPLE_DTYPES (bf16: the decode engine's bf16 copy of the weights, no autocast; tf32: fp32
+    with TF32 matrix products, the official sampler's).
 
     hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
     as in every named size) and depth, for sizes between the named ones."""
     dev = resolve_device(device)
+    if dtype not in SAMPLE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SAMPLE_DTYPES)}, got {dtype!r}")
     net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
     preset = SAMPLING_PRESETS.get(model, SamplingConfig())
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
-    amp = autocast_dtype(dtype, dev)
+    amp = autocast_dtype("fp32" if dtype == "tf32" else dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
     labels = torch.arange(batch_size, device=dev) % net.config.num_classes
@@ -223,14 +233,15 @@ def bench_sample(
             with autocast(dev, amp):
                 decode(ids)
 
-    seconds = seconds_per_call(one_batch, steps, dev)
+    with tf32(dev) if dtype == "tf32" else contextlib.nullcontext():
+        seconds = seconds_per_call(one_batch, steps, dev)
     result = {
         "model": model,
         "hidden_size": net.config.hidden_size,
         "num_layers": net.config.num_layers,
         "params": num_parameters(net),
         "batch_size": batch_size,
-        "dtype": "bf16" if amp else "fp32",
+        "dtype": dtype,
         "decoder": decoder,
         "guidance_scale": scale,
         "compile": compile,

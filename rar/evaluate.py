@@ -1,7 +1,7 @@
-"""`rar evaluate`: FID, Inception Score, precision and recall of a sample set, via torch-fidelity.
+"""`rar evaluate`: FID, Inception Score, precision and recall of a sample set, as ADM's evaluator.
 
 The Scorer composes the pieces, each a module of one mechanism (MAR `engine_mar.evaluate` does
-the same torch-fidelity call with a fixed statistics file):
+the same torch-fidelity feature extraction with a fixed statistics file):
 
 - rar.extractors: one extractor for all four metrics: `inception-v3-compat` (2048-d pool
   features for FID and precision/recall with k = 3, as ADM; unbiased logits for IS), or the
@@ -12,14 +12,17 @@ the same torch-fidelity call with a fixed statistics file):
   its images `arr_0` for precision/recall; a folder of real images in class folders scores
   like samples: the tables' floor row);
 - rar.feature_cache: reference features and the class probe, cached by content;
-- rar.metrics: torch-fidelity's FID, IS, precision/recall, the FID's 95% bootstrap interval
-  (`fid_ci_low`, `fid_ci_high`, `fid_ci_method`) and the comparability to the paper;
+- rar.metrics: torch-fidelity's FID, ADM's IS (consecutive splits of 5,000 in the file's
+  order) and precision/recall (ADM's ManifoldEstimator), the FID's 95% bootstrap interval
+  (`fid_ci_low`, `fid_ci_high`, `fid_ci_method`) and the comparability to the paper, per
+  metric (docs/metrics.md);
 - rar.probe: `class_accuracy`, the fraction of samples a linear probe fitted on real training
   images gives the class they were generated for (null without `probe_images`, as in the
   paper's studies); rar.validate: `val_nll`, the checkpoint's held-out NLL.
 
 `metrics.json` names the extractor, its weights' hash, the reference's hash, the sample count
-and the sampling settings, and says whether the numbers are comparable to the paper's.
+and the sampling settings, and says per metric whether it is comparable to the paper's
+(`comparable_to_paper`: {fid, is, precision, recall} -> true, false, or null where not computed).
 `evaluate_many` scores several sample sets in one job, loading the extractor, the reference
 features, the probe and each checkpoint once (`Scorer`).
 """
@@ -43,6 +46,9 @@ from rar.feature_cache import class_probe, reference_features
 from rar.image_sets import images_dataset, npz_keys, samples_info, samples_labels
 from rar.io import content_sha256, sha256_file, write_json
 from rar.metrics import (
+    PAPER_METRICS,
+    all_reasons,
+    class_interleaved_order,
     comparability,
     fid_bootstrap,
     fid_of_statistics,
@@ -55,7 +61,9 @@ from rar.presets import EXTRACTORS, INCEPTION
 from rar.runtime import make_current, resolve_device
 from rar.settings import ScoringSettings
 
-METRICS_FORMAT = "rar-metrics/1"
+# rar-metrics/1: torch-fidelity's IS (shuffled splits) and precision/recall, one boolean
+# `comparable_to_paper`; rar-metrics/2: ADM's IS and precision/recall, comparability per metric.
+METRICS_FORMAT = "rar-metrics/2"
 
 
 # ##########################################################################################
@@ -92,6 +100,12 @@ def summary_line(record: dict, metric_keys) -> str:
     )  # fmt: skip
     reasons = record["not_comparable_because"]
     tag = "comparable to the paper" if not reasons else "NOT comparable: " + "; ".join(reasons)
+    if reasons and any(record.get("comparable_to_paper", {}).values()):
+        tag += (
+            " (comparable: "
+            + ", ".join(m for m, ok in record["comparable_to_paper"].items() if ok)
+            + ")"
+        )
     return (
         f"{record['samples']}: {shown} ({record['num_samples']} samples, "
         f"{record['extractor']}); {tag}"
@@ -205,25 +219,33 @@ class Scorer:
         )  # fmt: skip
         classes = list(self.probe.classes) if self.probe is not None else None
         labels = samples_labels(samples, classes)
-        # Fewer samples than splits would leave empty splits (NaN); the splits used are kept.
-        isc_splits = min(self.settings.isc_splits, len(dataset))
-        metrics = self._fidelity_metrics(feats, labels, isc_splits)
+        # IS splits the file as written (ADM); a folder has no written order, so its images
+        # are laid out as rar.sample writes a file (class-interleaved).
+        is_order = None
+        if samples.is_dir() and labels is not None and len(labels) == len(dataset):
+            is_order = class_interleaved_order(labels)
+        metrics, isc_splits = self._fidelity_metrics(feats, is_order)
         ci = self._fid_interval(
             feats[layer], metrics[self.spec.metric_names()["frechet_inception_distance"]]
         )
         info = samples_info(samples)
         scored = self._describe(samples, dataset, labels)
-        reasons = self._not_comparable(scored, labels, info)
+        is_labels = labels if is_order is None or labels is None else labels[is_order]
+        reasons = self._not_comparable(scored, is_labels, info)
         record = {
             "format": METRICS_FORMAT,
             **metrics,
             **{k: ci[k] for k in FID_CI_FIELDS},
             **self._class_accuracy(feats[layer], labels, samples),
             **self._heldout_nll(info),
-            "comparable_to_paper": not reasons,
-            "not_comparable_because": reasons,
+            # per metric: null where it was not computed (precision/recall without images)
+            "comparable_to_paper": {
+                m: None if m in ("precision", "recall") and not self.ref else not reasons[m]
+                for m in PAPER_METRICS
+            },
+            "not_comparable_because": all_reasons(reasons),
             **scored,
-            "settings": self._settings_fields(isc_splits, ci),
+            "settings": self._settings_fields(isc_splits, is_order is not None, ci),
             **sampling_fields(info),
             "torch_fidelity_version": fidelity_version,
             "torch_version": torch.__version__,
@@ -237,10 +259,11 @@ class Scorer:
         return record
 
     def _fidelity_metrics(
-        self, feats: dict[str, torch.Tensor], labels: np.ndarray | None, isc_splits: int
-    ) -> dict[str, float | None]:
-        """FID, IS and (with reference images) precision/recall, under this extractor's
-        names (rar.metrics; torch-fidelity's functions)."""
+        self, feats: dict[str, torch.Tensor], is_order: np.ndarray | None
+    ) -> tuple[dict[str, float | None], int]:
+        """FID, IS (logits in `is_order`, default the file's) and (with reference images)
+        precision/recall, under this extractor's names (rar.metrics: torch-fidelity's FID,
+        ADM's IS and precision/recall), and the number of IS splits."""
         from torch_fidelity.metric_fid import fid_features_to_statistics
 
         features = feats[self.spec.fid_layer]  # (N, D)
@@ -251,17 +274,20 @@ class Scorer:
                 f"{self.extractor} features {sample_stats['mu'].shape}"
             )
         results = dict(fid_of_statistics(sample_stats, self.ref_stats, verbose=self.verbose))
-        results.update(inception_score(feats[self.spec.isc_layer], labels, splits=isc_splits))
+        s = self.settings
+        logits = feats[self.spec.isc_layer]  # (N, C)
+        if is_order is not None:
+            logits = logits[torch.from_numpy(is_order)]
+        isc = inception_score(logits, split_size=s.isc_split_size)
+        results.update(isc)
         if self.ref:
-            s = self.settings
             results.update(
                 precision_recall(
                     features, self.ref["prc_features"], neighborhood=s.prc_neighborhood,
-                    batch_size=s.prc_batch_size, verbose=self.verbose,
-                    device=self.dev if self.cuda else torch.device("cpu"),
+                    block=s.prc_batch_size, device=self.dev,
                 )
             )  # fmt: skip
-        return named_metrics(results, self.spec.metric_names())
+        return named_metrics(results, self.spec.metric_names()), isc["inception_score_splits"]
 
     def _fid_interval(self, features: torch.Tensor, fid: float | None) -> dict:
         """The FID's bootstrap interval (rar.metrics.fid_bootstrap; all null without a FID)."""
@@ -296,9 +322,19 @@ class Scorer:
             "fid_reference_statistics": self.fid_reference,
         }
 
-    def _not_comparable(self, scored: dict, labels: np.ndarray | None, info: dict) -> list[str]:
-        """Why these numbers cannot stand next to the paper's (rar.metrics.comparability),
-        and a samples.json that describes another file than the one scored."""
+    def _not_comparable(
+        self, scored: dict, labels: np.ndarray | None, info: dict
+    ) -> dict[str, list[str]]:
+        """Why each metric cannot stand next to the paper's (rar.metrics.comparability; labels
+        in the order IS splits them), and a samples.json that describes another file than the
+        one scored (every metric)."""
+        s = self.settings
+        prc = None
+        if self.ref:
+            kind = "reference_images" if self.reference.is_dir() else "reference_npz_images"
+            if kind == "reference_npz_images" and self.fid_reference != "reference_npz_mu_sigma":
+                kind = "reference_images"  # an npz of images, but no ADM batch (no mu/sigma)
+            prc = {"reference": kind, "neighborhood": s.prc_neighborhood, "block": s.prc_batch_size}
         reasons = comparability(
             extractor=self.extractor,
             weights_sha256=self.weights_sha256,
@@ -306,17 +342,23 @@ class Scorer:
             labels=labels,
             image_size=tuple(scored["image_size"]),
             fid_reference=self.fid_reference,
+            isc_split_size=s.isc_split_size,
+            prc=prc,
         )
         if info and info.get("samples_sha256") not in (None, scored["samples_sha256"]):
             info_path = Path(scored["samples"]).with_suffix(".json")
-            reasons.append(f"{info_path} describes another sample file")
+            for metric_reasons in reasons.values():
+                metric_reasons.append(f"{info_path} describes another sample file")
         return reasons
 
-    def _settings_fields(self, isc_splits: int, ci: dict) -> dict:
+    def _settings_fields(self, isc_splits: int, interleaved: bool, ci: dict) -> dict:
         """metrics.json's `settings`: how the numbers were computed."""
         s = self.settings
         return {
+            "isc_split_size": s.isc_split_size,
             "isc_splits": isc_splits,
+            # the file's order, or a folder's images class-interleaved
+            "isc_order": "class-interleaved" if interleaved else "file",
             "prc_neighborhood": s.prc_neighborhood,
             "prc_batch_size": s.prc_batch_size,
             "batch_size": s.batch_size,
@@ -345,8 +387,10 @@ class Scorer:
             return None
         settings = record.get("settings") or {}
         probe = record.get("class_probe") or {}
+        scoring = ("isc_split_size", "prc_neighborhood", "prc_batch_size")
         if (
-            settings.get("fid_ci_resamples") != self.settings.bootstrap_resamples
+            any(settings.get(k) != getattr(self.settings, k) for k in scoring)
+            or settings.get("fid_ci_resamples") != self.settings.bootstrap_resamples
             or settings.get("fid_ci_seed") != self.settings.bootstrap_seed
             or (probe.get("images") if probe else None)
             != (str(self.probe_images) if self.probe_images else None)

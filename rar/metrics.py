@@ -1,12 +1,18 @@
-"""The numbers of a sample set's features: torch-fidelity's FID, Inception Score and precision
-and recall, the FID's bootstrap interval, and whether they can stand next to the paper's.
+"""The numbers of a sample set's features: FID, Inception Score and precision and recall as
+ADM's evaluator computes them (the paper's), the FID's bootstrap interval, and whether each
+metric can stand next to the paper's.
 
-We write no metric math for the four metrics: they come from torch-fidelity's
-`fid_statistics_to_metric`, `isc_features_to_metric` and `prc_features_to_metric` (the
-functions its `calculate_metrics` calls), on features extracted once (rar.extractors). The
-interval is ours (issue #13): the sample features are resampled with replacement
-(multinomial weights, each resample's FID exact against the fixed reference statistics:
-`FidBootstrap`), so it reuses the extracted features and costs no image work.
+The paper (RAR Table 4, and every table of its ablations) scores its samples with ADM's
+evaluator (openai/guided-diffusion `evaluations/evaluator.py`). FID is torch-fidelity's
+`fid_statistics_to_metric` (the same formula as ADM's `frechet_distance`). IS and precision /
+recall are ADM's algorithms written here, since torch-fidelity's differ: its IS shuffles the
+file (seed 2020) and splits it into `splits` equal parts, while ADM scores consecutive splits
+of 5,000 images of the file as written; its precision/recall takes exact float32 distances,
+while ADM's are float16 with a float32 fallback per block. docs/metrics.md says what each
+metric is and how it relates to ADM's. The interval is ours (issue #13): the sample features
+are resampled with replacement (multinomial weights, each resample's FID exact against the
+fixed reference statistics: `FidBootstrap`), so it reuses the extracted features and costs no
+image work.
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ from rar.settings import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED  # the defaults `ra
 PAPER_NUM_SAMPLES = 50_000  # ADM protocol: 50 samples for each of 1000 classes
 PAPER_NUM_CLASSES = 1000
 PAPER_IMAGE_SIZE = 256
-ISC_SHUFFLE_SEED = 2020  # torch-fidelity's default seed of the IS's shuffle
+PAPER_METRICS = ("fid", "is", "precision", "recall")  # the keys of `comparable_to_paper`
+# ADM evaluator.py: `compute_inception_score(activations, split_size=5000)`
+ADM_IS_SPLIT_SIZE = 5000
+# ADM evaluator.py: `ManifoldEstimator(row_batch_size=10000, col_batch_size=10000,
+# nhood_sizes=(3,))`
+ADM_PRC_BLOCK = 10_000
+ADM_PRC_NEIGHBORHOOD = 3
 
 
 # ##########################################################################################
-# FID, IS, precision and recall (torch-fidelity)
+# FID (torch-fidelity) and the Inception Score (ADM's)
 # ##########################################################################################
 
 
@@ -45,45 +57,139 @@ def fid_of_statistics(sample_stats: dict, ref_stats: dict, *, verbose: bool) -> 
 
 
 def inception_score(
-    logits: torch.Tensor, labels: np.ndarray | None, *, splits: int
+    logits: torch.Tensor | np.ndarray, *, split_size: int = ADM_IS_SPLIT_SIZE
 ) -> dict[str, float]:
-    """torch-fidelity's IS of (N, C) logits over `splits` splits -> {inception_score_mean,
-    inception_score_std}. Its seeded shuffle makes IS depend on the file's order, so the
-    logits go in class order first (a stable sort by `labels`: the identity for class-sorted
-    files), and the class-interleaved layout of rar.sample (rar-samples/2) scores as the same
-    images sorted. Labels that do not match the logits one to one are ignored."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
+    """ADM's Inception Score of (N, C) logits in the order given -> {inception_score_mean,
+    inception_score_std, inception_score_splits}.
 
-    if labels is not None and len(labels) == len(logits):
-        logits = logits[torch.from_numpy(np.argsort(labels, kind="stable"))]
-    return isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=ISC_SHUFFLE_SEED)
+    As ADM's `compute_inception_score`: consecutive splits of `split_size` rows (the last one
+    shorter when N is not a multiple; one split when N <= split_size), no shuffle; per split
+    exp(mean_i KL(p(y|x_i) || mean_j p(y|x_j))); the mean over splits. The logits are the
+    Inception pool features times the softmax weights without the bias (torch-fidelity's
+    `logits_unbiased`, ADM's `softmax/logits/MatMul`). Computed in float64 (ADM: float32,
+    where a probability that underflows to 0 makes log(0)); the std over splits is ours."""
+    x = torch.as_tensor(logits).double()  # (N, C)
+    if x.ndim != 2 or len(x) == 0 or split_size < 1:
+        raise ValueError(f"need (N >= 1, C) logits and split_size >= 1, got {tuple(x.shape)}")
+    p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
+    scores = []
+    for start in range(0, len(x), split_size):
+        part, log_part = p[start : start + split_size], log_p[start : start + split_size]
+        kl = part * (log_part - part.mean(0, keepdim=True).log())  # (n, C)
+        scores.append(float(kl.sum(1).mean().exp()))
+    return {
+        "inception_score_mean": float(np.mean(scores)),
+        "inception_score_std": float(np.std(scores)),
+        "inception_score_splits": len(scores),
+    }
+
+
+def class_interleaved_order(labels: np.ndarray) -> np.ndarray:
+    """The order that lays images out as rar.sample does (rar.sample_chunks: the k-th image of
+    every class, classes ascending, then the (k+1)-th ...): for a folder of real images, which
+    has no written order and lists its classes one after another; ADM's consecutive IS splits
+    of a class-sorted list would each see a few classes only."""
+    labels = np.asarray(labels)
+    rank = np.empty(len(labels), dtype=np.int64)  # position of each image within its class
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))
+
+
+def splits_missing_classes(labels: np.ndarray, split_size: int) -> int:
+    """How many consecutive IS splits of `labels` lack a class the whole set has (0 when the
+    splits are smaller than the number of classes: none could hold them all)."""
+    classes = len(np.unique(labels))
+    if split_size < classes:
+        return 0
+    starts = range(0, len(labels), split_size)
+    return sum(len(np.unique(labels[s : s + split_size])) < classes for s in starts)
+
+
+# ##########################################################################################
+# Precision and recall (ADM's ManifoldEstimator, after Kynkaanniemi et al. 2019)
+# ##########################################################################################
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to float16 and held in float32 (inf beyond float16's 65504)."""
+    return x.half().float()
+
+
+def adm_squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """ADM's DistanceBlock: squared Euclidean distances of (R, D) rows to (C, D) rows -> (R, C)
+    float32, max(|u|^2 - 2 u.v + |v|^2, 0) computed in float16, or in float32 when any
+    float16 distance of the block is not finite (a norm past 65504).
+
+    The float16 arithmetic is emulated in float32 with a rounding after each operation, as
+    TensorFlow's float16 kernels do on a GPU: squares rounded, their sum accumulated in float32
+    then rounded, the matrix product of float16 inputs accumulated in float32 (exact inputs
+    under TF32 too) then rounded, and the sum taken left to right. So a CPU and a GPU agree."""
+    u16, v16 = _half(u.float()), _half(v.float())  # (R, D), (C, D)
+    nu = _half(_half(u16 * u16).sum(1))[:, None]  # (R, 1)
+    nv = _half(_half(v16 * v16).sum(1))[None, :]  # (1, C)
+    d = _half(_half(nu - _half(2 * (u16 @ v16.T))) + nv)  # (R, C)
+    if torch.isfinite(d).all():
+        return d.clamp_min(0)
+    u, v = u.float(), v.float()
+    d = (u * u).sum(1)[:, None] - 2 * (u @ v.T) + (v * v).sum(1)[None, :]
+    return d.clamp_min(0)
+
+
+def manifold_radii(features: torch.Tensor, *, neighborhood: int, block: int) -> torch.Tensor:
+    """ADM's `manifold_radii`: each row's squared distance to its `neighborhood`-th nearest
+    other row (the (k+1)-th smallest, itself included) -> (N,) float32, over distance blocks
+    of `block` x `block` (the float16/float32 choice is made per block)."""
+    n = len(features)
+    if n <= neighborhood:
+        raise ValueError(f"{n} feature vectors; k = {neighborhood} needs {neighborhood + 1}")
+    radii = []
+    for r0 in range(0, n, block):
+        rows = features[r0 : r0 + block]
+        nearest = None  # (R, k + 1): the smallest distances of each row so far
+        for c0 in range(0, n, block):
+            d = adm_squared_distances(rows, features[c0 : c0 + block])
+            d = d if nearest is None else torch.cat([nearest, d], 1)
+            nearest = d.topk(min(neighborhood + 1, d.shape[1]), dim=1, largest=False).values
+        radii.append(nearest[:, neighborhood])
+    return torch.cat(radii)
 
 
 def precision_recall(
-    features: torch.Tensor,
-    ref_features: np.ndarray,
+    features: torch.Tensor | np.ndarray,
+    ref_features: torch.Tensor | np.ndarray,
     *,
-    neighborhood: int,
-    batch_size: int,
-    device: torch.device,
-    verbose: bool,
+    neighborhood: int = ADM_PRC_NEIGHBORHOOD,
+    block: int = ADM_PRC_BLOCK,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """torch-fidelity's precision and recall of (N, D) sample features against (M, D)
-    reference features, k = `neighborhood`, in distance blocks of `batch_size` rows."""
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    return prc_features_to_metric(
-        features.to(device),
-        torch.from_numpy(ref_features).to(device),
-        prc_neighborhood=neighborhood,
-        prc_batch_size=batch_size,
-        save_cpu_ram=True,
-        verbose=verbose,
-    )
+    """ADM's precision and recall of (N, D) sample features against (M, D) reference features
+    -> {precision, recall}: precision is the fraction of samples within the k-NN radius of some
+    reference image (radii from the reference's own features), recall the fraction of
+    reference images within the radius of some sample (`evaluate_pr`); distances and blocks
+    as `adm_squared_distances` and `manifold_radii`, reference rows by sample columns."""
+    dev = torch.device(device)
+    x = torch.as_tensor(features, dtype=torch.float32, device=dev)  # (N, D)
+    ref = torch.as_tensor(ref_features, dtype=torch.float32, device=dev)  # (M, D)
+    ref_radii = manifold_radii(ref, neighborhood=neighborhood, block=block)  # (M,)
+    radii = manifold_radii(x, neighborhood=neighborhood, block=block)  # (N,)
+    ref_in = torch.zeros(len(ref), dtype=torch.bool, device=dev)  # recall's
+    sample_in = torch.zeros(len(x), dtype=torch.bool, device=dev)  # precision's
+    for r0 in range(0, len(ref), block):
+        for c0 in range(0, len(x), block):
+            d = adm_squared_distances(ref[r0 : r0 + block], x[c0 : c0 + block])  # (R, C)
+            ref_in[r0 : r0 + block] |= (d <= radii[None, c0 : c0 + block]).any(1)
+            sample_in[c0 : c0 + block] |= (d <= ref_radii[r0 : r0 + block, None]).any(0)
+    return {
+        "precision": float(sample_in.double().mean()),
+        "recall": float(ref_in.double().mean()),
+    }
 
 
 def named_metrics(results: dict[str, float], names: dict[str, str]) -> dict[str, float | None]:
-    """torch-fidelity's results under our names (ExtractorSpec.metric_names), every name
+    """The metrics' results (torch-fidelity's FID key, and the same keys for the IS and
+    precision/recall computed here) under our names (ExtractorSpec.metric_names), every name
     present: a metric not computed (precision/recall without reference images) and a
     non-finite value (FID of degenerate features) are null, since JSON has no NaN."""
     metrics = {
@@ -95,7 +201,7 @@ def named_metrics(results: dict[str, float], names: dict[str, str]) -> dict[str,
 
 
 # ##########################################################################################
-# Comparability to the paper
+# Comparability to the paper, per metric
 # ##########################################################################################
 
 
@@ -107,32 +213,81 @@ def comparability(
     labels: np.ndarray | None,
     image_size: tuple[int, int],
     fid_reference: str,
-) -> list[str]:
-    """Why these numbers cannot stand next to the paper's (empty when they can)."""
-    reasons = []
+    isc_split_size: int = ADM_IS_SPLIT_SIZE,
+    prc: dict | None = None,
+) -> dict[str, list[str]]:
+    """Why each of the paper's metrics ("fid", "is", "precision", "recall") cannot stand next
+    to the paper's: {metric: reasons}, an empty list where it is computed as the paper's was.
+
+    Shared reasons (the extractor, the sample count and balance, the image size) are given for
+    every metric; the rest name their metric. labels: the classes in the order IS splits them.
+    prc: how precision and recall were computed ({"reference": "reference_npz_images" (an ADM
+    batch's arr_0) or "reference_images", "neighborhood", "block"}); None if they were not
+    (their values are null, and so is their entry of `comparable_to_paper`)."""
+    shared = []
     if extractor != INCEPTION:
-        reasons.append(f"features from {extractor}, not Inception-V3 (inception-v3-compat)")
+        shared.append(f"features from {extractor}, not Inception-V3 (inception-v3-compat)")
     elif not weights_sha256.startswith(INCEPTION_SHA256_PREFIX):
-        reasons.append(
+        shared.append(
             f"Inception weights (sha256 {weights_sha256[:12]}...) are not torch-fidelity's "
             f"weights-inception-2015-12-05-{INCEPTION_SHA256_PREFIX}.pth"
         )
     if num_samples != PAPER_NUM_SAMPLES:
-        reasons.append(f"{num_samples} samples; the paper uses {PAPER_NUM_SAMPLES}")
+        shared.append(f"{num_samples} samples; the paper uses {PAPER_NUM_SAMPLES}")
     if labels is None:
-        reasons.append("the samples carry no labels, so class balance cannot be checked")
+        shared.append("the samples carry no labels, so class balance cannot be checked")
     else:
         counts = np.bincount(labels, minlength=PAPER_NUM_CLASSES)
         per_class = PAPER_NUM_SAMPLES // PAPER_NUM_CLASSES
         if len(counts) != PAPER_NUM_CLASSES or not (counts == per_class).all():
-            reasons.append(
+            shared.append(
                 f"not exactly {per_class} samples for each of {PAPER_NUM_CLASSES} classes"
             )
     if tuple(image_size) != (PAPER_IMAGE_SIZE, PAPER_IMAGE_SIZE):
-        reasons.append(f"images are {image_size[0]}x{image_size[1]}, the paper's are 256x256")
+        shared.append(f"images are {image_size[0]}x{image_size[1]}, the paper's are 256x256")
+    reasons = {m: list(shared) for m in PAPER_METRICS}
     if fid_reference != "reference_npz_mu_sigma":
-        reasons.append("FID reference statistics are not the ADM reference batch's mu/sigma")
+        reasons["fid"].append("FID reference statistics are not the ADM reference batch's mu/sigma")
+    reasons["is"] += _is_reasons(labels, isc_split_size)
+    for metric in ("precision", "recall"):
+        reasons[metric] += _prc_reasons(prc, metric)
     return reasons
+
+
+def _is_reasons(labels: np.ndarray | None, split_size: int) -> list[str]:
+    """IS: ADM's split size, and splits that each see every class (ADM's files are in
+    sampling order, random classes; rar.sample's are class-interleaved)."""
+    out = []
+    if split_size != ADM_IS_SPLIT_SIZE:
+        out.append(f"IS: splits of {split_size} images; ADM's are {ADM_IS_SPLIT_SIZE}")
+    if labels is not None and (bad := splits_missing_classes(labels, split_size)):
+        out.append(
+            f"IS: {bad} consecutive split(s) of {split_size} images lack some classes "
+            "(a class-sorted file); ADM's splits each see every class"
+        )
+    return out
+
+
+def _prc_reasons(prc: dict | None, metric: str) -> list[str]:
+    """Precision or recall: not against an ADM batch's images with k = 3 and ADM's blocks
+    (none when they were not computed: their values are null)."""
+    if prc is None:
+        return []
+    out = []
+    if prc["reference"] != "reference_npz_images":
+        out.append(f"{metric}: reference images are not an ADM reference batch's arr_0")
+    if prc["neighborhood"] != ADM_PRC_NEIGHBORHOOD:
+        out.append(f"{metric}: k = {prc['neighborhood']}; ADM's is {ADM_PRC_NEIGHBORHOOD}")
+    if prc["block"] != ADM_PRC_BLOCK:
+        # the block is where ADM falls back from float16 to float32 distances
+        out.append(f"{metric}: distance blocks of {prc['block']}; ADM's are {ADM_PRC_BLOCK}")
+    return out
+
+
+def all_reasons(reasons: dict[str, list[str]]) -> list[str]:
+    """Every reason of `comparability`, once each, in order (metrics.json's
+    `not_comparable_because`)."""
+    return list(dict.fromkeys(r for rs in reasons.values() for r in rs))
 
 
 # ##########################################################################################

@@ -70,7 +70,8 @@ class ExtractorSpec:
         return weights_sha256 + (f"-{self.input_size}px" if self.input_size else "")
 
     def metric_names(self) -> dict[str, str]:
-        """torch-fidelity's result keys -> ours."""
+        """Result keys (torch-fidelity's names; rar.metrics returns IS and precision/recall
+        under the same) -> ours."""
         s = self.suffix
         return {
             "frechet_inception_distance": f"fid{s}",

@@ -218,11 +218,12 @@ BOOTSTRAP_SEED = 0
 class ScoringSettings(_Loadable, source="scoring settings"):
     """How sample sets are scored (`evaluate`, `evaluate_many`, `Scorer`, `rar evaluate`).
 
-    isc_splits / prc_neighborhood: 10 splits and k = 3, as ADM. prc_batch_size: torch-fidelity's
-    `save_cpu_ram` mode, blocks of prc_batch_size x N instead of the N x N matrices (10 GB at
-    50k). The FID's interval: `fid_ci_low`, `fid_ci_high` (rar.metrics.FID_CI_METHOD,
-    `FidBootstrap`). heldout: `val_nll` (with `val_nll_ci_low`/`_high`) of the checkpoint named
-    in the samples' samples.json, in the order they were sampled in; null without a checkpoint.
+    isc_split_size / prc_neighborhood / prc_batch_size: ADM's evaluator's (rar.metrics):
+    consecutive IS splits of 5,000 images, k = 3, distance blocks of 10,000 x 10,000 (where
+    ADM chooses float16 or float32). The FID's interval: `fid_ci_low`, `fid_ci_high`
+    (rar.metrics.FID_CI_METHOD, `FidBootstrap`). heldout: `val_nll` (with `val_nll_ci_low`/
+    `_high`) of the checkpoint named in the samples' samples.json, in the order they were
+    sampled in; null without a checkpoint.
     """
 
     extractor: str = option(
@@ -241,9 +242,11 @@ class ScoringSettings(_Loadable, source="scoring settings"):
     )
     device: str = option("auto", "'cpu', 'cuda', 'cuda:1', or 'auto'")
     batch_size: int = option(64, "images per extractor batch")
-    isc_splits: int = option(10, "Inception Score splits")
+    isc_split_size: int = option(5000, "images per Inception Score split, consecutive (ADM's)")
     prc_neighborhood: int = option(3, "k of precision and recall")
-    prc_batch_size: int = option(10_000, "rows per precision/recall block")
+    prc_batch_size: int = option(
+        10_000, "rows and columns per precision/recall distance block (ADM's)"
+    )
     bootstrap_resamples: int = option(
         BOOTSTRAP_RESAMPLES, "bootstrap resamples of the FID's 95% interval (0: none)"
     )

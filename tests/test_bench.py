@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 
+import pytest
 import torch
 
 import rar.bench
@@ -73,3 +74,53 @@ def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monk
         model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=tmp_path / "b.csv"
     )
     assert timed_in == [["cpu"]] and scopes == ["cpu", "closed"] and result["images_per_s"] > 0
+
+
+def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
+    """`tf32` (the official sampler's precision, the paper's Table 5 setting): no autocast,
+    timed inside rar.runtime.tf32; `fp32` and `bf16` outside it."""
+    scopes, timed_in, real_tf32, real_timer = [], [], rar.bench.tf32, rar.bench.seconds_per_call
+
+    @contextlib.contextmanager
+    def spy(device):
+        with real_tf32(device):
+            scopes.append("tf32")
+            yield
+            scopes.pop()
+
+    def timer(*args):
+        timed_in.append(list(scopes))
+        return real_timer(*args)
+
+    monkeypatch.setattr(rar.bench, "tf32", spy)
+    monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
+    kw = dict(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    assert [bench_sample(**kw, dtype=d)["dtype"] for d in rar.bench.SAMPLE_DTYPES] == [
+        "fp32", "tf32", "bf16"
+    ]  # fmt: skip
+    assert timed_in == [[], ["tf32"], []]
+    with pytest.raises(ValueError, match="dtype must be one of fp32, tf32, bf16"):
+        bench_sample(**kw, dtype="fp16")
+
+
+def test_every_place_that_names_sample_dtypes_names_the_same():
+    """rar.bench.SAMPLE_DTYPES, `rar bench-sample --dtype`, the study schema's
+    throughput_table.dtypes and the bench_sample rule's wildcard constraint."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from rar.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    args = build_parser().parse_args(["bench-sample", "--dtype", "tf32"])
+    assert args.dtype == "tf32"
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dtype = next(a for a in sub.choices["bench-sample"]._actions if a.dest == "dtype")
+    assert tuple(dtype.choices) == rar.bench.SAMPLE_DTYPES
+    schema = yaml.safe_load((repo / "rar/schemas/study.schema.yaml").read_text())
+    enum = schema["properties"]["throughput_table"]["properties"]["dtypes"]["items"]["enum"]
+    assert tuple(enum) == rar.bench.SAMPLE_DTYPES
+    rules = (repo / "workflow/rules/report.smk").read_text()
+    assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in rules

@@ -1,4 +1,5 @@
-"""`rar evaluate`: metrics through torch-fidelity, content-keyed caches, the offline error."""
+"""`rar evaluate`: torch-fidelity's features and FID, ADM's IS and precision/recall on them,
+content-keyed caches, the offline error."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from rar.extractors import (
 )
 from rar.image_sets import NpzImages
 from rar.io import write_npz
+from rar.metrics import PAPER_METRICS, precision_recall
 
 
 @pytest.fixture(autouse=True)
@@ -129,8 +131,23 @@ def test_weights_found_in_the_cache_or_the_wheel(tmp_path, inception_weights):
 
 
 # ------------------------------------------------------------------------------------------
-# Metrics equal torch-fidelity's own
+# Metrics equal torch-fidelity's own (FID) and ADM's on torch-fidelity's features (IS, P/R)
 # ------------------------------------------------------------------------------------------
+
+
+def _direct_features(samples: Path, extractor: str, weights: Path | None, layers) -> dict:
+    """torch-fidelity's features of `samples`, extracted without our code in between."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    efficientnet.register()
+    fe = create_feature_extractor(
+        extractor,
+        list(layers),
+        cuda=False,
+        feature_extractor_weights_path=str(weights) if weights else None,
+        verbose=False,
+    )
+    return get_featuresdict_from_dataset(NpzImages(samples), fe, 10, False, True, False)
 
 
 def test_metrics_equal_torch_fidelity_called_directly(tmp_path):
@@ -153,19 +170,30 @@ def test_metrics_equal_torch_fidelity_called_directly(tmp_path):
         batch_size=10,
         verbose=False,
     )
-    direct = _direct(samples, reference, "efficientnet-lite0", None, isc=True, fid=True, prc=True)
+    # FID, and IS as ADM's for N <= 5,000: one split, unshuffled
+    direct = _direct(
+        samples, reference, "efficientnet-lite0", None, isc=True, fid=True,
+        isc_splits=1, samples_shuffle=False,
+    )  # fmt: skip
     assert m["fid_efficientnet_lite0"] == pytest.approx(
         direct["frechet_inception_distance"], rel=1e-6
     )
     assert m["isc_efficientnet_lite0_mean"] == pytest.approx(direct["inception_score_mean"])
-    assert m["isc_efficientnet_lite0_std"] == pytest.approx(direct["inception_score_std"])
-    assert m["precision_efficientnet_lite0"] == direct["precision"]
-    assert m["recall_efficientnet_lite0"] == direct["recall"]
+    assert m["isc_efficientnet_lite0_std"] == 0.0 and m["settings"]["isc_splits"] == 1
+    # precision/recall: ADM's (rar.metrics) on the samples' and the reference's features
+    x, ref = (
+        _direct_features(f, "efficientnet-lite0", None, ["1280"])["1280"]
+        for f in (samples, reference)
+    )
+    prc = precision_recall(x, ref)
+    assert m["precision_efficientnet_lite0"] == prc["precision"]
+    assert m["recall_efficientnet_lite0"] == prc["recall"]
     # Named for its extractor: nothing in the file can pass for an Inception number.
     written = json.loads((tmp_path / "m.json").read_text())
     assert not {"fid", "isc_mean", "precision", "recall"} & set(written)
     assert written["extractor"] == "efficientnet-lite0" and written["num_samples"] == 10
-    assert written["comparable_to_paper"] is False
+    assert written["comparable_to_paper"] == dict.fromkeys(PAPER_METRICS, False)
+    assert written["format"] == "rar-metrics/2"
     assert any("10 samples" in r for r in written["not_comparable_because"])
     assert written["extractor_weights_sha256"].startswith("57934424")
     assert written["torch_fidelity_version"] == torch_fidelity.__version__
@@ -193,7 +221,7 @@ def test_fid_of_a_set_against_itself_is_zero_and_rises_with_a_shift(tmp_path):
 def test_adm_reference_uses_its_mu_sigma_for_fid_and_its_images_for_pr(tmp_path, inception_weights):
     """An ADM-style batch whose mu/sigma are the samples' own statistics and whose images
     arr_0 are another set: FID is ~0 only if the file's mu/sigma are used; precision and
-    recall against arr_0 equal torch-fidelity's own."""
+    recall against arr_0 equal ADM's on torch-fidelity's features."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
     n = 4  # the fewest that k = 3 nearest neighbours allow
@@ -221,17 +249,20 @@ def test_adm_reference_uses_its_mu_sigma_for_fid_and_its_images_for_pr(tmp_path,
         cache_dir=tmp_path / "c",
         device="cpu",
         batch_size=n,
-        isc_splits=1,
+        isc_split_size=2,
         verbose=False,
     )
-    prc = _direct(
-        samples, adm, "inception-v3-compat", inception_weights, prc=True, save_cpu_ram=True
-    )
+    ref_feats = get_featuresdict_from_dataset(NpzImages(adm), fe, n, False, True, False)
+    prc = precision_recall(feats["2048"], ref_feats["2048"])
     assert abs(m["fid"]) < 1e-3 and m["fid_reference_statistics"] == "reference_npz_mu_sigma"
     assert (m["precision"], m["recall"]) == (prc["precision"], prc["recall"])
     assert m["isc_mean"] > 0 and m["num_reference_images"] == n
-    # Random weights are not torch-fidelity's: never comparable, whatever the sample count.
+    assert m["settings"]["isc_splits"] == 2 and m["settings"]["isc_order"] == "file"
+    # Random weights are not torch-fidelity's: never comparable, whatever the sample count;
+    # and IS splits of 2 are not ADM's 5,000: a reason of the IS only.
     assert any("Inception weights" in r for r in m["not_comparable_because"])
+    assert "IS: splits of 2 images; ADM's are 5000" in m["not_comparable_because"]
+    assert m["comparable_to_paper"] == dict.fromkeys(PAPER_METRICS, False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -339,6 +370,8 @@ def test_real_images_scored_like_samples_with_the_class_probe(tmp_path, colour_s
     assert m["class_probe"]["classes"] == ["blue", "green", "red"]
     assert m["fid_ci_low"] <= m["fid_efficientnet_lite0"] <= m["fid_ci_high"]
     assert m["samples_kind"] == "images" and "100 resamples" in m["fid_ci_method"]
+    # a folder has no written order: IS splits its images class-interleaved, as rar.sample's
+    assert m["settings"]["isc_order"] == "class-interleaved"
     # The probe is cached by content: a second evaluation does not fit it again.
     assert len(list((tmp_path / "c").glob("probe-*.npz"))) == 1
     # An npz whose labels name the wrong classes (blue images labelled green, ...).

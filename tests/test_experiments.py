@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,8 @@ def test_plan_json_lists_resolved_runs_and_evaluations(paper):
         set(r["config"]) >= {"architecture", "model", "data", "epochs"} for r in runs.values()
     )
     t4_rar_l = next(r for r in plan["tables"]["table4"]["rows"] if r["keys"]["model"] == "rar_l")
-    assert runs[t4_rar_l["run"]]["tables"] == ["table4"]
+    # not Table 2's (200, 300) run; supplementary Table 4's 400-epoch row is this run
+    assert runs[t4_rar_l["run"]]["tables"] == ["epochs", "table4"]
     ev = next(e for e in plan["evaluations"] if e["sweep"])
     assert ev["sampling"]["guidance_schedule"] == "linear" and ev["num_samples"] == 50_000
     assert {d["crop"] for d in plan["datasets"]} == {"center+flip", "tencrop"}
@@ -140,6 +142,51 @@ def test_paper_values_in_the_config_equal_the_papers_tables(paper):
             official = [r for r in study.tables["official"] if r.keys["model"] == key[-1]]
             assert [r.paper for r in official] == [values], key
     assert len(study.tables["official"]) == 4
+
+
+def test_supplementary_table4_paper_values_sit_on_their_schedules(paper):
+    """paper_tables.csv's `epochs` lines (200, 300, 400 training epochs, in their notes) on
+    the rows of table `epochs` whose runs train that long."""
+    study = load_study(paper)
+    for line in csv.DictReader((REPO / "tests/data/paper_tables.csv").open()):
+        if line["table"] != "epochs":
+            continue
+        epochs = int(re.match(r"(\d+) training epochs", line["note"])[1])
+        rows = [r for r in study.tables["epochs"] if study.runs[r.run].config.epochs == epochs]
+        assert [r.paper for r in rows] == [{"fid": float(line["fid"])}], epochs
+
+
+def test_table5_lists_all_four_sizes_with_the_papers_figures(paper):
+    """Table 5's four sizes with the paper's images/s (tests/data/paper_table5.csv), timed in
+    fp32, in the official sampler's tf32 and in bf16."""
+    with (REPO / "tests/data/paper_table5.csv").open() as f:
+        expected = {r["model"]: float(r["images_per_s"]) for r in csv.DictReader(f)}
+    bench = load_study(paper).config["throughput_table"]
+    assert bench["paper"] == expected
+    assert bench["models"] == list(expected) == ["rar_b", "rar_l", "rar_xl", "rar_xxl"]
+    assert bench["dtypes"] == ["fp32", "tf32", "bf16"] and bench["batch_size"] == 128
+
+
+def test_supplementary_table4_is_rar_l_final_recipe_at_three_lengths(paper):
+    """200, 300 and 400 epochs, each a full schedule, the 400-epoch run's warmup and
+    annealing points (100; 200, 300) scaled in proportion; the 400-epoch row is Table 4's
+    RAR-L run and evaluation, so the study trains two more runs for it."""
+    study = load_study(paper)
+    rows = study.tables["epochs"]
+    t4 = next(r for r in study.tables["table4"] if r.keys["model"] == "rar_l")
+    for row in rows:
+        cfg = study.runs[row.run].config
+        e = cfg.epochs
+        assert (cfg.model, cfg.architecture) == ("rar_l", "adaln")
+        assert (cfg.warmup_epochs, cfg.anneal_start, cfg.anneal_end) == (e / 4, e / 2, 3 * e / 4)
+        assert study.runs[row.run].kind == "scratch"
+        assert (
+            study.evaluations[row.evaluation].sampling == study.evaluations[t4.evaluation].sampling
+        )
+    assert [study.runs[r.run].config.epochs for r in rows] == [200, 300, 400]
+    assert rows[-1].run == t4.run and rows[-1].evaluation == t4.evaluation
+    assert study.runs[rows[0].run].config.data == study.runs[t4.run].config.data  # ten-crop
+    assert len({r.run for r in rows}) == 3
 
 
 def test_the_purely_random_row_is_the_trunk_and_samples_in_random_order(paper):

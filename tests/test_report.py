@@ -67,13 +67,13 @@ def write_metrics(
     if num_samples != 50_000:
         reasons.append(f"{num_samples} samples; the paper uses 50000")
     record = {
-        "format": "rar-metrics/1",
+        "format": "rar-metrics/2",
         f"fid{s}": fid,
         f"isc{s}_mean": isc,
         f"isc{s}_std": 3.25,
         f"precision{s}": precision,
         f"recall{s}": recall,
-        "comparable_to_paper": not reasons,
+        "comparable_to_paper": dict.fromkeys(("fid", "is", "precision", "recall"), not reasons),
         "not_comparable_because": reasons,
         "num_samples": num_samples,
         "extractor": extractor,
@@ -255,6 +255,33 @@ def test_row_status_says_why_numbers_are_not_the_papers():
     assert row_status({**m, "comparable": True}, None) == "ok"
     assert row_status(None, "out of memory") == "failed: out of memory"
     assert row_status(None, None) == "missing"
+
+
+def test_comparability_is_read_per_metric(tmp_path):
+    """rar-metrics/2: a row is comparable when every metric it computed is; precision and
+    recall not computed (null) do not count against it. A rar-metrics/1 record (torch-fidelity's
+    IS and precision/recall) is comparable by its FID only, and says why."""
+    path = write_metrics(tmp_path / "m.json", fid=2.0)
+    record = json.loads(path.read_text())
+    m = read_metrics(path)
+    assert m["comparable"] and m["comparable_metrics"]["is"] is True
+    per_metric = {"fid": True, "is": False, "precision": None, "recall": None}
+    path.write_text(json.dumps({**record, "comparable_to_paper": per_metric}))
+    assert read_metrics(path)["comparable_metrics"] == per_metric
+    assert not read_metrics(path)["comparable"]
+    path.write_text(json.dumps({**record, "comparable_to_paper": {**per_metric, "is": True}}))
+    assert read_metrics(path)["comparable"]
+    legacy = {**record, "format": "rar-metrics/1", "comparable_to_paper": True}
+    path.write_text(json.dumps(legacy))
+    m = read_metrics(path)
+    assert m["comparable_metrics"] == {
+        "fid": True,
+        "is": False,
+        "precision": False,
+        "recall": False,
+    }
+    assert not m["comparable"] and "rar-metrics/1" in m["reasons"][-1]
+    assert row_status(m, None) == "ok (not comparable to the paper)"
 
 
 # ##########################################################################################
@@ -446,12 +473,15 @@ def test_rar_reports_table_stays_partial_until_complete(tmp_path, capsys):
 
 
 def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
+    """The paper's figures beside fp32 and tf32 rows; tf32 (the official sampler's fp32
+    weights with TF32 matrix products) is marked as the paper's setting."""
     from rar.report import make_throughput_table
 
     header = "model,params,batch_size,dtype,images_per_s,tokens_per_s,machine\n"
     rows = {
         "b32": "rar_b,1,128,fp32,20.5,5248.0,H100\n",
         "b16": "rar_b,1,128,bf16,41.0,10496.0,H100\n",
+        "btf": "rar_b,1,128,tf32,30.0,7680.0,H100\n",
     }
     paths = []
     for name, row in rows.items():
@@ -460,9 +490,11 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
     df = make_throughput_table(
         benchmarks=paths, csv=tmp_path / "t5.csv", md=tmp_path / "t5.md", paper={"rar_b": 17.0}
     )
-    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1]
+    assert list(df["paper_images_per_s"].fillna(-1)) == [17.0, -1, 17.0]
+    assert list(df["paper_setting"]) == [False, False, True]
     md = (tmp_path / "t5.md").read_text()
     assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
+    assert "| rar_b | tf32* | 128 | 30.00 | 7,680 | 17.0 | H100 |" in md
 
 
 # ##########################################################################################

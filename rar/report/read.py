@@ -22,6 +22,7 @@ from rar.report.columns import (
     INCEPTION,
     METRIC_KEYS,
     NLL_INTERVAL_KEYS,
+    PAPER_METRICS,
     PLAIN_KEYS,
     PathLike,
     extractor_suffix,
@@ -32,9 +33,11 @@ def read_metrics(path: PathLike | None) -> dict | None:
     """One evaluation's metrics.json -> our column names, or None if the file is absent.
 
     Returns {fid, fid_ci_low, fid_ci_high, is, is_std, precision, recall, class_accuracy,
-    val_nll (float or None), n_samples, extractor, sampling_order, comparable, reasons (list
-    of str)}. Raises ValueError when the file exists but lacks its extractor's FID: a
-    half-understood record must not become a silent blank.
+    val_nll (float or None), n_samples, extractor, sampling_order, comparable (every metric
+    computed is comparable to the paper's), comparable_metrics ({fid, is, precision, recall}
+    -> True, False or None: `comparable_metrics`), reasons (list of str)}. Raises ValueError
+    when the file exists but lacks its extractor's FID: a half-understood record must not
+    become a silent blank.
     """
     if path is None or not Path(path).exists():
         return None
@@ -46,15 +49,35 @@ def read_metrics(path: PathLike | None) -> dict | None:
     out: dict[str, Any] = {col: record.get(key.format(s=s)) for col, key in METRIC_KEYS.items()}
     out.update({key: record.get(key) for key in (*PLAIN_KEYS, *NLL_INTERVAL_KEYS)})
     sampling = record.get("sampling") or {}
+    per_metric = comparable_metrics(record)
+    reasons = list(record.get("not_comparable_because") or [])
+    if not isinstance(record.get("comparable_to_paper"), dict) and per_metric["fid"]:
+        reasons.append(LEGACY_REASON)
     out.update(
         n_samples=record.get("num_samples"),
         extractor=extractor,
         guidance_scale=sampling.get("guidance_scale"),
         sampling_order=sampling.get("order"),
-        comparable=bool(record.get("comparable_to_paper", False)),
-        reasons=list(record.get("not_comparable_because") or []),
+        comparable=all(ok for ok in per_metric.values() if ok is not None),
+        comparable_metrics=per_metric,
+        reasons=reasons,
     )
     return out
+
+
+# rar-metrics/1 records computed IS and precision/recall with torch-fidelity (shuffled IS
+# splits, exact float32 distances), not as ADM's evaluator: only their FID can be the paper's.
+LEGACY_REASON = "IS, precision and recall from torch-fidelity, not ADM's evaluator (rar-metrics/1)"
+
+
+def comparable_metrics(record: dict) -> dict[str, bool | None]:
+    """Per paper metric, whether a metrics.json computed it as the paper did: its
+    `comparable_to_paper` mapping (None: not computed); from a rar-metrics/1 record's one
+    boolean, the FID only (LEGACY_REASON)."""
+    value = record.get("comparable_to_paper", False)
+    if isinstance(value, dict):
+        return {m: value.get(m) for m in PAPER_METRICS}
+    return {"fid": bool(value), "is": False, "precision": False, "recall": False}
 
 
 def read_val_nll(path: PathLike | None) -> dict | None:
