@@ -105,7 +105,7 @@ def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
 
 def test_every_place_that_names_sample_dtypes_names_the_same():
     """rar.bench.SAMPLE_DTYPES, `rar bench-sample --dtype`, the study schema's
-    throughput_table.dtypes and the bench_sample rule's wildcard constraint."""
+    throughput_table.dtypes and the Snakefile's `dtype` wildcard constraint."""
     import argparse
     from pathlib import Path
 
@@ -122,5 +122,5 @@ def test_every_place_that_names_sample_dtypes_names_the_same():
     schema = yaml.safe_load((repo / "rar/schemas/study.schema.yaml").read_text())
     enum = schema["properties"]["throughput_table"]["properties"]["dtypes"]["items"]["enum"]
     assert tuple(enum) == rar.bench.SAMPLE_DTYPES
-    rules = (repo / "workflow/rules/report.smk").read_text()
-    assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in rules
+    snakefile = (repo / "Snakefile").read_text()
+    assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in snakefile

@@ -148,10 +148,6 @@ rule scan_orders:
 
 
 rule bench_sample:
-    # rar.bench.SAMPLE_DTYPES; overrides the Snakefile's global `dtype` constraint (fp32|bf16),
-    # which predates tf32 (the official sampler's precision, Table 5's setting)
-    wildcard_constraints:
-        dtype="fp32|tf32|bf16",
     output:
         csv=f"{P}/throughput/{{model}}_{{dtype}}.csv",
     params:
