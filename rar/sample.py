@@ -38,9 +38,11 @@ from rar.sample_chunks import (
     chunk_generator,
     chunks_of_rank,
     class_labels,
+    drop_finished,
+    keep_finished,
     merge_chunks,
     num_chunks,
-    remove_chunks,
+    restore_finished,
     wait_for_chunks,
 )
 
@@ -192,6 +194,15 @@ def _tokenizer_for(model: RAR, tokenizer: str | os.PathLike, checkpoint: str | o
 # ##########################################################################################
 
 
+def _kept_outputs(out: Path, grid_path: str | os.PathLike | None, plan: dict, rank: int) -> None:
+    """Outputs the workflow deleted after their merge come back from the links kept beside
+    the chunks (rank 0); a finished set of other settings is dropped."""
+    grid = Path(grid_path) if grid_path is not None else out.with_name("grid.png")
+    if rank == 0:
+        restore_finished(chunk_dir_for(out), [out, grid, info_path_for(out)], plan)
+    drop_finished(chunk_dir_for(out), plan)
+
+
 def info_path_for(out: str | os.PathLike) -> Path:
     """The settings file beside `out`: `samples.npz` -> `samples.json`."""
     return Path(out).with_suffix(".json")
@@ -320,8 +331,7 @@ def sample(
     dtype: "fp32", "bf16" (autocast for the transformer) or "auto" (bf16 on GPU).
     compile: torch.compile the decode step (GPU). rank / world_size: default from the
         environment (torchrun or SLURM); this process makes chunks i % world_size == rank.
-    check_extractor / extractor_weights: fail at once, before sampling, when `rar evaluate`
-        would not find that feature extractor's weights (`rar.extractors`).
+    check_extractor / extractor_weights: fail before sampling if `rar evaluate` would lack them.
 
     Writes `out` (`arr_0` (N, H, W, 3) uint8, `labels` (N,) int64, class-interleaved: the ADM
     layout of rar.sample_chunks), `grid_path` (default `grid.png` beside `out`) and
@@ -342,6 +352,7 @@ def sample(
         checkpoint, tokenizer, num_classes=num_classes, num_per_class=num_per_class,
         chunk_size=chunk_size, seed=seed, sampling=settings, amp_dtype=amp_dtype,
     )  # fmt: skip
+    _kept_outputs(out, grid_path, plan, rank)
     if (info := completed_samples(out, plan)) is not None:
         return info if rank == 0 else None
     tok = _tokenizer_for(model, tokenizer, checkpoint).to(dev)
@@ -442,6 +453,6 @@ def _finish(
     )
     write_json(info_path, info)
     if not keep_chunks:
-        remove_chunks(chunk_dir)
+        keep_finished(chunk_dir, [out, grid, info_path])
     print(f"wrote {out} ({info['num_samples']} images), {grid}, {info_path}", flush=True)
     return info

@@ -21,6 +21,8 @@ it, which process makes it, and the merge into one file. Torch only for the gene
   uint8, `labels`: (N,) int64, aligned) and a PNG grid (rows by class, picked by label). The
   `.npz` is written with fixed zip metadata, so an interrupted and an uninterrupted run give
   byte-identical files (numpy's `savez` stamps the current time into the zip).
+  The chunk files then go; `<out>.chunks/finished/` keeps hard links to the merged files, so
+  that outputs deleted by the workflow come back without sampling again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,6 +142,52 @@ def check_plan(chunk_dir: Path, plan: dict) -> None:
             )
         return
     write_json(path, plan)
+
+
+FINISHED = "finished"  # <out>.chunks/finished/: hard links to a merged set's files
+
+
+def keep_finished(chunk_dir: Path, files: list[Path]) -> None:
+    """After the merge: the chunk files go; `plan.json` stays, and `finished/` keeps a hard
+    link to each of `files` (no disk of their own). Snakemake deletes a job's outputs before
+    it runs the job again (one it saw as incomplete after it died while the job ran on):
+    `restore_finished` brings them back instead of sampling again."""
+    finished = chunk_dir / FINISHED
+    finished.mkdir(exist_ok=True)
+    for path in files:
+        _link(path, finished / path.name)
+    for path in chunk_dir.glob("chunk_*"):
+        path.unlink()
+
+
+def restore_finished(chunk_dir: Path, files: list[Path], plan: dict) -> bool:
+    """Link back those of `files` that are missing from `chunk_dir`'s `finished/` copies, when
+    all are kept there and were made with `plan`; False (and nothing done) otherwise."""
+    kept = [chunk_dir / FINISHED / path.name for path in files]
+    if not all(k.is_file() for k in [*kept, chunk_dir / "plan.json"]):
+        return False
+    if read_json(chunk_dir / "plan.json") != plan:
+        return False
+    for path, copy in zip(files, kept, strict=True):
+        if not path.exists():
+            _link(copy, path)
+    print(f"restored {', '.join(p.name for p in files)} from {chunk_dir / FINISHED}", flush=True)
+    return True
+
+
+def drop_finished(chunk_dir: Path, plan: dict) -> None:
+    """Remove a finished set's folder kept under other settings than `plan` (its links would
+    keep the replaced files' disk taken, and its plan.json would refuse the new chunks)."""
+    if (chunk_dir / FINISHED).is_dir() and read_json(chunk_dir / "plan.json") != plan:
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+
+
+def _link(source: Path, dest: Path) -> None:
+    """`dest` as a hard link to `source`, replacing it atomically."""
+    tmp = dest.with_name(f".{dest.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    os.replace(tmp, dest)
 
 
 def remove_chunks(chunk_dir: Path) -> None:

@@ -152,7 +152,30 @@ def test_samples_npz_has_the_adm_layout(reference_run):
 
     grid = Image.open(reference_run.with_name("grid.png"))
     assert grid.size == (PER_CLASS * 64, NUM_CLASSES * 64)
-    assert not chunk_dir_for(reference_run).exists()  # merged chunks are removed
+    # merged chunks are removed; finished/ keeps hard links to the merged files
+    chunks = chunk_dir_for(reference_run)
+    assert sorted(p.name for p in chunks.iterdir()) == ["finished", "plan.json"]
+    assert (chunks / "finished/samples.npz").samefile(reference_run)
+
+
+def test_samples_deleted_after_the_merge_come_back_without_sampling(files, tmp_path, capsys):
+    """Snakemake deletes a job's outputs before running it again (one it saw as incomplete
+    after it died while the job ran on): the kept links restore them; nothing is sampled."""
+    out = tmp_path / "samples.npz"
+    _sample(files, out)
+    made = {p: p.read_bytes() for p in (out, out.with_name("grid.png"), out.with_suffix(".json"))}
+    out.unlink()
+    out.with_name("grid.png").unlink()
+    capsys.readouterr()
+    _sample(files, out)
+    printed = capsys.readouterr().out
+    assert "restored samples.npz, grid.png, samples.json" in printed
+    assert "is complete with these settings; nothing to do" in printed
+    assert {p: p.read_bytes() for p in made} == made
+    # other settings: the kept files are not restored
+    out.unlink()
+    _sample(files, out, seed=4)
+    assert "restored" not in capsys.readouterr().out
 
 
 def test_ranks_and_resume_reproduce_the_uninterrupted_file(files, reference_run, tmp_path):
