@@ -542,10 +542,26 @@ def test_intervals_mark_rows_beyond_the_best(tmp_path):
         for ln in text.splitlines()
         if ln.startswith("| ")
     }
-    assert "**60.00** [58.00, 62.00]" in lines["2-3"]
-    assert "80.00 [78.00, 82.00] †" in lines["0-0"]
-    assert "61.00 [59.00, 63.00] |" in lines["3-4"]  # within the error bars: no mark
+    assert "**60.0** [58.0, 62.0]" in lines["2-3"]
+    assert "80.0 [78.0, 82.0] †" in lines["0-0"]
+    assert "61.0 [59.0, 63.0] |" in lines["3-4"]  # within the error bars: no mark
     assert "interval does not overlap the best row's" in text
+
+
+def test_decimals_follow_the_interval(tmp_path):
+    """A value and its interval keep one digit past the half-width's leading one (at most
+    the column's DECIMALS); the CSV keeps every digit."""
+    assert report.interval_decimals("fid", 58.37 - 70.2, 58.37 + 70.2) == 0  # +-70
+    assert report.interval_decimals("fid", 58.0, 62.0) == 1  # +-2
+    assert report.interval_decimals("fid", 1.40, 2.10) == 2  # +-0.35
+    assert report.interval_decimals("fid", 1.99, 2.01) == 2  # +-0.01: DECIMALS at most
+    assert report.interval_decimals("fid", 2.0, 2.0) == 2  # no width: DECIMALS
+    assert report.interval_decimals("val_nll", 3.9, 4.1) == 2  # +-0.1
+    _, text = anneal_table(tmp_path, {**GRID, (0, 0): 158.37}, half=70.2)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 0 | 0 |"))
+    assert "| 158 [88, 229] |" in line
+    back = pd.read_csv(tmp_path / "t2.csv")
+    assert back.loc[0, "fid"] == 158.37 and back.loc[0, "fid_ci_low"] == pytest.approx(88.17)
 
 
 def test_reference_rows_close_the_table_and_measure_the_gap(tmp_path):
@@ -606,7 +622,7 @@ def test_html_page_renders_the_markdown(tmp_path):
     page = (tmp_path / "t2.html").read_text()
     assert page.isascii()  # character references: any charset reads it right
     assert page.startswith('<div class="rar-table" id="table-table2">')
-    assert "<h1>table2</h1>" in page and "<strong>60.00</strong> [58.00, 62.00]" in page
+    assert "<h1>table2</h1>" in page and "<strong>60.0</strong> [58.0, 62.0]" in page
     assert page.count("<tr>") == len(df) + 1
     assert '<td class="r">' in page and "&#8224;" in page  # right-aligned numbers, daggers
     assert "<em>real held-out images</em>" in page

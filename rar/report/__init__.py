@@ -47,6 +47,7 @@ from rar.report.columns import (
     RESULT_COLUMNS,
     axis_label,
     extractor_suffix,
+    interval_decimals,
     metric_label,
 )
 from rar.report.curves import plot_fid_vs_epoch, plot_guidance_sweeps, plot_loss_curves
@@ -61,8 +62,9 @@ __all__ = [
     "DECIMALS", "EXTRACTOR_SUFFIXES", "INTERVALS", "LOWER_IS_BETTER", "METRIC_KEYS",
     "METRIC_NAMES", "PAPER_COLUMNS", "PLAIN_KEYS", "RESULT_COLUMNS", "anneal_grid",
     "anneal_verdict", "axis_label", "best_index", "beyond_best", "extractor_suffix",
-    "gap_closed", "make_table", "make_table_or_partial", "make_throughput_table",
-    "markdown_html", "metric_label", "plot_anneal_heatmap", "plot_fid_vs_epoch",
-    "plot_guidance_sweeps", "plot_loss_curves", "plot_metric_bars", "plot_sample_grids",
-    "plot_scan_orders", "read_failure", "read_metrics", "read_train_log", "read_val_nll",
+    "gap_closed", "interval_decimals", "make_table", "make_table_or_partial",
+    "make_throughput_table", "markdown_html", "metric_label", "plot_anneal_heatmap",
+    "plot_fid_vs_epoch", "plot_guidance_sweeps", "plot_loss_curves", "plot_metric_bars",
+    "plot_sample_grids", "plot_scan_orders", "read_failure", "read_metrics", "read_train_log",
+    "read_val_nll",
 ]  # fmt: skip

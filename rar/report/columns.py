@@ -49,6 +49,9 @@ DECIMALS = {
     "fid": 2, "is": 1, "is_std": 1, "precision": 2, "recall": 2,  # as the paper prints
     "class_accuracy": 2, "val_nll": 3,
 }  # fmt: skip
+# A value shown with its interval (and the interval) keeps one digit past the half-width's
+# leading significant digit, never more than DECIMALS: 58 ± 70 reads `58 [-12, 128]`, not
+# `58.37 [-11.63, 128.37]` (`interval_decimals`). CSVs keep every digit: they are data.
 LOWER_IS_BETTER = {"fid", "val_nll"}
 # Metrics with a 95% interval: column -> (low column, high column).
 INTERVALS = {"fid": ("fid_ci_low", "fid_ci_high"), "val_nll": ("val_nll_ci_low", "val_nll_ci_high")}
@@ -103,6 +106,19 @@ def known(value: Any) -> bool:
 def is_true(value: Any) -> bool:
     """True for True (Python, numpy or pandas' nullable boolean), False for False and NA."""
     return known(value) and bool(value)
+
+
+def interval_decimals(metric: str, low: float, high: float) -> int:
+    """The decimals of a `metric` value shown with its interval [low, high]: one digit past
+    the leading significant digit of the half-width (±70 -> 0, ±2 -> 1, ±0.35 -> 2), at most
+    DECIMALS[metric]; DECIMALS for an empty or unknown width."""
+    half = (high - low) / 2
+    if not (math.isfinite(half) and half > 0):
+        return DECIMALS[metric]
+    # The exponent of the half-width rounded to one significant digit (0.0999... is 1e-01,
+    # where floor(log10) would say -2).
+    leading = int(f"{half:.0e}".split("e")[1])
+    return max(0, min(DECIMALS[metric], 1 - leading))
 
 
 def fmt_cell(value: Any, decimals: int | None = None, sign: bool = False) -> str:

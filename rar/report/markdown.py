@@ -22,6 +22,7 @@ from rar.report.columns import (
     PLOT_METRICS,
     extractors_of,
     fmt_cell,
+    interval_decimals,
     is_true,
     known,
     metric_label,
@@ -91,16 +92,17 @@ def _columns(df: pd.DataFrame, key_cols: list[str]) -> list[Column]:
 
 
 def _metric_cell(df: pd.DataFrame, i: Any, metric: str, best: Any) -> str:
-    """`12.34 [11.10, 13.60]`: the value and its interval; bold for the best row (when there
-    is more than one row to be best of), BEYOND when the interval misses the best row's."""
+    """`12.3 [11.1, 13.6]`: the value and its interval, to `interval_decimals`; bold for the
+    best row (when there is more than one row to be best of), BEYOND when the interval misses
+    the best row's."""
     value = df.at[i, metric]
     if not known(value):
         return MISSING
-    d = DECIMALS[metric]
+    ci = interval(df, i, metric) if metric in INTERVALS else None
+    d = DECIMALS[metric] if ci is None else interval_decimals(metric, *ci)
     cell = f"{float(value):.{d}f}"
     if best is not None and i == best and table_rows(df)[metric].notna().sum() > 1:
         cell = f"**{cell}**"
-    ci = interval(df, i, metric) if metric in INTERVALS else None
     if ci is not None:
         cell += f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
     if metric in INTERVALS and df.at[i, "kind"] == "row":  # references are not candidates
