@@ -353,6 +353,46 @@ def test_missing_and_failed_rows_are_kept_and_marked(tmp_path):
     assert "No metrics for 2 of 4 rows" in text
 
 
+def test_a_status_every_row_shares_is_said_once(tmp_path):
+    """The demo's rows all read `ok (efficientnet-lite0, 160 samples: not comparable to the
+    paper)`: the caption says so once, and no header or row repeats it; where a row differs,
+    a status column shows it, the rest reading `ok`. The CSV keeps every row's status."""
+    rows, paths = [], []
+    for k in range(6):
+        rows.append(row(f"r{k}", {"anneal_start": k, "anneal_end": k}))
+        paths.append(write_scored(tmp_path / f"m{k}.json", 60.0 + k, 70.0))
+    csv, md = tmp_path / "t.csv", tmp_path / "t.md"
+    df = make_table(table="table2", rows=rows, metrics=paths, csv=csv, md=md)
+    shared = "ok (efficientnet-lite0, 160 samples: not comparable to the paper)"
+    assert df["status"].eq(shared).all() and pd.read_csv(csv)["status"].eq(shared).all()
+    text = md.read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    caption = text[: text.index(table[0])]
+    assert "160 samples per evaluation" in caption and "efficientnet-lite0" in caption
+    assert "160 samples; the paper uses 50000 (all 6 rows with metrics)" in caption
+    assert (
+        table[0]
+        == "| anneal_start | anneal_end | FID↓ [95% interval] | IS↑ | precision↑ | recall↑ |"
+    )
+    assert not any("efficientnet" in ln or "160" in ln or "ok" in ln for ln in table)
+    assert "the RAR paper's value" not in caption  # no paper column to explain
+
+    # One row missing, one scored on 5,000 samples: those two say how they differ.
+    paths[4] = tmp_path / "gone.json"
+    paths[5] = write_metrics(
+        tmp_path / "m5.json", fid=61.0, extractor="efficientnet-lite0", num_samples=5_000
+    )
+    make_table(table="table2", rows=rows, metrics=paths, csv=csv, md=md)
+    table = [ln for ln in md.read_text().splitlines() if ln.startswith("|")]
+    assert table[0].endswith("| samples | status |")
+    status = [ln.rstrip(" |").rsplit("| ", 1)[1] for ln in table[2:]]
+    assert status == [
+        "ok", "ok", "ok", "ok", "missing",
+        "ok (efficientnet-lite0, 5,000 samples: not comparable to the paper)",
+    ]  # fmt: skip
+    assert md.read_text().count(shared) == 0
+
+
 def test_failure_paths_may_be_several(tmp_path):
     run_failure = tmp_path / "run" / "failure.txt"
     run_failure.parent.mkdir()
@@ -387,9 +427,11 @@ def test_efficientnet_metrics_map_to_the_same_columns_and_say_so(tmp_path):
     )
     text = md.read_text()
     assert "NOT INCEPTION FIDs" in text
-    assert "| FID (efficientnet-lite0)↓ |" in text
+    # Said once, by the caption: not in each metric's header, not in a status per row.
+    assert "| FID↓ | paper FID | ΔFID | IS↑ | precision↑ | recall↑ |" in text
     assert "5,000 samples per evaluation" in text
     assert "5000 samples; the paper uses 50000" in text  # the reason from metrics.json
+    assert "the RAR paper's value where known" in text  # its paper column explained
 
 
 def test_comparability_note_for_a_small_inception_run(tmp_path):
@@ -415,7 +457,8 @@ def test_markdown_formats_numbers(tmp_path):
     line = next(ln for ln in text.splitlines() if ln.startswith("| z-curve"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:5] == ["z-curve", "1.73", "1.70", "+0.03", "300.3"]
-    assert "0.81" in cells and "0.60" in cells and "50,000" in cells and cells[-1] == "ok"
+    assert cells[-2:] == ["0.81", "0.60"]  # one row: no samples or status column to vary
+    assert "50,000 samples per evaluation" in text
 
 
 def test_bad_inputs_are_named(tmp_path):

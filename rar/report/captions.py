@@ -20,6 +20,7 @@ from rar.report.columns import (
     INTERVALS,
     LOWER_IS_BETTER,
     METRIC_NAMES,
+    PAPER_METRICS,
     extractors_of,
     known,
 )
@@ -54,7 +55,10 @@ def caption(df: pd.DataFrame, reasons: list[list[str]]) -> list[str]:
             + ("; a sweep of two scales chooses an edge whatever its FIDs" if two else "")
             + ")."
         )
-    paras.append("paper: the RAR paper's value where known (arXiv 2411.00776); Δ = ours − paper.")
+    if df[[f"paper_{m}" for m in PAPER_METRICS]].notna().any(axis=None):  # else no such column
+        paras.append(
+            "paper: the RAR paper's value where known (arXiv 2411.00776); Δ = ours − paper."
+        )
     return paras
 
 

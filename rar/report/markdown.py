@@ -36,8 +36,9 @@ Column = tuple[str, Callable[[Any], str], bool]
 def table_markdown(
     df: pd.DataFrame, *, table: str, key_cols: list[str], reasons: list[list[str]]
 ) -> str:
-    """The Markdown page of one table: title, caption, pipe table (every row, with status;
-    reference rows last, in italics), and for an annealing table the verdict sentence."""
+    """The Markdown page of one table: title, caption, pipe table (every row, with its status
+    where it differs from the rest's; reference rows last, in italics), and for an annealing
+    table the verdict sentence."""
     cols = _columns(df, key_cols)
     lines = [f"# {table}", "", *(p + "\n" for p in caption(df, reasons))]
     lines.append("| " + " | ".join(h for h, *_ in cols) + " |")
@@ -54,8 +55,12 @@ def table_markdown(
 
 def _columns(df: pd.DataFrame, key_cols: list[str]) -> list[Column]:
     """The table's columns: its keys, each metric it has (and the paper's value beside it),
-    sampling order and guidance where they vary or are known, samples and status."""
+    sampling order and guidance where they vary or are known, samples and status where they
+    vary. What every row shares is said once, by the caption: the extractor (not in each
+    metric's header, when there is one), the sample count, the status (`_status_cells`)."""
     ext = extractors_of(df)
+    if len(ext) == 1:  # the caption names it; a header names it only to tell rows apart
+        ext = []
     arrows = {m: ("↓" if m in LOWER_IS_BETTER else "↑") for m in PLOT_METRICS}
     best = best_index(df)
     cols: list[Column] = []
@@ -88,7 +93,30 @@ def _columns(df: pd.DataFrame, key_cols: list[str]) -> list[Column]:
         cols.append(("guidance", plain("guidance_scale"), True))
     if df["guidance_sweep"].notna().any():
         cols.append(("sweep: FID by scale", plain("guidance_sweep"), False))
-    return [*cols, ("samples", plain("n_samples"), True), ("status", plain("status"), False)]
+    if df["n_samples"].nunique() > 1:  # else the caption's "<n> samples per evaluation"
+        cols.append(("samples", plain("n_samples"), True))
+    status = _status_cells(df)
+    if status is not None:
+        cols.append(("status", lambda i: status[i], False))
+    return cols
+
+
+def _status_cells(df: pd.DataFrame) -> pd.Series | None:
+    """Per row, its status where it differs from the rest's: the status most rows share
+    (`ok (efficientnet-lite0, 160 samples: not comparable to the paper)`) reads `ok`, its
+    detail left to the caption's paragraphs (extractor, sample count, not comparable);
+    another status reads in full (`failed: <reason>`, `missing`). None when every row shares
+    one status: the table needs no status column."""
+    statuses = df["status"].fillna("missing").astype(str)
+    counts = statuses.value_counts(sort=False)  # ties: the first row's status wins
+    if len(counts) < 2:
+        return None
+    common = counts.idxmax()
+    short = common.split(" (")[0]
+    # A plain `ok` among rows that are not comparable must not read like them.
+    plain_ok = "ok (comparable to the paper)" if short == "ok" and common != "ok" else "ok"
+    cells = statuses.map(lambda st: short if st == common else plain_ok if st == "ok" else st)
+    return cells.map(fmt_cell)
 
 
 def _metric_cell(df: pd.DataFrame, i: Any, metric: str, best: Any) -> str:
