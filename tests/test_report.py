@@ -538,6 +538,40 @@ def test_throughput_table_puts_the_paper_beside_fp32_rows(tmp_path):
     md = (tmp_path / "t5.md").read_text()
     assert "| rar_b | fp32 | 128 | 20.50 | 5,248 | 17.0 | H100 |" in md
     assert "| rar_b | tf32* | 128 | 30.00 | 7,680 | 17.0 | H100 |" in md
+    assert "tokenizer decoding not recorded" in md  # benchmarks without a decoder column
+
+
+def test_throughput_caption_names_the_decoder_the_rows_used(tmp_path):
+    """table5.md's caption says what the CSV's decoder column says: decoding included only
+    where the rows decoded; rows that differ show a decoder column."""
+    from rar.report import make_throughput_table
+
+    header = "model,batch_size,dtype,decoder,images_per_s,tokens_per_s,machine\n"
+
+    def caption(*decoders: str) -> list[str]:
+        paths = []
+        for k, decoder in enumerate(decoders):
+            paths.append(tmp_path / f"b{k}.csv")
+            paths[-1].write_text(header + f"rar_b,128,tf32,{decoder},30.0,7680.0,H100\n")
+        md = tmp_path / "t5.md"
+        make_throughput_table(benchmarks=paths, csv=tmp_path / "t5.csv", md=md)
+        assert pd.read_csv(tmp_path / "t5.csv")["decoder"].tolist() == list(decoders)
+        return md.read_text().splitlines()
+
+    lines = caption("none")
+    assert "the tokens only, no tokenizer decoding (decoder `none`)" in lines[2]
+    assert lines[2].count("decoding included") == 1  # the paper's, not ours
+    assert "RAR Table 5: one A100, fp32, batch 128, tokenizer decoding included" in lines[2]
+    assert lines[4].startswith("| model | dtype | batch | images/s |")
+    lines = caption("maskgit-vqgan", "maskgit-vqgan")
+    assert "tokenizer decoding included (decoder `maskgit-vqgan`)" in lines[2]
+    lines = caption("maskgit-vqgan", "none")
+    assert "where the decoder column names a tokenizer" in lines[2]
+    assert lines[4].startswith("| model | dtype | batch | decoder | images/s |")
+    assert lines[6:] == [
+        "| rar_b | tf32* | 128 | maskgit-vqgan | 30.00 | 7,680 | – | H100 |",
+        "| rar_b | tf32* | 128 | none | 30.00 | 7,680 | – | H100 |",
+    ]
 
 
 # ##########################################################################################

@@ -39,6 +39,7 @@ PAGES = ("csv", "md", "html")  # the files of one table
 # beside both, the tf32 rows marked.
 PAPER_THROUGHPUT_DTYPES = ("fp32", "tf32")
 PAPER_THROUGHPUT_SETTING = "tf32"
+NO_DECODER = "none"  # rar bench-sample's decoder when it times the tokens only
 
 
 @dataclass
@@ -215,7 +216,8 @@ def make_throughput_table(
     model and dtype, with the paper's images/s (one A100, tokenizer decoding included) beside
     our fp32 and tf32 rows where `paper` ({model: images/s}) gives it; `paper_setting` marks
     the tf32 rows, the official sampler's precision (the paper's "fp32": fp32 weights, TF32
-    matrix products)."""
+    matrix products). The Markdown's caption says whether our rows include decoding, from
+    their `decoder` column."""
     paper = paper or {}
     frames = [pd.read_csv(path) for path in benchmarks]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -233,23 +235,45 @@ def make_throughput_table(
 
 
 def _throughput_markdown(df: pd.DataFrame) -> str:
+    decoding, per_row = _decoding(df)
     lines = [
         "# table5: sampling throughput",
         "",
-        "Images per second generated with the KV cache and classifier-free guidance, "
-        "tokenizer decoding included (RAR Table 5: one A100, fp32, batch 128). The paper's "
-        "fp32 is the official sampler's: fp32 weights with TF32 matrix products, our `tf32` "
-        "(marked *); `fp32` is full fp32. Measured on the machines named in the last column; "
-        "compare only rows of the same machine.",
+        f"Images per second generated with the KV cache and classifier-free guidance: "
+        f"{decoding}. RAR Table 5: one A100, fp32, batch 128, tokenizer decoding included; "
+        "the paper's fp32 is the official sampler's: fp32 weights with TF32 matrix products, "
+        "our `tf32` (marked *); `fp32` is full fp32. Measured on the machines named in the "
+        "last column; compare only rows of the same machine.",
         "",
-        "| model | dtype | batch | images/s | tokens/s | paper images/s | machine |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        "| model | dtype | batch |" + (" decoder |" if per_row else "")
+        + " images/s | tokens/s | paper images/s | machine |",
+        "| --- | --- | --- |" + (" --- |" if per_row else "") + " --- | --- | --- | --- |",
+    ]  # fmt: skip
     for r in df.to_dict("records"):
         mark = "*" if is_true(r.get("paper_setting")) else ""
+        decoder = f" {fmt_cell(r.get('decoder'))} |" if per_row else ""
         lines.append(
-            f"| {r['model']} | {r['dtype']}{mark} | {r['batch_size']} | {r['images_per_s']:.2f} "
-            f"| {r['tokens_per_s']:,.0f} | {fmt_cell(r.get('paper_images_per_s'), 1)} "
-            f"| {r['machine']} |"
+            f"| {r['model']} | {r['dtype']}{mark} | {r['batch_size']} |{decoder} "
+            f"{r['images_per_s']:.2f} | {r['tokens_per_s']:,.0f} "
+            f"| {fmt_cell(r.get('paper_images_per_s'), 1)} | {r['machine']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _decoding(df: pd.DataFrame) -> tuple[str, bool]:
+    """Whether the rows' images/s include tokenizer decoding, as their `decoder` column (rar
+    bench-sample) says, in words for the caption; and whether the rows differ in it (then the
+    table shows a decoder column)."""
+    decoders = df["decoder"].fillna(NO_DECODER).astype(str) if "decoder" in df else None
+    if decoders is None or decoders.empty:
+        return "tokenizer decoding not recorded (no decoder column in the benchmarks)", False
+    if decoders.nunique() > 1:
+        return (
+            f"tokenizer decoding included where the decoder column names a tokenizer "
+            f"(`{NO_DECODER}`: the tokens only)",
+            True,
+        )
+    decoder = decoders.iat[0]
+    if decoder == NO_DECODER:
+        return f"the tokens only, no tokenizer decoding (decoder `{NO_DECODER}`)", False
+    return f"tokenizer decoding included (decoder `{decoder}`)", False
