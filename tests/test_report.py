@@ -780,7 +780,7 @@ def test_anneal_heatmap_says_which_row_was_sampled_in_random_order(tmp_path):
     out, drawn = drawn_texts(plot_anneal_heatmap, csv=csv, out=tmp_path / "heat.png")
     assert_png(out)
     marked = [t for t in drawn if "sampled in random order" in t]
-    assert len(marked) == 1 and marked[0].startswith("[73.00, 77.00]")  # (4, 4): 75 +- 2
+    assert len(marked) == 1 and marked[0].startswith("[73.0, 77.0]")  # (4, 4): 75 +- 2
 
 
 def test_metric_bars_with_missing_rows(tmp_path):
@@ -791,6 +791,19 @@ def test_metric_bars_with_missing_rows(tmp_path):
     assert_png(plot_metric_bars(csv=csv, out=tmp_path / "bars.png", key="model"))
     with pytest.raises(ValueError, match="no column"):
         plot_metric_bars(csv=csv, out=tmp_path / "x.png", key="target_order")
+
+
+def test_metric_points_label_values_to_their_interval(tmp_path):
+    """A point's value label keeps the decimals its interval allows (interval_decimals)."""
+    rows = [row("b", {"model": "rar_b"}), row("l", {"model": "rar_l"})]
+    paths = [
+        write_scored(tmp_path / "b.json", 158.37, 70.2),
+        write_metrics(tmp_path / "l.json", fid=1.934),
+    ]
+    csv = tmp_path / "t4.csv"
+    make_table(table="table4", rows=rows, metrics=paths, csv=csv)
+    _, drawn = drawn_texts(plot_metric_bars, csv=csv, out=tmp_path / "bars.png", key="model")
+    assert "158" in drawn and "1.93" in drawn  # +-70: no decimals; no interval: DECIMALS
 
 
 def test_reference_rows_in_a_bar_table(tmp_path):

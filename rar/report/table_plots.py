@@ -23,6 +23,7 @@ from rar.report.columns import (
     PathLike,
     axis_label,
     extractors_of,
+    interval_decimals,
     known,
     metric_label,
 )
@@ -161,12 +162,14 @@ def _annotate_cells(ax, df: pd.DataFrame, metric: str, values: pd.DataFrame, bol
             continue
         k = where[(values.index[i], values.columns[j])]
         r = rows.iloc[k]
-        text = f"{arr[i, j]:.{d}f}"
+        has_ci = lo_col and known(r.get(lo_col)) and known(r.get(hi_col))
+        dv = interval_decimals(metric, r[lo_col], r[hi_col]) if has_ci else d
+        text = f"{arr[i, j]:.{dv}f}"
         if beyond is not None and beyond.iat[k] is True:
             text += BEYOND
         small = []
-        if lo_col and known(r.get(lo_col)) and known(r.get(hi_col)):
-            small.append(f"[{r[lo_col]:.{d}f}, {r[hi_col]:.{d}f}]")
+        if has_ci:
+            small.append(f"[{r[lo_col]:.{dv}f}, {r[hi_col]:.{dv}f}]")
         if paper is not None and np.isfinite(paper.iat[i, j]):
             small.append(f"paper {paper.iat[i, j]:.{d}f}")
         if r.get("sampling_order") == "random":
@@ -275,5 +278,6 @@ def _point(ax, i: int, v: float, ci, status, m: str, best, beyond: bool) -> None
     if np.isfinite(ci[0]) and np.isfinite(ci[1]):
         err = [[max(0.0, v - ci[0])], [max(0.0, ci[1] - v)]]
     ax.errorbar([i], [v], yerr=err, fmt="o", color=color, ms=6, capsize=4, lw=1.5)
-    label = f"{v:.{DECIMALS[m]}f}" + (BEYOND if beyond else "")
+    d = interval_decimals(m, *ci) if err is not None else DECIMALS[m]
+    label = f"{v:.{d}f}" + (BEYOND if beyond else "")
     ax.annotate(label, (i, v), xytext=(7, 0), textcoords="offset points", va="center", fontsize=8)
