@@ -391,6 +391,12 @@ def test_a_status_every_row_shares_is_said_once(tmp_path):
         "ok (efficientnet-lite0, 5,000 samples: not comparable to the paper)",
     ]  # fmt: skip
     assert md.read_text().count(shared) == 0
+    # In the middle of a grid, most rows missing: the rows with metrics still read `ok`.
+    paths[1:5] = [tmp_path / "gone.json"] * 4
+    make_table(table="table2", rows=rows, metrics=paths, csv=csv, md=md)
+    table = [ln for ln in md.read_text().splitlines() if ln.startswith("|")]
+    status = [ln.rstrip(" |").rsplit("| ", 1)[1] for ln in table[2:]]
+    assert status[:5] == ["ok", "missing", "missing", "missing", "missing"]
 
 
 def test_failure_paths_may_be_several(tmp_path):

@@ -102,20 +102,19 @@ def _columns(df: pd.DataFrame, key_cols: list[str]) -> list[Column]:
 
 
 def _status_cells(df: pd.DataFrame) -> pd.Series | None:
-    """Per row, its status where it differs from the rest's: the status most rows share
-    (`ok (efficientnet-lite0, 160 samples: not comparable to the paper)`) reads `ok`, its
-    detail left to the caption's paragraphs (extractor, sample count, not comparable);
-    another status reads in full (`failed: <reason>`, `missing`). None when every row shares
-    one status: the table needs no status column."""
+    """Per row, its status where it differs from the rest's: the status most rows with
+    metrics share (`ok (efficientnet-lite0, 160 samples: not comparable to the paper)`) reads
+    `ok`, its detail left to the caption's paragraphs (extractor, sample count, not
+    comparable); any other reads in full (`failed: <reason>`, `missing`, another `ok (...)`).
+    None when every row shares one status: the table needs no status column."""
     statuses = df["status"].fillna("missing").astype(str)
-    counts = statuses.value_counts(sort=False)  # ties: the first row's status wins
-    if len(counts) < 2:
+    if statuses.nunique() < 2:
         return None
-    common = counts.idxmax()
-    short = common.split(" (")[0]
+    ok = statuses[statuses.str.startswith("ok")]
+    common = ok.value_counts(sort=False).idxmax() if len(ok) else None  # ties: the first
     # A plain `ok` among rows that are not comparable must not read like them.
-    plain_ok = "ok (comparable to the paper)" if short == "ok" and common != "ok" else "ok"
-    cells = statuses.map(lambda st: short if st == common else plain_ok if st == "ok" else st)
+    plain_ok = "ok (comparable to the paper)" if common not in (None, "ok") else "ok"
+    cells = statuses.map(lambda st: "ok" if st == common else plain_ok if st == "ok" else st)
     return cells.map(fmt_cell)
 
 
