@@ -140,6 +140,23 @@ MUTATIONS = [
         "if True:\n",
         ("tests/test_finished_work.py::test_your_own_config_replaces_the_papers",),
     ),
+    Mutation(
+        "a finished run keeps no last.pt: a deleted final.pt means training again",
+        "rar/train.py",
+        "        os.replace(link, job.last)\n",
+        "        link.unlink()\n",
+        (
+            "tests/test_train.py::"
+            "test_a_finished_run_whose_final_checkpoint_was_deleted_trains_nothing",
+        ),
+    ),
+    Mutation(
+        "a finished sample set keeps nothing: deleted samples are sampled again",
+        "rar/sample_chunks.py",
+        "    kept = [chunk_dir / FINISHED / path.name for path in files]\n",
+        "    kept = [chunk_dir / FINISHED / path.name for path in files] + [chunk_dir / 'x']\n",
+        ("tests/test_sample.py::test_samples_deleted_after_the_merge_come_back_without_sampling",),
+    ),
 ]
 
 
