@@ -775,6 +775,22 @@ def drawn_texts(plot, **kwargs) -> tuple[Path, list[str]]:
         return plot(**kwargs), drawn
 
 
+def drawn_axes(plot, **kwargs) -> list:
+    """The axes of `plot(**kwargs)`'s figure as it is saved (their lines, images, texts)."""
+    from matplotlib.figure import Figure
+
+    axes, original = [], Figure.savefig
+
+    def spy(fig, *args, **kw):
+        axes.extend(fig.axes)
+        return original(fig, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", spy)
+        plot(**kwargs)
+    return axes
+
+
 def test_anneal_heatmap_says_which_row_was_sampled_in_random_order(tmp_path):
     rows, paths = [], []
     for (s, e), fid in GRID.items():
@@ -840,6 +856,21 @@ def test_loss_curves_skip_missing_runs(tmp_path):
         {"label": "lost", "metrics_csv": tmp_path / "nothing.csv"},
     ]
     assert_png(plot_loss_curves(runs=runs, out=tmp_path / "loss.png"))
+    # what is drawn is each run's log: every logged (epoch, loss) in its own panel, r on the
+    # right axis; the run without a log says so
+    axes = drawn_axes(plot_loss_curves, runs=runs, out=tmp_path / "loss2.png")
+    for run, epochs in ((runs[0], 40), (runs[1], 20)):
+        log = [line.split(",") for line in run["metrics_csv"].read_text().splitlines()[1:]]
+        log = [(float(r[1]), float(r[2]), float(r[5])) for r in log if len(r) == 10]
+        assert len(log) == epochs * 5  # the torn last line is not a point
+        panel = next(ax for ax in axes if ax.get_title() == run["label"])
+        lines = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in panel.lines]
+        assert ([e for e, _, _ in log], [loss for _, loss, _ in log]) in lines
+        twins = [ax for ax in axes if ax is not panel and ax.bbox.bounds == panel.bbox.bounds]
+        ratios = [list(ln.get_ydata()) for ax in twins for ln in ax.lines]
+        assert [r for _, _, r in log] in ratios
+    lost = next(ax for ax in axes if ax.get_title() == "lost")
+    assert not lost.lines and "no training log yet" in [x.get_text() for x in lost.texts]
     only_missing = [{"label": "lost", "metrics_csv": tmp_path / "nothing.csv"}]
     assert_png(plot_loss_curves(runs=only_missing, out=tmp_path / "none.png", title="T"))
 
@@ -853,6 +884,11 @@ def test_fid_vs_epoch(tmp_path):
     for p in points[:-1]:  # the last point is missing
         write_metrics(p["metrics"], fid=10 / (1 + p["epoch"] / 100))
     assert_png(plot_fid_vs_epoch(points=points, out=tmp_path / "fid.png"))
+    # one line per label through its scored points; the missing one is left out
+    (ax,) = drawn_axes(plot_fid_vs_epoch, points=points, out=tmp_path / "fid2.png")
+    drawn = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines}
+    fid = [10 / (1 + e / 100) for e in (100, 200, 400)]
+    assert drawn == {"raster": ([100, 200, 400], fid), "rar": ([100, 200], fid[:2])}
     assert_png(plot_fid_vs_epoch(points=points[-1:], out=tmp_path / "empty.png"), min_side=100)
 
 
@@ -863,6 +899,21 @@ def test_fid_vs_epoch(tmp_path):
 
 def test_scan_orders_figure(tmp_path):
     assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
+    # each panel is its order: cell (r, c) shows the step at which rar.orders visits it, the
+    # path joins the cells in that order, from the first token
+    from rar.orders import scan_order
+
+    for grid in (4, 8):
+        axes = drawn_axes(plot_scan_orders, out=tmp_path / f"o{grid}.png", grid=grid)
+        for ax in axes:
+            if not ax.get_title():
+                continue
+            visit = scan_order(ax.get_title(), grid).numpy()
+            step = np.asarray(ax.images[0].get_array()).ravel()
+            assert (step[visit] == np.arange(grid * grid)).all(), ax.get_title()
+            path = ax.lines[0]
+            assert list(path.get_xdata()) == list(visit % grid)
+            assert list(path.get_ydata()) == list(visit // grid)
     assert_png(plot_scan_orders(out=tmp_path / "two.png", grid=4, orders=["z-curve", "alternate"]))
 
 
