@@ -871,6 +871,12 @@ def test_loss_curves_skip_missing_runs(tmp_path):
         assert [r for _, _, r in log] in ratios
     lost = next(ax for ax in axes if ax.get_title() == "lost")
     assert not lost.lines and "no training log yet" in [x.get_text() for x in lost.texts]
+    # six panels fill two rows of three, no empty panel beside them
+    six = [{"label": f"run {i}", "metrics_csv": runs[0]["metrics_csv"]} for i in range(6)]
+    panels = [a for a in drawn_axes(plot_loss_curves, runs=six, out=tmp_path / "6.png")
+              if a.get_title()]  # fmt: skip
+    assert len(panels) == 6
+    assert len({round(a.get_position().x0, 3) for a in panels}) == 3  # columns
     only_missing = [{"label": "lost", "metrics_csv": tmp_path / "nothing.csv"}]
     assert_png(plot_loss_curves(runs=only_missing, out=tmp_path / "none.png", title="T"))
 

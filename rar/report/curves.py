@@ -39,8 +39,8 @@ def plot_loss_curves(
             window = max(1, len(df) // 50)
             smooth[k] = (df["epoch"], df["loss"].rolling(window, min_periods=1).mean())
     n = max(1, len(runs))
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
+    nrows = math.ceil(n / ncols)  # as few rows as `ncols` allows, each as full as it can be:
+    ncols = math.ceil(n / nrows)  # 6 panels in 2 rows of 3, not a row of 5 and a row of 1
     fig = figure(2.9 * ncols + 0.8, 2.3 * nrows + 1.2)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     _fit_loss_axis(axes[0, 0], smooth)

@@ -24,7 +24,7 @@ from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
 def plot_scan_orders(*, out: PathLike, grid: int = 16, orders: Sequence[str] | None = None) -> Path:
     """The scan orders (default all six of rar.orders.SCAN_ORDERS) drawn as the paper's
     supplementary Fig. 6 draws them: on the `grid` x `grid` token grid (the paper's 16x16 by
-    default, whatever grid a study trains on), each cell prints the step at which it is visited
+    default; the workflow passes its study's grid), each cell prints the step at which it is visited
     and is coloured by it (early dark, late bright), and a thin line joins the cell centres in
     visiting order. 2 x 3 panels for the six orders."""
     from rar.orders import SCAN_ORDERS, scan_order  # imports torch

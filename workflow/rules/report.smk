@@ -139,6 +139,8 @@ rule scan_orders:
             category="Plots",
             labels={"plot": "scan orders"},
         ),
+    params:
+        grid=C["tokenizer"]["grid"],  # the token grid the study's runs train on
     log:
         f"logs/{study.name}/scan_orders.log",
     conda:
