@@ -138,6 +138,52 @@ class DistEnv:
         if self.world_size > 1:
             dist.barrier()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is true on any rank (one all-reduce and a host read when there is
+        more than one process): e.g. a stop, since SLURM signals every task but all must stop
+        at one step."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor(float(flag), device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+# ##########################################################################################
+# Host and device: copies that do not wait, flags read only when the host reads anyway
+# ##########################################################################################
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the host) on `device`. To a GPU the copy goes from pinned memory with
+    non_blocking=True: it is queued on the stream (the kernels that read it wait for it) and
+    the host goes on. A copy from pageable memory would first wait for the stream to drain,
+    a host synchronisation per batch. On a CPU it is `tensor` itself, as `.to` gives."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+class FirstNonFinite:
+    """The first step whose loss was not finite, and that loss, kept on the device: `note` (every
+    step) reads nothing back to the host; `first` reads the flag (one host synchronisation),
+    at the steps that read the device anyway (log lines, checkpoints)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def note(self, step: int, loss: torch.Tensor) -> None:
+        """loss: () float, this step's; kept when it is the first non-finite one."""
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step.masked_fill_(first, step)
+        self.loss = torch.where(first, loss.float(), self.loss)
+
+    def first(self) -> tuple[int, float] | None:
+        """(step, loss) of the first non-finite loss noted, or None."""
+        step = int(self.step.item())
+        return None if step < 0 else (step, self.loss.item())
+
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers, well mixed (numpy's SeedSequence): training's data order

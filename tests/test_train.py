@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 from helpers import assert_same_weights, tiny_run, tiny_source, weights
 
+import rar.train
 from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
 from rar.data.batches import stream_from
@@ -362,8 +364,70 @@ def test_one_optimizer_step_is_the_first_step_of_a_run(tmp_path):
 
     with torch.no_grad():
         next(job.model.parameters()).fill_(float("nan"))
+    optimizer_step(job, 1)  # noted on the device, not read back
+    optimizer_step(job, 2)  # a later non-finite loss leaves the first one's record alone
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 "):
+        job.check_finite()
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """A context in which reading a tensor on the host raises (as tests/test_generate.py's
+    for decoding): on a GPU each of these waits for the device."""
+
+    def banned(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host sync in a training step: {name}")
+
+        return fail
+
+    @contextlib.contextmanager
+    def guard():
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+                m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
+            yield
+
+    return guard
+
+
+def test_a_step_between_log_steps_makes_no_host_sync(tmp_path, no_host_sync):
+    """An optimizer step, with a finite loss or not, reads nothing back to the host; the check
+    of the log steps does (one read), and the ban catches it."""
+    job = tiny_job(tiny_run(warmup_epochs=0), tmp_path / "checkpoints")
+    optimizer_step(job, 0)  # the optimizer's state is made outside the ban
+    with no_host_sync():
         optimizer_step(job, 1)
+    with torch.no_grad():
+        next(job.model.parameters()).fill_(float("nan"))
+    with no_host_sync():
+        optimizer_step(job, 2)
+        with pytest.raises(AssertionError, match="host sync"):
+            job.check_finite()
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 2 "):
+        job.check_finite()
+
+
+def test_a_nan_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
+    """A run whose loss turns NaN at step k trains on to the next log step, then stops with
+    the error naming step k; nothing after the last good checkpoint is saved."""
+    real, steps = rar.train.optimizer_step, []
+
+    def nan_from_step_5(job, step):
+        if step == 5:
+            with torch.no_grad():
+                next(job.model.parameters()).fill_(float("nan"))
+        steps.append(step)
+        return real(job, step)
+
+    monkeypatch.setattr(rar.train, "optimizer_step", nan_from_step_5)
+    cfg = tiny_run(log_every=4, checkpoint_epochs=(0.5,))  # a named checkpoint at step 4
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 5 \(epoch"):
+        train(cfg, tmp_path, source=tiny_source())
+    assert steps == list(range(8))  # steps 0-7: the log step after step 5 is 8
+    assert os.listdir(tmp_path / "checkpoints") == ["epoch_0.5.pt"]
+    last = load_checkpoint(tmp_path / "checkpoints/epoch_0.5.pt")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
 def test_the_log_line_counts_training_time_only(tmp_path, capsys):
