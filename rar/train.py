@@ -50,12 +50,15 @@ from rar.resume import (
     set_aside,
 )
 from rar.runtime import (
+    CompileTime,
     DistEnv,
     FirstNonFinite,
     autocast,
     autocast_dtype,
+    compile_enabled,
     derive_seed,
     deterministic_algorithms,
+    inductor_cache,
     resolve_device,
     tf32,
     to_device,
@@ -169,16 +172,23 @@ def train(
     Loggers (`cfg.tensorboard`, `cfg.wandb`): rar.tracking, on rank 0.
 
     On the CPU, and on GPUs with `cfg.deterministic`, the run uses deterministic algorithms
-    (`deterministic_algorithms`); on GPUs, TF32 (`tf32`). The caller's settings are restored
-    on return.
+    (`deterministic_algorithms`); on GPUs, TF32 (`tf32`). `cfg.compile` ("auto": on GPUs,
+    `compile_enabled`) compiles the model, with inductor's cache in `workdir/.inductor-cache`
+    (`inductor_cache`) for a requeued job to reuse, and prints the compile time
+    (`CompileTime`). The caller's settings are restored on return.
     """
     device = resolve_device(device, DistEnv.from_environ().local_rank)
     deterministic = device.type == "cpu" or cfg.deterministic
-    with deterministic_algorithms(deterministic, device), tf32(device):
+    compiled = compile_enabled(cfg.compile, device)
+    with (
+        deterministic_algorithms(deterministic, device),
+        tf32(device),
+        inductor_cache(workdir if compiled else None),
+    ):
         return _train(
             cfg, workdir, source=source, init_from=init_from, device=device,
             should_stop=should_stop, max_steps=max_steps, until_epoch=until_epoch,
-            heldout=heldout, tokenizer=tokenizer,
+            heldout=heldout, tokenizer=tokenizer, compiled=compiled,
         )  # fmt: skip
 
 
@@ -285,6 +295,7 @@ class Job:
     target: torch.Tensor  # (N,) the target scan order
     streams: list[Iterator[tuple[torch.Tensor, torch.Tensor]]]  # one per accumulation step
     nonfinite: FirstNonFinite = field(init=False)  # the first non-finite loss, on the device
+    compiled: bool = False  # `ddp` is torch.compile'd
 
     def __post_init__(self) -> None:
         self.nonfinite = FirstNonFinite(self.device)
@@ -345,6 +356,7 @@ def _train(
     until_epoch: float | None,
     heldout: HeldOut | str | None,
     tokenizer,
+    compiled: bool,
 ) -> Path:
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -371,8 +383,11 @@ def _train(
     if env.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
+    if compiled:
         ddp = torch.compile(ddp)
+        if env.rank == 0:
+            cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            print(f"torch.compile (compile: {cfg.compile}), inductor's cache {cache}", flush=True)
     chunks = env.world_size * accum  # micro-batches per global batch, over all ranks
     job = Job(
         cfg, ckpt_dir, model, ddp, optimizer, env, device, autocast_dtype(cfg.precision, device),
@@ -382,6 +397,7 @@ def _train(
                         batch_size=micro)
             for a in range(accum)
         ],
+        compiled=compiled,
     )  # fmt: skip
     stop_step, named_steps = stop_step_of(cfg, step, until_epoch, segment_end)
     watch = Watcher(
@@ -467,9 +483,10 @@ def _loop(
     cfg = job.cfg
     job.model.train()
     start_step, log = step, StepLog(cfg, metrics, watch)
+    compile_time = CompileTime(job.compiled, job.device, job.env.rank)
     t_last_ckpt = time.monotonic()
     while step < stop_step:
-        stats = optimizer_step(job, step)
+        stats = compile_time.timed(optimizer_step, job, step)
         step += 1
         if log.due(step):  # every rank, as the loss is the same on all
             job.check_finite()

@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 from helpers import assert_same_weights, tiny_run, tiny_source, weights
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 import rar.train
 from rar.checkpoint import CheckpointError
@@ -368,6 +369,37 @@ def test_one_optimizer_step_is_the_first_step_of_a_run(tmp_path):
     optimizer_step(job, 2)  # a later non-finite loss leaves the first one's record alone
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 "):
         job.check_finite()
+
+
+def test_compile_auto_is_off_on_the_cpu_and_a_compiled_run_caches_beside_it(
+    tmp_path, monkeypatch, capsys
+):
+    """`compile: auto` (the default) trains the CPU eagerly; `compile: true` compiles (a spy
+    here, which runs the model as it is), with inductor's cache folder set in the run's folder
+    while the model runs, and prints the compile time."""
+    key, seen = "TORCHINDUCTOR_CACHE_DIR", []
+    default = default_cache_dir()
+    monkeypatch.setenv(key, default)  # as inductor exports it once imported
+
+    class Spy(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            seen.append(os.environ.get(key))
+            return self.model(*args)
+
+    monkeypatch.setattr(torch, "compile", Spy)
+    assert TrainConfig().compile == "auto"
+    train(tiny_run(), tmp_path / "eager", source=tiny_source(), max_steps=2)
+    assert seen == [] and os.environ[key] == default
+    train(tiny_run(compile=True), tmp_path / "run", source=tiny_source(), max_steps=2)
+    folder = str((tmp_path / "run/.inductor-cache").resolve())
+    assert seen == [folder] * 4 and os.environ[key] == default  # 2 steps x 2 micro-batches
+    out = capsys.readouterr().out
+    assert f"torch.compile (compile: True), inductor's cache {folder}" in out
+    assert re.search(r"torch.compile: first step [\d.]+ s, second [\d.]+ s: about", out)
 
 
 @pytest.fixture
