@@ -308,9 +308,10 @@ class Job:
         """FloatingPointError naming the first step whose loss was not finite, if any. The
         loop calls it at log steps, and `save` before every checkpoint: a NaN stops the run at
         the next log step (up to `log_every` - 1 steps later, trained on NaN weights that are
-        never saved), or at the next checkpoint if that comes first, and the checkpoints on
-        disk stay finite. One host synchronisation, where the log line reads the device anyway.
-        All ranks hold the same all-reduced loss, so all stop at the same step."""
+        never saved; a validation or sample grid due in between sees them), or at the next
+        checkpoint if that comes first, and the checkpoints on disk stay finite. One host
+        synchronisation, where the log line reads the device anyway. All ranks hold the same
+        all-reduced loss, so all stop at the same step."""
         bad = self.nonfinite.first()
         if bad is not None:
             step, loss = bad
