@@ -25,7 +25,7 @@ from rar.config import TrainConfig
 from rar.data.batches import stream_from
 from rar.orders import scan_order
 from rar.resume import find_resume_point
-from rar.runtime import DistEnv
+from rar.runtime import DistEnv, autocast_dtype
 from rar.train import (
     Job,
     StepLog,
@@ -339,18 +339,20 @@ def test_a_stream_started_at_a_step_continues_the_stream_from_step_0():
     assert all(torch.equal(a, b) for a, b in zip(next(late), batches[10], strict=True))
 
 
-def tiny_job(cfg, ckpt_dir) -> Job:
-    """A one-process CPU job from step 0, as `train` sets it up."""
+def tiny_job(cfg, ckpt_dir, device: str = "cpu") -> Job:
+    """A one-process job from step 0, as `train` sets it up (uncompiled)."""
+    device = torch.device(device)
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg)
+    model = model_from_config(cfg).to(device)
     micro, accum = batch_split(cfg, 1)
     streams = [
         stream_from(tiny_source(), start_step=0, rank=a, world_size=accum, batch_size=micro)
         for a in range(accum)
     ]
     return Job(
-        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), torch.device("cpu"),
-        None, scan_order(cfg.target_order, model.config.grid), streams,
+        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), device,
+        autocast_dtype(cfg.precision, device), scan_order(cfg.target_order, model.config.grid),
+        streams,
     )  # fmt: skip
 
 
@@ -392,7 +394,7 @@ def test_compile_auto_is_off_on_the_cpu_and_a_compiled_run_caches_beside_it(
 
     monkeypatch.setattr(torch, "compile", Spy)
     assert TrainConfig().compile == "auto"
-    train(tiny_run(), tmp_path / "eager", source=tiny_source(), max_steps=2)
+    train(tiny_run(compile="auto"), tmp_path / "eager", source=tiny_source(), max_steps=2)
     assert seen == [] and os.environ[key] == default
     train(tiny_run(compile=True), tmp_path / "run", source=tiny_source(), max_steps=2)
     folder = str((tmp_path / "run/.inductor-cache").resolve())
@@ -438,6 +440,25 @@ def test_a_step_between_log_steps_makes_no_host_sync(tmp_path, no_host_sync):
             job.check_finite()
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 2 "):
         job.check_finite()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_compile_auto_compiles_and_a_step_makes_no_host_sync(tmp_path, capsys):
+    """The default compiles on a GPU, prints its compile time and fills the run's inductor
+    cache; an optimizer step (batches copied from pinned memory, bf16, fused AdamW) runs under
+    CUDA's sync debug mode set to raise on any host synchronisation."""
+    train(tiny_run(compile="auto", epochs=1), tmp_path, source=tiny_source(), device="cuda")
+    assert "torch.compile: first step" in capsys.readouterr().out
+    assert any((tmp_path / ".inductor-cache").iterdir())
+    job = tiny_job(tiny_run(warmup_epochs=0), tmp_path / "job", device="cuda")
+    optimizer_step(job, 0)  # the optimizer's state, cuBLAS handles: made outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        optimizer_step(job, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    job.check_finite()
 
 
 def test_a_nan_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
