@@ -1,7 +1,8 @@
 """Where and how code runs: the one place that turns a `--device` setting into a torch device
 and a precision setting into an autocast dtype, deterministic algorithms and TF32 (each for the
-duration of a call), the distributed environment a process finds itself in (torchrun's or
-SLURM's variables), and training's seeds.
+duration of a call), whether training compiles and where inductor caches, the distributed
+environment a process finds itself in (torchrun's or SLURM's variables), host-to-device copies
+and flags that do not make the host wait, and training's seeds.
 
 Seeds: `derive_seed` is training's; rar.orders, rar.sample and rar.data.loader each derive
 their own streams from numpy's SeedSequence, and unifying them would change every seeded
@@ -114,7 +115,8 @@ def tf32(device: torch.device) -> Iterator[None]:
 def compile_enabled(setting: bool | str, device: torch.device) -> bool:
     """Whether training compiles its model (TrainConfig.compile): "auto" -> on a GPU (measured
     on an H200, RAR-L bf16: 30.9 % MFU compiled against 20.9 % eager, docs/gpu.md), not on the
-    CPU (inductor's C++ build takes longer than the CPU's short runs); true / false as set."""
+    CPU, whose runs (the demo's, the tests') are short and must keep their eager results bit
+    for bit; true / false as set."""
     if setting == "auto":
         return device.type == "cuda"
     return bool(setting)
@@ -158,8 +160,6 @@ class CompileTime:
 
 
 INDUCTOR_CACHE = ".inductor-cache"  # beside the run's checkpoints
-
-
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
