@@ -10,7 +10,9 @@ import contextlib
 import csv
 import os
 import platform
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,8 +66,63 @@ def _append_csv(path: str | Path, row: dict) -> None:
         writer.writerow(row)
 
 
-# Dense bf16 peak of the GPUs we expect, for model FLOPs utilisation (vendor data sheets).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+# ##########################################################################################
+# Peak FLOP/s, for model FLOPs utilisation
+# ##########################################################################################
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One GPU's dense (no 2:4 sparsity) tensor-core peak, from its vendor data sheet."""
+
+    name: str  # the product, as the data sheet names it
+    pattern: str  # regular expression, matched in full against torch.cuda.get_device_name
+    memory_gib: tuple[float, float]  # total memory range: tells apart what one name may mean
+    bf16: float  # TFLOP/s, dense bf16 (= fp16) tensor core
+    tf32: float  # TFLOP/s, dense TF32 tensor core: fp32 training's products (rar.runtime.tf32)
+    source: str  # the data sheet
+
+
+_A100 = "NVIDIA A100 Tensor Core GPU data sheet (2021), the figures without sparsity"
+_H100 = "NVIDIA H100 Tensor Core GPU data sheet (2023), dense = half the sparse figures"
+_H200 = "NVIDIA H200 Tensor Core GPU product brief (2024), dense = half the sparse figures"
+_L40S = "NVIDIA L40S data sheet (2023), the figures without sparsity"
+# The one table of peaks. A name is looked up in order, first full match whose memory range
+# holds the device's total memory; memory is what separates the A100's 40 and 80 GB boards
+# when a driver names only the form factor ("NVIDIA A100-SXM4"). An H100 or H200 name without
+# its form factor ("NVIDIA H100") matches nothing: SXM, PCIe and NVL boards differ in peak.
+GPU_PEAKS = (
+    Peak("A100 SXM 40GB", r"NVIDIA A100-SXM4(-40GB)?", (30, 45), 312, 156, _A100),
+    Peak("A100 SXM 80GB", r"NVIDIA A100-SXM4(-80GB)?", (70, 90), 312, 156, _A100),
+    Peak("A100 PCIe 40GB", r"NVIDIA A100-PCIE(-40GB)?", (30, 45), 312, 156, _A100),
+    Peak("A100 PCIe 80GB", r"NVIDIA A100 (80GB )?PCIe", (70, 90), 312, 156, _A100),
+    Peak("H100 SXM", r"NVIDIA H100 (80GB HBM3|SXM5?( 80GB)?)", (70, 90), 989.5, 494.5, _H100),
+    Peak("H100 PCIe", r"NVIDIA H100 PCIe", (70, 90), 756.5, 378, _H100),
+    Peak("H100 NVL", r"NVIDIA H100 NVL", (85, 100), 835.5, 417.5, _H100),
+    Peak("H200 SXM", r"NVIDIA H200( SXM)?", (130, 145), 989.5, 494.5, _H200),
+    Peak("H200 NVL", r"NVIDIA H200 NVL", (130, 145), 835.5, 417.5, _H200),
+    Peak("L40S", r"NVIDIA L40S", (40, 50), 362.05, 183, _L40S),
+)
+
+
+def peak_of(name: str, total_memory: int | None = None) -> Peak | None:
+    """The table's entry for a device named `name` (torch.cuda.get_device_name) with
+    `total_memory` bytes (torch.cuda.get_device_properties(...).total_memory; None: the name
+    alone decides, the first match), or None: an unknown device has an unknown peak."""
+    gib = None if total_memory is None else total_memory / 2**30
+    for peak in GPU_PEAKS:
+        low, high = peak.memory_gib
+        if re.fullmatch(peak.pattern, name.strip()) and (gib is None or low <= gib <= high):
+            return peak
+    return None
+
+
+def device_peak(device: torch.device) -> Peak | None:
+    """`peak_of` the GPU `device`; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return peak_of(torch.cuda.get_device_name(device), props.total_memory)
 
 
 def train_flops_per_token(model: RAR) -> float:
@@ -80,6 +137,21 @@ def train_flops_per_token(model: RAR) -> float:
     )
     seq = cfg.num_tokens + 1
     return 6 * (num_parameters(model) - tables) + 12 * cfg.num_layers * cfg.hidden_size * seq
+
+
+def mfu_line(result: dict, peak: Peak | None, device: torch.device) -> str:
+    """The MFU line of `rar bench-train`: the utilisation, the peak it is against and where
+    that peak comes from; or why there is none."""
+    if device.type != "cuda":
+        return "MFU: none on a CPU"
+    if peak is None:
+        name = torch.cuda.get_device_name(device)
+        return f"MFU: unknown peak for {name!r} (not in rar.bench.GPU_PEAKS)"
+    kind = "bf16" if result["dtype"] == "bf16" else "tf32"
+    return (
+        f"MFU {result['mfu']:.1%} of {result['peak_tflops']:g} TFLOP/s dense {kind} "
+        f"({peak.name}; {peak.source})"
+    )
 
 
 def bench_train(
@@ -120,14 +192,8 @@ def bench_train(
         seconds = seconds_per_call(one_step, steps, dev)
     tokens_per_s = batch_size * N / seconds
     flops = train_flops_per_token(net) * tokens_per_s
-    peak = next(
-        (
-            v
-            for k, v in PEAK_BF16_FLOPS.items()
-            if dev.type == "cuda" and k in machine_description(dev)
-        ),
-        None,
-    )
+    peak = device_peak(dev)
+    peak_tflops = None if peak is None else peak.bf16 if amp else peak.tf32
     result = {
         "model": model,
         "params": num_parameters(net),
@@ -140,14 +206,16 @@ def bench_train(
         "tokens_per_s": round(tokens_per_s, 1),
         "images_per_s": round(batch_size / seconds, 2),
         "tflops": round(flops / 1e12, 3),
-        "mfu": round(flops / peak, 4) if peak else "",
+        "mfu": round(flops / (peak_tflops * 1e12), 4) if peak else "",
+        "peak_tflops": peak_tflops or "",
+        "peak_source": f"{peak.name}: {peak.source}" if peak else "",
     }
-    mfu = f", MFU {result['mfu']:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
+    mfu = mfu_line(result, peak, dev)
     print(
         f"train {model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, "
         f"{result['dtype']}, compile {compile} on {result['machine']}:\n"
         f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s, "
-        f"{result['tflops']} TFLOP/s{mfu} (mean of {steps} steps after 1 warm-up)",
+        f"{result['tflops']} TFLOP/s (mean of {steps} steps after 1 warm-up)\n  {mfu}",
         flush=True,
     )
     if csv_path is not None:

@@ -7,11 +7,13 @@ the same run share it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import types
 from dataclasses import dataclass, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -80,7 +82,7 @@ class TrainConfig:
     checkpoint_epochs: tuple[float, ...] = ()  # named checkpoints (FID vs epochs, branching)
     checkpoint_minutes: float = 10.0  # `last.pt` this often; 0 = after every step
     log_every: int = 50  # optimizer steps between metrics.csv rows
-    compile: bool = False  # torch.compile the model (GPU)
+    compile: bool | str = "auto"  # torch.compile the model: "auto" = on a GPU, not on the CPU
     deterministic: bool = False  # GPU: deterministic kernels (cost unmeasured); CPU: always
     # -- watching a run (docs/operating.md "Watching a grid"); rank 0 only, never stops training
     tensorboard: bool = False  # log to TensorBoard (pip install tensorboard)
@@ -114,6 +116,8 @@ class TrainConfig:
             problems.append(f"wandb {self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
         if self.val_every < 0 or self.sample_every < 0:
             problems.append("val_every and sample_every must not be negative (0 = off)")
+        if self.compile not in (True, False, "auto"):
+            problems.append(f"compile {self.compile!r} is not auto, true or false")
         if self.architecture not in ARCHITECTURES:
             problems.append(
                 f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
@@ -209,13 +213,19 @@ def dataclass_from_yaml(cls, path: str | os.PathLike):
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check and convert a YAML value to an annotation: ints are accepted as floats, lists as
-    tuples; `X | None` accepts None."""
+    tuples; `X | None` accepts None, `X | Y` what X or Y accepts."""
     origin, args = get_origin(hint), get_args(hint)
     if type(None) in args:  # X | None
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = get_origin(hint), get_args(hint)
+    if origin is types.UnionType:  # X | Y: the first that takes the value
+        for option in args:
+            with contextlib.suppress(ValueError):
+                return _coerce(value, option, where)
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise ValueError(f"{where} must be {names}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}")

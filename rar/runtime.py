@@ -1,7 +1,8 @@
 """Where and how code runs: the one place that turns a `--device` setting into a torch device
 and a precision setting into an autocast dtype, deterministic algorithms and TF32 (each for the
-duration of a call), the distributed environment a process finds itself in (torchrun's or
-SLURM's variables), and training's seeds.
+duration of a call), whether training compiles and where inductor caches, the distributed
+environment a process finds itself in (torchrun's or SLURM's variables), host-to-device copies
+and flags that do not make the host wait, and training's seeds.
 
 Seeds: `derive_seed` is training's; rar.orders, rar.sample and rar.data.loader each derive
 their own streams from numpy's SeedSequence, and unifying them would change every seeded
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
 PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 on a GPU, fp32 elsewhere
 
 
@@ -107,6 +112,94 @@ def tf32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """Whether training compiles its model (TrainConfig.compile): "auto" -> on a GPU (measured
+    on an H200, RAR-L bf16: 30.9 % MFU compiled against 20.9 % eager, docs/gpu.md), not on the
+    CPU, whose runs (the demo's, the tests') are short and must keep their eager results bit
+    for bit; true / false as set."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
+class CompileTime:
+    """How long torch.compile took, printed once (rank 0) when the model is compiled: the wall
+    time of a call's first step (tracing, compiling, running) minus its second's (running),
+    each ended by a device synchronisation, the only two a training call makes outside its
+    log steps. A requeued job that finds inductor's cache (`inductor_cache`) takes less."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        device: torch.device,
+        rank: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.device, self.rank, self.clock = device, rank, clock
+        self.seconds: list[float] = []
+        self.todo = 2 if enabled else 0  # steps still to time
+
+    def timed(self, step: Callable[..., T], *args) -> T:
+        """`step(*args)`, timed while steps are still to time."""
+        if not self.todo:
+            return step(*args)
+        t0 = self.clock()
+        out = step(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds.append(self.clock() - t0)
+        self.todo -= 1
+        if not self.todo and self.rank == 0:
+            first, second = self.seconds
+            print(
+                f"torch.compile: first step {first:.1f} s, second {second:.2f} s: about "
+                f"{first - second:.1f} s compiling",
+                flush=True,
+            )
+        return out
+
+
+INDUCTOR_CACHE = ".inductor-cache"  # beside the run's checkpoints
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def users_inductor_cache() -> str | None:
+    """TORCHINDUCTOR_CACHE_DIR as the user set it: None when unset, and when it holds inductor's
+    default, which inductor writes into the environment itself once imported (and
+    torch.use_deterministic_algorithms imports it)."""
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if value is None:
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch that moved it: take the value as the user's
+        return value
+    return None if os.path.abspath(value) == os.path.abspath(default_cache_dir()) else value
+
+
+@contextlib.contextmanager
+def inductor_cache(workdir: str | os.PathLike | None) -> Iterator[Path | None]:
+    """TORCHINDUCTOR_CACHE_DIR = <workdir>/.inductor-cache for the duration (None: nothing), so
+    that a requeued job finds the kernels its predecessor compiled, on whichever node, instead
+    of compiling again; yields the folder inductor uses. A folder the user exported stays (and
+    is the one yielded). Set before the first compiled call: inductor reads the variable then."""
+    if workdir is None:  # before `users_inductor_cache`, which may import inductor (2.7 s)
+        yield None
+        return
+    users, before = users_inductor_cache(), os.environ.get(INDUCTOR_CACHE_ENV)
+    if users is not None:
+        yield Path(users)
+        return
+    os.environ[INDUCTOR_CACHE_ENV] = str(Path(workdir).resolve() / INDUCTOR_CACHE)
+    try:
+        yield Path(os.environ[INDUCTOR_CACHE_ENV])
+    finally:
+        if before is None:
+            os.environ.pop(INDUCTOR_CACHE_ENV, None)
+        else:
+            os.environ[INDUCTOR_CACHE_ENV] = before
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int = 0
@@ -137,6 +230,52 @@ class DistEnv:
         """Wait for every rank (nothing to wait for in one process)."""
         if self.world_size > 1:
             dist.barrier()
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is true on any rank (one all-reduce and a host read when there is
+        more than one process): e.g. a stop, since SLURM signals every task but all must stop
+        at one step."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor(float(flag), device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+# ##########################################################################################
+# Host and device: copies that do not wait, flags read only when the host reads anyway
+# ##########################################################################################
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the host) on `device`. To a GPU the copy goes from pinned memory with
+    non_blocking=True: it is queued on the stream (the kernels that read it wait for it) and
+    the host goes on. A copy from pageable memory would first wait for the stream to drain,
+    a host synchronisation per batch. On a CPU it is `tensor` itself, as `.to` gives."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+class FirstNonFinite:
+    """The first step whose loss was not finite, and that loss, kept on the device: `note` (every
+    step) reads nothing back to the host; `first` reads the flag (one host synchronisation),
+    at the steps that read the device anyway (log lines, checkpoints)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def note(self, step: int, loss: torch.Tensor) -> None:
+        """loss: () float, this step's; kept when it is the first non-finite one."""
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step.masked_fill_(first, step)
+        self.loss = torch.where(first, loss.float(), self.loss)
+
+    def first(self) -> tuple[int, float] | None:
+        """(step, loss) of the first non-finite loss noted, or None."""
+        step = int(self.step.item())
+        return None if step < 0 else (step, self.loss.item())
 
 
 def derive_seed(*parts: int) -> int:

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,16 +50,21 @@ from rar.resume import (
     set_aside,
 )
 from rar.runtime import (
+    CompileTime,
     DistEnv,
+    FirstNonFinite,
     autocast,
     autocast_dtype,
+    compile_enabled,
     derive_seed,
     deterministic_algorithms,
+    inductor_cache,
     resolve_device,
     tf32,
+    to_device,
 )
 from rar.validate import HeldOut
-from rar.watch import MetricsLog, Watcher, find_heldout, find_tokenizer
+from rar.watch import MetricsLog, StepLog, Watcher, find_heldout, find_tokenizer
 
 # ##########################################################################################
 # Recipe: optimizer, schedule, loss
@@ -167,16 +172,23 @@ def train(
     Loggers (`cfg.tensorboard`, `cfg.wandb`): rar.tracking, on rank 0.
 
     On the CPU, and on GPUs with `cfg.deterministic`, the run uses deterministic algorithms
-    (`deterministic_algorithms`); on GPUs, TF32 (`tf32`). The caller's settings are restored
-    on return.
+    (`deterministic_algorithms`); on GPUs, TF32 (`tf32`). `cfg.compile` ("auto": on GPUs,
+    `compile_enabled`) compiles the model, with inductor's cache in `workdir/.inductor-cache`
+    (`inductor_cache`) for a requeued job to reuse, and prints the compile time
+    (`CompileTime`). The caller's settings are restored on return.
     """
     device = resolve_device(device, DistEnv.from_environ().local_rank)
     deterministic = device.type == "cpu" or cfg.deterministic
-    with deterministic_algorithms(deterministic, device), tf32(device):
+    compiled = compile_enabled(cfg.compile, device)
+    with (
+        deterministic_algorithms(deterministic, device),
+        tf32(device),
+        inductor_cache(workdir if compiled else None),
+    ):
         return _train(
             cfg, workdir, source=source, init_from=init_from, device=device,
             should_stop=should_stop, max_steps=max_steps, until_epoch=until_epoch,
-            heldout=heldout, tokenizer=tokenizer,
+            heldout=heldout, tokenizer=tokenizer, compiled=compiled,
         )  # fmt: skip
 
 
@@ -282,15 +294,38 @@ class Job:
     amp: torch.dtype | None
     target: torch.Tensor  # (N,) the target scan order
     streams: list[Iterator[tuple[torch.Tensor, torch.Tensor]]]  # one per accumulation step
+    nonfinite: FirstNonFinite = field(init=False)  # the first non-finite loss, on the device
+    compiled: bool = False  # `ddp` is torch.compile'd
+
+    def __post_init__(self) -> None:
+        self.nonfinite = FirstNonFinite(self.device)
 
     @property
     def last(self) -> Path:
         return self.ckpt_dir / LAST
 
+    def check_finite(self) -> None:
+        """FloatingPointError naming the first step whose loss was not finite, if any. The
+        loop calls it at log steps, and `save` before every checkpoint: a NaN stops the run at
+        the next log step (up to `log_every` - 1 steps later, trained on NaN weights that are
+        never saved; a validation or sample grid due in between sees them), or at the next
+        checkpoint if that comes first, and the checkpoints on disk stay finite. One host
+        synchronisation, where the log line reads the device anyway. All ranks hold the same
+        all-reduced loss, so all stop at the same step."""
+        bad = self.nonfinite.first()
+        if bad is not None:
+            step, loss = bad
+            raise FloatingPointError(
+                f"non-finite loss ({loss}) at step {step} (epoch {self.cfg.epoch_at(step):.3f}); "
+                f"the last good checkpoint is {self.last}"
+            )
+
     def save(self, path: Path, step: int, *, may_fail: bool = False) -> None:
-        """Rank 0 writes, every rank waits. may_fail: a periodic `last.pt` that cannot be
-        written (disk full) is reported and the run goes on; the previous one stays valid, and
-        the next interval tries again."""
+        """Rank 0 writes, every rank waits; never a checkpoint of non-finite training
+        (`check_finite`). may_fail: a periodic `last.pt` that cannot be written (disk full) is
+        reported and the run goes on; the previous one stays valid, and the next interval tries
+        again."""
+        self.check_finite()
         if self.env.rank == 0:
             state = dict(
                 model=self.model.state_dict(),
@@ -322,6 +357,7 @@ def _train(
     until_epoch: float | None,
     heldout: HeldOut | str | None,
     tokenizer,
+    compiled: bool,
 ) -> Path:
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
@@ -348,8 +384,11 @@ def _train(
     if env.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
+    if compiled:
         ddp = torch.compile(ddp)
+        if env.rank == 0:
+            cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            print(f"torch.compile (compile: {cfg.compile}), inductor's cache {cache}", flush=True)
     chunks = env.world_size * accum  # micro-batches per global batch, over all ranks
     job = Job(
         cfg, ckpt_dir, model, ddp, optimizer, env, device, autocast_dtype(cfg.precision, device),
@@ -359,6 +398,7 @@ def _train(
                         batch_size=micro)
             for a in range(accum)
         ],
+        compiled=compiled,
     )  # fmt: skip
     stop_step, named_steps = stop_step_of(cfg, step, until_epoch, segment_end)
     watch = Watcher(
@@ -395,14 +435,15 @@ def micro_batch(
     labels = torch.where(drop, job.model.config.null_class, labels)
     orders = sample_orders(len(tokens), cfg.num_tokens, ratio, job.target, g)
     torch.manual_seed(derive_seed(cfg.seed, step, chunk, 1))  # dropout masks
-    return tokens.to(job.device), labels.to(job.device), orders.to(job.device)
+    return tuple(to_device(t, job.device) for t in (tokens, labels, orders))
 
 
 def optimizer_step(job: Job, step: int) -> dict:
     """One optimizer step at `step`: the global batch as `accum` micro-batches per rank,
     gradients synchronised on the last; returns the loss and accuracy (averaged over the
     global batch; tensors, read only when logged), lr, r and the gradient norm (a tensor).
-    FloatingPointError on a non-finite loss."""
+    Nothing in it waits for the device: a non-finite loss is noted on the device
+    (`Job.nonfinite`) and the step is taken all the same; `Job.check_finite` raises for it."""
     cfg, accum = job.cfg, len(job.streams)
     lr = learning_rate(step, cfg)
     for group in job.optimizer.param_groups:
@@ -419,64 +460,11 @@ def optimizer_step(job: Job, step: int) -> dict:
     if job.env.world_size > 1:
         dist.all_reduce(stats)
         stats /= job.env.world_size
-    if not torch.isfinite(stats[0]):
-        raise FloatingPointError(
-            f"non-finite loss ({stats[0].item()}) at step {step} (epoch "
-            f"{cfg.epoch_at(step):.3f}); the last good checkpoint is {job.last}"
-        )
+    job.nonfinite.note(step, stats[0])  # read at the next log step or save (`check_finite`)
     grad_norm = nn.utils.clip_grad_norm_(job.model.parameters(), cfg.grad_clip)
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
     return dict(loss=stats[0], accuracy=stats[1], lr=lr, ratio=ratio, grad_norm=grad_norm)
-
-
-class StepLog:
-    """metrics.csv, the trackers and the printed line every `log_every` steps (and at the
-    end), with the throughput of training time only: the watcher's time is left out."""
-
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        metrics: MetricsLog | None,
-        watch: Watcher,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.cfg, self.metrics, self.watch, self.clock = cfg, metrics, watch, clock
-        self.t_start = self.t_log = clock()
-        self.tokens_since_log = 0
-
-    def after(self, step: int, stats: dict) -> None:
-        """After optimizer step `step` - 1 -> `step`: log when due, then let the watcher run."""
-        cfg = self.cfg
-        self.tokens_since_log += cfg.global_batch * cfg.num_tokens
-        if self.metrics is not None and (step % cfg.log_every == 0 or step == cfg.total_steps):
-            now = self.clock()
-            rate = self.tokens_since_log / max(now - self.t_log, 1e-9)
-            row = dict(
-                step=step, epoch=cfg.epoch_at(step), loss=stats["loss"].item(),
-                accuracy=stats["accuracy"].item(), lr=stats["lr"], ratio=stats["ratio"],
-                grad_norm=stats["grad_norm"].item(), tokens_per_s=rate,
-                images_per_s=rate / cfg.num_tokens, elapsed_s=now - self.t_start,
-            )  # fmt: skip
-            self.metrics.write(row)
-            eta = self.watch.log_line(row)
-            print(
-                f"step {step}/{cfg.total_steps} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
-                f"acc {row['accuracy']:.3f} lr {row['lr']:.3g} r {row['ratio']:.3f} "
-                f"{row['images_per_s']:.1f} img/s eta {eta}",
-                flush=True,
-            )
-            self.t_log, self.tokens_since_log = now, 0
-        self.t_log += self.watch.after_step(step)  # the throughput counts training time only
-
-
-def all_stop(stop: bool, env: DistEnv, device: torch.device) -> bool:
-    """Whether any rank stops: SLURM signals every task, but all must stop at one step."""
-    if env.world_size == 1:
-        return stop
-    flag = torch.tensor(float(stop), device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def _loop(
@@ -496,15 +484,18 @@ def _loop(
     cfg = job.cfg
     job.model.train()
     start_step, log = step, StepLog(cfg, metrics, watch)
+    compile_time = CompileTime(job.compiled, job.device, job.env.rank)
     t_last_ckpt = time.monotonic()
     while step < stop_step:
-        stats = optimizer_step(job, step)
+        stats = compile_time.timed(optimizer_step, job, step)
         step += 1
+        if log.due(step):  # every rank, as the loss is the same on all
+            job.check_finite()
         log.after(step, stats)
         if step in named_steps:
             job.save(job.ckpt_dir / f"epoch_{named_steps[step]:g}.pt", step)
         stop = should_stop() or (max_steps is not None and step - start_step >= max_steps)
-        stop = all_stop(stop, job.env, job.device)
+        stop = job.env.any(stop, job.device)  # every rank stops at the same step
         due = time.monotonic() - t_last_ckpt >= cfg.checkpoint_minutes * 60
         if (due or stop) and step < cfg.total_steps:
             job.save(job.last, step, may_fail=not stop)

@@ -1,7 +1,8 @@
 """Watching a run, for people, without touching its weights: metrics.csv and validation.csv
-(`MetricsLog`), and the `Watcher` beside the loop: TensorBoard / W&B (rar.tracking), the
-held-out NLL and sample grids (rar.validate), and the ETA of every log line; `find_heldout`
-and `find_tokenizer` find what it needs, or say why it is off.
+(`MetricsLog`), the log lines every `log_every` steps (`StepLog`), and the `Watcher` beside the
+loop: TensorBoard / W&B (rar.tracking), the held-out NLL and sample grids (rar.validate), and
+the ETA of every log line; `find_heldout` and `find_tokenizer` find what it needs, or say why
+it is off.
 
 Apart from rar.train because none of it changes what a run computes: the loop calls
 `Watcher.after_step` and `Watcher.log_line`, and that is all it knows of it.
@@ -13,6 +14,7 @@ import csv
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -283,3 +285,47 @@ def find_tokenizer(manifest: dict):
     if tokenizer.identity() != manifest.get("tokenizer", {}).get("identity"):
         return f"{path} is not the tokenizer the shards were made with (its weights differ)"
     return tokenizer
+
+
+class StepLog:
+    """metrics.csv, the trackers and the printed line every `log_every` steps (and at the
+    end), with the throughput of training time only: the watcher's time is left out."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        metrics: MetricsLog | None,
+        watch: Watcher,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.cfg, self.metrics, self.watch, self.clock = cfg, metrics, watch, clock
+        self.t_start = self.t_log = clock()
+        self.tokens_since_log = 0
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` is logged (the device is read then: a host synchronisation)."""
+        return step % self.cfg.log_every == 0 or step == self.cfg.total_steps
+
+    def after(self, step: int, stats: dict) -> None:
+        """After optimizer step `step` - 1 -> `step`: log when due, then let the watcher run."""
+        cfg = self.cfg
+        self.tokens_since_log += cfg.global_batch * cfg.num_tokens
+        if self.metrics is not None and self.due(step):
+            now = self.clock()
+            rate = self.tokens_since_log / max(now - self.t_log, 1e-9)
+            row = dict(
+                step=step, epoch=cfg.epoch_at(step), loss=stats["loss"].item(),
+                accuracy=stats["accuracy"].item(), lr=stats["lr"], ratio=stats["ratio"],
+                grad_norm=stats["grad_norm"].item(), tokens_per_s=rate,
+                images_per_s=rate / cfg.num_tokens, elapsed_s=now - self.t_start,
+            )  # fmt: skip
+            self.metrics.write(row)
+            eta = self.watch.log_line(row)
+            print(
+                f"step {step}/{cfg.total_steps} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
+                f"acc {row['accuracy']:.3f} lr {row['lr']:.3g} r {row['ratio']:.3f} "
+                f"{row['images_per_s']:.1f} img/s eta {eta}",
+                flush=True,
+            )
+            self.t_log, self.tokens_since_log = now, 0
+        self.t_log += self.watch.after_step(step)  # the throughput counts training time only

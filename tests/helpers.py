@@ -32,6 +32,7 @@ def tiny_run(**overrides) -> TrainConfig:
         source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
         warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
         checkpoint_minutes=60, log_every=4, seed=3,
+        compile=False,  # eager on GPUs too ("auto" compiles there), as the GPU tests were measured
     )  # fmt: skip
     return TrainConfig(**{**base, **overrides})
 

@@ -124,3 +124,62 @@ def test_every_place_that_names_sample_dtypes_names_the_same():
     assert tuple(enum) == rar.bench.SAMPLE_DTYPES
     snakefile = (repo / "Snakefile").read_text()
     assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in snakefile
+
+
+# The names drivers report (nvidia-smi / torch.cuda.get_device_name) and total memory in MiB.
+REPORTED = [
+    ("NVIDIA A100-SXM4-40GB", 40_536, "A100 SXM 40GB", 312),
+    ("NVIDIA A100-SXM4-80GB", 81_920, "A100 SXM 80GB", 312),
+    ("NVIDIA A100-SXM4", 81_920, "A100 SXM 80GB", 312),  # the form factor only: memory decides
+    ("NVIDIA A100-PCIE-40GB", 40_536, "A100 PCIe 40GB", 312),
+    ("NVIDIA A100 80GB PCIe", 81_920, "A100 PCIe 80GB", 312),
+    ("NVIDIA H100 80GB HBM3", 81_559, "H100 SXM", 989.5),
+    ("NVIDIA H100 PCIe", 81_559, "H100 PCIe", 756.5),
+    ("NVIDIA H100 NVL", 95_830, "H100 NVL", 835.5),
+    ("NVIDIA H200", 143_771, "H200 SXM", 989.5),  # benchmarks/h200-2026-12-04.txt
+    ("NVIDIA H200 NVL", 143_771, "H200 NVL", 835.5),
+    ("NVIDIA L40S", 46_068, "L40S", 362.05),
+]
+
+
+@pytest.mark.parametrize(("name", "mib", "entry", "bf16"), REPORTED)
+def test_the_peak_of_each_gpu_in_the_table_is_found_by_its_name(name, mib, entry, bf16):
+    peak = rar.bench.peak_of(name, mib * 2**20)
+    assert peak.name == entry and peak.bf16 == bf16 and 0 < peak.tf32 < peak.bf16
+    assert peak.source.startswith(f"NVIDIA {entry[:4]}")  # the product's own data sheet
+    assert rar.bench.peak_of(name) is not None  # the name alone finds an entry too
+    assert {p.name for p in rar.bench.GPU_PEAKS} == {r[2] for r in REPORTED}
+
+
+@pytest.mark.parametrize(
+    ("name", "mib"),
+    [
+        ("NVIDIA H100", 81_559),  # no form factor: SXM, PCIe or NVL, whose peaks differ
+        ("NVIDIA GeForce RTX 4090", 24_564),
+        ("NVIDIA B200", 183_359),
+        ("NVIDIA A100-SXM4-80GB", 40_536),  # a name and a memory that disagree
+    ],
+)
+def test_an_unknown_device_has_an_unknown_peak(name, mib):
+    assert rar.bench.peak_of(name, mib * 2**20) is None
+
+
+def test_bench_train_prints_mfu_with_its_peak_and_source(monkeypatch, capsys):
+    """On a GPU (faked: the CPU computes, torch.cuda answers as an H200) the MFU line names the
+    peak and its data sheet; an unknown GPU says so instead of guessing."""
+    peak = rar.bench.peak_of("NVIDIA H200")
+    monkeypatch.setattr(rar.bench, "device_peak", lambda dev: peak)
+    monkeypatch.setattr(rar.bench, "mfu_line", _on_a_gpu(rar.bench.mfu_line))
+    result = rar.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    out = capsys.readouterr().out
+    assert result["peak_tflops"] == peak.tf32  # fp32 on a GPU trains with TF32 products
+    assert isinstance(result["mfu"], float)
+    assert f"of {peak.tf32:g} TFLOP/s dense tf32 (H200 SXM; {peak.source})" in out
+    monkeypatch.setattr(rar.bench, "device_peak", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA B200")
+    result = rar.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    assert result["mfu"] == "" and "MFU: unknown peak for 'NVIDIA B200'" in capsys.readouterr().out
+
+
+def _on_a_gpu(mfu_line):
+    return lambda result, peak, device: mfu_line(result, peak, torch.device("cuda"))

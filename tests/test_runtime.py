@@ -3,17 +3,25 @@ seeds."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from rar.runtime import (
+    CompileTime,
     DistEnv,
+    FirstNonFinite,
     autocast_dtype,
+    compile_enabled,
     derive_seed,
     deterministic_algorithms,
+    inductor_cache,
     make_current,
     resolve_device,
     tf32,
+    to_device,
 )
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)  # torch.device needs no GPU
@@ -93,3 +101,52 @@ def test_deterministic_algorithms_restore_the_callers_setting(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # nothing runs in parallel
     with deterministic_algorithms(True, CPU):
         assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_compile_auto_is_on_a_gpu_only():
+    assert compile_enabled("auto", GPU) and not compile_enabled("auto", CPU)
+    assert compile_enabled(True, CPU) and not compile_enabled(False, GPU)
+
+
+def test_inductors_cache_is_beside_the_run_for_the_duration(tmp_path, monkeypatch):
+    """Set to <workdir>/.inductor-cache while compiling, then removed; a folder the user
+    exported stays; nothing is set when the model is not compiled (None)."""
+    key = "TORCHINDUCTOR_CACHE_DIR"
+    monkeypatch.delenv(key, raising=False)
+    with inductor_cache(tmp_path / "run") as folder:
+        assert os.environ[key] == str(folder) == str((tmp_path / "run/.inductor-cache").resolve())
+    assert key not in os.environ
+    with inductor_cache(None) as folder:
+        assert folder is None and key not in os.environ
+    default = default_cache_dir()  # what inductor exports itself once imported: not the user's
+    monkeypatch.setenv(key, default)
+    with inductor_cache(tmp_path / "run") as folder:
+        assert os.environ[key] == str(folder) == str((tmp_path / "run/.inductor-cache").resolve())
+    assert os.environ[key] == default
+    monkeypatch.setenv(key, "/scratch/mine")
+    with inductor_cache(tmp_path / "run") as folder:
+        assert os.environ[key] == str(folder) == "/scratch/mine"
+    assert os.environ[key] == "/scratch/mine"
+
+
+def test_compile_time_is_the_first_step_less_the_second(capsys):
+    times = iter([0.0, 30.0, 30.0, 30.5])  # the first step 30 s, the second 0.5 s
+    timer = CompileTime(True, CPU, clock=lambda: next(times))
+    assert [timer.timed(lambda x: x + 1, i) for i in range(4)] == [1, 2, 3, 4]  # 2 timed
+    assert "first step 30.0 s, second 0.50 s: about 29.5 s compiling" in capsys.readouterr().out
+    CompileTime(False, CPU, clock=None).timed(print, "eager")  # not timed: no clock read
+    assert capsys.readouterr().out == "eager\n"
+
+
+def test_the_first_non_finite_loss_is_kept_on_the_device():
+    flag = FirstNonFinite(CPU)
+    flag.note(0, torch.tensor(2.0))
+    assert flag.first() is None
+    flag.note(1, torch.tensor(float("inf")))
+    flag.note(2, torch.tensor(float("nan")))
+    assert flag.first() == (1, float("inf"))
+
+
+def test_a_batch_stays_itself_on_the_cpu():
+    batch = torch.arange(6)
+    assert to_device(batch, CPU) is batch

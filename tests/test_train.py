@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -16,13 +17,15 @@ import time
 import pytest
 import torch
 from helpers import assert_same_weights, tiny_run, tiny_source, weights
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+import rar.train
 from rar.checkpoint import CheckpointError
 from rar.config import TrainConfig
 from rar.data.batches import stream_from
 from rar.orders import scan_order
 from rar.resume import find_resume_point
-from rar.runtime import DistEnv
+from rar.runtime import DistEnv, autocast_dtype
 from rar.train import (
     Job,
     StepLog,
@@ -336,18 +339,20 @@ def test_a_stream_started_at_a_step_continues_the_stream_from_step_0():
     assert all(torch.equal(a, b) for a, b in zip(next(late), batches[10], strict=True))
 
 
-def tiny_job(cfg, ckpt_dir) -> Job:
-    """A one-process CPU job from step 0, as `train` sets it up."""
+def tiny_job(cfg, ckpt_dir, device: str = "cpu") -> Job:
+    """A one-process job from step 0, as `train` sets it up (uncompiled)."""
+    device = torch.device(device)
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg)
+    model = model_from_config(cfg).to(device)
     micro, accum = batch_split(cfg, 1)
     streams = [
         stream_from(tiny_source(), start_step=0, rank=a, world_size=accum, batch_size=micro)
         for a in range(accum)
     ]
     return Job(
-        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), torch.device("cpu"),
-        None, scan_order(cfg.target_order, model.config.grid), streams,
+        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), device,
+        autocast_dtype(cfg.precision, device), scan_order(cfg.target_order, model.config.grid),
+        streams,
     )  # fmt: skip
 
 
@@ -362,8 +367,120 @@ def test_one_optimizer_step_is_the_first_step_of_a_run(tmp_path):
 
     with torch.no_grad():
         next(job.model.parameters()).fill_(float("nan"))
+    optimizer_step(job, 1)  # noted on the device, not read back
+    optimizer_step(job, 2)  # a later non-finite loss leaves the first one's record alone
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 1 "):
+        job.check_finite()
+
+
+def test_compile_auto_is_off_on_the_cpu_and_a_compiled_run_caches_beside_it(
+    tmp_path, monkeypatch, capsys
+):
+    """`compile: auto` (the default) trains the CPU eagerly; `compile: true` compiles (a spy
+    here, which runs the model as it is), with inductor's cache folder set in the run's folder
+    while the model runs, and prints the compile time."""
+    key, seen = "TORCHINDUCTOR_CACHE_DIR", []
+    default = default_cache_dir()
+    monkeypatch.setenv(key, default)  # as inductor exports it once imported
+
+    class Spy(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            seen.append(os.environ.get(key))
+            return self.model(*args)
+
+    monkeypatch.setattr(torch, "compile", Spy)
+    assert TrainConfig().compile == "auto"
+    train(tiny_run(compile="auto"), tmp_path / "eager", source=tiny_source(), max_steps=2)
+    assert seen == [] and os.environ[key] == default
+    train(tiny_run(compile=True), tmp_path / "run", source=tiny_source(), max_steps=2)
+    folder = str((tmp_path / "run/.inductor-cache").resolve())
+    assert seen == [folder] * 4 and os.environ[key] == default  # 2 steps x 2 micro-batches
+    out = capsys.readouterr().out
+    assert f"torch.compile (compile: True), inductor's cache {folder}" in out
+    assert re.search(r"torch.compile: first step [\d.]+ s, second [\d.]+ s: about", out)
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """A context in which reading a tensor on the host raises (as tests/test_generate.py's
+    for decoding): on a GPU each of these waits for the device."""
+
+    def banned(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host sync in a training step: {name}")
+
+        return fail
+
+    @contextlib.contextmanager
+    def guard():
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+                m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
+            yield
+
+    return guard
+
+
+def test_a_step_between_log_steps_makes_no_host_sync(tmp_path, no_host_sync):
+    """An optimizer step, with a finite loss or not, reads nothing back to the host; the check
+    of the log steps does (one read), and the ban catches it."""
+    job = tiny_job(tiny_run(warmup_epochs=0), tmp_path / "checkpoints")
+    optimizer_step(job, 0)  # the optimizer's state is made outside the ban
+    with no_host_sync():
         optimizer_step(job, 1)
+    with torch.no_grad():
+        next(job.model.parameters()).fill_(float("nan"))
+    with no_host_sync():
+        optimizer_step(job, 2)
+        with pytest.raises(AssertionError, match="host sync"):
+            job.check_finite()
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 2 "):
+        job.check_finite()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_compile_auto_compiles_and_a_step_makes_no_host_sync(tmp_path, capsys):
+    """The default compiles on a GPU, prints its compile time and fills the run's inductor
+    cache; an optimizer step (batches copied from pinned memory, bf16, fused AdamW) runs under
+    CUDA's sync debug mode set to raise on any host synchronisation."""
+    train(tiny_run(compile="auto", epochs=1), tmp_path, source=tiny_source(), device="cuda")
+    assert "torch.compile: first step" in capsys.readouterr().out
+    assert any((tmp_path / ".inductor-cache").iterdir())
+    job = tiny_job(tiny_run(warmup_epochs=0), tmp_path / "job", device="cuda")
+    optimizer_step(job, 0)  # the optimizer's state, cuBLAS handles: made outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        optimizer_step(job, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    job.check_finite()
+
+
+def test_a_nan_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
+    """A run whose loss turns NaN at step k trains on to the next log step, then stops with
+    the error naming step k; nothing after the last good checkpoint is saved."""
+    real, steps = rar.train.optimizer_step, []
+
+    def nan_from_step_5(job, step):
+        if step == 5:
+            with torch.no_grad():
+                next(job.model.parameters()).fill_(float("nan"))
+        steps.append(step)
+        return real(job, step)
+
+    monkeypatch.setattr(rar.train, "optimizer_step", nan_from_step_5)
+    cfg = tiny_run(log_every=4, checkpoint_epochs=(0.5,))  # a named checkpoint at step 4
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 5 \(epoch"):
+        train(cfg, tmp_path, source=tiny_source())
+    assert steps == list(range(8))  # steps 0-7: the log step after step 5 is 8
+    assert os.listdir(tmp_path / "checkpoints") == ["epoch_0.5.pt"]
+    last = load_checkpoint(tmp_path / "checkpoints/epoch_0.5.pt")
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
 def test_the_log_line_counts_training_time_only(tmp_path, capsys):

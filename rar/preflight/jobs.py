@@ -118,7 +118,7 @@ def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
     """How the uninterrupted run ran (steps, device, precision, DDP backend, batches) and its
     steady-state throughput."""
     from rar.bench import machine_description
-    from rar.runtime import autocast_dtype
+    from rar.runtime import autocast_dtype, compile_enabled
 
     return dict(
         reference_step=reference_step,
@@ -126,7 +126,7 @@ def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
         device=dev.type,
         machine=machine_description(dev),
         dtype="bf16" if autocast_dtype(cfg.precision, dev) else "fp32",
-        compile=cfg.compile,
+        compile=compile_enabled(cfg.compile, dev),  # "auto" as it resolved
         micro_batch=cfg.micro_batch or cfg.global_batch // env.world_size,
         global_batch=cfg.global_batch,
         backend="nccl" if dev.type == "cuda" and env.world_size > 1 else
