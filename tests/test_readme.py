@@ -15,8 +15,8 @@ code blocks:
 - every `make X` names a target of the Makefile;
 
 In the whole text, code blocks included, every file a document cites (a relative link, a path
-into one of the repository's folders, an upper-case `NAME.md`, the steering repository's
-`shared/`) must be in the repository (a glob matches something; a link's #anchor names a
+into one of the repository's folders, an upper-case `NAME.md`, a path that climbs out with
+`../`) must be in the repository (a glob matches something; a link's #anchor names a
 heading of its page): a document describes this repository and nothing beside it.
 
 Each check is one test that lists every offender, in every document, at once.
@@ -252,7 +252,7 @@ def test_make_targets_exist():
 # -- files ----------------------------------------------------------------------------------
 
 PATH = re.compile(
-    rf"(?<![\w/.~-])(?:(?:{'|'.join(FOLDERS)})/[\w./*<>{{}}-]*|(?:\.\./)?shared/[\w./-]*"
+    rf"(?<![\w/.~-])(?:(?:{'|'.join(FOLDERS)})/[\w./*<>{{}}-]*|(?:\.\./)+[\w./-]+"
     r"|[A-Z][A-Z_]+\.md)"
 )
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -278,16 +278,21 @@ def _anchors(page: Path) -> set[str]:
 
 
 def cited_files(text: str) -> list[str]:
-    """The files a document cites: paths into the repository's folders, `NAME.md` and
-    `shared/` anywhere in its text (relative links are checked from the document's folder)."""
+    """The files a document cites: paths into the repository's folders, `NAME.md` and paths
+    that start with `../`, anywhere in its text (those, like relative links, are checked from
+    the document's folder: one that leaves the repository is missing)."""
     return list(dict.fromkeys(m.group(0).rstrip(".,;:") for m in PATH.finditer(text)))
 
 
 def _missing_files(doc: str) -> list[str]:
     """The files `doc` cites that the repository does not hold, and its broken links."""
     text = TEXTS[doc]
+    here = (REPO / doc).parent
     missing = [
-        path for path in cited_files(text) if not GENERATED.fullmatch(path) and not _exists(path)
+        path
+        for path in cited_files(text)
+        if not GENERATED.fullmatch(path)
+        and not _exists(path, here if path.startswith("../") else REPO)
     ]
     for link in LINK.findall(text):
         path, _, anchor = link.partition("#")
@@ -330,8 +335,9 @@ def test_the_extractors_find_what_they_should():
     assert fenced_commands(text) == ["rar a --b c"]
     assert inline_commands(text) == ["rar plan [--config c.yaml]"]
     assert inline_commands("`rar\n  plan --table t`") == ["rar plan --table t"]
-    text = "See DESIGN.md, `shared/reference/x.csv` and rar/model.py; not https://x.org/docs/y."
-    assert cited_files(text) == ["DESIGN.md", "shared/reference/x.csv", "rar/model.py"]
+    text = "See DESIGN.md, `../beside/x.csv` and rar/model.py; not https://x.org/docs/y."
+    assert cited_files(text) == ["DESIGN.md", "../beside/x.csv", "rar/model.py"]
+    assert not _exists("../beside/x.csv") and _exists("../benchmarks/gpu.sh", REPO / "docs")
     assert not _exists("DESIGN.md") and _exists("profiles/slurm/*.yaml")
     assert _exists("config/RUN/config.yaml") and not _exists("config/run/config.yaml")
     assert {"the-demos-result", "run-your-own-config"} <= _anchors(README)
