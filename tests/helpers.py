@@ -11,10 +11,12 @@ themselves, and jobs on other processes get it pickled by value (tests/test_laun
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
 
+import pytest
 import torch
 from PIL import Image
 
@@ -117,3 +119,25 @@ class RequeueReleaser:
         elif time.monotonic() - self.held_since >= REQUEUE_SETTLE_S:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
             self.held_since = None
+
+
+@contextlib.contextmanager
+def host_reads_banned(where: str, *, constructors: bool = False):
+    """A context in which reading a tensor on the host raises AssertionError("host sync in
+    `where`: ..."): Tensor.item, tolist, cpu, numpy and bool (on a GPU each waits for the
+    device); with `constructors`, torch.tensor and torch.as_tensor too (a new tensor from
+    host values each time)."""
+    import torch
+
+    def banned(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"host sync in {where}: {name}")
+
+        return fail
+
+    with pytest.MonkeyPatch.context() as m:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+            m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
+        for name in ("tensor", "as_tensor") if constructors else ():
+            m.setattr(torch, name, banned(f"torch.{name}"))
+        yield

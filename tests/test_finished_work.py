@@ -10,13 +10,12 @@ import random
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import fake_imagenet, job_counts, mini_demo  # noqa: F401 (a fixture)
+from test_workflow import fake_imagenet, job_counts, mini_demo, snakemake  # noqa: F401
 
 from rar.cli import main
 from rar.experiments import load_study
@@ -29,22 +28,6 @@ HEAVY = {
     "untrained_checkpoint", "train", "sweep_guidance", "sample", "reconstruct", "evaluate",
     "bench_sample",
 }  # fmt: skip
-
-
-def snakemake(*args, snakefile=REPO / "Snakefile", pythonpath=None, check=True, timeout=1500):
-    """Snakemake of `snakefile` (the checkout's; a copy's with the copy's `rar` first on the
-    path), one thread per job."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env["OMP_NUM_THREADS"] = "1"
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(snakefile), *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def grid_config() -> dict:

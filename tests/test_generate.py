@@ -6,6 +6,7 @@ import contextlib
 
 import pytest
 import torch
+from helpers import host_reads_banned
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import rar.generate
@@ -410,23 +411,13 @@ class _NoHostSync(TorchDispatchMode):
 
 
 @pytest.fixture
-def no_host_sync(monkeypatch):
+def no_host_sync():
     """A context in which host reads raise: the ops of `_NoHostSync`, and the Python entry
-    points that never reach an op (tolist, cpu, numpy, torch.tensor, torch.as_tensor)."""
-
-    def banned(name):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"host sync in the decode loop: {name}")
-
-        return fail
+    points that never reach an op (helpers.host_reads_banned, torch.tensor included)."""
 
     @contextlib.contextmanager
     def guard():
-        with monkeypatch.context() as m, _NoHostSync():
-            for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
-                m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
-            for name in ("tensor", "as_tensor"):
-                m.setattr(torch, name, banned(f"torch.{name}"))
+        with _NoHostSync(), host_reads_banned("the decode loop", constructors=True):
             yield
 
     return guard

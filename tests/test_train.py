@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
@@ -16,7 +15,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_same_weights, tiny_run, tiny_source, weights
+from helpers import assert_same_weights, host_reads_banned, tiny_run, tiny_source, weights
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 import rar.train
@@ -405,24 +404,10 @@ def test_compile_auto_is_off_on_the_cpu_and_a_compiled_run_caches_beside_it(
 
 
 @pytest.fixture
-def no_host_sync(monkeypatch):
-    """A context in which reading a tensor on the host raises (as tests/test_generate.py's
+def no_host_sync():
+    """A context in which reading a tensor on the host raises (helpers.host_reads_banned, as
     for decoding): on a GPU each of these waits for the device."""
-
-    def banned(name):
-        def fail(*args, **kwargs):
-            raise AssertionError(f"host sync in a training step: {name}")
-
-        return fail
-
-    @contextlib.contextmanager
-    def guard():
-        with monkeypatch.context() as m:
-            for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
-                m.setattr(torch.Tensor, name, banned(f"Tensor.{name}"))
-            yield
-
-    return guard
+    return lambda: host_reads_banned("a training step")
 
 
 def test_a_step_between_log_steps_makes_no_host_sync(tmp_path, no_host_sync):

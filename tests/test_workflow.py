@@ -20,11 +20,17 @@ from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(*args, cwd=REPO, timeout=900, check=True) -> subprocess.CompletedProcess:
+def snakemake(
+    *args, cwd=REPO, timeout=900, check=True, snakefile=REPO / "Snakefile", pythonpath=None
+) -> subprocess.CompletedProcess:
+    """Snakemake of `snakefile` (the checkout's; a copy's, with `pythonpath` the copy so that
+    its own `rar` is imported), one thread per job; its failure raises with the output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env["OMP_NUM_THREADS"] = "1"
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args],
+        [sys.executable, "-m", "snakemake", "-s", str(snakefile), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if check and proc.returncode != 0:
