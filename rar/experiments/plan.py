@@ -87,6 +87,7 @@ def plan_dict(study: Study, measured: dict | None = None) -> dict:
     """Everything `rar plan --json` prints: every run with its resolved training config and
     the tables it serves, every evaluation and sweep with its resolved settings."""
     tables_of = {rid: sorted({row.table for row in study.row_of(rid)}) for rid in study.runs}
+    left = epochs_left(study)  # reads every run's folder once
     return {
         "study": study.name,
         "prefix": study.prefix,
@@ -120,7 +121,7 @@ def plan_dict(study: Study, measured: dict | None = None) -> dict:
                 "branch_epoch": run.branch_epoch,
                 "segments": list(run.segments),
                 "epochs_to_train": run.epochs_to_train,
-                "epochs_left": epochs_left(study)[run.id],
+                "epochs_left": left[run.id],
                 "note": run.note,
                 "tables": tables_of[run.id],
                 "config": run.config.to_dict(),
