@@ -44,5 +44,5 @@ include: "workflow/rules/preflight.smk"
 
 rule all:
     input:
-        inputs.all_outputs(),
+        wiring.all_outputs(),
     default_target: True

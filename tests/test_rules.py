@@ -14,24 +14,24 @@ import yaml
 
 from rar.config import OUTSIDE_IDENTITY
 from rar.experiments import load_study
-from rar.experiments.rules import RuleInputs, one_of
+from rar.experiments.rules import RuleWiring, one_of
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def paper() -> RuleInputs:
+def paper() -> RuleWiring:
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    return RuleInputs(load_study(config))
+    return RuleWiring(load_study(config))
 
 
 @pytest.fixture(scope="module")
-def demo() -> RuleInputs:
-    return RuleInputs(load_study(yaml.safe_load((REPO / "config/demo.yaml").read_text())))
+def demo() -> RuleWiring:
+    return RuleWiring(load_study(yaml.safe_load((REPO / "config/demo.yaml").read_text())))
 
 
-def _runs(inputs: RuleInputs, kind: str) -> list:
-    return [r for r in inputs.study.runs.values() if r.kind == kind]
+def _runs(wiring: RuleWiring, kind: str) -> list:
+    return [r for r in wiring.study.runs.values() if r.kind == kind]
 
 
 def test_a_trunk_trains_in_segments_each_from_the_last(paper):
@@ -91,9 +91,9 @@ def test_data_inputs_follow_the_run(paper, demo):
 def test_a_run_without_validation_needs_no_heldout_tokens(paper):
     config = copy.deepcopy(paper.config)
     config["train"]["val_every"] = 0
-    inputs = RuleInputs(load_study(config))
-    run = next(iter(inputs.study.runs))
-    assert inputs.heldout_of_run(W(run=run)) == []
+    wiring = RuleWiring(load_study(config))
+    run = next(iter(wiring.study.runs))
+    assert wiring.heldout_of_run(W(run=run)) == []
 
 
 def test_sampling_arguments_take_the_sweeps_scale_or_the_rows(paper):
@@ -123,12 +123,12 @@ def test_sweep_arguments_list_every_scale(paper):
 def test_checkpoints_of_an_evaluation(paper):
     config = copy.deepcopy(paper.config)
     config["tables"]["table2"]["evaluate_epochs"] = [100, 300]
-    inputs = RuleInputs(load_study(config))
-    study = inputs.study
+    wiring = RuleWiring(load_study(config))
+    study = wiring.study
     curve = next(e for e in study.evaluations.values() if not e.final and e.kind == "model")
     wc = W(evaluation=curve.id)
-    assert inputs.sample_checkpoint(wc) == study.checkpoint(curve.run, curve.epoch)
-    assert inputs.trained_checkpoint(wc) == study.checkpoint(curve.run)  # exists once it ends
+    assert wiring.sample_checkpoint(wc) == study.checkpoint(curve.run, curve.epoch)
+    assert wiring.trained_checkpoint(wc) == study.checkpoint(curve.run)  # exists once it ends
     official = next(e for e in study.evaluations.values() if e.checkpoint)
     assert paper.sample_checkpoint(W(evaluation=official.id)) == official.checkpoint
 
@@ -172,8 +172,8 @@ def test_launcher_arguments_name_the_stages_resources(paper):
     assert shlex.split(paper.launcher_args("train")) == ["--launcher", paper.config["launcher"]]
     config = copy.deepcopy(paper.config)
     config["launcher_dir"] = "profiles/my site"
-    inputs = RuleInputs(load_study(config))
-    assert shlex.split(inputs.launcher_args("sample"))[-2:] == [
+    wiring = RuleWiring(load_study(config))
+    assert shlex.split(wiring.launcher_args("sample"))[-2:] == [
         "--launcher-config",
         "profiles/my site/sample.yaml",
     ]
@@ -201,7 +201,7 @@ def test_report_inputs_come_from_the_study(paper):
 def test_a_study_without_table5_benchmarks_nothing(paper):
     config = copy.deepcopy(paper.config)
     config.pop("throughput_table")
-    assert RuleInputs(load_study(config)).throughput_benchmarks() == []
+    assert RuleWiring(load_study(config)).throughput_benchmarks() == []
 
 
 def test_one_of_matches_exactly_the_names():

@@ -1,8 +1,8 @@
 """What each rule of `workflow/rules/` passes on: its input files and its command's arguments,
 answered from a `Study`. Torch-free and Snakemake-free.
 
-`RuleInputs` is called the way Snakemake calls input and params functions (`wildcards`, and
-`input` for params that need it), so a rule names `inputs.train_start` and the rule files
+`RuleWiring` is called the way Snakemake calls input and params functions (`wildcards`, and
+`input` for params that need it), so a rule names `wiring.train_start` and the rule files
 hold no study logic; a test calls the same method with a namespace for `wildcards`. The
 Snakemake-only parts stay in `common.smk`: the `ancient` flag and the `WorkflowError`.
 
@@ -23,7 +23,7 @@ from rar.config import OUTSIDE_IDENTITY
 from rar.experiments.study import Evaluation, Study, Sweep
 
 
-class RuleInputs:
+class RuleWiring:
     """The input and params functions of the workflow's rules, for one study."""
 
     def __init__(self, study: Study) -> None:

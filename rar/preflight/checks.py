@@ -316,7 +316,7 @@ def stage_launchers(
     backend: str, launcher_dir: str, *, folder: Path, time_cap_min: int
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, int], list[Check]]:
     """Per stage: the launcher settings the grid uses (`<launcher_dir>/<stage>.yaml`, the
-    backend from the profile, as `rar.experiments.rules.RuleInputs.launcher_args`), adapted for a
+    backend from the profile, as `rar.experiments.rules.RuleWiring.launcher_args`), adapted for a
     rehearsal: the time limit capped at `time_cap_min`, at least two requeues for training,
     quick polling. Returns (settings, their source, the grid's own time limits, failed
     checks of files that do not load)."""

@@ -4,13 +4,14 @@
 from snakemake.logging import logger
 
 from rar.experiments import StudyError, load_study
-from rar.experiments.rules import RuleInputs, one_of
+from rar.experiments.rules import RuleWiring, one_of
 from rar.resources import missing_resources
 
 
 # The one study loader of every tool (rar plan / status / report use the same): the schema's
 # checks and defaults, then identities, then what is on disk under the working directory (a
-# trunk's kept checkpoints). `config` stays Snakemake's; rules read `C`.
+# trunk's kept checkpoints). `config` stays Snakemake's; rules read `study.config` and write
+# under `study.prefix` (results/, or results/<study>/ for the demo).
 _source = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
 try:
     study = load_study(config, source=_source, root=".")
@@ -24,11 +25,9 @@ if _misfiled := study.misfiled_runs():
         + "\n  ".join(_misfiled)
     )
 
-C = study.config
-P = study.prefix  # results/ (paper) or results/<study>/ (the demo)
-# Rules name `inputs.<function>` for their input files and arguments.
-inputs = RuleInputs(study)
-inputs.write_report_recipes()  # each table's make-up, rewritten when an edit changes it
+# Rules name `wiring.<function>` for their input files, arguments and resources.
+wiring = RuleWiring(study)
+wiring.write_report_recipes()  # each table's make-up, rewritten when an edit changes it
 
 
 # Finished work is redone only when a user names it (docs/results.md): a heavy stage reruns
@@ -54,7 +53,7 @@ def _check_rerun_triggers():
 # every missing file in one message (a finished grid still rebuilds its tables without them).
 # The missing files get a producer (data.smk's `missing_resource`), so that Snakemake builds
 # the whole DAG instead of stopping at the first job whose input is missing.
-_missing = missing_resources(C, root=".")
+_missing = missing_resources(study.config, root=".")
 _NEEDS_RESOURCES = {
     "tokenize_part", "shards", "tokenize_val", "sweep_guidance", "sample", "reconstruct",
     "evaluate", "missing_resource",

@@ -18,10 +18,10 @@ if any(m.file for m in _missing):
 
 rule demo_images:
     output:
-        dataset=f"{P}/images/dataset.json",
+        dataset=f"{study.prefix}/images/dataset.json",
     params:
         out=subpath(output.dataset, parent=True),
-        demo=C["data"].get("demo", {}),
+        demo=study.config["data"].get("demo", {}),
     log:
         f"logs/{study.name}/demo_images.log",
     benchmark:
@@ -42,14 +42,14 @@ rule demo_tokenizer:
     input:
         dataset=ancient(rules.demo_images.output.dataset),
     output:
-        tokenizer=f"{P}/tokenizer/{C['tokenizer']['name']}.pt",
-        quality=f"{P}/tokenizer/quality.json",
+        tokenizer=f"{study.prefix}/tokenizer/{study.config['tokenizer']['name']}.pt",
+        quality=f"{study.prefix}/tokenizer/quality.json",
     params:
-        images=f"{P}/images/train",
-        val=f"{P}/images/val",
-        args=inputs.tokenizer_args() if "train" in C["tokenizer"] else [],
-        image_size=C["data"].get("demo", {}).get("image_size", 32),
-        codebook=C["tokenizer"]["codebook_size"],
+        images=f"{study.prefix}/images/train",
+        val=f"{study.prefix}/images/val",
+        args=wiring.tokenizer_args() if "train" in study.config["tokenizer"] else [],
+        image_size=study.config["data"].get("demo", {}).get("image_size", 32),
+        codebook=study.config["tokenizer"]["codebook_size"],
     log:
         f"logs/{study.name}/demo_tokenizer.log",
     benchmark:
@@ -66,16 +66,16 @@ rule demo_tokenizer:
 
 rule tokenize_part:
     input:
-        images=ancient(inputs.image_marker()),
-        tokenizer=ancient(inputs.tokenizer_file()),
+        images=ancient(wiring.image_marker()),
+        tokenizer=ancient(wiring.tokenizer_file()),
     output:
-        done=touch(f"{P}/data/{{dataset}}/jobs/{{job}}.done"),
+        done=touch(f"{study.prefix}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
-        images=inputs.image_dir(),
+        images=wiring.image_dir(),
         out=subpath(output.done, ancestor=2),
-        crop=inputs.dataset_crop,
-        per_part=C["data"]["images_per_part"],
-        jobs=C["data"]["tokenize_jobs"],
+        crop=wiring.dataset_crop,
+        per_part=study.config["data"]["images_per_part"],
+        jobs=study.config["data"]["tokenize_jobs"],
     log:
         f"logs/{study.name}/tokenize/{{dataset}}/{{job}}.log",
     benchmark:
@@ -83,7 +83,7 @@ rule tokenize_part:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("tokenize"),
+        launcher=wiring.launcher_args("tokenize"),
     conda:
         "../../environment.yml"
     shell:
@@ -97,18 +97,18 @@ rule shards:
     input:
         jobs=ancient(
             expand(
-                f"{P}/data/{{{{dataset}}}}/jobs/{{job}}.done",
-                job=range(C["data"]["tokenize_jobs"]),
+                f"{study.prefix}/data/{{{{dataset}}}}/jobs/{{job}}.done",
+                job=range(study.config["data"]["tokenize_jobs"]),
             )
         ),
-        tokenizer=ancient(inputs.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_file()),
     output:
-        manifest=f"{P}/data/{{dataset}}/manifest.json",
+        manifest=f"{study.prefix}/data/{{dataset}}/manifest.json",
     params:
-        images=inputs.image_dir(),
+        images=wiring.image_dir(),
         out=subpath(output.manifest, parent=True),
-        crop=inputs.dataset_crop,
-        per_part=C["data"]["images_per_part"],
+        crop=wiring.dataset_crop,
+        per_part=study.config["data"]["images_per_part"],
     log:
         f"logs/{study.name}/shards/{{dataset}}.log",
     benchmark:
@@ -127,14 +127,14 @@ rule shards:
 # Training logs its NLL every `val_every` epochs; nothing trains on it.
 rule tokenize_val:
     input:
-        images=ancient(inputs.image_marker()),
-        tokenizer=ancient(inputs.tokenizer_file()),
+        images=ancient(wiring.image_marker()),
+        tokenizer=ancient(wiring.tokenizer_file()),
     output:
-        manifest=f"{P}/data/{{dataset}}/val/manifest.json",
+        manifest=f"{study.prefix}/data/{{dataset}}/val/manifest.json",
     params:
-        images=inputs.heldout_image_dir(),
+        images=wiring.heldout_image_dir(),
         out=subpath(output.manifest, parent=True),
-        per_part=C["data"]["images_per_part"],
+        per_part=study.config["data"]["images_per_part"],
     log:
         f"logs/{study.name}/tokenize_val/{{dataset}}.log",
     benchmark:
@@ -142,7 +142,7 @@ rule tokenize_val:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("tokenize"),
+        launcher=wiring.launcher_args("tokenize"),
     conda:
         "../../environment.yml"
     shell:

@@ -4,19 +4,19 @@
 
 rule evaluate:
     input:
-        samples=ancient(inputs.evaluation_input),
-        reference=ancient(inputs.reference_input()),
-        heldout=ancient(inputs.evaluation_heldout),  # val_nll's held-out tokens
-        probe=ancient(inputs.probe_input()),
+        samples=ancient(wiring.evaluation_input),
+        reference=ancient(wiring.reference_input()),
+        heldout=ancient(wiring.evaluation_heldout),  # val_nll's held-out tokens
+        probe=ancient(wiring.probe_input()),
     output:
-        metrics=f"{P}/evals/{{evaluation}}/metrics.json",
+        metrics=f"{study.prefix}/evals/{{evaluation}}/metrics.json",
     params:
-        samples=inputs.evaluation_samples,
-        extractor=C["evaluation"]["extractor"],
-        reference=inputs.reference_param,
-        weights=inputs.extractor_flags("--weights"),
-        cache=f"{P}/cache/features",
-        args=inputs.evaluate_args,
+        samples=wiring.evaluation_samples,
+        extractor=study.config["evaluation"]["extractor"],
+        reference=wiring.reference_param,
+        weights=wiring.extractor_flags("--weights"),
+        cache=f"{study.prefix}/cache/features",
+        args=wiring.evaluate_args,
     log:
         f"logs/{study.name}/evaluate/{{evaluation}}.log",
     benchmark:
@@ -25,7 +25,7 @@ rule evaluate:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("evaluate"),
+        launcher=wiring.launcher_args("evaluate"),
     conda:
         "../../environment.yml"
     shell:

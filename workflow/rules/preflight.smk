@@ -8,9 +8,9 @@
 
 rule preflight:
     output:
-        report=f"{P}/preflight/report.md",
+        report=f"{study.prefix}/preflight/report.md",
     params:
-        study=inputs.study_json(),
+        study=wiring.study_json(),
         out=subpath(output.report, parent=True),
     log:
         f"logs/{study.name}/preflight.log",

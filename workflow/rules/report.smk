@@ -3,20 +3,20 @@
 
 rule table:
     input:
-        recipe=inputs.report_recipe,
-        metrics=inputs.table_metrics,
-        sweeps=inputs.table_sweeps,
+        recipe=wiring.report_recipe,
+        metrics=wiring.table_metrics,
+        sweeps=wiring.table_sweeps,
     output:
-        csv=f"{P}/{{table}}.csv",
-        md=f"{P}/{{table}}.md",
+        csv=f"{study.prefix}/{{table}}.csv",
+        md=f"{study.prefix}/{{table}}.md",
         html=report(
-            f"{P}/{{table}}.html",
+            f"{study.prefix}/{{table}}.html",
             caption="../report/table.rst",
             category="Tables",
             labels={"table": "{table}"},
         ),
     params:
-        rows=inputs.table_rows,
+        rows=wiring.table_rows,
     log:
         f"logs/{study.name}/table/{{table}}.log",
     conda:
@@ -27,16 +27,16 @@ rule table:
 
 rule table_plot:
     input:
-        csv=f"{P}/{{table}}.csv",
+        csv=f"{study.prefix}/{{table}}.csv",
     output:
         png=report(
-            f"{P}/plots/{{table}}_fid.png",
+            f"{study.prefix}/plots/{{table}}_fid.png",
             caption="../report/table_plot.rst",
             category="Plots",
             labels={"table": "{table}", "plot": "FID"},
         ),
     params:
-        kind=inputs.table_plot_kind,
+        kind=wiring.table_plot_kind,
     log:
         f"logs/{study.name}/table_plot/{{table}}.log",
     conda:
@@ -47,17 +47,17 @@ rule table_plot:
 
 rule loss_curves:
     input:
-        recipe=inputs.report_recipe,
-        checkpoints=inputs.table_checkpoints,
+        recipe=wiring.report_recipe,
+        checkpoints=wiring.table_checkpoints,
     output:
         png=report(
-            f"{P}/plots/{{table}}_loss.png",
+            f"{study.prefix}/plots/{{table}}_loss.png",
             caption="../report/loss_curves.rst",
             category="Plots",
             labels={"table": "{table}", "plot": "training loss"},
         ),
     params:
-        runs=inputs.table_training_logs,
+        runs=wiring.table_training_logs,
     log:
         f"logs/{study.name}/loss_curves/{{table}}.log",
     conda:
@@ -68,19 +68,19 @@ rule loss_curves:
 
 rule sample_grids:
     input:
-        recipe=inputs.report_recipe,
-        grids=inputs.table_grids,
-        real=inputs.image_marker(),
+        recipe=wiring.report_recipe,
+        grids=wiring.table_grids,
+        real=wiring.image_marker(),
     output:
         png=report(
-            f"{P}/plots/{{table}}_samples.png",
+            f"{study.prefix}/plots/{{table}}_samples.png",
             caption="../report/sample_grids.rst",
             category="Plots",
             labels={"table": "{table}", "plot": "samples"},
         ),
     params:
-        grids=inputs.table_grid_labels,
-        real=inputs.image_dir(),  # real images of the same classes, beside the samples
+        grids=wiring.table_grid_labels,
+        real=wiring.image_dir(),  # real images of the same classes, beside the samples
     log:
         f"logs/{study.name}/sample_grids/{{table}}.log",
     conda:
@@ -91,17 +91,17 @@ rule sample_grids:
 
 rule fid_vs_epoch:
     input:
-        recipe=inputs.report_recipe,
-        metrics=inputs.curve_metrics,
+        recipe=wiring.report_recipe,
+        metrics=wiring.curve_metrics,
     output:
         png=report(
-            f"{P}/plots/{{table}}_fid_vs_epoch.png",
+            f"{study.prefix}/plots/{{table}}_fid_vs_epoch.png",
             caption="../report/fid_vs_epoch.rst",
             category="Plots",
             labels={"table": "{table}", "plot": "FID vs epoch"},
         ),
     params:
-        points=inputs.curve_points,
+        points=wiring.curve_points,
     log:
         f"logs/{study.name}/fid_vs_epoch/{{table}}.log",
     conda:
@@ -112,17 +112,17 @@ rule fid_vs_epoch:
 
 rule guidance_sweeps:
     input:
-        recipe=inputs.report_recipe,
-        sweeps=inputs.table_sweeps,
+        recipe=wiring.report_recipe,
+        sweeps=wiring.table_sweeps,
     output:
         png=report(
-            f"{P}/plots/{{table}}_guidance.png",
+            f"{study.prefix}/plots/{{table}}_guidance.png",
             caption="../report/guidance_sweeps.rst",
             category="Plots",
             labels={"table": "{table}", "plot": "guidance sweep"},
         ),
     params:
-        points=inputs.table_sweep_points,
+        points=wiring.table_sweep_points,
     log:
         f"logs/{study.name}/guidance_sweeps/{{table}}.log",
     conda:
@@ -134,13 +134,13 @@ rule guidance_sweeps:
 rule scan_orders:
     output:
         png=report(
-            f"{P}/plots/scan_orders.png",
+            f"{study.prefix}/plots/scan_orders.png",
             caption="../report/scan_orders.rst",
             category="Plots",
             labels={"plot": "scan orders"},
         ),
     params:
-        grid=C["tokenizer"]["grid"],  # the token grid the study's runs train on
+        grid=study.config["tokenizer"]["grid"],  # the token grid the study's runs train on
     log:
         f"logs/{study.name}/scan_orders.log",
     conda:
@@ -151,16 +151,16 @@ rule scan_orders:
 
 rule bench_sample:
     output:
-        csv=f"{P}/throughput/{{model}}_{{dtype}}.csv",
+        csv=f"{study.prefix}/throughput/{{model}}_{{dtype}}.csv",
     params:
-        bench=C.get("throughput_table", {}),
+        bench=study.config.get("throughput_table", {}),
     log:
         f"logs/{study.name}/bench_sample/{{model}}_{{dtype}}.log",
     threads: workflow.cores  # a timing: nothing else should run beside it
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("sample"),
+        launcher=wiring.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -171,17 +171,17 @@ rule bench_sample:
 
 rule table5:
     input:
-        benchmarks=inputs.throughput_benchmarks(),
+        benchmarks=wiring.throughput_benchmarks(),
     output:
         csv=report(
-            f"{P}/table5.csv",
+            f"{study.prefix}/table5.csv",
             caption="../report/table5.rst",
             category="Tables",
             labels={"table": "table5", "format": "csv"},
         ),
-        md=f"{P}/table5.md",
+        md=f"{study.prefix}/table5.md",
     params:
-        paper=C.get("throughput_table", {}).get("paper", {}),
+        paper=study.config.get("throughput_table", {}).get("paper", {}),
     log:
         f"logs/{study.name}/table5.log",
     conda:

@@ -4,15 +4,15 @@
 
 rule sweep_guidance:
     input:
-        checkpoint=ancient(inputs.sweep_checkpoint),
-        tokenizer=ancient(inputs.tokenizer_file()),
-        reference=ancient(inputs.reference_input()),
+        checkpoint=ancient(wiring.sweep_checkpoint),
+        tokenizer=ancient(wiring.tokenizer_file()),
+        reference=ancient(wiring.reference_input()),
     output:
-        guidance=f"{P}/sweeps/{{sweep}}/guidance.json",
+        guidance=f"{study.prefix}/sweeps/{{sweep}}/guidance.json",
     params:
-        args=inputs.sweep_args,
-        reference=inputs.reference_param,
-        cache=f"{P}/cache/features",
+        args=wiring.sweep_args,
+        reference=wiring.reference_param,
+        cache=f"{study.prefix}/cache/features",
     log:
         f"logs/{study.name}/sweep/{{sweep}}.log",
     benchmark:
@@ -21,7 +21,7 @@ rule sweep_guidance:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("sample"),
+        launcher=wiring.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -33,15 +33,15 @@ rule sweep_guidance:
 
 rule sample:
     input:
-        trained=ancient(inputs.trained_checkpoint),
-        tokenizer=ancient(inputs.tokenizer_file()),
-        guidance=ancient(inputs.sweep_result),
+        trained=ancient(wiring.trained_checkpoint),
+        tokenizer=ancient(wiring.tokenizer_file()),
+        guidance=ancient(wiring.sweep_result),
     output:
-        samples=f"{P}/evals/{{evaluation}}/samples.npz",
-        grid=f"{P}/evals/{{evaluation}}/grid.png",
+        samples=f"{study.prefix}/evals/{{evaluation}}/samples.npz",
+        grid=f"{study.prefix}/evals/{{evaluation}}/grid.png",
     params:
-        checkpoint=inputs.sample_checkpoint,
-        args=inputs.sample_args,
+        checkpoint=wiring.sample_checkpoint,
+        args=wiring.sample_args,
     log:
         f"logs/{study.name}/sample/{{evaluation}}.log",
     benchmark:
@@ -50,7 +50,7 @@ rule sample:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("sample"),
+        launcher=wiring.launcher_args("sample"),
     conda:
         "../../environment.yml"
     shell:
@@ -62,12 +62,12 @@ rule sample:
 # The `tokenizer reconstructions` reference row: the floor's real images encoded and decoded.
 rule reconstruct:
     input:
-        images=ancient(inputs.image_marker()),
-        tokenizer=ancient(inputs.tokenizer_file()),
+        images=ancient(wiring.image_marker()),
+        tokenizer=ancient(wiring.tokenizer_file()),
     output:
-        samples=f"{P}/reconstructions/{{evaluation}}.npz",
+        samples=f"{study.prefix}/reconstructions/{{evaluation}}.npz",
     params:
-        images=inputs.reconstruction_images,
+        images=wiring.reconstruction_images,
     log:
         f"logs/{study.name}/reconstruct/{{evaluation}}.log",
     conda:

@@ -6,9 +6,9 @@
 
 rule run_config:
     output:
-        config=f"{P}/runs/{{run}}/config.yaml",
+        config=f"{study.prefix}/runs/{{run}}/config.yaml",
     params:
-        config=inputs.run_config_dict,
+        config=wiring.run_config_dict,
     log:
         f"logs/{study.name}/run_config/{{run}}.log",
     conda:
@@ -20,9 +20,9 @@ rule run_config:
 # The CEILING row's checkpoint: a run's initial weights (rar.reference_rows), never trained.
 rule untrained_checkpoint:
     input:
-        config=ancient(inputs.untrained_run_config),
+        config=ancient(wiring.untrained_run_config),
     output:
-        checkpoint=f"{P}/untrained/{{run}}.pt",
+        checkpoint=f"{study.prefix}/untrained/{{run}}.pt",
     log:
         f"logs/{study.name}/untrained/{{run}}.log",
     conda:
@@ -35,14 +35,14 @@ rule untrained_checkpoint:
 rule train:
     input:
         config=ancient(rules.run_config.output.config),
-        manifest=ancient(inputs.manifest_of_run),
-        heldout=ancient(inputs.heldout_of_run),  # for val_every (rar train reads <data>/val)
-        start=ancient(inputs.train_start),
+        manifest=ancient(wiring.manifest_of_run),
+        heldout=ancient(wiring.heldout_of_run),  # for val_every (rar train reads <data>/val)
+        start=ancient(wiring.train_start),
     output:
-        checkpoint=f"{P}/runs/{{run}}/checkpoints/{{stop}}.pt",
+        checkpoint=f"{study.prefix}/runs/{{run}}/checkpoints/{{stop}}.pt",
     params:
         workdir=subpath(input.config, parent=True),
-        args=inputs.train_args,
+        args=wiring.train_args,
     log:
         f"logs/{study.name}/train/{{run}}-{{stop}}.log",
     benchmark:
@@ -51,10 +51,10 @@ rule train:
     resources:
         launcher_jobs=1,
         # not a param: where a stage runs must not make Snakemake rerun it
-        launcher=inputs.launcher_args("train"),
+        launcher=wiring.launcher_args("train"),
         # not a param either: the checkpoints a run keeps and its logging may change while it
         # is in flight (a new FID-vs-epoch point) without retraining it
-        settings=inputs.train_settings,
+        settings=wiring.train_settings,
     conda:
         "../../environment.yml"
     shell:
