@@ -44,7 +44,7 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "skip the resume: every call restarts at step 0",
-        "rar/train.py",
+        "rar/train_job.py",
         "    point = find_resume_point(ckpt_dir)\n",
         "    point = None\n",
         (
@@ -62,7 +62,7 @@ MUTATIONS = [
     ),
     Mutation(
         "branch from scratch: ignore the trunk checkpoint",
-        "rar/train.py",
+        "rar/train_job.py",
         "    if point is None and init_from:\n",
         "    if point is None and init_from and False:\n",
         ("tests/test_train.py::test_branch_from_trunk_equals_training_from_scratch",),
@@ -142,7 +142,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a finished run keeps no last.pt: a deleted final.pt means training again",
-        "rar/train.py",
+        "rar/train_job.py",
         "        os.replace(link, job.last)\n",
         "        link.unlink()\n",
         (
