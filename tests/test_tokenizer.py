@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rar.maskgit_vqgan import SameConv2d
 from rar.tokenizer import (
     MaskGITVQGAN,
     MaskGITVQGANConfig,
-    SameConv2d,
     load_official_maskgit_vqgan,
     load_tokenizer,
     maskgit_vqgan_from_state_dict,
