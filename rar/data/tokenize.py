@@ -6,7 +6,8 @@ into parts of `images_per_part` files; a part is a pure function of (file listin
 seed, part size), so any job can take any part (a SLURM array task, one GPU, one Snakemake
 job) and a rerun skips parts whose shard and sidecar exist and verify. The listing is
 shuffled once with `shuffle_seed` before splitting, so every shard mixes all classes and a
-streaming loader's shuffle buffer sees class-balanced data.
+streaming loader's shuffle buffer sees class-balanced data. The parts, their sidecars and the
+manifest merged from them live in rar.data.parts.
 
 Byte-identical resume: a part's batches never cross part boundaries, so a part is encoded
 with the same batch composition whichever other parts a job runs; on CPU this makes a resumed
@@ -17,14 +18,13 @@ are deterministic (cuDNN may pick different convolution algorithms between runs;
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,18 @@ import torch
 from tqdm import tqdm
 
 from rar.data.images import CROP_MODES, SourceImage, list_images, load_rgb, make_crops
+from rar.data.parts import (
+    expected_sidecar,
+    merge_parts,
+    parse_parts,
+    plan_parts,
+    select_parts,
+    short_list,
+    sidecar_if_complete,
+)
 from rar.data.shards import (
-    FORMAT,
-    MANIFEST,
     atomic_write_bytes,
     atomic_write_json,
-    read_json,
-    sha256_file,
     shard_name,
     sidecar_name,
     tar_bytes,
@@ -48,93 +53,15 @@ from rar.runtime import autocast, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------------
-# parts
-# ------------------------------------------------------------------------------------------
-
-
-def plan_parts(num_images: int, *, images_per_part: int, shuffle_seed: int) -> list[np.ndarray]:
-    """Split `num_images` listing indices into parts: a seeded permutation cut into
-    consecutive chunks of `images_per_part` (the last may be shorter)."""
-    if images_per_part < 1:
-        raise ValueError("images_per_part must be >= 1")
-    order = np.random.default_rng(shuffle_seed).permutation(num_images)
-    return [order[i : i + images_per_part] for i in range(0, num_images, images_per_part)]
-
-
-def select_parts(
-    num_parts: int,
-    *,
-    parts: Sequence[int] | None = None,
-    job_index: int | None = None,
-    num_jobs: int | None = None,
-) -> list[int]:
-    """Which parts one job runs: an explicit list, or every `num_jobs`-th part starting at
-    `job_index` (e.g. `$SLURM_ARRAY_TASK_ID` of an array of `num_jobs`), or all of them."""
-    if parts is not None and job_index is not None:
-        raise ValueError("give either parts or job_index/num_jobs, not both")
-    if job_index is not None:
-        if num_jobs is None or not 0 <= job_index < num_jobs:
-            raise ValueError(f"need 0 <= job_index < num_jobs, got {job_index}, {num_jobs}")
-        return list(range(job_index, num_parts, num_jobs))
-    if parts is None:
-        return list(range(num_parts))
-    bad = [p for p in parts if not 0 <= p < num_parts]
-    if bad:
-        raise ValueError(f"parts {bad} out of range: this folder has parts 0..{num_parts - 1}")
-    return sorted(set(parts))
-
-
-def parse_parts(spec: str) -> list[int]:
-    """'3,4,5' or '0-9,12' -> [3, 4, 5] / [0, ..., 9, 12]."""
-    out: list[int] = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "-" in item:
-            lo, hi = item.split("-", 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(item))
-    return out
-
-
-def _sources_sha256(sources: Sequence[SourceImage]) -> str:
-    h = hashlib.sha256()
-    for s in sources:
-        h.update(f"{s.relpath}\t{s.label}\n".encode())
-    return h.hexdigest()
-
-
-def _expected_sidecar(
-    settings: dict, images: Sequence[SourceImage], plan: Sequence[np.ndarray], part: int
-) -> dict:
-    """What a part's sidecar must record: the settings and the hash of its source list."""
-    return {
-        "settings": settings,
-        "sources_sha256": _sources_sha256([images[i] for i in plan[part]]),
-    }
-
-
-def _sidecar_if_complete(out_dir: Path, part: int, expect: dict, *, full: bool) -> dict | None:
-    """The part's sidecar if its shard is finished and matches `expect` (settings and source
-    list); `full` also re-hashes the shard (else size only). None means: (re)do the part."""
-    side, shard = out_dir / sidecar_name(part), out_dir / shard_name(part)
-    if not side.exists() or not shard.exists():
-        return None
-    try:
-        meta = read_json(side)
-    except (json.JSONDecodeError, OSError):
-        return None
-    if any(meta.get(k) != v for k, v in expect.items()):
-        return None
-    if shard.stat().st_size != meta["size"]:
-        return None
-    if full and sha256_file(shard) != meta["sha256"]:
-        return None
-    return meta
-
+# What the CLI and the tests import from here (the parts themselves: rar.data.parts).
+__all__ = [
+    "merge_parts",
+    "parse_parts",
+    "part_settings",
+    "plan_parts",
+    "select_parts",
+    "tokenize_images",
+]
 
 # ------------------------------------------------------------------------------------------
 # decoding workers
@@ -257,106 +184,133 @@ def tokenize_images(
     plan = plan_parts(len(images), images_per_part=images_per_part, shuffle_seed=shuffle_seed)
     todo_parts = select_parts(len(plan), parts=parts, job_index=job_index, num_jobs=num_jobs)
     settings = part_settings(
-        tokenizer, crop=crop, images_per_part=images_per_part, shuffle_seed=shuffle_seed,
-        num_files=len(images), num_classes=len(classes), write_crop=write_crop,
-    )  # fmt: skip
-    expect = functools.partial(_expected_sidecar, settings, images, plan)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = [p for p in todo_parts if _sidecar_if_complete(out_dir, p, expect(p), full=True)]
-    run = [p for p in todo_parts if p not in set(skipped)]
-    if skipped:
-        log.info("%d part(s) already complete, skipped: %s", len(skipped), _short(skipped))
-
-    unreadable: list[str] = []
-    if run:
-        unreadable = _run_parts(
-            run, plan=plan, images=images, image_dir=image_dir, out_dir=out_dir,
-            tokenizer=tokenizer, crop=crop, size=settings["image_size"], batch_size=batch_size,
-            device=device, dtype=dtype, num_workers=num_workers, write_crop=write_crop,
-            expect=expect, progress=progress,
-        )  # fmt: skip
-
-    manifest_path = None
-    if merge:
-        manifest_path = merge_parts(
-            out_dir, num_parts=len(plan), expect=expect, classes=classes, settings=settings,
-            tokenize={
-                "image_dir": str(image_dir), "tokenizer_path": tokenizer_path, "crop": crop,
-                "images_per_part": images_per_part, "shuffle_seed": shuffle_seed,
-            },
-        )  # fmt: skip
-    return {
-        "num_parts": len(plan),
-        "parts_run": run,
-        "parts_skipped": skipped,
-        "num_unreadable": len(unreadable),
-        "unreadable": unreadable,
-        "manifest": str(manifest_path) if manifest_path else None,
-    }
+        tokenizer,
+        crop=crop,
+        images_per_part=images_per_part,
+        shuffle_seed=shuffle_seed,
+        num_files=len(images),
+        num_classes=len(classes),
+        write_crop=write_crop,
+    )
+    call = _Call(
+        image_dir=image_dir,
+        out_dir=out_dir,
+        classes=classes,
+        images=images,
+        plan=plan,
+        settings=settings,
+        tokenizer=tokenizer,
+        tokenizer_path=tokenizer_path,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    return call.run(todo_parts, merge=merge)
 
 
-def _short(parts: Sequence[int]) -> str:
-    return str(list(parts)) if len(parts) <= 10 else f"{list(parts[:10])} ... ({len(parts)})"
+@dataclass(frozen=True)
+class _Call:
+    """One tokenize call, set up once (`tokenize_images`): the source images and their parts,
+    where the shards go, the settings every part records, and how images become codes."""
+
+    image_dir: Path
+    out_dir: Path
+    classes: Sequence[str]
+    images: Sequence[SourceImage]
+    plan: Sequence[np.ndarray]  # each part's positions in `images`
+    settings: dict  # `part_settings`
+    tokenizer: Any
+    tokenizer_path: str | None
+    batch_size: int
+    device: str
+    dtype: str
+    num_workers: int | None
+    progress: bool
+
+    def expect(self, part: int) -> dict:
+        """What the part's sidecar must record (`expected_sidecar`)."""
+        return expected_sidecar(self.settings, self.images, self.plan, part)
+
+    def run(self, todo_parts: Sequence[int], *, merge: bool) -> dict:
+        """Encode the parts of `todo_parts` that are not complete yet (`_run_parts`), then
+        (merge) write the manifest when every part is; `tokenize_images`'s summary."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        skipped = [
+            p for p in todo_parts if sidecar_if_complete(self.out_dir, p, self.expect(p), full=True)
+        ]
+        run = [p for p in todo_parts if p not in set(skipped)]
+        if skipped:
+            log.info("%d part(s) already complete, skipped: %s", len(skipped), short_list(skipped))
+        unreadable = _run_parts(self, run) if run else []
+        manifest_path = None
+        if merge:
+            manifest_path = merge_parts(
+                self.out_dir,
+                num_parts=len(self.plan),
+                expect=self.expect,
+                classes=self.classes,
+                settings=self.settings,
+                tokenize={
+                    "image_dir": str(self.image_dir),
+                    "tokenizer_path": self.tokenizer_path,
+                    **{k: self.settings[k] for k in ("crop", "images_per_part", "shuffle_seed")},
+                },
+            )
+        return {
+            "num_parts": len(self.plan),
+            "parts_run": run,
+            "parts_skipped": skipped,
+            "num_unreadable": len(unreadable),
+            "unreadable": unreadable,
+            "manifest": str(manifest_path) if manifest_path else None,
+        }
 
 
-def _run_parts(
-    run: Sequence[int],
-    *,
-    plan: Sequence[np.ndarray],
-    images: Sequence[SourceImage],
-    image_dir: Path,
-    out_dir: Path,
-    tokenizer: Any,
-    crop: str,
-    size: int,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    num_workers: int | None,
-    write_crop: bool,
-    expect,
-    progress: bool,
-) -> list[str]:
+def _run_parts(call: _Call, run: Sequence[int]) -> list[str]:
     """Encode the parts in `run`, writing each part's shard + sidecar as soon as it is done.
     Returns the unreadable files' relative paths."""
-    dev = resolve_device(device)
-    tokenizer.to(dev)
-    tokenizer.eval()
+    dev = resolve_device(call.device)
+    call.tokenizer.to(dev)
+    call.tokenizer.eval()
     # One DataLoader over all parts (workers start once), with batches cut at part
     # boundaries so a part's batch composition never depends on which other parts run.
-    sources = [images[i] for p in run for i in plan[p]]
-    batches, part_of_batch = _batches_by_part([len(plan[p]) for p in run], run, batch_size)
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
+    plan = call.plan
+    sources = [call.images[i] for p in run for i in plan[p]]
+    batches, part_of_batch = _batches_by_part([len(plan[p]) for p in run], run, call.batch_size)
+    num_workers = min(8, os.cpu_count() or 1) if call.num_workers is None else call.num_workers
     loader = torch.utils.data.DataLoader(
-        _PartImages(image_dir, sources, crop, size),
+        _PartImages(call.image_dir, sources, call.settings["crop"], call.settings["image_size"]),
         batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=_as_list,
     )
-    amp, k = autocast_dtype(dtype, dev), CROP_MODES[crop]
+    amp, k = autocast_dtype(call.dtype, dev), CROP_MODES[call.settings["crop"]]
     unreadable_all: list[str] = []
     members: list[tuple[str, bytes]] = []
     part_unreadable: list[str] = []
     part_images = 0
-    bar = tqdm(total=len(sources), unit="img", disable=not progress, desc="tokenize")
+    bar = tqdm(total=len(sources), unit="img", disable=not call.progress, desc="tokenize")
     t0 = time.perf_counter()
     for bi, batch in enumerate(loader):
         p = part_of_batch[bi]
         ok = [(i, crops) for i, crops, err in batch if err is None]
         for i, _, err in batch:
             if err is not None:
-                path = str(image_dir / sources[i].relpath)
+                path = str(call.image_dir / sources[i].relpath)
                 log.warning("unreadable image skipped: %s (%s)", path, err)
                 part_unreadable.append(sources[i].relpath)
         if ok:
-            ids = _encode(tokenizer, [c for _, c in ok], dev, amp)
-            members += _members([sources[i] for i, _ in ok], ids, k, write_crop=write_crop)
+            ids = _encode(call.tokenizer, [c for _, c in ok], dev, amp)
+            members += _members(
+                [sources[i] for i, _ in ok], ids, k, write_crop=call.settings["write_crop"]
+            )
             part_images += len(ok)
         bar.update(len(batch))
         last_of_part = bi + 1 == len(batches) or part_of_batch[bi + 1] != p
         if last_of_part:
-            _write_part(out_dir, p, members, part_images, k, part_unreadable, expect(p))
+            _write_part(call.out_dir, p, members, part_images, k, part_unreadable, call.expect(p))
             unreadable_all += part_unreadable
             members, part_unreadable, part_images = [], [], 0
     bar.close()
@@ -441,63 +395,3 @@ def _write_part(
         shard_name(part),
         num_images * k,
     )
-
-
-def merge_parts(
-    out_dir: Path,
-    *,
-    num_parts: int,
-    expect,
-    classes: Sequence[str],
-    settings: dict,
-    tokenize: dict,
-) -> Path | None:
-    """Write manifest.json (atomically) if every part's sidecar exists and matches; else
-    return None. Checks sizes, not hashes: each part was hashed when written or skipped, and
-    `verify_shards` re-hashes everything."""
-    sides = []
-    missing = []
-    for p in range(num_parts):
-        meta = _sidecar_if_complete(out_dir, p, expect(p), full=False)
-        (sides.append(meta) if meta else missing.append(p))
-    if missing:
-        log.info(
-            "not merging: %d of %d parts missing: %s", len(missing), num_parts, _short(missing)
-        )
-        return None
-    unreadable = sorted(u for m in sides for u in m["unreadable"])
-    manifest = {
-        "format": FORMAT,
-        "shards": [
-            {k: m[k] for k in ("part", "num_images", "num_samples", "size", "sha256")}
-            | {"name": m["shard"]}
-            for m in sides
-        ],
-        "num_shards": num_parts,
-        "num_samples": sum(m["num_samples"] for m in sides),
-        # Epoch = one pass over these, whatever the number of crops per image.
-        "num_source_images": sum(m["num_images"] for m in sides),
-        "num_unreadable": len(unreadable),
-        "unreadable": unreadable,
-        "classes": list(classes),
-        "token_dtype": "uint16",
-        "tokenizer": {
-            "identity": settings["tokenizer_identity"],
-            "codebook_size": settings["codebook_size"],
-            "grid": settings["grid"],
-            "image_size": settings["image_size"],
-        },
-        "tokenize": tokenize,
-        **{
-            k: settings[k]
-            for k in ("crop", "samples_per_image", "tokens_per_sample", "num_files", "num_classes")
-        },
-    }
-    path = out_dir / MANIFEST
-    atomic_write_json(path, manifest)
-    print(
-        f"wrote {path}: {num_parts} shards, {manifest['num_samples']} samples from "
-        f"{manifest['num_source_images']} images ({len(unreadable)} unreadable)",
-        flush=True,
-    )
-    return path
