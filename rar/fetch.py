@@ -93,10 +93,16 @@ def _transfer(url: str, part: Path, *, timeout: float, progress: bool, label: st
         with (
             open(part, "ab" if have else "wb") as f,
             tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=label, disable=not progress, leave=False,
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                disable=not progress,
+                leave=False,
             ) as bar,
-        ):  # fmt: skip
+        ):
             while chunk := response.read(CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -324,9 +330,15 @@ def fetch(
             url, size, sha256 = _hub_source(item, timeout=timeout)
         print(f"fetching {item.dest} from {item.url}", flush=True)
         download(
-            url, item.dest, size=size, sha256=sha256, sha256_prefix=r.sha256_prefix,
-            timeout=timeout, retries=retries, progress=progress,
-        )  # fmt: skip
+            url,
+            item.dest,
+            size=size,
+            sha256=sha256,
+            sha256_prefix=r.sha256_prefix,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
         problem = check_local(item)
         if problem:
             item.dest.unlink()

@@ -246,8 +246,17 @@ def test_offline_fails_at_once_listing_every_file(paper, tmp_path, monkeypatch, 
     path, _ = paper
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     start = time.monotonic()
-    argv = ["fetch", "--config", str(path), "--root", str(tmp_path), "--mirror",
-            "http://127.0.0.1:9", "--connect-timeout", "2"]  # fmt: skip
+    argv = [
+        "fetch",
+        "--config",
+        str(path),
+        "--root",
+        str(tmp_path),
+        "--mirror",
+        "http://127.0.0.1:9",
+        "--connect-timeout",
+        "2",
+    ]
     assert main(argv) == 2
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err

@@ -24,10 +24,20 @@ from rar.experiments.schedule import training_jobs
 REPO = Path(__file__).resolve().parents[1]
 # The stages whose outputs cost GPU-hours (and the data they read): none of them may rerun.
 HEAVY = {
-    "demo_images", "demo_tokenizer", "tokenize_part", "shards", "tokenize_val", "run_config",
-    "untrained_checkpoint", "train", "sweep_guidance", "sample", "reconstruct", "evaluate",
+    "demo_images",
+    "demo_tokenizer",
+    "tokenize_part",
+    "shards",
+    "tokenize_val",
+    "run_config",
+    "untrained_checkpoint",
+    "train",
+    "sweep_guidance",
+    "sample",
+    "reconstruct",
+    "evaluate",
     "bench_sample",
-}  # fmt: skip
+}
 
 
 def grid_config() -> dict:
@@ -145,15 +155,17 @@ def test_a_row_at_a_new_anneal_start_trains_only_its_own_run(finished_grid, tmp_
     assert f"config {path}" in plan
     assert "it starts from the trunk's epoch 1" in plan
     assert "to train now: 3 epochs" in plan  # 1.5's one epoch and 0.5's two
-    proc = snakemake("-d", str(root), "--configfile", str(path), "-n", "-p", "--config",
-                     "launcher=local")  # fmt: skip
+    proc = snakemake(
+        "-d", str(root), "--configfile", str(path), "-n", "-p", "--config", "launcher=local"
+    )
     jobs = job_counts(proc.stdout)
     assert jobs["train"] == jobs["run_config"] == jobs["sweep_guidance"] == 2, jobs
     assert {"tokenize_part", "shards", "untrained_checkpoint", "reconstruct"}.isdisjoint(jobs)
     assert dag_epochs(proc.stdout, study) == {late.id: 1.0, early.id: 2.0}
 
-    snakemake("-d", str(root), "--configfile", str(path), "--cores", "2",
-              "--config", "launcher=local")  # fmt: skip
+    snakemake(
+        "-d", str(root), "--configfile", str(path), "--cores", "2", "--config", "launcher=local"
+    )
     after = file_hashes(root / "results/grid")
     report = ("table2.", "plots/", "recipes/")  # what the new rows change, by design
     changed = [k for k in before if after[k] != before[k] and not k.startswith(report)]
@@ -222,8 +234,9 @@ def test_plan_by_table_charges_what_the_tables_target_trains(table, fake_imagene
     """`rar plan --table T` and `snakemake results/T.csv`: the same runs and epochs (a trunk
     only up to the branch points T's rows start from)."""
     paper = REPO / "config/config.yaml"
-    proc = snakemake("-d", str(fake_imagenet), "--configfile", str(paper), "-n", "-p",
-                     f"results/{table}.csv")  # fmt: skip
+    proc = snakemake(
+        "-d", str(fake_imagenet), "--configfile", str(paper), "-n", "-p", f"results/{table}.csv"
+    )
     study = load_study(yaml.safe_load(paper.read_text()))
     planned: dict[str, float] = {}
     for job in training_jobs(study, [table]):
@@ -237,8 +250,9 @@ def test_plan_by_table_charges_what_the_tables_target_trains(table, fake_imagene
 
 def test_the_demo_plan_charges_the_epochs_the_workflow_trains(tmp_path):
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
-    proc = snakemake("-d", str(tmp_path), "--configfile", str(REPO / "config/demo.yaml"), "-n",
-                     "-p")  # fmt: skip
+    proc = snakemake(
+        "-d", str(tmp_path), "--configfile", str(REPO / "config/demo.yaml"), "-n", "-p"
+    )
     study = load_study(config)
     assert dag_epochs(proc.stdout, study) == {r.id: r.epochs_to_train for r in study.runs.values()}
 
@@ -252,8 +266,10 @@ def test_every_missing_resource_is_named_in_one_message(fake_imagenet, capsys): 
     ):
         (resources / name).unlink()
     keys = ("tokenizer.weights", "evaluation.weights", "evaluation.reference")
-    assert main(["plan", "--config", str(REPO / "config/config.yaml"), "--root",
-                 str(fake_imagenet)]) == 0  # fmt: skip
+    assert (
+        main(["plan", "--config", str(REPO / "config/config.yaml"), "--root", str(fake_imagenet)])
+        == 0
+    )
     plan = capsys.readouterr().out
     # and ImageNet's validation split, which the fixture does not make
     assert "missing before the grid can run (4):" in plan
@@ -261,8 +277,9 @@ def test_every_missing_resource_is_named_in_one_message(fake_imagenet, capsys): 
     assert "rar fetch --only adm_reference" in plan
     # the workflow refuses to start, naming all of them at once, before any job
     paper = ["--configfile", str(REPO / "config/config.yaml")]
-    proc = snakemake("-d", str(fake_imagenet), *paper, "--cores", "1", "results/table2.csv",
-                     check=False)  # fmt: skip
+    proc = snakemake(
+        "-d", str(fake_imagenet), *paper, "--cores", "1", "results/table2.csv", check=False
+    )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     message = output[output.index("resource(s) missing") :]

@@ -42,11 +42,13 @@ def toy_study(study: str = "pf") -> dict:
     config["data"]["demo"]["test_per_class"] = 4  # the floor row: as many as a row's samples
     config["tables"] = {
         "table2": {
-            "base": {"architecture": "plain", "sampling": {"guidance_schedule": "linear",
-                                                          "guidance_scales": [1.0, 3.0]}},
+            "base": {
+                "architecture": "plain",
+                "sampling": {"guidance_schedule": "linear", "guidance_scales": [1.0, 3.0]},
+            },
             "rows": [{"anneal_start": 0, "anneal_end": 0}, {"anneal_start": 1, "anneal_end": 2}],
         }
-    }  # fmt: skip
+    }
     del config["throughput_table"]
     return config
 
@@ -64,14 +66,21 @@ def checks_of(out: Path) -> dict[str, dict]:
 SCALE = ["--classes", "4", "--images-per-class", "4", "--train-steps", "6", "--sample-batch", "8"]
 
 
+def preflight_args(config: Path, launcher: str, launchers: Path, out: Path) -> list[str]:
+    """`rar preflight` of `config` through `launcher`, its settings in `launchers`."""
+    flags = {"--config": config, "--launcher": launcher, "--launcher-dir": launchers, "--out": out}
+    return ["preflight", *(x for flag, value in flags.items() for x in (flag, str(value)))]
+
+
 def launcher_dir(tmp_path: Path, backend: str, **train) -> Path:
     """Per-stage launcher settings, as a profile's <stage>.yaml."""
     folder = tmp_path / f"launch_{backend}"
     for stage in ("tokenize", "train", "sample", "evaluate"):
         settings = {"backend": backend, "folder": str(tmp_path / "submitit"), "poll_s": 0.5}
         if backend == "slurm":
-            settings.update(partition="debug", cpus_per_task=1, mem_gb=2, time_min=10,
-                            signal_delay_s=30)  # fmt: skip
+            settings.update(
+                partition="debug", cpus_per_task=1, mem_gb=2, time_min=10, signal_delay_s=30
+            )
         if stage == "train":
             settings.update(train)
         write(folder / f"{stage}.yaml", settings)
@@ -88,8 +97,7 @@ def test_preflight_passes_end_to_end_with_the_local_launcher(tmp_path, capsys):
     config = write(tmp_path / "pf.yaml", toy_study())
     out = tmp_path / "preflight"
     launchers = launcher_dir(tmp_path, "local", tasks_per_node=2)
-    argv = ["preflight", "--config", str(config), "--launcher", "local", "--launcher-dir",
-            str(launchers), "--out", str(out), "--device", "cpu", *SCALE]  # fmt: skip
+    argv = [*preflight_args(config, "local", launchers, out), "--device", "cpu", *SCALE]
     code = main(argv)
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -122,9 +130,23 @@ def test_the_workflow_target_runs_the_preflight(tmp_path):
     config = write(tmp_path / "pf.yaml", toy_study("wf"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(config), "--replace-workflow-config", "--cores", "1",
-           "results/wf/preflight/report.md", "--config", "launcher=debug"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--replace-workflow-config",
+        "--cores",
+        "1",
+        "results/wf/preflight/report.md",
+        "--config",
+        "launcher=debug",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     log = tmp_path / "logs/wf/preflight.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (log.read_text() if log.exists() else "")
@@ -135,8 +157,11 @@ def test_the_workflow_target_runs_the_preflight(tmp_path):
     # `rar plan` in that folder finds the measurement by itself
     plan = subprocess.run(
         [sys.executable, "-m", "rar.cli", "plan", "--config", str(config)],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "measured by rar preflight" in plan
 
 
@@ -159,10 +184,7 @@ def test_preflight_through_slurm_with_a_2_task_ddp_training_job(tmp_path, capsys
     helper = threading.Thread(target=_release_requeued, args=(out / "train", stop), daemon=True)
     helper.start()
     try:
-        code = main(
-            ["preflight", "--config", str(config), "--launcher", "slurm", "--launcher-dir",
-             str(launchers), "--out", str(out), "--device", "cpu", *SCALE]
-        )  # fmt: skip
+        code = main([*preflight_args(config, "slurm", launchers, out), "--device", "cpu", *SCALE])
     finally:
         stop.set()
     printed = capsys.readouterr().out
@@ -189,8 +211,9 @@ def paper_config(tmp_path: Path, **data) -> Path:
     config["tokenizer"]["weights"] = str(res / "maskgit-vqgan-imagenet-f16-256.bin")
     config["evaluation"]["weights"] = str(res / "pt_inception-2015-12-05-6726825d.pth")
     config["evaluation"]["reference"] = str(res / "VIRTUAL_imagenet256_labeled.npz")
-    config["official"] = {"rar_b": {**config["official"]["rar_b"],
-                                    "checkpoint": str(res / "rar_b.bin")}}  # fmt: skip
+    config["official"] = {
+        "rar_b": {**config["official"]["rar_b"], "checkpoint": str(res / "rar_b.bin")}
+    }
     return write(tmp_path / "paper.yaml", config)
 
 
@@ -243,8 +266,12 @@ def test_weights_in_the_official_layout_pass_and_others_fail_naming_the_keys(tmp
     official_layout("maskgit", res / "maskgit-vqgan-imagenet-f16-256.bin")
     official_layout("rar_tiny", res / "rar_b.bin")  # the right layout, the wrong size
     buf = io.BytesIO()
-    np.savez(buf, arr_0=np.zeros((2, 256, 256, 3), np.uint8), mu=np.zeros(2048),
-             sigma=np.zeros((2048, 64)))  # fmt: skip
+    np.savez(
+        buf,
+        arr_0=np.zeros((2, 256, 256, 3), np.uint8),
+        mu=np.zeros(2048),
+        sigma=np.zeros((2048, 64)),
+    )
     (res / "VIRTUAL_imagenet256_labeled.npz").write_bytes(buf.getvalue())
     out = tmp_path / "preflight"
     argv = ["preflight", "--config", str(config), "--out", str(out), "--checks-only"]
@@ -293,8 +320,7 @@ def test_a_partition_that_does_not_exist_fails_naming_the_profile_file(tmp_path)
         wrong = {"gpus_per_node": 8} if stage == "sample" else {"partition": "nope"}
         write(launchers / f"{stage}.yaml", {**settings, **wrong})
     out = tmp_path / "preflight"
-    argv = ["preflight", "--config", str(config), "--launcher", "slurm", "--launcher-dir",
-            str(launchers), "--out", str(out), "--checks-only"]  # fmt: skip
+    argv = [*preflight_args(config, "slurm", launchers, out), "--checks-only"]
     assert main(argv) == 1
     checks = checks_of(out)
     train = checks["launcher train"]
@@ -371,16 +397,21 @@ def test_the_gpu_script_writes_one_csv(tmp_path):
     }
     out = tmp_path / "gpu.csv"
     proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)], env=env, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
+        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["bench"], r["code"], r["dtype"]) for r in rows] == [
-        ("sample", "baseline", "fp32"), ("sample", "engine", "fp32"),
-        ("sample", "engine", "bf16"), ("train", "", "bf16"),
-    ]  # fmt: skip
+        ("sample", "baseline", "fp32"),
+        ("sample", "engine", "fp32"),
+        ("sample", "engine", "bf16"),
+        ("train", "", "bf16"),
+    ]
     assert rows[0]["speedup_vs_baseline"] == "1.0" and float(rows[1]["speedup_vs_baseline"]) > 0
     assert all(float(r["images_per_s"]) > 0 for r in rows)
     assert "mfu" in rows[3] and "tokens_per_s" in rows[0]
@@ -403,21 +434,33 @@ def test_the_gpu_script_cut_short_keeps_what_it_measured(tmp_path):
     )
     rar.chmod(0o755)
     env = {
-        **os.environ, "RAR": str(rar), "RAR_BENCH_MODELS": "rar_tiny", "RAR_BENCH_BATCH": "2",
-        "RAR_BENCH_STEPS": "1", "RAR_BENCH_DEVICE": "cpu", "RAR_BENCH_COMPILE": "0",
-        "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path), "RAR_BENCH_BASELINE_DIR": str(REPO),
-    }  # fmt: skip
+        **os.environ,
+        "RAR": str(rar),
+        "RAR_BENCH_MODELS": "rar_tiny",
+        "RAR_BENCH_BATCH": "2",
+        "RAR_BENCH_STEPS": "1",
+        "RAR_BENCH_DEVICE": "cpu",
+        "RAR_BENCH_COMPILE": "0",
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(tmp_path),
+        "RAR_BENCH_BASELINE_DIR": str(REPO),
+    }
     out = tmp_path / "gpu.csv"
     proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)], env=env, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
+        ["bash", str(REPO / "benchmarks/gpu.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["code"], r["dtype"]) for r in rows] == [
-        ("baseline", "fp32"), ("engine", "fp32"), ("engine", "bf16"),
-    ]  # fmt: skip
+        ("baseline", "fp32"),
+        ("engine", "fp32"),
+        ("engine", "bf16"),
+    ]
 
 
 def test_a_profile_gives_the_launcher_settings_and_config_file():
@@ -459,8 +502,16 @@ def test_a_signalled_rank_other_than_0_waits_for_rank_0(tmp_path):
 def test_resume_check_passes_only_an_exact_resume():
     from rar.preflight import check_resume
 
-    good = {"saved_step": 2, "resumed_step": 2, "final_step": 6, "reference_step": 6,
-            "total_steps": 6, "device": "cpu", "identical": True, "max_abs_diff": 0.0}  # fmt: skip
+    good = {
+        "saved_step": 2,
+        "resumed_step": 2,
+        "final_step": 6,
+        "reference_step": 6,
+        "total_steps": 6,
+        "device": "cpu",
+        "identical": True,
+        "max_abs_diff": 0.0,
+    }
     assert check_resume(good, "inline").ok is True
     moved = check_resume({**good, "resumed_step": 1}, "signal")
     assert moved.ok is False and "the resumed step is not the saved one" in moved.measured

@@ -69,9 +69,14 @@ def test_weight_decay_follows_the_official_name_filter():
     assert "cls_token" not in exempt
     for name in [
         "adaln_before_head.adaLN_modulation.1.weight",
-        "embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings",
-        "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "blocks.0.attn.q_norm.weight",
-    ]:  # fmt: skip
+        "embeddings.weight",
+        "pos_embed",
+        "target_aware_pos_embed",
+        "timesteps_embeddings",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.q_norm.weight",
+    ]:
         assert name in exempt, name
 
 
@@ -186,8 +191,9 @@ def test_branch_from_trunk_equals_training_from_scratch(tmp_path):
     # The branch's first step is the trunk's step 9: it starts from the trunk's weights,
     # optimizer moments and step count, and its loss is the scratch run's at step 9 (a run
     # that ignored the trunk would log step 1, with the untrained model's loss).
-    first = train(run, tmp_path / "branch", source=tiny_source(), init_from=branch_point,
-                  max_steps=1)  # fmt: skip
+    first = train(
+        run, tmp_path / "branch", source=tiny_source(), init_from=branch_point, max_steps=1
+    )
     ckpt = load_checkpoint(first)
     assert ckpt["step"] == 9
     assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {9}  # AdamW's count
@@ -220,9 +226,11 @@ def test_branching_past_the_anneal_start_is_refused(tmp_path):
     train(trunk, tmp_path / "trunk", source=tiny_source())
     with pytest.raises(ValueError, match="past this run's anneal start"):
         train(
-            tiny_run(anneal_start=1, anneal_end=2), tmp_path / "b", source=tiny_source(),
+            tiny_run(anneal_start=1, anneal_end=2),
+            tmp_path / "b",
+            source=tiny_source(),
             init_from=tmp_path / "trunk/checkpoints/epoch_2.pt",
-        )  # fmt: skip
+        )
 
 
 def test_resuming_a_different_model_names_the_mismatch(tmp_path):
@@ -349,10 +357,17 @@ def tiny_job(cfg, ckpt_dir, device: str = "cpu") -> Job:
         for a in range(accum)
     ]
     return Job(
-        cfg, ckpt_dir, model, model, build_optimizer(model, cfg), DistEnv(), device,
-        autocast_dtype(cfg.precision, device), scan_order(cfg.target_order, model.config.grid),
+        cfg,
+        ckpt_dir,
+        model,
+        model,
+        build_optimizer(model, cfg),
+        DistEnv(),
+        device,
+        autocast_dtype(cfg.precision, device),
+        scan_order(cfg.target_order, model.config.grid),
         streams,
-    )  # fmt: skip
+    )
 
 
 def test_one_optimizer_step_is_the_first_step_of_a_run(tmp_path):
@@ -480,9 +495,12 @@ def test_the_log_line_counts_training_time_only(tmp_path, capsys):
     times = iter([100.0, 108.0])  # the start; the log at step 2, 8 s later (5 s watching)
     log = StepLog(cfg, MetricsLog(tmp_path / "metrics.csv", 0), Watch(), clock=lambda: next(times))
     stats = dict(
-        loss=torch.tensor(2.0), accuracy=torch.tensor(0.5), lr=1e-3, ratio=1.0,
+        loss=torch.tensor(2.0),
+        accuracy=torch.tensor(0.5),
+        lr=1e-3,
+        ratio=1.0,
         grad_norm=torch.tensor(3.0),
-    )  # fmt: skip
+    )
     log.after(1, stats)  # not a logging step
     log.after(2, stats)
     header, row = (tmp_path / "metrics.csv").read_text().split()
@@ -563,9 +581,10 @@ def test_a_periodic_save_that_fails_does_not_stop_the_run(tmp_path, monkeypatch,
     ref = train(tiny_run(), tmp_path / "ref", source=tiny_source())
     real = rar.resume.save_checkpoint
     monkeypatch.setattr(
-        rar.resume, "save_checkpoint",
+        rar.resume,
+        "save_checkpoint",
         lambda path, **state: (disk_full if path.name == "last.next.pt" else real)(path, **state),
-    )  # fmt: skip
+    )
     cfg = tiny_run(checkpoint_minutes=0)  # last.pt after every step
     done = train(cfg, tmp_path / "full", source=tiny_source())
     assert "could not write" in capsys.readouterr().out
@@ -605,18 +624,33 @@ def test_rar_train_killed_and_rerun_at_default_threads_is_bit_identical(demo_sha
     from rar.data.shards import load_manifest
 
     cfg = mini_run(
-        codebook_size=64, source_images=load_manifest(demo_shards)["num_source_images"],
-        data=str(demo_shards), data_workers=0, epochs=10, anneal_start=2, anneal_end=8,
+        codebook_size=64,
+        source_images=load_manifest(demo_shards)["num_source_images"],
+        data=str(demo_shards),
+        data_workers=0,
+        epochs=10,
+        anneal_start=2,
+        anneal_end=8,
         checkpoint_minutes=0,
-    )  # fmt: skip
+    )
     cfg.save(tmp_path / "run.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
     def rar_train(workdir):
         return [
-            sys.executable, "-m", "rar.cli", "train", "--config", str(tmp_path / "run.yaml"),
-            "--workdir", str(workdir), "--device", "cpu", "--launcher", "debug",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "rar.cli",
+            "train",
+            "--config",
+            str(tmp_path / "run.yaml"),
+            "--workdir",
+            str(workdir),
+            "--device",
+            "cpu",
+            "--launcher",
+            "debug",
+        ]
 
     subprocess.run(rar_train(tmp_path / "ref"), env=env, check=True, capture_output=True)
     proc = subprocess.Popen(rar_train(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL)
@@ -690,21 +724,46 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 def demo_shards(tmp_path_factory):
     """Demo photographs (4 classes x 16 images, 64 px) tokenized by a small random
     MaskGIT-VQGAN (64 codes, 4 x 4 grid) into center+flip shards."""
-    from rar.data.tokenize import tokenize_images
     from rar.demo.data import make_demo_dataset
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     root = tmp_path_factory.mktemp("demo")
     images = make_demo_dataset(
         root / "images", num_classes=4, images_per_class=16, image_size=64, seed=0
     )
+    tokenize_demo(
+        images / "train", root / "shards", crop="center+flip", images_per_part=24, batch_size=16
+    )
+    return root / "shards"
+
+
+def tokenize_demo(images, out, *, crop: str, images_per_part: int, batch_size: int) -> None:
+    """`images` into token shards in `out` by the fixture's tokenizer: a small MaskGIT-VQGAN
+    (64 codes, 4 x 4 grid) at seed 0."""
+    from rar.data.tokenize import tokenize_images
+    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+
     torch.manual_seed(0)
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
+    tokenizer = MaskGITVQGAN(cfg).eval()
     tokenize_images(
-        images / "train", root / "shards", tokenizer=MaskGITVQGAN(cfg).eval(),
-        crop="center+flip", images_per_part=24, num_workers=0, progress=False, batch_size=16,
-    )  # fmt: skip
-    return root / "shards"
+        images,
+        out,
+        tokenizer=tokenizer,
+        crop=crop,
+        images_per_part=images_per_part,
+        num_workers=0,
+        progress=False,
+        batch_size=batch_size,
+    )
+
+
+def shard_run(shards, **overrides) -> TrainConfig:
+    """A tiny run of 2 epochs on the demo shards, annealed throughout."""
+    from rar.data.shards import load_manifest
+
+    images = load_manifest(shards)["num_source_images"]
+    base = dict(codebook_size=64, source_images=images, data=str(shards), data_workers=0)
+    return tiny_run(**base, epochs=2, anneal_start=0, anneal_end=2, **overrides)
 
 
 def test_rar_train_cli_on_shards(demo_shards, tmp_path, capsys):
@@ -712,10 +771,7 @@ def test_rar_train_cli_on_shards(demo_shards, tmp_path, capsys):
     from rar.data.shards import load_manifest
 
     images = load_manifest(demo_shards)["num_source_images"]
-    cfg = tiny_run(
-        codebook_size=64, source_images=images, data=str(demo_shards), data_workers=0,
-        epochs=2, anneal_start=0, anneal_end=2,
-    )  # fmt: skip
+    cfg = shard_run(demo_shards)
     cfg.save(tmp_path / "run.yaml")
     args = ["train", "--config", str(tmp_path / "run.yaml"), "--workdir", str(tmp_path / "run")]
     assert main(args) == 0
@@ -741,24 +797,12 @@ def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsy
     val/ images, are found, checked against the training shards and validated on; without a
     tokenizer file to decode with, sample grids say once that they are off."""
     from rar.data.shards import load_manifest
-    from rar.data.tokenize import tokenize_images
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
     from rar.train import run
     from rar.watch import find_heldout
 
-    torch.manual_seed(0)  # the fixture's tokenizer
-    cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
     val_images = demo_shards.parent / "images/val"
-    tokenize_images(
-        val_images, tmp_path / "val", tokenizer=MaskGITVQGAN(cfg).eval(), crop="center",
-        images_per_part=100, num_workers=0, progress=False, batch_size=50,
-    )  # fmt: skip
-    images = load_manifest(demo_shards)["num_source_images"]
-    run_cfg = tiny_run(
-        codebook_size=64, source_images=images, data=str(demo_shards), data_workers=0,
-        epochs=2, anneal_start=0, anneal_end=2, val_every=1, sample_every=1,
-        val_data=str(tmp_path / "val"),
-    )  # fmt: skip
+    tokenize_demo(val_images, tmp_path / "val", crop="center", images_per_part=100, batch_size=50)
+    run_cfg = shard_run(demo_shards, val_every=1, sample_every=1, val_data=str(tmp_path / "val"))
     run_cfg.save(tmp_path / "run.yaml")
     run(tmp_path / "run.yaml", tmp_path / "run")
     out = capsys.readouterr().out

@@ -31,8 +31,12 @@ def snakemake(
         env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(snakefile), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -41,6 +45,13 @@ def snakemake(
 def job_counts(stdout: str) -> dict[str, int]:
     """The 'job stats' table of a dry run: rule -> count."""
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stdout, re.MULTILINE)}
+
+
+def dry_run_rules(folder: Path, configfile: Path, *more: str) -> subprocess.CompletedProcess:
+    """A dry run in `folder` with `configfile` that lists its jobs per rule (`job_counts`)."""
+    return snakemake(
+        "-n", "--quiet", "rules", "-d", str(folder), "--configfile", str(configfile), *more
+    )
 
 
 def test_lint_is_clean():
@@ -69,10 +80,7 @@ def test_paper_dry_run_plans_20_runs_with_one_trunk(fake_imagenet):
     config["tables"] = {k: config["tables"][k] for k in ("table2", "table3")}
     path = fake_imagenet / "paper.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = snakemake(
-        "-n", "--quiet", "rules", "-d", str(fake_imagenet),
-        "--configfile", str(path), "--replace-workflow-config",
-    )  # fmt: skip
+    proc = dry_run_rules(fake_imagenet, path, "--replace-workflow-config")
     jobs = job_counts(proc.stdout)
     # 15 + 6 rows, table2 (200, 300) = table3 row-major: 20 runs, and the trunk's three
     # segments ending at 100, 200 and 300 for the branches
@@ -85,10 +93,7 @@ def test_paper_dry_run_plans_20_runs_with_one_trunk(fake_imagenet):
 
 
 def test_paper_dry_run_tokenizes_two_data_sets_and_trains_table4_on_its_own(fake_imagenet):
-    proc = snakemake(
-        "-n", "--quiet", "rules", "-d", str(fake_imagenet),
-        "--configfile", str(REPO / "config/config.yaml"),
-    )  # fmt: skip
+    proc = dry_run_rules(fake_imagenet, REPO / "config/config.yaml")
     jobs = job_counts(proc.stdout)
     assert jobs["shards"] == 2 and jobs["tokenize_part"] == 32  # center+flip and ten-crop
     # Table 4's four sizes, RAR-L included; supplementary Table 4 (`epochs`) adds RAR-L at 200
@@ -194,10 +199,21 @@ def test_demo_dag_end_to_end(tmp_path):
     assert main(report) == 0
     assert {p.name: p.read_bytes() for p in out.glob("table[23].*")} == tables
     status = subprocess.run(
-        [sys.executable, "-m", "rar.cli", "status", "--config", str(path), "--root",
-         str(tmp_path), "--json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "rar.cli",
+            "status",
+            "--config",
+            str(path),
+            "--root",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     state = json.loads(status.stdout)
     assert state["runs_done"] == state["runs_total"] == len(load_study(mini_demo("mini")).runs)
     assert state["evaluations_done"] == state["evaluations_total"]
@@ -222,9 +238,17 @@ def test_demo_dag_end_to_end(tmp_path):
     edited["tables"]["table3"]["evaluate_epochs"] = [1]
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     more = snakemake(
-        "-d", str(tmp_path), "--configfile", str(tmp_path / "edited.yaml"),
-        "--replace-workflow-config", "-n", "--quiet", "rules", "--config", "launcher=local",
-    )  # fmt: skip
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "edited.yaml"),
+        "--replace-workflow-config",
+        "-n",
+        "--quiet",
+        "rules",
+        "--config",
+        "launcher=local",
+    )
     jobs = job_counts(more.stdout)
     assert {"train", "run_config", "sweep_guidance"}.isdisjoint(jobs), jobs
     assert jobs["fid_vs_epoch"] >= 1 and jobs["sample"] >= 1  # table3's z-curve row at 1
@@ -249,10 +273,16 @@ def test_demo_dag_end_to_end(tmp_path):
 def test_demo_dag_through_the_slurm_launcher(tmp_path):
     """Every heavy stage of a small demo DAG as a real SLURM job, Snakemake waiting on them."""
     config = mini_demo("slurm")
-    config["tables"] = {"table2": {"base": config["tables"]["table2"]["base"],  # with sweeps
-                                   "rows": [{"anneal_start": 0, "anneal_end": 0},
-                                            {"anneal_start": 1, "anneal_end": 2},
-                                            {"anneal_start": 2, "anneal_end": 2}]}}  # fmt: skip
+    config["tables"] = {
+        "table2": {
+            "base": config["tables"]["table2"]["base"],  # with sweeps
+            "rows": [
+                {"anneal_start": 0, "anneal_end": 0},
+                {"anneal_start": 1, "anneal_end": 2},
+                {"anneal_start": 2, "anneal_end": 2},
+            ],
+        }
+    }
     del config["throughput_table"]
     path = tmp_path / "slurm.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -260,15 +290,26 @@ def test_demo_dag_through_the_slurm_launcher(tmp_path):
     launchers.mkdir()
     for stage in ("tokenize", "train", "sample", "evaluate"):
         settings = dict(
-            backend="slurm", partition="debug", cpus_per_task=1, mem_gb=2, time_min=20,
-            signal_delay_s=30, poll_s=1, folder=str(tmp_path / "submitit"),
-        )  # fmt: skip
+            backend="slurm",
+            partition="debug",
+            cpus_per_task=1,
+            mem_gb=2,
+            time_min=20,
+            signal_delay_s=30,
+            poll_s=1,
+            folder=str(tmp_path / "submitit"),
+        )
         (launchers / f"{stage}.yaml").write_text(yaml.safe_dump(settings))
     args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
     snakemake(
-        *args, "--cores", "2", "--config", "launcher=slurm", f"launcher_dir={launchers}",
+        *args,
+        "--cores",
+        "2",
+        "--config",
+        "launcher=slurm",
+        f"launcher_dir={launchers}",
         timeout=1500,
-    )  # fmt: skip
+    )
     with open(tmp_path / "results/slurm/table2.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 + 3 and all(r["status"].startswith("ok") for r in rows)

@@ -162,10 +162,16 @@ MUTATIONS = [
 
 def copy_checkout(dest: Path) -> None:
     """The checkout's files as git sees them (tracked, and untracked but not ignored)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = REPO / rel
         if src.is_file():  # a deleted but still tracked file is skipped
@@ -185,10 +191,21 @@ def failed_tests(junit: Path) -> list[str]:
 def run_tests(copy: Path, tests: tuple[str, ...], junit: Path) -> tuple[int, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-         *tests],
-        cwd=copy, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *tests,
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode not in (0, 1) or not junit.exists():  # 1: some test failed
         raise RuntimeError(f"pytest could not run {tests}:\n{proc.stdout}\n{proc.stderr}")
     return proc.returncode, failed_tests(junit)
@@ -198,8 +215,12 @@ def check_imports_the_copy(copy: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(copy)}
     found = subprocess.run(
         [sys.executable, "-c", "import rar; print(rar.__file__)"],
-        cwd=copy, env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not Path(found).is_relative_to(copy):
         raise RuntimeError(f"the copy imports {found}, not its own rar/")
 
@@ -208,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", default="", help="only the mutations whose name contains this")
     parser.add_argument(
-        "--no-baseline", action="store_true",
+        "--no-baseline",
+        action="store_true",
         help="skip the first run of the guarding tests on the unmutated copy",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if args.k in m.name]
     rows, survived, start = [], 0, time.monotonic()

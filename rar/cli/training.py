@@ -122,8 +122,12 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="autocast dtype; auto = bf16 on GPU, fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="autocast dtype; auto = bf16 on GPU, fp32 on CPU",
+    )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")

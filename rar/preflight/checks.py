@@ -232,9 +232,12 @@ def _gpus_of(gres: str) -> int:
 def slurm_partitions() -> dict[str, dict]:
     """{partition: {"nodes", "gpus" per node, "time_min" limit, "default"}} from sinfo."""
     out = subprocess.run(
-        ["sinfo", "-h", "-o", "%P|%D|%G|%l"], capture_output=True, text=True, timeout=60,
+        ["sinfo", "-h", "-o", "%P|%D|%G|%l"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     parts: dict[str, dict] = {}
     for line in out.splitlines():
         name, nodes, gres, limit = line.split("|")
@@ -262,16 +265,20 @@ def check_launcher(stage: str, launcher, source: str, *, grid_time_min: int) -> 
             have = torch.cuda.device_count()
             if have < launcher.gpus_per_node:
                 return Check(
-                    name, False, f"gpus_per_node {launcher.gpus_per_node}, {have} GPUs here",
+                    name,
+                    False,
+                    f"gpus_per_node {launcher.gpus_per_node}, {have} GPUs here",
                     f"{edit}: key gpus_per_node (at most {have})",
-                )  # fmt: skip
+                )
         return Check(name, True, f"local: {launcher.tasks} process(es), {source}")
     missing = [t for t in ("sbatch", "srun", "sacct", "sinfo") if shutil.which(t) is None]
     if missing:
         return Check(
-            name, False, f"no {', '.join(missing)} on the PATH",
+            name,
+            False,
+            f"no {', '.join(missing)} on the PATH",
             "run on the cluster's login node, or use the local profile (--launcher local)",
-        )  # fmt: skip
+        )
     try:
         parts = slurm_partitions()
     except (OSError, subprocess.SubprocessError) as err:
@@ -280,35 +287,45 @@ def check_launcher(stage: str, launcher, source: str, *, grid_time_min: int) -> 
     if partition not in parts:
         known = ", ".join(f"{p}{'*' if v['default'] else ''}" for p, v in parts.items())
         return Check(
-            name, False, f"partition {launcher.partition!r} does not exist (this cluster has: "
-            f"{known})", f"{edit}: key partition (one of {', '.join(parts)})",
-        )  # fmt: skip
+            name,
+            False,
+            f"partition {launcher.partition!r} does not exist (this cluster has: {known})",
+            f"{edit}: key partition (one of {', '.join(parts)})",
+        )
     p = parts[partition]
     problems = []
     if launcher.gpus_per_node > p["gpus"]:
         problems.append(
-            (f"gpus_per_node {launcher.gpus_per_node} but nodes of {partition} have {p['gpus']}",
-             f"key gpus_per_node (at most {p['gpus']}) or partition")
-        )  # fmt: skip
+            (
+                f"gpus_per_node {launcher.gpus_per_node} but nodes of {partition} have {p['gpus']}",
+                f"key gpus_per_node (at most {p['gpus']}) or partition",
+            )
+        )
     if launcher.nodes > p["nodes"]:
         problems.append(
-            (f"nodes {launcher.nodes} but {partition} has {p['nodes']}",
-             f"key nodes (at most {p['nodes']})")
-        )  # fmt: skip
+            (
+                f"nodes {launcher.nodes} but {partition} has {p['nodes']}",
+                f"key nodes (at most {p['nodes']})",
+            )
+        )
     if p["time_min"] is not None and grid_time_min > p["time_min"]:
         problems.append(
-            (f"time_min {grid_time_min} but {partition} allows {p['time_min']:g}",
-             f"key time_min (at most {p['time_min']:g}; jobs requeue at their limit)")
-        )  # fmt: skip
+            (
+                f"time_min {grid_time_min} but {partition} allows {p['time_min']:g}",
+                f"key time_min (at most {p['time_min']:g}; jobs requeue at their limit)",
+            )
+        )
     measured = (
         f"partition {partition} ({p['nodes']} nodes, {p['gpus']} GPUs each); asks "
         f"{launcher.nodes} x {launcher.tasks} task(s), {launcher.gpus_per_node} GPU(s)/node"
     )
     if problems:
         return Check(
-            name, False, f"{measured}: {'; '.join(m for m, _ in problems)}",
+            name,
+            False,
+            f"{measured}: {'; '.join(m for m, _ in problems)}",
             f"{edit}: {'; '.join(f for _, f in problems)}",
-        )  # fmt: skip
+        )
     return Check(name, True, f"{measured}, from {source}")
 
 
@@ -349,16 +366,20 @@ def check_resume(r: dict, interrupt: str) -> Check:
     resumed at that very step, and ended at the step (CPU: with the weights) of the
     uninterrupted run."""
     name = "requeue and resume"
-    how = {"signal": "time-limit signal (USR2) and requeue", "inline": "stop and resume "
-           "in-process (debug launcher: no scheduler to requeue)"}[interrupt]  # fmt: skip
+    how = {
+        "signal": "time-limit signal (USR2) and requeue",
+        "inline": "stop and resume in-process (debug launcher: no scheduler to requeue)",
+    }[interrupt]
     steps = (
         f"{how}: stopped at step {r.get('saved_step')}, resumed at {r.get('resumed_step')}, "
         f"ended at {r.get('final_step')}; uninterrupted {r.get('reference_step')} of "
         f"{r.get('total_steps')}"
     )
     exact = r.get("device") == "cpu"
-    same = f"weights {'identical' if r.get('identical') else 'differ'} (max |dw| " \
-        f"{r.get('max_abs_diff', float('nan')):.3g})"  # fmt: skip
+    same = (
+        f"weights {'identical' if r.get('identical') else 'differ'} (max |dw| "
+        f"{r.get('max_abs_diff', float('nan')):.3g})"
+    )
     problems = []
     if r.get("saved_step") is None or r.get("resumed_step") != r.get("saved_step"):
         problems.append("the resumed step is not the saved one")
@@ -368,9 +389,11 @@ def check_resume(r: dict, interrupt: str) -> Check:
         problems.append("on the CPU the resumed run must equal the uninterrupted one bit for bit")
     if problems:
         return Check(
-            name, False, f"{steps}; {same}: {'; '.join(problems)}",
+            name,
+            False,
+            f"{steps}; {same}: {'; '.join(problems)}",
             "exact resume is broken (rar/train.py, checkpoints/last.pt): report it with the "
             "job logs",
-        )  # fmt: skip
+        )
     note = "" if exact else " (GPU kernels are not bit-reproducible: compared to fp tolerance)"
     return Check(name, True, f"{steps}; {same}{note}")

@@ -109,9 +109,11 @@ def _interrupted_run(
         return {}
     record = json.loads(marker.read_text()) if marker.exists() else {}
     return dict(
-        signal_at=record.get("signal_at"), saved_step=record.get("saved"),
-        resumed_step=resumed, final_step=load_checkpoint(out)["step"],
-    )  # fmt: skip
+        signal_at=record.get("signal_at"),
+        saved_step=record.get("saved"),
+        resumed_step=resumed,
+        final_step=load_checkpoint(out)["step"],
+    )
 
 
 def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
@@ -129,10 +131,11 @@ def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
         compile=compile_enabled(cfg.compile, dev),  # "auto" as it resolved
         micro_batch=cfg.micro_batch or cfg.global_batch // env.world_size,
         global_batch=cfg.global_batch,
-        backend="nccl" if dev.type == "cuda" and env.world_size > 1 else
-        ("gloo" if env.world_size > 1 else "none"),
+        backend="nccl"
+        if dev.type == "cuda" and env.world_size > 1
+        else ("gloo" if env.world_size > 1 else "none"),
         **_throughput(reference / "metrics.csv", env.world_size),
-    )  # fmt: skip
+    )
 
 
 def _weights_compared(final: Path, reference: dict) -> dict:
@@ -202,40 +205,70 @@ def rehearse_sampling(
     bench_steps: int,
 ) -> dict:
     """The sampling job: one image per class with `rar.sample.sample` (KV cache, guidance),
-    then (rank 0) the timing of `bench_batch`-image batches, decoding included."""
+    then (rank 0) the timing of `bench_batch`-image batches, decoding included
+    (`time_sampling`)."""
+    from rar.sample import sample
+
+    info = sample(
+        checkpoint,
+        tokenizer,
+        out,
+        num_per_class=1,
+        num_classes=num_classes,
+        chunk_size=num_classes,
+        seed=0,
+        device=device,
+        dtype=dtype,
+        progress=False,
+        **sampling,
+    )
+    if info is None:  # not rank 0
+        return {}
+    timing = time_sampling(
+        checkpoint,
+        tokenizer,
+        labels=[c % num_classes for c in range(bench_batch)],
+        sampling=sampling,
+        dtype=dtype,
+        device=device,
+        steps=bench_steps,
+    )
+    return {"num_samples": info["num_samples"], **timing, "world_size": info.get("world_size")}
+
+
+def time_sampling(
+    checkpoint: str,
+    tokenizer: str,
+    *,
+    labels: list[int],
+    sampling: dict,
+    dtype: str,
+    device: str,
+    steps: int,
+) -> dict:
+    """Images per second of one GPU: batches of `labels` generated with `sampling` and decoded,
+    the mean of `steps` after a warm-up; with the batch size, precision and machine."""
     import torch
 
     from rar.bench import machine_description
     from rar.checkpoint import load_generator
     from rar.generate import generate
-    from rar.runtime import DistEnv
-    from rar.sample import sample
+    from rar.runtime import DistEnv, autocast_dtype, resolve_device
     from rar.tokenizer import load_tokenizer
-
-    info = sample(
-        checkpoint, tokenizer, out, num_per_class=1, num_classes=num_classes,
-        chunk_size=num_classes, seed=0, device=device, dtype=dtype, progress=False,
-        **sampling,
-    )  # fmt: skip
-    if info is None:  # not rank 0
-        return {}
-    from rar.runtime import autocast_dtype, resolve_device
 
     dev = resolve_device(device, DistEnv.from_environ().local_rank)
     model, _ = load_generator(checkpoint)
     model.to(dev)
     tok = load_tokenizer(tokenizer).to(dev)
     amp = autocast_dtype(dtype, dev)
-    labels = torch.arange(bench_batch, device=dev) % num_classes
+    batch_labels = torch.tensor(labels, device=dev)
     gen = torch.Generator(dev).manual_seed(0)
     settings = {k: v for k, v in sampling.items() if k != "order"}
     settings.setdefault("guidance_power", 0.0)
 
     def batch() -> None:
-        ids = generate(
-            model, labels, order=sampling.get("order", "row-major"), generator=gen,
-            amp_dtype=amp, **settings,
-        )  # fmt: skip
+        order = sampling.get("order", "row-major")
+        ids = generate(model, batch_labels, order=order, generator=gen, amp_dtype=amp, **settings)
         tok.decode(ids)
 
     def sync() -> None:
@@ -245,16 +278,14 @@ def rehearse_sampling(
     batch()  # warm-up: allocator, kernels (gpt-fast's timing rules, as rar.bench)
     sync()
     start = time.perf_counter()
-    for _ in range(bench_steps):
+    for _ in range(steps):
         batch()
     sync()
-    seconds = (time.perf_counter() - start) / bench_steps
+    seconds = (time.perf_counter() - start) / steps
     return {
-        "num_samples": info["num_samples"],
-        "images_per_s_per_gpu": round(bench_batch / seconds, 3),
-        "batch_size": bench_batch,
+        "images_per_s_per_gpu": round(len(labels) / seconds, 3),
+        "batch_size": len(labels),
         "dtype": "bf16" if amp is not None else "fp32",
         "device": dev.type,
         "machine": machine_description(dev),
-        "world_size": info.get("world_size"),
     }

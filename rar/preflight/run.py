@@ -26,9 +26,21 @@ from rar.resources import study_resources
 THROUGHPUT_FORMAT = "rar-throughput/1"
 # Folders and files of <out> that a preflight writes (and removes before it starts again).
 OWN_ENTRIES = (
-    "images", "tokenizer", "tokenize", "data", "train", "sample", "evaluate", "submitit", "cache",
-    "report.md", "checks.json", "throughput.json", "table.csv", "table.md",
-)  # fmt: skip
+    "images",
+    "tokenizer",
+    "tokenize",
+    "data",
+    "train",
+    "sample",
+    "evaluate",
+    "submitit",
+    "cache",
+    "report.md",
+    "checks.json",
+    "throughput.json",
+    "table.csv",
+    "table.md",
+)
 DEFAULT_SCALE = Scale()
 
 
@@ -57,9 +69,16 @@ def run_preflight(
     throughput: dict[str, Any] = {"train": {}, "sample": {}}
     if not checks_only:
         Rehearsal(
-            study, s, out, launchers, needed, scale=scale, model=model, device=device,
+            study,
+            s,
+            out,
+            launchers,
+            needed,
+            scale=scale,
+            model=model,
+            device=device,
             throughput=throughput,
-        ).run()  # fmt: skip
+        ).run()
     _check_throughput(s, out, throughput, launchers, checks_only)
     context = [
         f"config {config_file}, launcher {backend}"
@@ -148,8 +167,12 @@ def write_throughput(path: Path, throughput: dict, launchers: dict) -> None:
     train = launchers.get("train")
     layout = {}
     if train is not None:
-        layout = {"nodes": train.nodes, "tasks_per_node": train.tasks,
-                  "gpus_per_node": train.gpus_per_node, "backend": train.backend}  # fmt: skip
+        layout = {
+            "nodes": train.nodes,
+            "tasks_per_node": train.tasks,
+            "gpus_per_node": train.gpus_per_node,
+            "backend": train.backend,
+        }
     atomic_write_json(
         path,
         {

@@ -65,11 +65,18 @@ def _toy_train_config(study, model: str | None, global_steps: int):
     quiet = {"tensorboard": False, "wandb": "off", "val_every": 0.0, "sample_every": 0.0}
     names = {f.name for f in fields(base)}
     return replace(
-        base, data="", source_images=2 * base.global_batch, epochs=epochs,
-        warmup_epochs=min(base.warmup_epochs, epochs / 2), anneal_start=0.0, anneal_end=epochs,
-        checkpoint_epochs=(), checkpoint_minutes=1e6, log_every=1,
+        base,
+        data="",
+        source_images=2 * base.global_batch,
+        epochs=epochs,
+        warmup_epochs=min(base.warmup_epochs, epochs / 2),
+        anneal_start=0.0,
+        anneal_end=epochs,
+        checkpoint_epochs=(),
+        checkpoint_minutes=1e6,
+        log_every=1,
         **{k: v for k, v in quiet.items() if k in names},
-    )  # fmt: skip
+    )
 
 
 def _first_sampling(study) -> dict:
@@ -79,8 +86,11 @@ def _first_sampling(study) -> dict:
     s = dict(ev.sampling)
     if "guidance_scales" in s:
         s["guidance_scale"] = s.pop("guidance_scales")[0]
-    return {k: s[k] for k in ("guidance_scale", "guidance_power", "guidance_schedule",
-                              "temperature", "order") if k in s}  # fmt: skip
+    return {
+        k: s[k]
+        for k in ("guidance_scale", "guidance_power", "guidance_schedule", "temperature", "order")
+        if k in s
+    }
 
 
 def _sizes(study) -> list[str]:
@@ -128,9 +138,18 @@ class Rehearsal:
     `throughput` ({"train": {model: record}, "sample": {model: record}})."""
 
     def __init__(
-        self, study, stages: _Stages, out: Path, launchers: dict, needed: dict, *,
-        scale: Scale, model: str | None, device: str, throughput: dict,
-    ) -> None:  # fmt: skip
+        self,
+        study,
+        stages: _Stages,
+        out: Path,
+        launchers: dict,
+        needed: dict,
+        *,
+        scale: Scale,
+        model: str | None,
+        device: str,
+        throughput: dict,
+    ) -> None:
         from rar.launch import TrainJob, launch
 
         self.launch, self.TrainJob = launch, TrainJob
@@ -147,9 +166,12 @@ class Rehearsal:
         debug = self.train_launcher is None or self.train_launcher.backend == "debug"
         self.interrupt = "inline" if debug else "signal"
         self.spec = {
-            "config": self.cfg.to_dict(), "data": str(self.data), "interrupt": self.interrupt,
-            "signal_at": max(1, scale.train_steps // 3), "device": device,
-        }  # fmt: skip
+            "config": self.cfg.to_dict(),
+            "data": str(self.data),
+            "interrupt": self.interrupt,
+            "signal_at": max(1, scale.train_steps // 3),
+            "device": device,
+        }
         self.tokenizer: Path | None = None
         self.tokenizer_need = ""
 
@@ -185,10 +207,13 @@ class Rehearsal:
             from rar.demo.data import make_demo_dataset
 
             make_demo_dataset(
-                images, num_classes=min(scale.classes, demo["num_classes"]),
-                images_per_class=scale.images_per_class, val_per_class=scale.images_per_class,
-                image_size=demo["image_size"], seed=demo["seed"],
-            )  # fmt: skip
+                images,
+                num_classes=min(scale.classes, demo["num_classes"]),
+                images_per_class=scale.images_per_class,
+                val_per_class=scale.images_per_class,
+                image_size=demo["image_size"],
+                seed=demo["seed"],
+            )
             n = sum(1 for _ in (images / "train").rglob("*.png"))
             return Check("stage images", True, f"{n} demo images in {images / 'train'}")
         n = _link_images(self.config, images / "train", scale)
@@ -202,17 +227,19 @@ class Rehearsal:
         train = tok_cfg["train"]
         path = self.out / "tokenizer" / f"{tok_cfg['name']}.pt"
         cfg = VQDemoConfig.with_downsample(
-            train["downsample"], codebook_size=tok_cfg["codebook_size"],
+            train["downsample"],
+            codebook_size=tok_cfg["codebook_size"],
             image_size=demo["image_size"] if demo else tok_cfg["grid"] * train["downsample"],
-        )  # fmt: skip
+        )
         training = TokenizerTraining(
             steps=steps, batch_size=min(16, train["batch_size"]), seed=train["seed"]
         )
         train_tokenizer_from_folder(self.images / "train", path, config=cfg, training=training)
         return Check(
-            "stage tokenizer", True, f"toy {tok_cfg['name']} ({steps} "
-            f"steps) trained in this process: {path}",
-        ), path  # fmt: skip
+            "stage tokenizer",
+            True,
+            f"toy {tok_cfg['name']} ({steps} steps) trained in this process: {path}",
+        ), path
 
     def tokenize(self) -> Check:
         from rar.data.tokenize import tokenize_images
@@ -221,28 +248,40 @@ class Rehearsal:
         crop = next(iter(self.study.datasets.values())).crop
         n = sum(1 for _ in (images / "train").rglob("*") if _.is_file())
         summary = self.launch(
-            tokenize_images, str(images / "train"), str(self.data),
-            launcher=self.launchers["tokenize"], record=out / "tokenize" / "job.json",
-            name="preflight_tokenize", tokenizer=str(self.tokenizer), crop=crop,
-            images_per_part=max(1, math.ceil(n / 2)), num_workers=0, progress=False,
+            tokenize_images,
+            str(images / "train"),
+            str(self.data),
+            launcher=self.launchers["tokenize"],
+            record=out / "tokenize" / "job.json",
+            name="preflight_tokenize",
+            tokenizer=str(self.tokenizer),
+            crop=crop,
+            images_per_part=max(1, math.ceil(n / 2)),
+            num_workers=0,
+            progress=False,
             batch_size=8,
-        )  # fmt: skip
+        )
         manifest = json.loads(Path(summary["manifest"]).read_text())
         return Check(
-            "stage tokenize", True, f"{manifest['num_source_images']} images -> "
+            "stage tokenize",
+            True,
+            f"{manifest['num_source_images']} images -> "
             f"{manifest['num_samples']} token sequences ({crop}) in {len(manifest['shards'])} "
             f"shards, {manifest['tokens_per_sample']} tokens each; job {_job(out / 'tokenize')}",
-        )  # fmt: skip
+        )
 
     # -- training and throughput ---------------------------------------------------------------
 
     def train(self) -> tuple[Check, dict]:
         out, model = self.out, self.cfg.model
         r = self.launch(
-            self.TrainJob(rehearse_training), self.spec, str(out / "train" / model),
-            launcher=self.train_launcher, record=out / "train" / "job.json",
+            self.TrainJob(rehearse_training),
+            self.spec,
+            str(out / "train" / model),
+            launcher=self.train_launcher,
+            record=out / "train" / "job.json",
             name="preflight_train",
-        )  # fmt: skip
+        )
         layout = (
             f"{r['world_size']} process(es) on {r['device']} ({r['machine']}), DDP "
             f"{r['backend']}, {r['dtype']}, compile {r['compile']}, micro-batch "
@@ -257,16 +296,21 @@ class Rehearsal:
         size_cfg = _toy_train_config(self.study, size, self.scale.train_steps)
         size_spec = {**self.spec, "config": size_cfg.to_dict(), "interrupt": "none"}
         r = self.launch(
-            self.TrainJob(rehearse_training), size_spec, str(self.out / "train" / size),
-            launcher=self.train_launcher, record=self.out / "train" / size / "job.json",
+            self.TrainJob(rehearse_training),
+            size_spec,
+            str(self.out / "train" / size),
+            launcher=self.train_launcher,
+            record=self.out / "train" / size / "job.json",
             name=f"preflight_train_{size}",
-        )  # fmt: skip
+        )
         self.throughput["train"][size] = _train_record(r)
         return Check(
-            f"throughput train {size}", True, f"{r['images_per_s_per_gpu']:,.2f} images/s "
+            f"throughput train {size}",
+            True,
+            f"{r['images_per_s_per_gpu']:,.2f} images/s "
             f"per GPU ({r['world_size']} x {r['device']}, {r['dtype']}, micro-batch "
             f"{r['micro_batch']})",
-        )  # fmt: skip
+        )
 
     # -- sample, evaluate and the table ----------------------------------------------------
 
@@ -276,23 +320,32 @@ class Rehearsal:
         sampling = _first_sampling(self.study)
         bench_batch = self.scale.sample_batch or self.config["sampling"]["chunk_size"]
         r = self.launch(
-            rehearse_sampling, str(final), str(self.tokenizer), str(self._samples()),
-            launcher=self.launchers["sample"], record=out / "sample" / "job.json",
+            rehearse_sampling,
+            str(final),
+            str(self.tokenizer),
+            str(self._samples()),
+            launcher=self.launchers["sample"],
+            record=out / "sample" / "job.json",
             name="preflight_sample",
             num_classes=min(self.scale.classes, self.config["data"]["num_classes"]),
-            sampling=sampling, dtype="fp32", device=self.device, bench_batch=bench_batch,
+            sampling=sampling,
+            dtype="fp32",
+            device=self.device,
+            bench_batch=bench_batch,
             bench_steps=2,
-        )  # fmt: skip
+        )
         self.throughput["sample"][model] = {
             k: r[k] for k in ("images_per_s_per_gpu", "batch_size", "dtype", "device", "machine")
         }
         return Check(
-            "stage sample", True, f"{r['num_samples']} images (KV cache, guidance "
+            "stage sample",
+            True,
+            f"{r['num_samples']} images (KV cache, guidance "
             f"{sampling.get('guidance_scale')}) from {model}; {r['images_per_s_per_gpu']:,.2f}"
             f" images/s per {'GPU' if r['device'] == 'cuda' else 'process'} at batch "
             f"{bench_batch} ({r['dtype']}, decoding included); job "
             f"{_job(out / 'sample')}",
-        )  # fmt: skip
+        )
 
     def _samples(self) -> Path:
         return self.out / "sample" / "samples.npz"
@@ -314,16 +367,24 @@ class Rehearsal:
         # ADM's batch: the workflow's feature cache, so its 10,000 reference images are
         # featurized once for the preflight and the grid; the toy's own held-out images: a
         # cache of its own.
-        cache = Path(self.study.prefix, "cache", "features") if ev["reference"] else (
-            self.out / "cache"
-        )  # fmt: skip
+        cache = (
+            Path(self.study.prefix, "cache", "features")
+            if ev["reference"]
+            else (self.out / "cache")
+        )
         r = self.launch(
-            score, str(self._samples()), str(Path(reference).resolve()),
-            launcher=self.launchers["evaluate"], record=self.out / "evaluate" / "job.json",
-            name="preflight_evaluate", extractor=ev["extractor"],
+            score,
+            str(self._samples()),
+            str(Path(reference).resolve()),
+            launcher=self.launchers["evaluate"],
+            record=self.out / "evaluate" / "job.json",
+            name="preflight_evaluate",
+            extractor=ev["extractor"],
             weights=str(Path(ev["weights"]).resolve()) if ev.get("weights") else None,
-            cache_dir=str(cache.resolve()), out=str(self._metrics()), device=self.device,
-        )  # fmt: skip
+            cache_dir=str(cache.resolve()),
+            out=str(self._metrics()),
+            device=self.device,
+        )
         names = ("fid", "isc", "precision", "recall")
         values = ", ".join(
             f"{k} {v:.3g}"
@@ -331,32 +392,55 @@ class Rehearsal:
             if k.startswith(names) and isinstance(v, (int, float)) and not isinstance(v, bool)
         )
         return Check(
-            "stage evaluate", True, f"{r['num_samples']} samples scored with {ev['extractor']} "
+            "stage evaluate",
+            True,
+            f"{r['num_samples']} samples scored with {ev['extractor']} "
             f"against {reference} ({r['num_reference_images'] or 'mu/sigma'} reference images): "
             f"{values}; job {_job(self.out / 'evaluate')}",
-        )  # fmt: skip
+        )
 
     def table(self) -> Check:
         from rar.report import make_table
 
         out, cfg = self.out, self.cfg
         row = {
-            "label": f"preflight {cfg.model}", "keys": {}, "run": cfg.run_id(),
-            "evaluation": "preflight", "paper": {}, "failure": None, "sweep": None,
-        }  # fmt: skip
+            "label": f"preflight {cfg.model}",
+            "keys": {},
+            "run": cfg.run_id(),
+            "evaluation": "preflight",
+            "paper": {},
+            "failure": None,
+            "sweep": None,
+        }
         df = make_table(
-            table="preflight", rows=[row], metrics=[self._metrics()], csv=out / "table.csv",
+            table="preflight",
+            rows=[row],
+            metrics=[self._metrics()],
+            csv=out / "table.csv",
             md=out / "table.md",
-        )  # fmt: skip
+        )
         status = df["status"].iloc[0]
         ok = str(status).startswith("ok")
-        return Check("stage table", ok, f"{out / 'table.csv'}: row status {status!r}",
-                     "" if ok else "see rar.report.make_table")  # fmt: skip
+        return Check(
+            "stage table",
+            ok,
+            f"{out / 'table.csv'}: row status {status!r}",
+            "" if ok else "see rar.report.make_table",
+        )
 
 
 def _train_record(r: dict) -> dict:
-    keys = ("images_per_s_per_gpu", "images_per_s", "world_size", "micro_batch",
-            "global_batch", "dtype", "compile", "device", "machine")  # fmt: skip
+    keys = (
+        "images_per_s_per_gpu",
+        "images_per_s",
+        "world_size",
+        "micro_batch",
+        "global_batch",
+        "dtype",
+        "compile",
+        "device",
+        "machine",
+    )
     return {k: r[k] for k in keys if k in r}
 
 
