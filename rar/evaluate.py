@@ -43,8 +43,8 @@ from rar.extractors import (
     resolve_weights,
 )
 from rar.feature_cache import class_probe, reference_features
+from rar.files import content_sha256, sha256_file, write_json
 from rar.image_sets import images_dataset, npz_keys, samples_info, samples_labels
-from rar.io import content_sha256, sha256_file, write_json
 from rar.metrics import (
     PAPER_METRICS,
     all_reasons,

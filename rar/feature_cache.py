@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from rar.extractors import extract_features
+from rar.files import content_sha256, image_files, write_npz
 from rar.image_sets import files_dataset, folder_classes, folder_labels, images_dataset
-from rar.io import content_sha256, image_files, write_npz
 from rar.presets import EXTRACTORS
 
 # The probe's training images: the first PROBE_PER_CLASS of each class folder (sorted file

@@ -1,6 +1,6 @@
 """Image sets as torch-fidelity reads them, and what they say about themselves: an `.npz` of
 images (`arr_0`, ours with `labels` and a `samples.json` beside it) or a folder of images (in
-class folders, their folder is their label). The file order of a folder is rar.io's
+class folders, their folder is their label). The file order of a folder is rar.files's
 `image_files`, the order of its features, its labels and its hash alike.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar.io import image_files, npz_members, open_npz_array, read_json
+from rar.files import image_files, npz_members, open_npz_array, read_json
 
 
 class NpzImages(torch.utils.data.Dataset):

@@ -40,7 +40,7 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 from submitit.local.local import LocalJob
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 from rar.records import (
     FAILURE_FILE,
     LIVE_STATES,

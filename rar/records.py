@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 
 FAILURE_FILE = "failure.txt"
 # SLURM states of a job that can still produce a result (submitit's `InfoWatcher.is_done` list

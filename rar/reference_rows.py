@@ -79,7 +79,7 @@ def write_reconstructions(
     import numpy as np
 
     from rar.data.images import center_crop_arr, list_images, load_rgb
-    from rar.io import content_sha256, sha256_file, write_json, write_npz
+    from rar.files import content_sha256, sha256_file, write_json, write_npz
     from rar.tokenizer import load_tokenizer, to_uint8
 
     tok = load_tokenizer(tokenizer)

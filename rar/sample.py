@@ -25,8 +25,8 @@ import torch
 
 from rar import presets
 from rar.checkpoint import load_generator
+from rar.files import read_json, sha256_file, write_json, write_npz
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
-from rar.io import read_json, sha256_file, write_json, write_npz
 from rar.model import RAR
 from rar.runtime import autocast_dtype, resolve_device
 from rar.sample_chunks import (

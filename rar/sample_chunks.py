@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar.io import (
+from rar.files import (
     StreamedArray,
     atomic_write_bytes,
     open_npz_array,

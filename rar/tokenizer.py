@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar.io import atomic_open
+from rar.files import atomic_open
 
 # ----------------------------------------------------------------------------------------------
 # Common interface

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rar.data.shards import iter_samples, load_manifest
-from rar.io import atomic_write_bytes
+from rar.files import atomic_write_bytes
 from rar.orders import sample_orders, scan_order, shuffle
 from rar.runtime import autocast
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from rar.config import TrainConfig
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 from rar.model import RAR
 from rar.records import RATE_WINDOW, epochs_per_second, eta_seconds, format_duration
 from rar.runtime import DistEnv

@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import picture
 
+from rar.files import write_npz
 from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_info, samples_labels
-from rar.io import write_npz
 
 
 def test_a_folders_labels_are_its_class_folders_in_file_order(tmp_path):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar.io import (  # noqa: F401 (re-exported for rar.data)
+from rar.files import (  # noqa: F401 (re-exported for rar.data)
     atomic_write_bytes,
     atomic_write_json,
     sha256_file,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rar.io import read_json
+from rar.files import read_json
 from rar.report.columns import PathLike
 from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rar.experiments import PAPER_SAMPLES
-from rar.io import read_json
+from rar.files import read_json
 from rar.records import read_failure_file
 from rar.report.columns import (
     INCEPTION,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 from rar.report.columns import (
     ID_COLUMNS,
     METRIC_KEYS,
