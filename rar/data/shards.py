@@ -29,6 +29,7 @@ from typing import Any
 from rar.files import (  # noqa: F401 (re-exported for rar.data)
     atomic_write_bytes,
     atomic_write_json,
+    read_json,
     sha256_file,
 )
 
@@ -76,11 +77,6 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
             info.type = tarfile.REGTYPE
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,7 +259,7 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         )
     try:
         manifest = read_json(path)
-    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    except (OSError, ValueError) as err:  # ValueError: not JSON (rar.files.read_json)
         raise ShardError(f"{path}: not readable JSON ({err}); {_REMAKE}") from None
     problem = manifest_problem(manifest)
     if problem is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 import logging
 import os
 import time
@@ -125,7 +124,7 @@ def _sidecar_if_complete(out_dir: Path, part: int, expect: dict, *, full: bool) 
         return None
     try:
         meta = read_json(side)
-    except (json.JSONDecodeError, OSError):
+    except (ValueError, OSError):
         return None
     if any(meta.get(k) != v for k, v in expect.items()):
         return None
