@@ -32,8 +32,11 @@ def code_version() -> str:
         root = Path(__file__).resolve().parents[1]
         sha = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return sha or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

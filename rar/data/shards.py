@@ -214,9 +214,14 @@ def shard_problem_message(directory: Path, name: str, problem: str, manifest: di
 # What readers rely on (rar.data.loader, verify_shards, rar.train's data check), as
 # rar.data.tokenize.merge_parts writes it: key -> type, for the manifest and each shard entry.
 _MANIFEST_KEYS = {
-    "shards": list, "num_samples": int, "num_source_images": int, "num_classes": int,
-    "samples_per_image": int, "tokens_per_sample": int, "tokenizer": dict,
-}  # fmt: skip
+    "shards": list,
+    "num_samples": int,
+    "num_source_images": int,
+    "num_classes": int,
+    "samples_per_image": int,
+    "tokens_per_sample": int,
+    "tokenizer": dict,
+}
 _SHARD_KEYS = {"name": str, "part": int, "num_samples": int, "size": int, "sha256": str}
 _REMAKE = (
     "rerun the `rar tokenize` command that made the directory: finished parts are skipped and "
