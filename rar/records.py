@@ -49,6 +49,7 @@ METRICS_FIELDS = [
 # validation.csv: held-out NLL in the run's sampling order (val_loss) and in raster order
 # (val_nll, the tables' column), every `val_every` epochs (rar.validate)
 VAL_FIELDS = ["step", "epoch", "val_loss", "val_nll", "order"]
+
 # SLURM states of a job that can still produce a result (submitit's `InfoWatcher.is_done` list
 # plus the transient ones of `man squeue`); UNKNOWN is what sacct says before it knows the
 # job, SUBMITTED what a record says before SLURM answers (rar.launch).

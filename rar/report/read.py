@@ -133,7 +133,7 @@ def read_train_log(path: PathLike) -> pd.DataFrame | None:
     The file grows by appended lines while training runs, so a last line without its newline
     is torn and dropped; a resumed run logs again the steps after its last checkpoint, so the
     last record of each step wins. Text columns become NaN."""
-    text = log_text(Path(path)) if Path(path).exists() else None
+    text = log_text(Path(path))
     if text is None:
         return None
     try:
