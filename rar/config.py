@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 from rar.presets import ARCHITECTURES
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split

@@ -43,8 +43,8 @@ from rar.extractors import (
     resolve_weights,
 )
 from rar.feature_cache import class_probe, reference_features
-from rar.image_sets import images_dataset, npz_keys, samples_info, samples_labels
-from rar.io import content_sha256, sha256_file, write_json
+from rar.files import content_sha256, sha256_file
+from rar.image_sets import images_dataset, npz_keys, samples_labels
 from rar.metrics import (
     PAPER_METRICS,
     all_reasons,
@@ -58,13 +58,9 @@ from rar.metrics import (
     precision_recall,
 )
 from rar.presets import EXTRACTORS, INCEPTION
+from rar.results import METRICS_FORMAT, read_samples_info, write_metrics
 from rar.runtime import make_current, resolve_device
 from rar.settings import ScoringSettings
-
-# rar-metrics/1: torch-fidelity's IS (shuffled splits) and precision/recall, one boolean
-# `comparable_to_paper`; rar-metrics/2: ADM's IS and precision/recall, comparability per metric.
-METRICS_FORMAT = "rar-metrics/2"
-
 
 # ##########################################################################################
 # Scoring: one job loads the extractor, reference and probe once, and scores many sample sets
@@ -94,10 +90,11 @@ def sampling_fields(info: dict) -> dict:
 def summary_line(record: dict, metric_keys) -> str:
     """One line for the log: the samples, their metrics, and whether they compare."""
     shown = ", ".join(
-        f"{k} {v:.4f}" for k, v in record.items()
+        f"{k} {v:.4f}"
+        for k, v in record.items()
         if k in {*metric_keys, "fid_ci_low", "fid_ci_high", "class_accuracy", "val_nll"}
         and isinstance(v, float)
-    )  # fmt: skip
+    )
     reasons = record["not_comparable_because"]
     tag = "comparable to the paper" if not reasons else "NOT comparable: " + "; ".join(reasons)
     if reasons and any(record.get("comparable_to_paper", {}).values()):
@@ -156,9 +153,13 @@ class Scorer:
         """How the cached features of a set of images are computed."""
         s = self.settings
         return dict(
-            feature_extractor=self.fe, features_id=self.features_id, cache_dir=s.cache_dir,
-            cuda=self.cuda, batch_size=s.batch_size, verbose=self.verbose,
-        )  # fmt: skip
+            feature_extractor=self.fe,
+            features_id=self.features_id,
+            cache_dir=s.cache_dir,
+            cuda=self.cuda,
+            batch_size=s.batch_size,
+            verbose=self.verbose,
+        )
 
     def _reference_features(self, keys: set[str]) -> dict[str, np.ndarray]:
         """The reference images' FID statistics and precision/recall features (cached by
@@ -166,9 +167,11 @@ class Scorer:
         if not (self.reference.is_dir() or "arr_0" in keys):
             return {}
         return reference_features(
-            self.reference, extractor=self.extractor,
-            reference_sha256=self.reference_sha256, **self._cache_kw(),
-        )  # fmt: skip
+            self.reference,
+            extractor=self.extractor,
+            reference_sha256=self.reference_sha256,
+            **self._cache_kw(),
+        )
 
     def _fid_reference(self, keys: set[str]) -> tuple[dict[str, np.ndarray], str]:
         """The FID's reference statistics {mu, sigma} and what they are. ADM's batch carries
@@ -214,9 +217,12 @@ class Scorer:
         samples, layer = Path(samples), self.spec.fid_layer
         dataset = images_dataset(samples)
         feats = extract_features(
-            dataset, self.fe, batch_size=self.settings.batch_size, cuda=self.cuda,
+            dataset,
+            self.fe,
+            batch_size=self.settings.batch_size,
+            cuda=self.cuda,
             verbose=self.verbose,
-        )  # fmt: skip
+        )
         classes = list(self.probe.classes) if self.probe is not None else None
         labels = samples_labels(samples, classes)
         # IS splits the file as written (ADM); a folder has no written order, so its images
@@ -228,7 +234,7 @@ class Scorer:
         ci = self._fid_interval(
             feats[layer], metrics[self.spec.metric_names()["frechet_inception_distance"]]
         )
-        info = samples_info(samples)
+        info = read_samples_info(samples)
         scored = self._describe(samples, dataset, labels)
         is_labels = labels if is_order is None or labels is None else labels[is_order]
         reasons = self._not_comparable(scored, is_labels, info)
@@ -253,7 +259,7 @@ class Scorer:
             "setup_seconds": self.setup_seconds,  # extractor, reference, probe: once per job
         }
         if out is not None:
-            write_json(out, record)
+            write_metrics(out, record)
         if self.verbose:
             print(summary_line(record, metrics), flush=True)
         return record
@@ -283,10 +289,13 @@ class Scorer:
         if self.ref:
             results.update(
                 precision_recall(
-                    features, self.ref["prc_features"], neighborhood=s.prc_neighborhood,
-                    block=s.prc_batch_size, device=self.dev,
+                    features,
+                    self.ref["prc_features"],
+                    neighborhood=s.prc_neighborhood,
+                    block=s.prc_batch_size,
+                    device=self.dev,
                 )
-            )  # fmt: skip
+            )
         return named_metrics(results, self.spec.metric_names()), isc["inception_score_splits"]
 
     def _fid_interval(self, features: torch.Tensor, fid: float | None) -> dict:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from rar.extractors import extract_features
+from rar.files import content_sha256, image_files, write_npz
 from rar.image_sets import files_dataset, folder_classes, folder_labels, images_dataset
-from rar.io import content_sha256, image_files, write_npz
 from rar.presets import EXTRACTORS
 
 # The probe's training images: the first PROBE_PER_CLASS of each class folder (sorted file
@@ -101,17 +101,23 @@ def reference_features(
 
     def compute() -> tuple[dict, dict, str]:
         feats = extract_features(
-            images_dataset(reference), feature_extractor,
-            batch_size=batch_size, cuda=cuda, verbose=verbose,
-        )[layer]  # fmt: skip
+            images_dataset(reference),
+            feature_extractor,
+            batch_size=batch_size,
+            cuda=cuda,
+            verbose=verbose,
+        )[layer]
         stats = fid_features_to_statistics(feats)
         out = {"mu": stats["mu"], "sigma": stats["sigma"], "prc_features": feats.numpy()}
         return out, out, f"reference features of {len(feats)} images"
 
     return cached_npz(
-        cache, lambda z: {k: z[k] for k in REFERENCE_KEYS}, compute,
-        what="reference features", verbose=verbose,
-    )  # fmt: skip
+        cache,
+        lambda z: {k: z[k] for k in REFERENCE_KEYS},
+        compute,
+        what="reference features",
+        verbose=verbose,
+    )
 
 
 # ##########################################################################################
@@ -159,9 +165,12 @@ def class_probe(
         files, labels = image_files(images), folder_labels(images, classes)
         keep = first_per_class(labels, len(classes), PROBE_PER_CLASS)
         feats = extract_features(
-            files_dataset([files[i] for i in keep]), feature_extractor,
-            batch_size=batch_size, cuda=cuda, verbose=verbose,
-        )[feature_layer]  # fmt: skip
+            files_dataset([files[i] for i in keep]),
+            feature_extractor,
+            batch_size=batch_size,
+            cuda=cuda,
+            verbose=verbose,
+        )[feature_layer]
         probe = fit_probe(feats.numpy(), labels[keep], classes)
         done = (
             f"class probe on {len(feats)} images of {len(classes)} classes (training "

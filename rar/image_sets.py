@@ -1,6 +1,6 @@
 """Image sets as torch-fidelity reads them, and what they say about themselves: an `.npz` of
 images (`arr_0`, ours with `labels` and a `samples.json` beside it) or a folder of images (in
-class folders, their folder is their label). The file order of a folder is rar.io's
+class folders, their folder is their label). The file order of a folder is rar.files's
 `image_files`, the order of its features, its labels and its hash alike.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar.io import image_files, npz_members, open_npz_array, read_json
+from rar.files import image_files, npz_members, open_npz_array
 
 
 class NpzImages(torch.utils.data.Dataset):
@@ -88,12 +88,3 @@ def samples_labels(samples: Path, classes: list[str] | None = None) -> np.ndarra
     if "labels" not in npz_keys(samples):
         return None
     return np.asarray(open_npz_array(samples, "labels"))
-
-
-def samples_info(samples: Path) -> dict:
-    """The `samples.json` rar.sample wrote beside `samples` (checkpoint, sampling settings,
-    seed, ...); {} for a folder of images or an npz without one."""
-    path = samples.with_suffix(".json")
-    if samples.is_dir() or not path.exists():
-        return {}
-    return read_json(path)

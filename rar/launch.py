@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import pickle
 import re
@@ -40,14 +39,15 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 from submitit.local.local import LocalJob
 
-from rar.io import atomic_write_text
 from rar.records import (
     FAILURE_FILE,
     LIVE_STATES,
     UNKNOWN_GRACE_S,
     clear_failure,
+    load_record,
     stdout_log,
     write_failure,
+    write_record,
 )
 from rar.settings import LauncherConfig
 
@@ -205,7 +205,7 @@ def _record_failure(record: Path, err: Exception) -> None:
     """`failure.txt` beside the job record (`rar status`, the tables): the reason, and the
     logs to read: this process's (the Snakemake rule's log) and the job's own stderr."""
     logs = [stdout_log()]
-    entry = _read_record(record) or {}
+    entry = load_record(record) or {}
     if entry.get("folder") and entry.get("job_id"):
         with contextlib.suppress(Exception):  # best effort: the reason matters more
             logs.append(str(JobPaths(entry["folder"], job_id=entry["job_id"]).stderr))
@@ -228,25 +228,22 @@ def _now() -> str:
 
 
 def _write_record(path: Path, entry: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps({**entry, "updated": _now()}, indent=2) + "\n")
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        print(f"ignoring unreadable job record {path}: {err}", flush=True)
-        return None
+    write_record(path, {**entry, "updated": _now()})
 
 
 def _run_in_process(fn, args, kwargs, *, record: Path, name: str, command: str) -> Any:
     """The debug backend: a plain call, so breakpoints and tracebacks work as usual."""
     entry = dict(
-        backend="debug", job_id=f"pid-{os.getpid()}", name=name, command=command,
-        submitted=_now(), folder=None, tasks=1, requeues=0, state="RUNNING",
-    )  # fmt: skip
+        backend="debug",
+        job_id=f"pid-{os.getpid()}",
+        name=name,
+        command=command,
+        submitted=_now(),
+        folder=None,
+        tasks=1,
+        requeues=0,
+        state="RUNNING",
+    )
     # The GPUs it uses (`rar status` labels its hours GPU-h or CPU-h); a device that does not
     # resolve is left to the stage to report.
     with contextlib.suppress(RuntimeError, ValueError, TypeError):
@@ -280,9 +277,11 @@ def _executor(launcher: LauncherConfig, name: str) -> submitit.Executor:
     if launcher.backend == "local":
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=launcher.max_requeues)
         ex.update_parameters(
-            timeout_min=launcher.time_min, gpus_per_node=launcher.gpus_per_node,
-            tasks_per_node=launcher.tasks, signal_delay_s=launcher.signal_delay_s,
-        )  # fmt: skip
+            timeout_min=launcher.time_min,
+            gpus_per_node=launcher.gpus_per_node,
+            tasks_per_node=launcher.tasks,
+            signal_delay_s=launcher.signal_delay_s,
+        )
         return ex
     missing = [tool for tool in ("sbatch", "srun", "sacct") if shutil.which(tool) is None]
     if missing:
@@ -293,20 +292,27 @@ def _executor(launcher: LauncherConfig, name: str) -> submitit.Executor:
         )
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=launcher.max_requeues)
     optional = dict(
-        partition=launcher.partition, account=launcher.account, qos=launcher.qos,
-        constraint=launcher.constraint, cpus_per_task=launcher.cpus_per_task,
+        partition=launcher.partition,
+        account=launcher.account,
+        qos=launcher.qos,
+        constraint=launcher.constraint,
+        cpus_per_task=launcher.cpus_per_task,
         gpus_per_node=launcher.gpus_per_node or None,
         mem=None if launcher.mem_gb is None else f"{int(launcher.mem_gb * 1024)}MB",
-        mail_user=launcher.mail_user, mail_type=launcher.mail_type,
-    )  # fmt: skip
+        mail_user=launcher.mail_user,
+        mail_type=launcher.mail_type,
+    )
     ex.update_parameters(
-        job_name=job_name, time=launcher.time_min, nodes=launcher.nodes,
-        ntasks_per_node=launcher.tasks, signal_delay_s=launcher.signal_delay_s,
+        job_name=job_name,
+        time=launcher.time_min,
+        nodes=launcher.nodes,
+        ntasks_per_node=launcher.tasks,
+        signal_delay_s=launcher.signal_delay_s,
         additional_parameters=dict(launcher.extra),
         # a task that dies would leave the others waiting in a collective until NCCL's timeout
         srun_args=["--kill-on-bad-exit=1"] if launcher.tasks * launcher.nodes > 1 else [],
         **{k: v for k, v in optional.items() if v is not None},
-    )  # fmt: skip
+    )
     return ex
 
 
@@ -319,11 +325,17 @@ def _submit(fn, args, kwargs, *, launcher: LauncherConfig, name: str, command: s
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as err:
             raise LaunchError(f"submitting {name} to {launcher.backend} failed: {err}") from None
     entry = dict(
-        backend=launcher.backend, job_id=str(job.job_id), name=name, command=command,
-        submitted=_now(), folder=str(job.paths.folder),
-        tasks=launcher.tasks * launcher.nodes, requeues=0, state="SUBMITTED",
+        backend=launcher.backend,
+        job_id=str(job.job_id),
+        name=name,
+        command=command,
+        submitted=_now(),
+        folder=str(job.paths.folder),
+        tasks=launcher.tasks * launcher.nodes,
+        requeues=0,
+        state="SUBMITTED",
         gpus=launcher.gpus_per_node * launcher.nodes,  # requested; 0: a CPU job
-    )  # fmt: skip
+    )
     return job, entry
 
 
@@ -356,7 +368,7 @@ def _job_handle(entry: dict[str, Any]) -> submitit.Job:
 
 def _reattach(record: Path, *, launcher: LauncherConfig, name: str, command: str):
     """The recorded job, if it is alive or left a result; (None, None) when one must submit."""
-    entry = _read_record(record)
+    entry = load_record(record)
     if not entry or entry.get("backend") != launcher.backend or entry.get("name") != name:
         return None, None
     if launcher.backend == "slurm" and shutil.which("sacct") is None:
@@ -389,8 +401,11 @@ def _state(job: submitit.Job, entry: dict[str, Any]) -> tuple[str, int]:
     try:
         out = subprocess.run(
             ["sacct", "-j", str(job.job_id), "-X", "-n", "-P", "--duplicates", "-o", "State"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         out = []
     # One line per run of the job (--duplicates), oldest first: "CANCELLED by 0" -> CANCELLED.
@@ -400,8 +415,11 @@ def _state(job: submitit.Job, entry: dict[str, Any]) -> tuple[str, int]:
     try:
         out = subprocess.run(
             ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"],
-            capture_output=True, text=True, timeout=60, check=False,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         out = []
     return (out[0] if out else "UNKNOWN"), 0

@@ -55,6 +55,30 @@ INCEPTION = "inception-v3-compat"  # the paper's (torch-fidelity, as ADM)
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 
 
+# The crop modes of the data stage, declared here only (rar.data.images: what each does and
+# how many crops of an image it stores); the study schema's `crop` enum is held equal to this
+# by tests/test_formats.py.
+CROP_MODES = ("center", "center+flip", "tencrop")
+
+# Our metric column -> its metrics.json key, `{s}` the extractor's suffix (`ExtractorSpec`),
+# declared here only (rar.evaluate writes the keys, rar.report.columns reads them) ...
+METRIC_KEYS = {
+    "fid": "fid{s}",
+    "is": "isc{s}_mean",
+    "is_std": "isc{s}_std",
+    "precision": "precision{s}",
+    "recall": "recall{s}",
+}
+# ... and the name torch-fidelity (and rar.metrics) gives each result.
+TORCH_FIDELITY_NAMES = {
+    "fid": "frechet_inception_distance",
+    "is": "inception_score_mean",
+    "is_std": "inception_score_std",
+    "precision": "precision",
+    "recall": "recall",
+}
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """The torch-fidelity feature layers one extractor uses, and how its metrics are named."""
@@ -72,13 +96,8 @@ class ExtractorSpec:
     def metric_names(self) -> dict[str, str]:
         """Result keys (torch-fidelity's names; rar.metrics returns IS and precision/recall
         under the same) -> ours."""
-        s = self.suffix
         return {
-            "frechet_inception_distance": f"fid{s}",
-            "inception_score_mean": f"isc{s}_mean",
-            "inception_score_std": f"isc{s}_std",
-            "precision": f"precision{s}",
-            "recall": f"recall{s}",
+            TORCH_FIDELITY_NAMES[c]: key.format(s=self.suffix) for c, key in METRIC_KEYS.items()
         }
 
 

@@ -1,12 +1,15 @@
-"""Job records, failure records, progress and the SLURM query: what every stage leaves about
-its jobs, read and written in one place. Torch- and submitit-free.
+"""Job records, failure records, training logs, progress and the SLURM query: what every stage
+leaves about its jobs, read and written in one place. Torch- and submitit-free.
 
-- the job record (`job.json`, `samples_job.json`, `metrics_job.json`): rar.launch writes it;
-  `read_record` reads it, `job_info` says what state its job is really in (SLURM asked once
-  for all ids by `query_slurm`; a local or debug job's process looked up);
+- the job record (`job.json`, `samples_job.json`, `metrics_job.json`): rar.launch writes it
+  through `write_record`; `load_record` and `read_record` read it, `job_info` says what state
+  its job is really in (SLURM asked once for all ids by `query_slurm`; a local or debug job's
+  process looked up);
 - the failure record (`failure.txt`): one line of reason, then where the logs are; rar.launch
   writes it when a job fails and removes it when a later attempt succeeds, rar.train writes it
   from inside a job (which covers a launching process that died before its job);
+- the training logs (`metrics.csv`, `validation.csv`): `MetricsLog` writes them (rar.train,
+  rar.watch); `log_text` and `log_rows` read them as they grow;
 - progress (`metrics.csv`): epochs, the throughput of the last RATE_WINDOW rows and the ETA,
   as the training log line and `rar status` both show it.
 """
@@ -25,19 +28,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 
 FAILURE_FILE = "failure.txt"
+JOB_RECORD = "job.json"  # a run's job record, in its run directory (rar.launch)
+METRICS_CSV = "metrics.csv"  # a run's training log, a row every `log_every` steps
+VALIDATION_CSV = "validation.csv"  # its held-out NLL, every `val_every` epochs
+METRICS_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "accuracy",
+    "lr",
+    "ratio",
+    "grad_norm",
+    "tokens_per_s",
+    "images_per_s",
+    "elapsed_s",
+]
+# validation.csv: held-out NLL in the run's sampling order (val_loss) and in raster order
+# (val_nll, the tables' column), every `val_every` epochs (rar.validate)
+VAL_FIELDS = ["step", "epoch", "val_loss", "val_nll", "order"]
+
 # SLURM states of a job that can still produce a result (submitit's `InfoWatcher.is_done` list
 # plus the transient ones of `man squeue`); UNKNOWN is what sacct says before it knows the
 # job, SUBMITTED what a record says before SLURM answers (rar.launch).
 LIVE_STATES = frozenset(
-    {
-        "SUBMITTED", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
-        "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT",
-        "PREEMPTED", "READY", "UNKNOWN",
-    }
-)  # fmt: skip
+    [
+        "SUBMITTED",
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "PREEMPTED",
+        "READY",
+        "UNKNOWN",
+    ]
+)
 ENDED_WELL = frozenset({"COMPLETED", "FINISHED"})  # states of a job that did its work
 LOST = "LOST"  # a record says the job is live, but its scheduler (or process) knows it not
 UNKNOWN_GRACE_S = 120.0  # how long a fresh SLURM job may be unknown to sacct and squeue
@@ -139,6 +173,48 @@ def read_failure_file(path: Path) -> tuple[str, list[str], float] | None:
 
 
 # ##########################################################################################
+# The training logs: metrics.csv and validation.csv (written by rar.train and rar.watch)
+# ##########################################################################################
+
+
+class MetricsLog:
+    """metrics.csv (or validation.csv: `fields`) in the run directory; rows past a resumed
+    step are dropped first, so the file always describes the run that the checkpoints hold."""
+
+    def __init__(self, path: Path, resume_step: int, fields: list[str] = METRICS_FIELDS) -> None:
+        self.path, self.fields = path, fields
+        rows = []
+        if path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        lines = [",".join(fields)] + [",".join(str(r[k]) for k in fields) for r in rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(",".join(_fmt(row[k]) for k in self.fields) + "\n")
+
+
+def _fmt(x) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def log_text(path: Path) -> str | None:
+    """A training log's complete lines: a last line without its newline is being appended
+    now (or was cut off), and is dropped. None if the file cannot be read."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+
+
+def log_rows(path: Path) -> list[dict[str, str]]:
+    """A training log's complete rows as {column: text}; none if the file cannot be read."""
+    return list(csv.DictReader((log_text(path) or "").splitlines()))
+
+
+# ##########################################################################################
 # What one run / evaluation directory says
 # ##########################################################################################
 
@@ -155,17 +231,11 @@ class Progress:
 
 
 def read_progress(path: Path) -> Progress:
-    """Parse metrics.csv (rar.watch.METRICS_FIELDS). A torn last line (being appended now) and
-    rows that do not parse are skipped; each job restarts `elapsed_s` at 0, so the time used is
-    the sum of each job's last value."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return Progress()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+    """Parse metrics.csv (METRICS_FIELDS). A torn last line (being appended now) and rows that
+    do not parse are skipped; each job restarts `elapsed_s` at 0, so the time used is the sum
+    of each job's last value."""
     rows = []
-    for r in csv.DictReader(text.splitlines()):
+    for r in log_rows(path):
         with contextlib.suppress(TypeError, ValueError, KeyError):
             rows.append(
                 (float(r["epoch"]), float(r["loss"]), float(r["ratio"]), float(r["elapsed_s"]))
@@ -204,14 +274,38 @@ def eta_seconds(epoch: float, target_epoch: float, rate: float | None) -> float 
     return max(0.0, target_epoch - epoch) / rate if rate else None
 
 
+def job_record_for(out: Path) -> Path:
+    """The job record of a stage that writes `out`: `samples.npz` -> `samples_job.json`."""
+    return out.with_name(f"{out.stem}_{JOB_RECORD}")
+
+
+def write_record(path: Path, entry: dict[str, Any]) -> None:
+    """Write a job record (rar.launch): indented JSON in the entry's key order, atomically."""
+    atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
+
+
+def load_record(path: Path, *, quiet: bool = False) -> Any:
+    """A job record as written; None if absent or unreadable (said, unless `quiet`)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        if not quiet:
+            print(f"ignoring unreadable job record {path}: {err}", flush=True)
+        return None
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """A job record (rar.launch), with its file's mtime as `_mtime`; None if absent/unreadable."""
-    try:
-        record = json.loads(path.read_text())
-        record["_mtime"] = path.stat().st_mtime
-    except (OSError, ValueError, TypeError):
+    record = load_record(path, quiet=True)
+    if not isinstance(record, dict):
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record["_mtime"] = path.stat().st_mtime
+    except OSError:
+        return None
+    return record
 
 
 def record_gpus(record: dict[str, Any] | None) -> int:

@@ -79,7 +79,8 @@ def write_reconstructions(
     import numpy as np
 
     from rar.data.images import center_crop_arr, list_images, load_rgb
-    from rar.io import content_sha256, sha256_file, write_json, write_npz
+    from rar.files import content_sha256, sha256_file, write_npz
+    from rar.results import write_samples_info
     from rar.tokenizer import load_tokenizer, to_uint8
 
     tok = load_tokenizer(tokenizer)
@@ -98,8 +99,8 @@ def write_reconstructions(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_npz(out, {"arr_0": np.concatenate(pixels), "labels": np.asarray(labels, np.int64)})
-    write_json(
-        out.with_suffix(".json"),
+    write_samples_info(
+        out,
         {
             "kind": "tokenizer reconstructions",
             "images": str(images),

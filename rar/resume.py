@@ -22,7 +22,7 @@ import torch
 
 from rar.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_file
 from rar.config import BRANCH_KEYS, RESUME_FREE, TrainConfig
-from rar.io import atomic_open
+from rar.files import atomic_open
 
 
 @functools.cache
@@ -32,15 +32,18 @@ def code_version() -> str:
         root = Path(__file__).resolve().parents[1]
         sha = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return sha or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def save_checkpoint(path: Path, **state) -> None:
-    """Atomically (rar.io): a killed job never leaves a checkpoint that looks complete."""
+    """Atomically (rar.files): a killed job never leaves a checkpoint that looks complete."""
     with atomic_open(path) as f:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
@@ -60,7 +63,7 @@ def save_last(path: Path, **state) -> None:
     if path.exists():
         os.replace(path, prev)
     os.replace(staged, path)
-    with contextlib.suppress(OSError):  # persist the renames (best effort, as rar.io)
+    with contextlib.suppress(OSError):  # persist the renames (best effort, as rar.files)
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -25,9 +25,10 @@ import torch
 
 from rar import presets
 from rar.checkpoint import load_generator
+from rar.files import read_json, sha256_file, write_npz
 from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
-from rar.io import read_json, sha256_file, write_json, write_npz
 from rar.model import RAR
+from rar.results import write_samples_info
 from rar.runtime import autocast_dtype, resolve_device
 from rar.sample_chunks import (
     CHUNK_NAME,
@@ -451,7 +452,7 @@ def _finish(
         wall_seconds_merging_process=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
     )
-    write_json(info_path, info)
+    write_samples_info(out, info)
     if not keep_chunks:
         keep_finished(chunk_dir, [out, grid, info_path])
     print(f"wrote {out} ({info['num_samples']} images), {grid}, {info_path}", flush=True)

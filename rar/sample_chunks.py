@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar.io import (
+from rar.files import (
     StreamedArray,
     atomic_write_bytes,
     open_npz_array,
@@ -121,12 +121,25 @@ def chunk_dir_for(out: str | os.PathLike) -> Path:
 # ##########################################################################################
 
 
+PLAN_FILE = "plan.json"  # <out>.chunks/plan.json: the settings the chunks are made with
+
+
+def read_plan(chunk_dir: Path) -> dict | None:
+    """The chunk plan recorded in `chunk_dir` (`write_plan`), or None if there is none."""
+    path = chunk_dir / PLAN_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def write_plan(chunk_dir: Path, plan: dict) -> None:
+    """Record the chunk plan in `chunk_dir`, atomically."""
+    write_json(chunk_dir / PLAN_FILE, plan)
+
+
 def check_plan(chunk_dir: Path, plan: dict) -> None:
     """Record the settings the chunks are made with; refuse chunks made with other ones (a
     different checkpoint or seed would otherwise be mixed silently into one sample set)."""
-    path = chunk_dir / "plan.json"
-    if path.exists():
-        old = read_json(path)
+    old = read_plan(chunk_dir)
+    if old is not None:
         if old.get("format") != plan["format"]:
             raise ValueError(
                 f"{chunk_dir} holds chunks of an unfinished sampling in the layout "
@@ -141,7 +154,7 @@ def check_plan(chunk_dir: Path, plan: dict) -> None:
                 f"{', '.join(diff)}); delete that folder to start over"
             )
         return
-    write_json(path, plan)
+    write_plan(chunk_dir, plan)
 
 
 FINISHED = "finished"  # <out>.chunks/finished/: hard links to a merged set's files
@@ -164,9 +177,7 @@ def restore_finished(chunk_dir: Path, files: list[Path], plan: dict) -> bool:
     """Link back those of `files` that are missing from `chunk_dir`'s `finished/` copies, when
     all are kept there and were made with `plan`; False (and nothing done) otherwise."""
     kept = [chunk_dir / FINISHED / path.name for path in files]
-    if not all(k.is_file() for k in [*kept, chunk_dir / "plan.json"]):
-        return False
-    if read_json(chunk_dir / "plan.json") != plan:
+    if not all(k.is_file() for k in kept) or read_plan(chunk_dir) != plan:
         return False
     for path, copy in zip(files, kept, strict=True):
         if not path.exists():
@@ -178,7 +189,7 @@ def restore_finished(chunk_dir: Path, files: list[Path], plan: dict) -> bool:
 def drop_finished(chunk_dir: Path, plan: dict) -> None:
     """Remove a finished set's folder kept under other settings than `plan` (its links would
     keep the replaced files' disk taken, and its plan.json would refuse the new chunks)."""
-    if (chunk_dir / FINISHED).is_dir() and read_json(chunk_dir / "plan.json") != plan:
+    if (chunk_dir / FINISHED).is_dir() and read_plan(chunk_dir) != plan:
         shutil.rmtree(chunk_dir, ignore_errors=True)
 
 

@@ -28,12 +28,15 @@ from typing import Any
 from rar.experiments import Row, Run, Study, estimate
 from rar.records import (
     ENDED_WELL,
+    JOB_RECORD,
+    METRICS_CSV,
     STATE_REASONS,
     JobInfo,
     Progress,
     eta_seconds,
     format_duration,
     job_info,
+    job_record_for,
     query_slurm,
     read_failure,
     read_progress,
@@ -41,6 +44,7 @@ from rar.records import (
     record_gpus,
     record_processes,
 )
+from rar.results import METRICS_JSON
 
 LOG_TAIL_LINES = 5
 STAGES = ("waiting", "training", "sampling", "evaluating", "done", "failed")
@@ -115,13 +119,13 @@ class _Reader:
 
     def progress(self, run: str) -> Progress:
         if run not in self._progress:
-            self._progress[run] = read_progress(self.path(self.study.run_dir(run)) / "metrics.csv")
+            self._progress[run] = read_progress(self.path(self.study.run_dir(run)) / METRICS_CSV)
         return self._progress[run]
 
     def hours(self, run: str) -> tuple[float, float]:
         """(GPU-hours, CPU-hours) of a run's training: its time x the GPUs of its job, or x
         its processes when the job had no GPU."""
-        record = read_record(self.path(self.study.run_dir(run)) / "job.json")
+        record = read_record(self.path(self.study.run_dir(run)) / JOB_RECORD)
         hours = self.progress(run).elapsed_s / 3600
         gpus = record_gpus(record)
         return (hours * gpus, 0.0) if gpus else (0.0, hours * record_processes(record))
@@ -184,8 +188,8 @@ def _train_row(reader: _Reader, row: RowStatus, run: Run, target: Path) -> None:
     """A row whose checkpoint `target` is missing: training, waiting (on its trunk), failed."""
     study, run_dir = reader.study, reader.path(reader.study.run_dir(run.id))
     progress = reader.progress(run.id)
-    started = (run_dir / "job.json").exists() or progress.epoch is not None
-    _stage_row(reader, row, "training", run_dir, "job.json", reader.log("train", run.id))
+    started = (run_dir / JOB_RECORD).exists() or progress.epoch is not None
+    _stage_row(reader, row, "training", run_dir, JOB_RECORD, reader.log("train", run.id))
     if row.stage == "failed":
         return
     if not started:
@@ -221,21 +225,27 @@ def _eval_row(reader: _Reader, row: RowStatus, ev_id: str) -> None:
     """A row whose run is trained: sampling, evaluating, done, or failed."""
     study = reader.study
     ev, ev_dir = study.evaluations[ev_id], reader.path(study.eval_dir(ev_id))
-    if (ev_dir / "metrics.json").exists():
+    if (ev_dir / METRICS_JSON).exists():
         row.stage = "done"
         return
     chunks = ev_dir / "samples.npz.chunks"
+    sampling, scoring = _eval_records(ev_dir)
     if ev.kind != "real" and not reader.path(study.samples_of(ev_id)).exists():
-        _stage_row(reader, row, "sampling", ev_dir, "samples_job.json", reader.log("sample", ev_id))
+        _stage_row(reader, row, "sampling", ev_dir, sampling.name, reader.log("sample", ev_id))
         chunk_size = study.config["sampling"]["chunk_size"]  # the schema filled the default
         total = math.ceil(ev.num_samples / max(1, chunk_size))
         _, eta = _sample_eta(chunks, total)
         row.eta_s = eta if row.stage == "sampling" else None
-        started = (ev_dir / "samples_job.json").exists() or chunks.exists()
+        started = sampling.exists() or chunks.exists()
         _not_started(row, "sampling", started, "a sampling job")
         return
-    _stage_row(reader, row, "evaluating", ev_dir, "metrics_job.json", reader.log("evaluate", ev_id))
-    _not_started(row, "evaluating", (ev_dir / "metrics_job.json").exists(), "an evaluation job")
+    _stage_row(reader, row, "evaluating", ev_dir, scoring.name, reader.log("evaluate", ev_id))
+    _not_started(row, "evaluating", scoring.exists(), "an evaluation job")
+
+
+def _eval_records(ev_dir: Path) -> tuple[Path, Path]:
+    """An evaluation's job records: its sampling's and its scoring's."""
+    return job_record_for(ev_dir / "samples.npz"), job_record_for(ev_dir / METRICS_JSON)
 
 
 def _not_started(row: RowStatus, stage: str, started: bool, job: str) -> None:
@@ -261,11 +271,17 @@ def row_status(reader: _Reader, label: str, run_id: str, ev_id: str | None) -> R
     progress = reader.progress(run_id)
     gpu_hours, cpu_hours = reader.hours(run_id)
     row = RowStatus(
-        label=label, run=run_id, evaluation=ev_id, stage="done",
+        label=label,
+        run=run_id,
+        evaluation=ev_id,
+        stage="done",
         epoch=target_epoch if target.exists() else (progress.epoch or 0.0),
-        epochs=target_epoch, ratio=progress.ratio, loss=progress.loss,
-        gpu_hours=gpu_hours, cpu_hours=cpu_hours,
-    )  # fmt: skip
+        epochs=target_epoch,
+        ratio=progress.ratio,
+        loss=progress.loss,
+        gpu_hours=gpu_hours,
+        cpu_hours=cpu_hours,
+    )
     if not target.exists():
         _train_row(reader, row, run, target)
     elif ev_id is not None:
@@ -307,9 +323,9 @@ def _lines(study: Study) -> list[tuple[str, str, str | None]]:
 
 def _record_ids(study: Study, root: Path) -> list[str]:
     """The SLURM job ids in every job record of the study: one query answers all rows."""
-    paths = [root / study.run_dir(r) / "job.json" for r in study.runs]
+    paths = [root / study.run_dir(r) / JOB_RECORD for r in study.runs]
     for ev in study.evaluations:
-        paths += [root / study.eval_dir(ev) / n for n in ("samples_job.json", "metrics_job.json")]
+        paths += _eval_records(root / study.eval_dir(ev))
     ids = []
     for path in paths:
         record = read_record(path) if path.exists() else None
@@ -329,7 +345,7 @@ def collect(study: Study, *, root: str | Path = ".", use_slurm: bool = True) -> 
         reader.path(study.checkpoint(r.id, r.end_epoch)).exists() for r in study.runs.values()
     )
     evals_done = sum(
-        (reader.path(study.eval_dir(e)) / "metrics.json").exists() for e in study.evaluations
+        (reader.path(study.eval_dir(e)) / METRICS_JSON).exists() for e in study.evaluations
     )
     return Status(
         study=study.name,
@@ -384,11 +400,18 @@ def _cells(row: RowStatus, mixed: bool = False) -> tuple[str, ...]:
     note = row.reason or (f"waits on {row.waits_on}" if row.waits_on else "")
     epochs = "-" if row.epochs is None else f"{row.epoch or 0:.3g}/{row.epochs:g}"
     return (
-        row.label, row.run, row.stage, epochs,
+        row.label,
+        row.run,
+        row.stage,
+        epochs,
         "-" if row.ratio is None else f"{row.ratio:.2f}",
         "-" if row.loss is None else f"{row.loss:.4f}",
-        job, str(row.requeues), _hours_cell(row, mixed), format_duration(row.eta_s), note,
-    )  # fmt: skip
+        job,
+        str(row.requeues),
+        _hours_cell(row, mixed),
+        format_duration(row.eta_s),
+        note,
+    )
 
 
 def format_status(status: Status) -> str:

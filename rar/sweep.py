@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rar.io import atomic_write_text, read_json
+from rar.files import atomic_write_text, read_json
 from rar.presets import EXTRACTORS
 
 FORMAT = "rar-guidance-sweep/1"

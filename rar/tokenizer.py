@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rar.io import atomic_open
+from rar.files import atomic_open
 from rar.maskgit_vqgan import Decoder, Encoder, MaskGITVQGANConfig, VectorQuantizer
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ table's rows apart, then the run id. Curves never fork or repeat a step:
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,14 +30,22 @@ from typing import Any
 import numpy as np
 
 from rar.config import TrainConfig
+from rar.records import METRICS_CSV, VALIDATION_CSV, log_rows
 
 EVENTS_GLOB = "events.out.tfevents.*"
 # metrics.csv / validation.csv columns -> tracker tags (one axis: the optimizer step).
 TAGS = {
-    "loss": "train/loss", "accuracy": "train/accuracy", "lr": "train/lr", "ratio": "train/r",
-    "grad_norm": "train/grad_norm", "epoch": "train/epoch", "tokens_per_s": "perf/tokens_per_s",
-    "images_per_s": "perf/images_per_s", "val_loss": "val/loss", "val_nll": "val/nll",
-}  # fmt: skip
+    "loss": "train/loss",
+    "accuracy": "train/accuracy",
+    "lr": "train/lr",
+    "ratio": "train/r",
+    "grad_norm": "train/grad_norm",
+    "epoch": "train/epoch",
+    "tokens_per_s": "perf/tokens_per_s",
+    "images_per_s": "perf/images_per_s",
+    "val_loss": "val/loss",
+    "val_nll": "val/nll",
+}
 
 
 def run_name(cfg: TrainConfig, run_id: str) -> str:
@@ -64,17 +71,13 @@ def read_history(run_dir: str | os.PathLike, upto_step: int) -> list[tuple[int, 
     """(step, {column: value}) rows of a run's metrics.csv and validation.csv up to a step,
     in step order; rows that do not parse (a torn last line) are skipped."""
     rows: dict[int, dict] = {}
-    for name in ("metrics.csv", "validation.csv"):
-        with contextlib.suppress(OSError):
-            text = (Path(run_dir) / name).read_text()
-            for r in csv.DictReader(text.splitlines()):
-                with contextlib.suppress(TypeError, ValueError, KeyError):
-                    step = int(r["step"])
-                    values = {
-                        k: float(v) for k, v in r.items() if k in TAGS and v not in ("", None)
-                    }
-                    if step <= upto_step:
-                        rows.setdefault(step, {}).update(values)
+    for name in (METRICS_CSV, VALIDATION_CSV):
+        for r in log_rows(Path(run_dir) / name):
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                step = int(r["step"])
+                values = {k: float(v) for k, v in r.items() if k in TAGS and v not in ("", None)}
+                if step <= upto_step:
+                    rows.setdefault(step, {}).update(values)
     return sorted(rows.items())
 
 
@@ -125,12 +128,18 @@ class _WandB:
         earlier = list(folder.glob(f"offline-run-*-{run_id}")) if folder.exists() else []
         workdir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=cfg.wandb_project, id=run_id, name=name, group=cfg.log_group or None,
-            tags=run_tags(cfg), config=cfg.to_dict(), dir=str(workdir), mode=cfg.wandb,
+            project=cfg.wandb_project,
+            id=run_id,
+            name=name,
+            group=cfg.log_group or None,
+            tags=run_tags(cfg),
+            config=cfg.to_dict(),
+            dir=str(workdir),
+            mode=cfg.wandb,
             resume="allow",
             # our log lines stay ours; give up on an unreachable server after 30 s
             settings=wandb.Settings(console="off", silent=True, init_timeout=30),
-        )  # fmt: skip
+        )
         # W&B keeps the first value logged at a step and warns about every lower step: skip
         # the steps it already holds (a resumed online run), and replay history only into a
         # W&B run that holds nothing (offline: no earlier offline run of this id).

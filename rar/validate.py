@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rar.data.shards import iter_samples, load_manifest
-from rar.io import atomic_write_bytes
+from rar.files import atomic_write_bytes
 from rar.orders import sample_orders, scan_order, shuffle
 from rar.runtime import autocast
 
@@ -49,9 +49,13 @@ GRID_GUIDANCE_SCALE, GRID_GUIDANCE_SCHEDULE = 4.0, "linear"
 # A table's val_nll (`heldout_nll`): the fields it adds to metrics.json, and the seed of the
 # permutations of a row that samples in random order (the same for every row and run).
 NLL_KEYS = (
-    "val_nll", "val_nll_ci_low", "val_nll_ci_high", "val_nll_order", "val_nll_sequences",
+    "val_nll",
+    "val_nll_ci_low",
+    "val_nll_ci_high",
+    "val_nll_order",
+    "val_nll_sequences",
     "heldout",
-)  # fmt: skip
+)
 HELDOUT_SEED = 0
 
 

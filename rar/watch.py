@@ -1,8 +1,8 @@
 """Watching a run, for people, without touching its weights: metrics.csv and validation.csv
-(`MetricsLog`), the log lines every `log_every` steps (`StepLog`), and the `Watcher` beside the
-loop: TensorBoard / W&B (rar.tracking), the held-out NLL and sample grids (rar.validate), and
-the ETA of every log line; `find_heldout` and `find_tokenizer` find what it needs, or say why
-it is off.
+(`rar.records.MetricsLog`), the log lines every `log_every` steps (`StepLog`), and the `Watcher`
+beside the loop: TensorBoard / W&B (rar.tracking), the held-out NLL and sample grids
+(rar.validate), and the ETA of every log line; `find_heldout` and `find_tokenizer` find what it
+needs, or say why it is off.
 
 Apart from rar.train because none of it changes what a run computes: the loop calls
 `Watcher.after_step` and `Watcher.log_line`, and that is all it knows of it.
@@ -10,7 +10,6 @@ Apart from rar.train because none of it changes what a run computes: the loop ca
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections import deque
@@ -21,9 +20,16 @@ import torch
 import torch.distributed as dist
 
 from rar.config import TrainConfig
-from rar.io import atomic_write_text
 from rar.model import RAR
-from rar.records import RATE_WINDOW, epochs_per_second, eta_seconds, format_duration
+from rar.records import (
+    RATE_WINDOW,
+    VAL_FIELDS,
+    VALIDATION_CSV,
+    MetricsLog,
+    epochs_per_second,
+    eta_seconds,
+    format_duration,
+)
 from rar.runtime import DistEnv
 from rar.tracking import Tracker, open_tracker, read_history
 from rar.validate import (
@@ -36,42 +42,6 @@ from rar.validate import (
     sampling_order,
     write_png,
 )
-
-METRICS_FIELDS = [
-    "step", "epoch", "loss", "accuracy", "lr", "ratio", "grad_norm",
-    "tokens_per_s", "images_per_s", "elapsed_s",
-]  # fmt: skip
-# validation.csv: held-out NLL in the run's sampling order (val_loss) and in raster order
-# (val_nll, the tables' column), every `val_every` epochs (rar.validate)
-VAL_FIELDS = ["step", "epoch", "val_loss", "val_nll", "order"]
-
-
-# ##########################################################################################
-# Logs
-# ##########################################################################################
-
-
-class MetricsLog:
-    """metrics.csv (or validation.csv: `fields`) in the run directory; rows past a resumed
-    step are dropped first, so the file always describes the run that the checkpoints hold."""
-
-    def __init__(self, path: Path, resume_step: int, fields: list[str] = METRICS_FIELDS) -> None:
-        self.path, self.fields = path, fields
-        rows = []
-        if path.exists():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        lines = [",".join(fields)] + [",".join(str(r[k]) for k in fields) for r in rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
-
-    def write(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(",".join(_fmt(row[k]) for k in self.fields) + "\n")
-
-
-def _fmt(x) -> str:
-    return f"{x:.6g}" if isinstance(x, float) else str(x)
-
 
 # ##########################################################################################
 # Watching the run: trackers, validation, sample grids (rar.tracking, rar.validate)
@@ -124,21 +94,30 @@ class Watcher:
         batch_size: int,
     ) -> None:
         self.cfg, self.workdir, self.model, self.env, self.device, self.amp = (
-            cfg, workdir, model, env, device, amp,
-        )  # fmt: skip
+            cfg,
+            workdir,
+            model,
+            env,
+            device,
+            amp,
+        )
         self.batch_size, self.main = batch_size, env.rank == 0
         self.tracker = Tracker()
         if self.main:
             self.tracker = open_tracker(
-                cfg, workdir, run_id=cfg.run_id(), resume_step=step,
-                own_checkpoint=own_checkpoint, history=lambda: _history(workdir, step, init_from),
+                cfg,
+                workdir,
+                run_id=cfg.run_id(),
+                resume_step=step,
+                own_checkpoint=own_checkpoint,
+                history=lambda: _history(workdir, step, init_from),
                 say=self.say,
-            )  # fmt: skip
+            )
         self.val_steps: set[int] = set()
         validating = cfg.val_every > 0 and isinstance(heldout, HeldOut)
-        if self.main and (validating or (workdir / "validation.csv").exists()):
+        if self.main and (validating or (workdir / VALIDATION_CSV).exists()):
             # its rows past the resume step go, as metrics.csv's (validation on or not)
-            self.val_log = MetricsLog(workdir / "validation.csv", step, VAL_FIELDS)
+            self.val_log = MetricsLog(workdir / VALIDATION_CSV, step, VAL_FIELDS)
         if validating:
             self._setup_validation(heldout)
         elif cfg.val_every > 0:
@@ -164,10 +143,11 @@ class Watcher:
         mine = slice(self.env.rank, None, self.env.world_size)  # this rank's share
         n = len(heldout.tokens)
         self.val = (
-            heldout.tokens[mine], heldout.labels[mine],
+            heldout.tokens[mine],
+            heldout.labels[mine],
             heldout_orders(self.order, n, grid, seed=cfg.seed)[mine],
             heldout_orders("row-major", n, grid, seed=cfg.seed)[mine],
-        )  # fmt: skip
+        )
         self.val_steps = steps_every(cfg, cfg.val_every)
         if self.main:
             self.say(
@@ -186,9 +166,12 @@ class Watcher:
         own, flat, count = sums.tolist()
         if self.main:
             row = dict(
-                step=step, epoch=self.cfg.epoch_at(step), val_loss=own / count,
-                val_nll=flat / count, order=self.order,
-            )  # fmt: skip
+                step=step,
+                epoch=self.cfg.epoch_at(step),
+                val_loss=own / count,
+                val_nll=flat / count,
+                order=self.order,
+            )
             self.val_log.write(row)
             self.tracker.scalars(step, {"val_loss": row["val_loss"], "val_nll": row["val_nll"]})
             print(
@@ -202,10 +185,13 @@ class Watcher:
     def sample(self, step: int) -> None:
         cfg = self.cfg
         image = sample_grid(
-            self.model, self.tokenizer, num_classes=cfg.num_classes,
+            self.model,
+            self.tokenizer,
+            num_classes=cfg.num_classes,
             order=sampling_order(cfg.anneal_start, cfg.epochs, cfg.target_order),
-            seed=cfg.seed, amp=self.amp,
-        )  # fmt: skip
+            seed=cfg.seed,
+            amp=self.amp,
+        )
         write_png(self.workdir / "samples" / f"step_{step:08d}.png", image)
         self.tracker.image(step, "samples", image)
 
@@ -314,11 +300,17 @@ class StepLog:
             now = self.clock()
             rate = self.tokens_since_log / max(now - self.t_log, 1e-9)
             row = dict(
-                step=step, epoch=cfg.epoch_at(step), loss=stats["loss"].item(),
-                accuracy=stats["accuracy"].item(), lr=stats["lr"], ratio=stats["ratio"],
-                grad_norm=stats["grad_norm"].item(), tokens_per_s=rate,
-                images_per_s=rate / cfg.num_tokens, elapsed_s=now - self.t_start,
-            )  # fmt: skip
+                step=step,
+                epoch=cfg.epoch_at(step),
+                loss=stats["loss"].item(),
+                accuracy=stats["accuracy"].item(),
+                lr=stats["lr"],
+                ratio=stats["ratio"],
+                grad_norm=stats["grad_norm"].item(),
+                tokens_per_s=rate,
+                images_per_s=rate / cfg.num_tokens,
+                elapsed_s=now - self.t_start,
+            )
             self.metrics.write(row)
             eta = self.watch.log_line(row)
             print(

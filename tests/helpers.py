@@ -1,6 +1,6 @@
 """What several test modules share: the tiny training runs (tests/test_train.py,
 tests/test_logging.py, tests/test_launch.py, tests/test_reference_rows.py), small pictures
-(tests/test_io.py, tests/test_image_sets.py), whether the local SLURM cluster answers, and
+(tests/test_files.py, tests/test_image_sets.py), whether the local SLURM cluster answers, and
 the release of requeued SLURM jobs (tests/test_launch.py, tests/test_preflight.py,
 tests/test_workflow.py, tests/test_status.py).
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from rar.data.images import (
     CROP_MODES,
+    CROPS_PER_IMAGE,
     SourceImage,
     center_crop_arr,
     center_crop_plan,
@@ -179,7 +180,7 @@ def test_make_crops_match_torchvision_tencrop():
     flip = make_crops(img, "center+flip", 32)
     np.testing.assert_array_equal(flip[1], flip[0][:, ::-1])
     assert make_crops(img, "center", 32).shape == (1, 32, 32, 3)
-    assert {m: make_crops(img, m, 16).shape[0] for m in CROP_MODES} == CROP_MODES
+    assert {m: make_crops(img, m, 16).shape[0] for m in CROP_MODES} == CROPS_PER_IMAGE
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from rar.extractors import (
     inception_cache_path,
     inception_url,
 )
+from rar.files import write_npz
 from rar.image_sets import NpzImages
-from rar.io import write_npz
 from rar.metrics import PAPER_METRICS, precision_recall
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from helpers import picture
 
-from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_info, samples_labels
-from rar.io import write_npz
+from rar.files import write_npz
+from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_labels
+from rar.results import read_samples_info
 
 
 def test_a_folders_labels_are_its_class_folders_in_file_order(tmp_path):
@@ -34,9 +35,9 @@ def test_an_npz_gives_its_labels_and_its_samples_json(tmp_path):
     write_npz(tmp_path / "bare.npz", {"arr_0": images})
     assert samples_labels(tmp_path / "s.npz").tolist() == [2, 0, 1]
     assert samples_labels(tmp_path / "bare.npz") is None
-    assert samples_info(tmp_path / "s.npz") == {}
+    assert read_samples_info(tmp_path / "s.npz") == {}
     (tmp_path / "s.json").write_text(json.dumps({"seed": 3}))
-    assert samples_info(tmp_path / "s.npz") == {"seed": 3}
+    assert read_samples_info(tmp_path / "s.npz") == {"seed": 3}
     item = NpzImages(tmp_path / "s.npz")[0]
     assert item.shape == (3, 4, 4) and item.dtype == torch.uint8
     write_npz(tmp_path / "gray.npz", {"arr_0": np.zeros((3, 4, 4), np.uint8)})

@@ -15,6 +15,7 @@ import pytest
 from rar.records import (
     FAILURE_FILE,
     LOST,
+    METRICS_FIELDS,
     UNKNOWN_GRACE_S,
     clear_failure,
     epochs_per_second,
@@ -31,7 +32,7 @@ from rar.records import (
     write_failure,
 )
 
-FIELDS = "step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"
+FIELDS = ",".join(METRICS_FIELDS)
 
 
 # -- the failure record ------------------------------------------------------------------------

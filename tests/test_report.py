@@ -19,6 +19,7 @@ from PIL import Image
 
 from rar import report
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED
+from rar.records import METRICS_FIELDS
 from rar.report import (
     anneal_grid,
     make_table,
@@ -107,7 +108,7 @@ def write_scored(path: Path, fid: float, half: float, **extra) -> Path:
 
 def write_train_log(path: Path, epochs: int = 40) -> Path:
     """A metrics.csv as rar.train writes it (METRICS_FIELDS), with a torn last line."""
-    lines = ["step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"]
+    lines = [",".join(METRICS_FIELDS)]
     for i in range(epochs * 5):
         ep = i / 5
         r = min(1.0, max(0.0, 1 - (ep - 10) / 20))

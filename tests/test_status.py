@@ -20,11 +20,11 @@ import yaml
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
 from rar.launch import LauncherConfig, LaunchError, launch
-from rar.records import FAILURE_FILE, LOST, format_duration, query_slurm
+from rar.records import FAILURE_FILE, LOST, METRICS_FIELDS, format_duration, query_slurm
 from rar.status import Status, collect, format_status
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = "step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"
+FIELDS = ",".join(METRICS_FIELDS)
 DEAD_PID = 2**22 + 12345  # above the kernel's pid_max default: no such process
 
 

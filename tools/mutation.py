@@ -87,10 +87,10 @@ MUTATIONS = [
     ),
     Mutation(
         "stamp the npz with the clock",
-        "rar/io.py",
+        "rar/files.py",
         'zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)',
         'zipfile.ZipInfo(f"{name}.npy", date_time=__import__("time").localtime()[:6])',
-        ("tests/test_io.py::test_write_npz_is_byte_deterministic_and_readable",),
+        ("tests/test_files.py::test_write_npz_is_byte_deterministic_and_readable",),
     ),
     Mutation(
         "reorder sampling chunks: merge them last to first",

@@ -15,6 +15,7 @@ from rar.cli.common import (
 )
 from rar.demo import CROP_SCALE
 from rar.options import add_options, option_values
+from rar.presets import CROP_MODES
 from rar.settings import TokenizerTraining
 
 # The flags of `rar train-tokenizer` that are TokenizerTraining's fields (a study's
@@ -133,7 +134,7 @@ def add_tokenize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
     p.add_argument(
         "--crop",
-        choices=["center", "center+flip", "tencrop"],
+        choices=CROP_MODES,
         default="center+flip",
         help="ADM center crop; plus its mirror (official script default); ten-crop of the "
         "1.1x center crop (the released RAR data)",

@@ -17,6 +17,7 @@ import importlib
 
 _EXPORTS = {
     "CROP_MODES": "rar.data.images",
+    "CROPS_PER_IMAGE": "rar.data.images",
     "center_crop_arr": "rar.data.images",
     "center_crop_plan": "rar.data.images",
     "make_crops": "rar.data.images",

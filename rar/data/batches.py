@@ -70,19 +70,30 @@ class ShardBatchSource:
         from rar.data.loader import TokenShards
 
         ds = TokenShards(
-            self.dir, batch_size=batch_size, world_size=world_size, tail="drop",
-            drop_last=True, verify="none",
-        )  # fmt: skip
+            self.dir,
+            batch_size=batch_size,
+            world_size=world_size,
+            tail="drop",
+            drop_last=True,
+            verify="none",
+        )
         return ds.batches_per_rank(self.workers)
 
     def batches(self, *, epoch: int, rank: int, world_size: int, batch_size: int):
         from rar.data.loader import token_loader
 
         yield from token_loader(
-            self.dir, batch_size=batch_size, num_workers=self.workers, seed=self.seed,
-            epoch=epoch, rank=rank, world_size=world_size, tail="drop", drop_last=True,
+            self.dir,
+            batch_size=batch_size,
+            num_workers=self.workers,
+            seed=self.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            tail="drop",
+            drop_last=True,
             verify="none",
-        )  # fmt: skip
+        )
 
 
 def check_data(cfg: TrainConfig, manifest: dict, where: str) -> None:

@@ -3,7 +3,7 @@
 Everything here is torch-free and works on PIL images / uint8 arrays, so the crop geometry can
 be tested against hand-computed boxes and reused by the tokenize workers.
 
-Crop modes (`CROP_MODES`, entries per source image in brackets):
+Crop modes (`CROP_MODES`, entries per source image in brackets, `CROPS_PER_IMAGE`):
 - `center` [1]: ADM's `center_crop_arr` to the tokenizer's image size (DiT, MAR, RAR eval).
 - `center+flip` [2]: that crop and its horizontal mirror: the default of the official
   pretokenization script (bytedance/1d-tokenizer `scripts/pretokenization.py`).
@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rar.presets import CROP_MODES
+
 log = logging.getLogger(__name__)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared case-insensitively as ImageFolder does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-CROP_MODES: dict[str, int] = {"center": 1, "center+flip": 2, "tencrop": 10}
+# Crops per source image of each mode (CROP_MODES, rar.presets: the one list of the modes).
+CROPS_PER_IMAGE: dict[str, int] = dict(zip(CROP_MODES, (1, 2, 10), strict=True))
 
 # Official pretokenization script: `crop_size = int(args.img_size * 1.1)` -> 281 for 256.
 TENCROP_MARGIN = 1.1
@@ -170,7 +173,8 @@ def tencrop_boxes(big: int, size: int) -> list[tuple[int, int, int, int]]:
 
 
 def make_crops(img: Image.Image, mode: str, size: int) -> np.ndarray:
-    """All crops of one RGB image for a crop mode -> (K, size, size, 3) uint8, K = CROP_MODES[mode].
+    """All crops of one RGB image for a crop mode -> (K, size, size, 3) uint8,
+    K = CROPS_PER_IMAGE[mode].
 
     Crop index k is the `crop` recorded per sample: `center` 0; `center+flip` 0 crop, 1 its
     mirror; `tencrop` 0-4 five_crop of the 1.1x center crop, 5-9 five_crop of its mirror

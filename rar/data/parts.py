@@ -5,7 +5,6 @@ manifest merged from the sidecars once every part is."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,7 +97,7 @@ def sidecar_if_complete(out_dir: Path, part: int, expect: dict, *, full: bool) -
         return None
     try:
         meta = read_json(side)
-    except (json.JSONDecodeError, OSError):
+    except (ValueError, OSError):
         return None
     if any(meta.get(k) != v for k, v in expect.items()):
         return None

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar.io import (  # noqa: F401 (re-exported for rar.data)
+from rar.files import (  # noqa: F401 (re-exported for rar.data)
     atomic_write_bytes,
     atomic_write_json,
+    read_json,
     sha256_file,
 )
 
@@ -76,11 +77,6 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
             info.type = tarfile.REGTYPE
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,9 +214,14 @@ def shard_problem_message(directory: Path, name: str, problem: str, manifest: di
 # What readers rely on (rar.data.loader, verify_shards, rar.train's data check), as
 # rar.data.tokenize.merge_parts writes it: key -> type, for the manifest and each shard entry.
 _MANIFEST_KEYS = {
-    "shards": list, "num_samples": int, "num_source_images": int, "num_classes": int,
-    "samples_per_image": int, "tokens_per_sample": int, "tokenizer": dict,
-}  # fmt: skip
+    "shards": list,
+    "num_samples": int,
+    "num_source_images": int,
+    "num_classes": int,
+    "samples_per_image": int,
+    "tokens_per_sample": int,
+    "tokenizer": dict,
+}
 _SHARD_KEYS = {"name": str, "part": int, "num_samples": int, "size": int, "sha256": str}
 _REMAKE = (
     "rerun the `rar tokenize` command that made the directory: finished parts are skipped and "
@@ -263,7 +264,7 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         )
     try:
         manifest = read_json(path)
-    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    except (OSError, ValueError) as err:  # ValueError: not JSON (rar.files.read_json)
         raise ShardError(f"{path}: not readable JSON ({err}); {_REMAKE}") from None
     problem = manifest_problem(manifest)
     if problem is not None:

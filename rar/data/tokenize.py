@@ -32,7 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rar.data.images import CROP_MODES, SourceImage, list_images, load_rgb, make_crops
+from rar.data.images import (
+    CROP_MODES,
+    CROPS_PER_IMAGE,
+    SourceImage,
+    list_images,
+    load_rgb,
+    make_crops,
+)
 from rar.data.parts import (
     expected_sidecar,
     merge_parts,
@@ -123,7 +130,7 @@ def part_settings(
     return {
         "crop": crop,
         "image_size": int(tokenizer.image_size),
-        "samples_per_image": CROP_MODES[crop],
+        "samples_per_image": CROPS_PER_IMAGE[crop],
         "tokens_per_sample": int(tokenizer.grid) ** 2,
         "tokenizer_identity": tokenizer.identity(),
         "codebook_size": int(tokenizer.codebook_size),
@@ -286,7 +293,7 @@ def _run_parts(call: _Call, run: Sequence[int]) -> list[str]:
         num_workers=num_workers,
         collate_fn=_as_list,
     )
-    amp, k = autocast_dtype(call.dtype, dev), CROP_MODES[call.settings["crop"]]
+    amp, k = autocast_dtype(call.dtype, dev), CROPS_PER_IMAGE[call.settings["crop"]]
     unreadable_all: list[str] = []
     members: list[tuple[str, bytes]] = []
     part_unreadable: list[str] = []

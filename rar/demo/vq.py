@@ -446,7 +446,7 @@ def train_tokenizer_from_folder(
     """Train the demo tokenizer on a class-folder image set, save it to `out` and, with
     `quality`, write its reconstruction quality (PSNR, codebook usage) on `val_images` (or
     the training images) as JSON."""
-    from rar.io import atomic_write_json
+    from rar.files import atomic_write_json
 
     cfg = config or VQDemoConfig()
     train_set = load_image_folder(images, image_size=cfg.image_size)

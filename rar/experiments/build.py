@@ -34,6 +34,7 @@ from rar.experiments.study import (
 from rar.experiments.trunks import plan_trunks
 from rar.presets import (
     ARCHITECTURES,
+    CROP_MODES,
     GUIDANCE_SCHEDULES,
     RAR_CONFIGS,
     SAMPLING_PRESETS,
@@ -48,7 +49,7 @@ SAMPLING_KEYS = (
 _ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
 _NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
 # The crops of the data stage (rar.data.images) and how they appear in folder names.
-CROPS = {"center": "center", "center+flip": "center_flip", "tencrop": "tencrop"}
+CROPS = {mode: mode.replace("+", "_") for mode in CROP_MODES}
 
 
 def _merge(base: dict, override: dict) -> dict:

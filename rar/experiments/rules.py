@@ -261,7 +261,7 @@ class RuleWiring:
         its output is missing (ancient inputs, `mtime` the only rerun trigger:
         profiles/default): without Snakemake's record of input sets, this file is how a table
         learns that its rows changed."""
-        from rar.io import atomic_write_text
+        from rar.files import atomic_write_text
 
         for table in self.study.tables:
             recipe = {

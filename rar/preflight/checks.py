@@ -139,7 +139,7 @@ def check_file(needed: Needed, *, config_file: str) -> Check:
             return Check(name, False, f"{path} ({size}): {'; '.join(problems)}", refetch)
         return Check(name, True, f"{path} ({size}): {len(sd)} keys, the official layout")
     if r.kind == "inception":
-        from rar.io import sha256_file
+        from rar.files import sha256_file
 
         digest = sha256_file(path)
         if r.sha256_prefix and not digest.startswith(r.sha256_prefix):

@@ -87,7 +87,7 @@ def run_preflight(
         f"{time.monotonic() - started:.0f} s",
     ]
     title = f"rar preflight: study {study.name}"
-    from rar.io import atomic_write_json, atomic_write_text
+    from rar.files import atomic_write_json, atomic_write_text
 
     atomic_write_text(out / "report.md", format_report(s.checks, title=title, context=context))
     atomic_write_json(out / "checks.json", [{**asdict(c), "status": c.status} for c in s.checks])
@@ -162,7 +162,7 @@ def _check_throughput(
 
 def write_throughput(path: Path, throughput: dict, launchers: dict) -> None:
     """`throughput.json`, where `rar plan` finds the measured figures."""
-    from rar.io import atomic_write_json
+    from rar.files import atomic_write_json
 
     train = launchers.get("train")
     layout = {}

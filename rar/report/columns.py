@@ -16,21 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rar.presets import EXTRACTORS, INCEPTION
+from rar.presets import (  # noqa: F401 (METRIC_KEYS: re-exported for rar.report)
+    EXTRACTORS,
+    INCEPTION,
+    METRIC_KEYS,
+)
 
 PathLike = str | os.PathLike
 
 # Metric-name suffix per extractor ("" for the paper's Inception).
 EXTRACTOR_SUFFIXES = {name: spec.suffix for name, spec in EXTRACTORS.items()}
 
-# Our column -> metrics.json key without the extractor suffix.
-METRIC_KEYS = {
-    "fid": "fid{s}",
-    "is": "isc{s}_mean",
-    "is_std": "isc{s}_std",
-    "precision": "precision{s}",
-    "recall": "recall{s}",
-}
+# Our column -> metrics.json key without the extractor suffix: METRIC_KEYS (rar.presets).
 # metrics.json keys read as they are (the interval belongs to the record's one FID).
 PLAIN_KEYS = ("fid_ci_low", "fid_ci_high", "class_accuracy", "val_nll")
 # ... and the val_nll interval, when metrics.json has one (rar evaluate --heldout)
@@ -45,10 +42,16 @@ METRIC_NAMES = {
     "class_accuracy": "class accuracy",
     "val_nll": "val NLL",
 }
+# the paper's metrics as it prints them, then ours
 DECIMALS = {
-    "fid": 2, "is": 1, "is_std": 1, "precision": 2, "recall": 2,  # as the paper prints
-    "class_accuracy": 2, "val_nll": 3,
-}  # fmt: skip
+    "fid": 2,
+    "is": 1,
+    "is_std": 1,
+    "precision": 2,
+    "recall": 2,
+    "class_accuracy": 2,
+    "val_nll": 3,
+}
 # A value shown with its interval (and the interval) keeps one digit past the half-width's
 # leading significant digit, never more than DECIMALS: 58 ± 70 reads `58 [-12, 128]`, not
 # `58.37 [-11.63, 128.37]` (`interval_decimals`). CSVs keep every digit: they are data.
@@ -56,10 +59,26 @@ LOWER_IS_BETTER = {"fid", "val_nll"}
 # Metrics with a 95% interval: column -> (low column, high column).
 INTERVALS = {"fid": ("fid_ci_low", "fid_ci_high"), "val_nll": ("val_nll_ci_low", "val_nll_ci_high")}
 RESULT_COLUMNS = [
-    "fid", "fid_ci_low", "fid_ci_high", "beyond_best", "is", "is_std", "precision", "recall",
-    "class_accuracy", "val_nll", "val_nll_ci_low", "val_nll_ci_high", "n_samples", "extractor",
-    "comparable", "sampling_order", "guidance_scale", "guidance_sweep", "status",
-]  # fmt: skip
+    "fid",
+    "fid_ci_low",
+    "fid_ci_high",
+    "beyond_best",
+    "is",
+    "is_std",
+    "precision",
+    "recall",
+    "class_accuracy",
+    "val_nll",
+    "val_nll_ci_low",
+    "val_nll_ci_high",
+    "n_samples",
+    "extractor",
+    "comparable",
+    "sampling_order",
+    "guidance_scale",
+    "guidance_sweep",
+    "status",
+]
 PAPER_COLUMNS = [c for m in PAPER_METRICS for c in (f"paper_{m}", f"{m}_diff")]
 ID_COLUMNS = ["kind", "run", "evaluation", "label"]
 ROW_KINDS = ("row", "reference")  # a table row, or a reference row (floor or ceiling)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rar.records import VALIDATION_CSV
 from rar.report.columns import PathLike, axis_label, metric_label
 from rar.report.figures import check_metric, empty_note, figure, save_png
 from rar.report.read import read_metrics, read_train_log
@@ -128,7 +129,7 @@ def _loss_legend(fig, runs: list[dict], logs: list[pd.DataFrame | None]) -> None
 def _held_out_log(run: dict) -> pd.DataFrame | None:
     """A run's held-out NLL log (rar.train's validation.csv beside metrics.csv, or the run's
     `validation_csv`), or None."""
-    path = run.get("validation_csv") or Path(run["metrics_csv"]).with_name("validation.csv")
+    path = run.get("validation_csv") or Path(run["metrics_csv"]).with_name(VALIDATION_CSV)
     df = read_train_log(path)
     if df is None:
         return None

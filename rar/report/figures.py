@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from rar.io import atomic_open, atomic_write_bytes
+from rar.files import atomic_open, atomic_write_bytes
 from rar.report.columns import DECIMALS, PLOT_METRICS, PathLike, fmt_cell, known
 from rar.report.intervals import reference_rows
 

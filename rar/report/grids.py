@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rar.io import read_json
 from rar.report.columns import PathLike
 from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
+from rar.results import grid_samples_info
 
 # ##########################################################################################
 # Scan orders (RAR appendix figure; Table 3's target orders)
@@ -70,10 +70,15 @@ def _scan_panel(ax, visit: np.ndarray, grid: int) -> None:
         red, green, blue, _ = rgba = cmap(k / (n - 1))
         light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # luma of the cell
         ax.text(
-            c, r, str(k), ha="center", va="center", fontsize=max(5.0, 88 / grid),
+            c,
+            r,
+            str(k),
+            ha="center",
+            va="center",
+            fontsize=max(5.0, 88 / grid),
             color="black" if light else "white",
             path_effects=[patheffects.withStroke(linewidth=2, foreground=rgba)],
-        )  # fmt: skip
+        )
 
 
 # ##########################################################################################
@@ -103,7 +108,7 @@ def plot_sample_grids(
     at most 2.7 in, so small images are never resampled). Stored with a 256-colour palette,
     so a page of photographs stays a few hundred kB."""
     images = [_grid_image(g["png"], max_rows) for g in grids]
-    infos = [_grid_info(g["png"]) for g in grids]
+    infos = [grid_samples_info(g["png"]) for g in grids]
     shown = next((i["grid_classes"] for i in infos if i.get("grid_classes")), None)
     if max_rows is not None and shown:
         shown = shown[:max_rows]
@@ -178,12 +183,6 @@ def _draw_grid(ax, label: str, im: np.ndarray | None, aspect: float, *, width: f
         spine.set_visible(False)
 
 
-def _grid_info(png: PathLike) -> dict:
-    """samples.json beside a grid.png (rar.sample), or {}."""
-    info = Path(png).with_name("samples.json")
-    return read_json(info) if info.exists() else {}
-
-
 def _grid_image(png: PathLike, max_rows: int | None) -> np.ndarray | None:
     """A grid.png as an array, cut to its first `max_rows` rows of samples. The sample height
     comes from samples.json beside it (`grid_classes`: one grid row per class, rar.sample);
@@ -194,7 +193,7 @@ def _grid_image(png: PathLike, max_rows: int | None) -> np.ndarray | None:
     if not png.exists():
         return None
     img = np.asarray(Image.open(png).convert("RGB"))
-    n_rows = len(_grid_info(png).get("grid_classes") or [])
+    n_rows = len(grid_samples_info(png).get("grid_classes") or [])
     if max_rows is not None and n_rows:
         img = img[: img.shape[0] // n_rows * min(max_rows, n_rows)]
     return img

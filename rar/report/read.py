@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from rar.experiments import PAPER_SAMPLES
-from rar.io import read_json
-from rar.records import read_failure_file
+from rar.files import read_json
+from rar.records import log_text, read_failure_file
 from rar.report.columns import (
     INCEPTION,
     METRIC_KEYS,
@@ -27,6 +27,7 @@ from rar.report.columns import (
     PathLike,
     extractor_suffix,
 )
+from rar.results import read_metrics_record
 
 
 def read_metrics(path: PathLike | None) -> dict | None:
@@ -39,9 +40,9 @@ def read_metrics(path: PathLike | None) -> dict | None:
     when the file exists but lacks its extractor's FID: a half-understood record must not
     become a silent blank.
     """
-    if path is None or not Path(path).exists():
+    record = read_metrics_record(path)
+    if record is None:
         return None
-    record = read_json(path)
     extractor = record.get("extractor", INCEPTION)
     s = extractor_suffix(extractor)
     if f"fid{s}" not in record:
@@ -126,17 +127,15 @@ def read_failure(paths: PathLike | Sequence[PathLike] | None) -> str | None:
 
 
 def read_train_log(path: PathLike) -> pd.DataFrame | None:
-    """A run's metrics.csv (rar.watch.METRICS_FIELDS; or its validation.csv) as numbers sorted
+    """A run's metrics.csv (rar.records.METRICS_FIELDS; or its validation.csv) as numbers sorted
     by step, or None if absent or without rows.
 
     The file grows by appended lines while training runs, so a last line without its newline
     is torn and dropped; a resumed run logs again the steps after its last checkpoint, so the
     last record of each step wins. Text columns become NaN."""
-    if not Path(path).exists():
+    text = log_text(Path(path))
+    if text is None:
         return None
-    text = Path(path).read_text()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
     try:
         df = pd.read_csv(io.StringIO(text), on_bad_lines="skip")
     except pd.errors.EmptyDataError:

@@ -269,9 +269,16 @@ def _point(ax, i: int, v: float, ci, status, m: str, best, beyond: bool) -> None
 
     if not np.isfinite(v):
         ax.text(
-            i, 0.03, short_status(status), rotation=90, ha="center", va="bottom", fontsize=8,
-            color="0.4", transform=blended_transform_factory(ax.transData, ax.transAxes),
-        )  # fmt: skip
+            i,
+            0.03,
+            short_status(status),
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.4",
+            transform=blended_transform_factory(ax.transData, ax.transAxes),
+        )
         return
     color = "tab:green" if i == best else ("0.45" if beyond else "tab:blue")
     err = None

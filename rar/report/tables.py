@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rar.io import atomic_write_text
+from rar.files import atomic_write_text
 from rar.report.columns import (
     ID_COLUMNS,
     METRIC_KEYS,
@@ -245,10 +245,11 @@ def _throughput_markdown(df: pd.DataFrame) -> str:
         "our `tf32` (marked *); `fp32` is full fp32. Measured on the machines named in the "
         "last column; compare only rows of the same machine.",
         "",
-        "| model | dtype | batch |" + (" decoder |" if per_row else "")
+        "| model | dtype | batch |"
+        + (" decoder |" if per_row else "")
         + " images/s | tokens/s | paper images/s | machine |",
         "| --- | --- | --- |" + (" --- |" if per_row else "") + " --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for r in df.to_dict("records"):
         mark = "*" if is_true(r.get("paper_setting")) else ""
         decoder = f" {fmt_cell(r.get('decoder'))} |" if per_row else ""

@@ -1,4 +1,4 @@
-"""rar.io: the byte-deterministic npz, and hashes of image folders (the same file list as
+"""rar.files: the byte-deterministic npz, and hashes of image folders (the same file list as
 torch-fidelity's, keyed by content)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import picture
 
-from rar.io import (
+from rar.files import (
     StreamedArray,
     content_sha256,
     image_files,
