@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
+from rar.generate import generate
 from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
 from rar.runtime import autocast, autocast_dtype, resolve_device, tf32
+from rar.settings import resolve_sampling
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
@@ -272,14 +273,16 @@ def bench_sample(
     SAMPLE_DTYPES (bf16: the decode engine's bf16 copy of the weights, no autocast; tf32: fp32
     with TF32 matrix products, the official sampler's).
 
+    guidance_scale: overrides the model size's preset (`resolve_sampling`; the fallback's
+    for a size without one).
     hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
     as in every named size) and depth, for sizes between the named ones."""
     dev = resolve_device(device)
     if dtype not in SAMPLE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(SAMPLE_DTYPES)}, got {dtype!r}")
     net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
-    preset = SAMPLING_PRESETS.get(model, SamplingConfig())
-    scale = preset.guidance_scale if guidance_scale is None else guidance_scale
+    sampling, _ = resolve_sampling(model, overrides={"guidance_scale": guidance_scale})
+    scale = sampling.guidance_scale
     amp = autocast_dtype("fp32" if dtype == "tf32" else dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
@@ -290,9 +293,7 @@ def bench_sample(
         ids = generate(
             net,
             labels,
-            guidance_scale=scale,
-            guidance_power=preset.guidance_power,
-            temperature=preset.temperature,
+            sampling,
             generator=generator,
             dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,

@@ -210,6 +210,7 @@ def rehearse_sampling(
     from rar.generate import generate
     from rar.runtime import DistEnv
     from rar.sample import sample
+    from rar.settings import SamplingConfig
     from rar.tokenizer import load_tokenizer
 
     info = sample(
@@ -228,14 +229,10 @@ def rehearse_sampling(
     amp = autocast_dtype(dtype, dev)
     labels = torch.arange(bench_batch, device=dev) % num_classes
     gen = torch.Generator(dev).manual_seed(0)
-    settings = {k: v for k, v in sampling.items() if k != "order"}
-    settings.setdefault("guidance_power", 0.0)
+    settings = SamplingConfig(**sampling)
 
     def batch() -> None:
-        ids = generate(
-            model, labels, order=sampling.get("order", "row-major"), generator=gen,
-            amp_dtype=amp, **settings,
-        )  # fmt: skip
+        ids = generate(model, labels, settings, generator=gen, amp_dtype=amp)
         tok.decode(ids)
 
     def sync() -> None:

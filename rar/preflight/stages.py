@@ -195,8 +195,8 @@ class Rehearsal:
         return Check("stage images", True, f"{n} images of ImageNet linked in {images / 'train'}")
 
     def make_tokenizer(self) -> tuple[Check, Path]:
+        from rar.demo import TokenizerTraining
         from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
-        from rar.settings import TokenizerTraining
 
         tok_cfg, demo, steps = self.tok_cfg, self.demo, self.scale.tokenizer_steps
         train = tok_cfg["train"]
