@@ -79,8 +79,9 @@ def _first_sampling(study) -> dict:
     s = dict(ev.sampling)
     if "guidance_scales" in s:
         s["guidance_scale"] = s.pop("guidance_scales")[0]
-    return {k: s[k] for k in ("guidance_scale", "guidance_power", "guidance_schedule",
-                              "temperature", "order") if k in s}  # fmt: skip
+    from rar.settings import SAMPLING_FIELDS
+
+    return {k: s[k] for k in SAMPLING_FIELDS if k in s}
 
 
 def _sizes(study) -> list[str]:
