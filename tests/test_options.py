@@ -38,8 +38,13 @@ def _parser(**kwargs) -> argparse.ArgumentParser:
 def test_flags_take_names_types_defaults_and_switches_from_the_fields():
     args = _parser().parse_args([])
     assert vars(args) == {
-        "count": 3, "scale": None, "name": "a", "out": None, "fast": False, "download": True
-    }  # fmt: skip
+        "count": 3,
+        "scale": None,
+        "name": "a",
+        "out": None,
+        "fast": False,
+        "download": True,
+    }
     args = _parser().parse_args(
         ["--count", "5", "--scale", "0.5", "--name", "b", "--file", "x", "--fast", "--no-download"]
     )
