@@ -12,8 +12,10 @@ import os
 import platform
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -261,7 +263,7 @@ def bench_sample(
     steps: int = 3,
     dtype: str = "fp32",
     device: str = "auto",
-    guidance_scale: float | None = None,
+    sampling: Mapping[str, Any] | None = None,
     decoder: str = "auto",
     compile: bool = False,
     csv_path: str | Path | None = None,
@@ -273,16 +275,16 @@ def bench_sample(
     SAMPLE_DTYPES (bf16: the decode engine's bf16 copy of the weights, no autocast; tf32: fp32
     with TF32 matrix products, the official sampler's).
 
-    guidance_scale: overrides the model size's preset (`resolve_sampling`; the fallback's
-    for a size without one).
+    sampling: SamplingConfig fields overriding the model size's preset (`resolve_sampling`;
+    the fallback's for a size without one), e.g. {"guidance_scale": 2.0}.
     hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
     as in every named size) and depth, for sizes between the named ones."""
     dev = resolve_device(device)
     if dtype not in SAMPLE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(SAMPLE_DTYPES)}, got {dtype!r}")
     net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
-    sampling, _ = resolve_sampling(model, overrides={"guidance_scale": guidance_scale})
-    scale = sampling.guidance_scale
+    settings, _ = resolve_sampling(model, overrides=sampling or {})
+    scale = settings.guidance_scale
     amp = autocast_dtype("fp32" if dtype == "tf32" else dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
@@ -293,7 +295,7 @@ def bench_sample(
         ids = generate(
             net,
             labels,
-            sampling,
+            settings,
             generator=generator,
             dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,

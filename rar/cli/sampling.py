@@ -377,7 +377,7 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
         steps=args.steps,
         dtype=args.dtype,
         device=args.device,
-        guidance_scale=args.guidance_scale,
+        sampling=option_values(args, SamplingConfig, ["guidance_scale"]),
         decoder=args.decoder,
         compile=args.compile,
         csv_path=str(csv_path) if csv_path else None,
