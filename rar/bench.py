@@ -12,14 +12,17 @@ import os
 import platform
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
+from rar.generate import generate
 from rar.model import RAR, RAR_CONFIGS, num_parameters, rar_config
 from rar.runtime import autocast, autocast_dtype, resolve_device, tf32
+from rar.settings import resolve_sampling
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
@@ -260,7 +263,7 @@ def bench_sample(
     steps: int = 3,
     dtype: str = "fp32",
     device: str = "auto",
-    guidance_scale: float | None = None,
+    sampling: Mapping[str, Any] | None = None,
     decoder: str = "auto",
     compile: bool = False,
     csv_path: str | Path | None = None,
@@ -272,14 +275,16 @@ def bench_sample(
     SAMPLE_DTYPES (bf16: the decode engine's bf16 copy of the weights, no autocast; tf32: fp32
     with TF32 matrix products, the official sampler's).
 
+    sampling: SamplingConfig fields overriding the model size's preset (`resolve_sampling`;
+    the fallback's for a size without one), e.g. {"guidance_scale": 2.0}.
     hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
     as in every named size) and depth, for sizes between the named ones."""
     dev = resolve_device(device)
     if dtype not in SAMPLE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(SAMPLE_DTYPES)}, got {dtype!r}")
     net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
-    preset = SAMPLING_PRESETS.get(model, SamplingConfig())
-    scale = preset.guidance_scale if guidance_scale is None else guidance_scale
+    settings, _ = resolve_sampling(model, overrides=sampling or {})
+    scale = settings.guidance_scale
     amp = autocast_dtype("fp32" if dtype == "tf32" else dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
@@ -290,9 +295,7 @@ def bench_sample(
         ids = generate(
             net,
             labels,
-            guidance_scale=scale,
-            guidance_power=preset.guidance_power,
-            temperature=preset.temperature,
+            settings,
             generator=generator,
             dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,

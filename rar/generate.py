@@ -27,45 +27,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rar import presets
 from rar.model import PREFIX, RAR, RARConfig, rar_from_state_dict
 from rar.orders import scan_order, unshuffle
-from rar.presets import GUIDANCE_SCHEDULES
 from rar.runtime import autocast
+from rar.settings import SamplingConfig, check_schedule
 
 # ##########################################################################################
-# Sampling settings
+# Guidance schedules
 # ##########################################################################################
-
-
-def _check_schedule(schedule: str) -> None:
-    if schedule not in GUIDANCE_SCHEDULES:
-        raise ValueError(
-            f"unknown guidance schedule {schedule!r}; known: {', '.join(GUIDANCE_SCHEDULES)}"
-        )
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample. Defaults: RAR-L's setting (README_RAR.md of the official release)."""
-
-    guidance_scale: float = 15.5
-    guidance_power: float = 2.5  # pow-cosine schedule exponent; 0 = constant guidance
-    temperature: float = 1.02
-    order: str = "row-major"  # a scan order name or "random"
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    # RAR §4.1: "pow-cosine" (MDT) for the final models, "linear" (MUSE) for the ablations
-    guidance_schedule: str = "pow-cosine"
-
-    def __post_init__(self) -> None:
-        _check_schedule(self.guidance_schedule)
-
-
-# The paper's sampling settings per model size (rar.presets).
-SAMPLING_PRESETS: dict[str, SamplingConfig] = {
-    name: SamplingConfig(**values) for name, values in presets.SAMPLING_PRESETS.items()
-}
 
 
 def guidance_scale_at(
@@ -87,7 +56,7 @@ def guidance_scale_at(
 
     `power` only matters for "pow-cosine". Raises ValueError on an unknown schedule.
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     if schedule == "constant":
         return scale
     if schedule == "linear":
@@ -96,32 +65,15 @@ def guidance_scale_at(
     return (scale - 1) * ramp + 1
 
 
-def guidance_schedule(step: int, num_steps: int, scale: float, power: float) -> float:
-    """The pow-cosine guidance scale (`guidance_scale_at(..., schedule="pow-cosine")`)."""
-    return guidance_scale_at(step, num_steps, scale=scale, power=power, schedule="pow-cosine")
-
-
 # ##########################################################################################
 # Token draws
 # ##########################################################################################
 
 
-def sampling_probs(
-    logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
+def sampling_probs(logits: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """logits (B, V) -> the probabilities a token is drawn from, (B, V) float32: temperature
-    divides the logits, then optional top-k and nucleus (top-p) filtering and a softmax."""
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, sorted_idx, sorted_logits)
-    return logits.softmax(dim=-1)
+    divides the logits, then a softmax (the official `RAR.generate` filters nothing)."""
+    return (logits.float() / temperature).softmax(dim=-1)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -133,7 +85,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     Distributions.cpp, `multinomial_out`, on every device), after checking the probabilities
     with `.item()` calls, a host sync per token on a GPU. The same three ops here give the
     same token from the same generator state, bit for bit (tests/test_generate.py holds it
-    over seeds, sizes, temperatures and filters, on the pinned torch); the check is
+    over seeds, sizes and temperatures, on the pinned torch); the check is
     `check_probs`, once per generation."""
     q = torch.empty_like(probs).exponential_(1, generator=generator)
     return probs.div(q).argmax(dim=-1)
@@ -148,16 +100,11 @@ def check_probs(probs: torch.Tensor) -> None:
 
 
 def sample_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, *, temperature: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """logits (B, V) -> sampled ids (B,): `sampling_probs`, then a multinomial draw from
     `generator` (`draw`)."""
-    probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    probs = sampling_probs(logits, temperature=temperature)
     check_probs(probs)
     return draw(probs, generator)
 
@@ -188,8 +135,6 @@ class StepSettings:
 
     guided: bool
     temperature: float
-    top_k: int
-    top_p: float
 
 
 class DecodeEngine(nn.Module):
@@ -229,7 +174,7 @@ class DecodeEngine(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
         self.weights: RAR | None = None
-        self.settings = StepSettings(guided=False, temperature=1.0, top_k=0, top_p=1.0)
+        self.settings = StepSettings(guided=False, temperature=1.0)
         self.compiled_step = None
 
     def start(
@@ -313,7 +258,7 @@ def next_probs(engine: DecodeEngine, logits: torch.Tensor, step: torch.Tensor) -
     if s.guided:
         cond, uncond = logits.float().chunk(2)
         logits = uncond + (cond - uncond) * engine.scales.index_select(0, step)
-    return sampling_probs(logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    return sampling_probs(logits, temperature=s.temperature)
 
 
 def prefill_logits(engine: DecodeEngine, model: RAR) -> torch.Tensor:
@@ -413,14 +358,8 @@ def resolve_orders(
 def generate(
     model: RAR,
     labels: torch.Tensor,
+    sampling: SamplingConfig,
     *,
-    guidance_scale: float,
-    guidance_power: float,
-    temperature: float,
-    guidance_schedule: str = "pow-cosine",
-    order: str | torch.Tensor = "row-major",
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
     dtype: torch.dtype | None = None,
@@ -428,11 +367,11 @@ def generate(
 ) -> torch.Tensor:
     """Generate token grids for class `labels` (B,) -> (B, N) int64 codes in raster layout.
 
-    guidance_scale, guidance_power, guidance_schedule: classifier-free guidance g, the
-        pow-cosine exponent p and the schedule name (`guidance_scale_at`; GUIDANCE_SCHEDULES);
-        when the scale is 1 at every step the unconditional half of the batch is skipped.
-    temperature: divides the logits. top_k / top_p: optional filtering, off by default.
-    order: scan-order name, permutation(s), or "random" (see `resolve_orders`).
+    sampling: the decode settings (rar.settings.SamplingConfig; `resolve_sampling` for a
+        preset's): classifier-free guidance g, the pow-cosine exponent p and the schedule
+        (`guidance_scale_at`), the temperature dividing the logits, and the order, a scan
+        order name or "random" (`resolve_orders`). When the scale is 1 at every step the
+        unconditional half of the batch is skipped.
     generator: source of every random draw (orders and tokens), on the labels' device.
     amp_dtype: e.g. torch.bfloat16 for autocast over the model's weights; None: no autocast.
     dtype: the weights' dtype, e.g. torch.bfloat16 for real bf16 sampling on a bf16 copy of
@@ -442,17 +381,18 @@ def generate(
         (`decode_engine(...).compile_step(...)`).
     """
     B, N = labels.shape[0], model.config.num_tokens
+    s = sampling
     scales = [
         guidance_scale_at(
-            t, N, scale=guidance_scale, power=guidance_power, schedule=guidance_schedule
+            t, N, scale=s.guidance_scale, power=s.guidance_power, schedule=s.guidance_schedule
         )
         for t in range(N)
     ]
     was_training = model.training
     model.eval()
     device = labels.device
-    orders = resolve_orders(order, B, model.config.grid, device=device, generator=generator)
-    guided = any(s != 1.0 for s in scales)
+    orders = resolve_orders(s.order, B, model.config.grid, device=device, generator=generator)
+    guided = any(scale != 1.0 for scale in scales)
     engine = decode_engine(model, 2 * B if guided else B, dtype=dtype, cache_dtype=amp_dtype)
     if compile and engine.compiled_step is None:
         engine.compile_step(mode="reduce-overhead", fullgraph=True)
@@ -463,7 +403,7 @@ def generate(
         labels,
         torch.cat([orders, orders]) if guided else orders,
         scales,
-        StepSettings(guided=guided, temperature=temperature, top_k=top_k, top_p=top_p),
+        StepSettings(guided=guided, temperature=s.temperature),
     )
     out = torch.empty(B, N, dtype=torch.long, device=device)  # in visiting order
     with autocast(device, amp_dtype):

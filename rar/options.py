@@ -10,7 +10,8 @@ choices) with `option`:
 `add_options(parser, Settings, ("device", ...))` adds the named fields as flags, typed from their
 annotations (`X | None` is X; a bool is a switch, `--no-...` when its default is True), and
 `option_values(args, Settings, names)` reads them back as keyword arguments, with the fields
-typed `os.PathLike` made absolute (a launched job may start in another directory).
+typed `os.PathLike` made absolute (a launched job may start in another directory), and
+`option_flags(Settings, values)` writes values as the flags (a workflow rule's arguments).
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ def add_options(
     names: Iterable[str],
     *,
     overrides: bool = False,
+    unset: str = "",
     defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Add the fields `names` of dataclass `cls` to `parser`, each with its help and default.
 
     overrides: every flag defaults to None, "keep the value of the settings this overrides"
-        (a launcher config file).
+        (a launcher config file, a sampling preset); `unset` is appended to each help to say
+        what an unset flag keeps (" (default: the preset's)").
     defaults: this command's own defaults of some fields (a sweep's smaller sample count).
     """
     by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -82,7 +85,10 @@ def add_options(
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": default,
-            "help": field.metadata.get("help", "").replace("%", "%%"),  # argparse formats help
+            # argparse formats help
+            "help": (field.metadata.get("help", "") + (unset if overrides else "")).replace(
+                "%", "%%"
+            ),
         }
         if scalar is bool:
             kwargs["action"] = "store_false" if field.default else "store_true"
@@ -108,3 +114,13 @@ def option_values(args: argparse.Namespace, cls: type, names: Iterable[str]) -> 
             value = str(Path(value).resolve())
         values[name] = value
     return values
+
+
+def option_flags(cls: type, values: Mapping[str, Any]) -> list:
+    """`values` of fields of `cls` as command-line arguments: the flag of each field that
+    `values` holds, then its value, in the fields' order (a workflow rule's arguments)."""
+    args: list = []
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            args += [flag_of(field), values[field.name]]
+    return args

@@ -19,8 +19,10 @@ RAR_CONFIGS: dict[str, dict] = {
 }
 
 # The paper's sampling settings per model size (official README_RAR.md and configs):
-# temperature, classifier-free guidance scale and the pow-cosine schedule's exponent.
-SAMPLING_PRESETS: dict[str, dict] = {
+# temperature, classifier-free guidance scale and the pow-cosine schedule's exponent. The
+# values only: rar.settings.SAMPLING_PRESETS makes them whole SamplingConfigs, and
+# rar.settings.sampling_values is the one resolution of a preset.
+SAMPLING_PRESET_VALUES: dict[str, dict] = {
     "rar_b": dict(guidance_scale=16.0, guidance_power=2.75, temperature=1.0),
     "rar_l": dict(guidance_scale=15.5, guidance_power=2.5, temperature=1.02),
     "rar_xl": dict(guidance_scale=6.9, guidance_power=1.5, temperature=1.02),
@@ -33,14 +35,19 @@ ARCHITECTURES: tuple[str, ...] = ("adaln", "plain")
 
 # Classifier-free guidance schedules (rar.generate.guidance_scale_at): "pow-cosine" (MDT, Gao
 # et al. 2023), RAR's final models; "linear" (MUSE, Chang et al. 2023), RAR's ablations;
-# "constant" for reference. The SAMPLING_PRESETS above are all pow-cosine.
+# "constant" for reference. The SAMPLING_PRESET_VALUES above are all pow-cosine.
 GUIDANCE_SCHEDULES: tuple[str, ...] = ("constant", "linear", "pow-cosine")
 
 # The six scan orders of RAR Table 3, as drawn in the paper's supplementary Fig. 6
 # (rar.orders builds them).
 SCAN_ORDERS: tuple[str, ...] = (
-    "row-major", "spiral-in", "spiral-out", "z-curve", "subsample", "alternate",
-)  # fmt: skip
+    "row-major",
+    "spiral-in",
+    "spiral-out",
+    "z-curve",
+    "subsample",
+    "alternate",
+)
 
 # Images per sampling chunk. With the seed it decides which images are drawn (one generator per
 # chunk), so it is part of a sample set's identity: the one default of rar.sample.sample(),

@@ -6,15 +6,14 @@ writes exactly that set: the settings (a preset, overrides, a guidance sweep's s
 generation of this process's chunks, and, from rank 0 (or any later single-process call), the
 merge into `<out>`, its grid and `<out stem>.json` (samples.json). The layout, the per-chunk
 seeds and the chunk files are rar.sample_chunks': class-interleaved labels, chunks of
-`chunk_size` images (DEFAULT_CHUNK_SIZE, the study schema's `sampling.chunk_size`) seeded by
-their index alone, resumable after a crash, byte-identical for any number of processes.
+`chunk_size` images (rar.presets.DEFAULT_CHUNK_SIZE, the study schema's
+`sampling.chunk_size`) seeded by their index alone, resumable after a crash, byte-identical
+for any number of processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
@@ -23,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar import presets
 from rar.checkpoint import load_generator
 from rar.files import read_json, sha256_file, write_npz
-from rar.generate import SAMPLING_PRESETS, SamplingConfig, generate
+from rar.generate import generate
 from rar.model import RAR
 from rar.results import write_samples_info
 from rar.runtime import autocast_dtype, resolve_device
@@ -46,75 +44,7 @@ from rar.sample_chunks import (
     restore_finished,
     wait_for_chunks,
 )
-
-PAPER_NUM_PER_CLASS = 50  # RAR §4.1 / ADM: 50,000 samples = 50 per ImageNet class
-# Images per chunk (rar.presets: the one default of sample(), `rar sample` and the study
-# schema's `sampling.chunk_size`, which a test holds equal).
-DEFAULT_CHUNK_SIZE = presets.DEFAULT_CHUNK_SIZE
-GUIDANCE_SCALE_KEY = "guidance_scale"  # the key `--guidance-scale-from` reads (rar sweep-guidance)
-
-# ##########################################################################################
-# Loading the generator
-# ##########################################################################################
-
-
-def read_guidance_scale(path: str | os.PathLike) -> float:
-    """The classifier-free guidance scale stored under GUIDANCE_SCALE_KEY in JSON file `path`
-    (written by a guidance sweep, `rar sweep-guidance`); see `read_guidance_file`."""
-    return float(read_guidance_file(path)[GUIDANCE_SCALE_KEY])
-
-
-def read_guidance_file(path: str | os.PathLike) -> dict:
-    """The JSON object of a guidance file (a sweep's guidance.json), read once. Raises
-    ValueError naming the file and the key when the file is missing, is not JSON or lacks a
-    finite number under GUIDANCE_SCALE_KEY."""
-    path = Path(path)
-    want = f"a JSON object with a number under {GUIDANCE_SCALE_KEY!r}"
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file (expected {want})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not JSON ({err}); expected {want}") from None
-    if not isinstance(obj, dict) or GUIDANCE_SCALE_KEY not in obj:
-        raise ValueError(f"{path}: no key {GUIDANCE_SCALE_KEY!r} (expected {want})")
-    value = obj[GUIDANCE_SCALE_KEY]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{path}: {GUIDANCE_SCALE_KEY!r} is {value!r}, not a finite number")
-    return obj
-
-
-def resolve_sampling(
-    model_size: str | None,
-    *,
-    preset: str | None = None,
-    guidance_scale: float | None = None,
-    guidance_power: float | None = None,
-    guidance_schedule: str | None = None,
-    temperature: float | None = None,
-    order: str | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-) -> tuple[SamplingConfig, str | None]:
-    """The sampling settings: `preset` (a SAMPLING_PRESETS name), else the preset of the
-    model's size when it has one, else SamplingConfig's defaults; then each given override.
-    guidance_schedule: one of rar.presets.GUIDANCE_SCHEDULES (SamplingConfig checks it).
-    Returns (settings, name of the preset used or None)."""
-    if preset is not None and preset not in SAMPLING_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(SAMPLING_PRESETS)}")
-    name = preset or (model_size if model_size in SAMPLING_PRESETS else None)
-    base = SAMPLING_PRESETS[name] if name else SamplingConfig()
-    overrides = {
-        "guidance_scale": guidance_scale,
-        "guidance_power": guidance_power,
-        "guidance_schedule": guidance_schedule,
-        "temperature": temperature,
-        "order": order,
-        "top_k": top_k,
-        "top_p": top_p,
-    }
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None}), name
-
+from rar.settings import SAMPLING_FIELDS, SampleSettings, SamplingConfig, resolve_sampling
 
 # ##########################################################################################
 # The plan: what determines the images
@@ -124,24 +54,23 @@ def resolve_sampling(
 def sampling_plan(
     checkpoint: str | os.PathLike,
     tokenizer: str | os.PathLike,
+    settings: SampleSettings,
     *,
     num_classes: int,
-    num_per_class: int,
-    chunk_size: int,
-    seed: int,
     sampling: SamplingConfig,
     amp_dtype: torch.dtype | None,
 ) -> dict:
-    """Everything that determines the images (the files by their hashes); a resume must
-    match it exactly, and an output made with it is complete (`completed_samples`)."""
+    """Everything that determines the images (the files by their hashes; the settings' counts,
+    chunk size and seed); a resume must match it exactly, and an output made with it is
+    complete (`completed_samples`)."""
     return {
         "format": SAMPLES_FORMAT,
         "checkpoint_sha256": sha256_file(checkpoint),
         "tokenizer_sha256": sha256_file(tokenizer),
         "num_classes": num_classes,
-        "num_per_class": num_per_class,
-        "chunk_size": chunk_size,
-        "seed": seed,
+        "num_per_class": settings.num_per_class,
+        "chunk_size": settings.chunk_size,
+        "seed": settings.seed,
         "sampling": dataclasses.asdict(sampling),
         "dtype": "bf16" if amp_dtype is not None else "fp32",
     }
@@ -226,13 +155,7 @@ def _generate_chunk(
     ids = generate(
         model,
         torch.from_numpy(labels).to(device),
-        guidance_scale=sampling.guidance_scale,
-        guidance_power=sampling.guidance_power,
-        guidance_schedule=sampling.guidance_schedule,
-        temperature=sampling.temperature,
-        order=sampling.order,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
+        sampling,
         generator=generator,
         amp_dtype=amp_dtype,
         compile=compile,
@@ -294,86 +217,100 @@ def _make_chunks(
             bar.update(stop - start)
 
 
+def sample_arguments(settings: SampleSettings | None, changes: dict) -> tuple[SampleSettings, dict]:
+    """`sample`'s settings and its preset's overrides from its arguments: each change that
+    is a SampleSettings field replaces `settings`' (None: its defaults), each that is a
+    SamplingConfig field overrides the preset (None: keep). TypeError on any other name."""
+    names = {f.name for f in dataclasses.fields(SampleSettings)}
+    unknown = sorted(set(changes) - names - set(SAMPLING_FIELDS))
+    if unknown:
+        raise TypeError(f"sample() got unknown setting(s) {', '.join(unknown)}")
+    settings = dataclasses.replace(
+        settings or SampleSettings(), **{k: v for k, v in changes.items() if k in names}
+    )
+    return settings, {k: v for k, v in changes.items() if k in SAMPLING_FIELDS}
+
+
 def sample(
     checkpoint: str | os.PathLike,
     tokenizer: str | os.PathLike,
     out: str | os.PathLike,
+    settings: SampleSettings | None = None,
     *,
-    num_per_class: int = PAPER_NUM_PER_CLASS,
-    num_classes: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    seed: int = 0,
-    preset: str | None = None,
     guidance_sweep: dict | None = None,
-    device: str = "auto",
-    dtype: str = "fp32",
-    compile: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
-    grid_path: str | os.PathLike | None = None,
-    merge_timeout_s: float = 6 * 3600.0,
-    keep_chunks: bool = False,
     progress: bool = True,
-    check_extractor: str | None = None,
-    extractor_weights: str | os.PathLike | None = None,
-    **overrides,
+    **changes,
 ) -> dict | None:
     """Generate `num_per_class` images for each of `num_classes` classes into `out` (.npz).
 
     checkpoint: our `rar-train/1` checkpoint or an official `rar_*.bin`; tokenizer: any file
     `rar.tokenizer.load_tokenizer` reads (the official `maskgit-vqgan-imagenet-f16-256.bin`).
-    num_classes: default the model's. chunk_size: images per chunk (one generate call; the
-        chunk layout and the seed fix the samples, so keep it when resuming).
-    seed: fixes the label order (`class_labels`) and every chunk's generator.
-    preset, overrides (guidance_scale, guidance_power, guidance_schedule, temperature, order,
-        top_k, top_p): `resolve_sampling`; the preset defaults to the model size's.
+    settings: how the set is drawn (rar.settings.SampleSettings, its fields' help; default:
+        its defaults). The chunk layout and the seed fix the samples: keep them on resume.
+    changes: by name, SampleSettings fields replacing `settings`' and SamplingConfig fields
+        (guidance_scale, temperature, order, guidance_schedule, guidance_power) overriding the
+        preset (`resolve_sampling`; the preset defaults to the model size's).
     guidance_sweep: the guidance sweep that chose `guidance_scale` (`rar.sweep`), recorded
         in samples.json and from there in metrics.json.
-    dtype: "fp32", "bf16" (autocast for the transformer) or "auto" (bf16 on GPU).
-    compile: torch.compile the decode step (GPU). rank / world_size: default from the
-        environment (torchrun or SLURM); this process makes chunks i % world_size == rank.
-    check_extractor / extractor_weights: fail before sampling if `rar evaluate` would lack them.
+    rank / world_size: default from the environment (torchrun or SLURM); this process makes
+        chunks i % world_size == rank.
 
     Writes `out` (`arr_0` (N, H, W, 3) uint8, `labels` (N,) int64, class-interleaved: the ADM
     layout of rar.sample_chunks), `grid_path` (default `grid.png` beside `out`) and
     `samples.json` (`out` with suffix .json). Returns that JSON as a dict from the process
     that merged (rank 0), None from the others.
     """
-    if check_extractor is not None:
+    s, overrides = sample_arguments(settings, changes)
+    if s.check_extractor is not None:
         from rar.extractors import check_extractor_available
 
-        check_extractor_available(check_extractor, extractor_weights)
-    rank, world_size, dev = _placement(rank, world_size, device)
-    amp_dtype, out, started = autocast_dtype(dtype, dev), Path(out), time.perf_counter()
+        check_extractor_available(s.check_extractor, s.extractor_weights)
+    rank, world_size, dev = _placement(rank, world_size, s.device)
+    amp_dtype, out, started = autocast_dtype(s.dtype, dev), Path(out), time.perf_counter()
     model, model_desc = load_generator(checkpoint)
-    settings, preset_used = resolve_sampling(model_desc["model_size"], preset=preset, **overrides)
-    num_classes = _classes_of(model, num_classes)
-    labels = class_labels(num_classes, num_per_class, seed=seed)
+    sampling, preset = resolve_sampling(model_desc["model_size"], s.preset, overrides)
+    num_classes = _classes_of(model, s.num_classes)
+    labels = class_labels(num_classes, s.num_per_class, seed=s.seed)
     plan = sampling_plan(
-        checkpoint, tokenizer, num_classes=num_classes, num_per_class=num_per_class,
-        chunk_size=chunk_size, seed=seed, sampling=settings, amp_dtype=amp_dtype,
-    )  # fmt: skip
-    _kept_outputs(out, grid_path, plan, rank)
+        checkpoint, tokenizer, s, num_classes=num_classes, sampling=sampling, amp_dtype=amp_dtype
+    )
+    _kept_outputs(out, s.grid_path, plan, rank)
     if (info := completed_samples(out, plan)) is not None:
         return info if rank == 0 else None
     tok = _tokenizer_for(model, tokenizer, checkpoint).to(dev)
     check_plan(chunk_dir_for(out), plan)
     _make_chunks(
-        model.to(dev), tok, labels, chunk_dir=chunk_dir_for(out),
-        chunks=chunks_of_rank(num_chunks(len(labels), chunk_size), rank, world_size),
-        chunk_size=chunk_size, seed=seed, sampling=settings, device=dev, amp_dtype=amp_dtype,
-        compile=compile, progress=progress, desc=f"sample[{rank}/{world_size}]",
-    )  # fmt: skip
+        model.to(dev),
+        tok,
+        labels,
+        chunk_dir=chunk_dir_for(out),
+        chunks=chunks_of_rank(num_chunks(len(labels), s.chunk_size), rank, world_size),
+        chunk_size=s.chunk_size,
+        seed=s.seed,
+        sampling=sampling,
+        device=dev,
+        amp_dtype=amp_dtype,
+        compile=s.compile,
+        progress=progress,
+        desc=f"sample[{rank}/{world_size}]",
+    )
     if rank != 0:
         return None
     provenance = _provenance(
-        plan, model_desc, tok, preset=preset_used, checkpoint=checkpoint, tokenizer=tokenizer,
-        compile=compile, device=dev, world_size=world_size, guidance_sweep=guidance_sweep,
-    )  # fmt: skip
-    return _finish(
-        out, plan, labels, grid_path=grid_path, provenance=provenance, started=started,
-        merge_timeout_s=merge_timeout_s, keep_chunks=keep_chunks,
-    )  # fmt: skip
+        plan,
+        model_desc,
+        tok,
+        preset=preset,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        compile=s.compile,
+        device=dev,
+        world_size=world_size,
+        guidance_sweep=guidance_sweep,
+    )
+    return _finish(out, plan, labels, settings=s, provenance=provenance, started=started)
 
 
 def _placement(
@@ -428,16 +365,16 @@ def _finish(
     plan: dict,
     labels: np.ndarray,
     *,
-    grid_path: str | os.PathLike | None,
+    settings: SampleSettings,
     provenance: dict,
     started: float,
-    merge_timeout_s: float,
-    keep_chunks: bool,
 ) -> dict:
-    """Rank 0's end: wait for every process's chunks, merge them into `out` and its grid
-    (`grid_path`, default `grid.png` beside `out`), write samples.json (the merge's counts,
-    then `provenance`), delete the chunks unless `keep_chunks`. Returns samples.json."""
+    """Rank 0's end: wait for every process's chunks (settings.merge_timeout_s), merge them
+    into `out` and its grid (settings.grid_path, default `grid.png` beside `out`), write
+    samples.json (the merge's counts, then `provenance`), delete the chunks unless
+    settings.keep_chunks. Returns samples.json."""
     chunk_dir, info_path = chunk_dir_for(out), info_path_for(out)
+    merge_timeout_s, grid_path = settings.merge_timeout_s, settings.grid_path
     grid = Path(grid_path) if grid_path is not None else out.with_name("grid.png")
     total = num_chunks(len(labels), plan["chunk_size"])
     missing = wait_for_chunks(chunk_dir, total, merge_timeout_s)
@@ -453,7 +390,7 @@ def _finish(
         torch_version=torch.__version__,
     )
     write_samples_info(out, info)
-    if not keep_chunks:
+    if not settings.keep_chunks:
         keep_finished(chunk_dir, [out, grid, info_path])
     print(f"wrote {out} ({info['num_samples']} images), {grid}, {info_path}", flush=True)
     return info

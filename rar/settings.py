@@ -1,15 +1,17 @@
 """The settings of the stages that sample, score and launch, as frozen dataclasses like
-`rar.config.TrainConfig`: where a stage runs (`LauncherConfig`), how a sample set is drawn
-(`SampleSettings`), how sample sets are scored (`ScoringSettings`) and how the demo's
-tokenizer is trained (`TokenizerTraining`).
+`rar.config.TrainConfig`: where a stage runs (`LauncherConfig`), how each token is drawn
+(`SamplingConfig`, the decode settings of `rar.generate.generate`, with the paper's presets
+resolved by `resolve_sampling`), how a sample set is drawn (`SampleSettings`) and how sample
+sets are scored (`ScoringSettings`).
 
 Each field carries its default and its help once (`rar.options.option`); `rar sample`,
-`rar evaluate`, `rar sweep-guidance`, `rar train-tokenizer` and the launcher flags of every
-heavy stage are generated from them. They live here, not beside the code that uses them
-(rar.launch imports submitit, rar.sample, rar.evaluate and rar.demo.vq torch), because
-`rar --help` reads them while building its parser: this module imports nothing heavier than
-rar.presets and rar.demo's constants. Loading from YAML or a mapping goes through rar.config's
-checks, imported when first used (it imports numpy).
+`rar evaluate`, `rar sweep-guidance` and the launcher flags of every heavy stage are generated
+from them, and so are the study schema's sampling keys' checks (`rar.experiments.build`) and
+the rules' sampling arguments (`rar.experiments.rules`); tests/test_settings.py holds them
+equal. They live here, not beside the code that uses them (rar.launch imports submitit,
+rar.generate, rar.sample and rar.evaluate torch), because `rar --help` reads them while
+building its parser: this module imports nothing heavier than rar.presets. Loading from YAML
+or a mapping goes through rar.config's checks, imported when first used (it imports numpy).
 """
 
 # option() is dataclasses.field with the help in its metadata, not a shared default value; ruff
@@ -20,12 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rar.demo import SPECTRAL_WEIGHT
 from rar.options import option
-from rar.presets import DEFAULT_CHUNK_SIZE, EXTRACTORS, GUIDANCE_SCHEDULES, SAMPLING_PRESETS
+from rar.presets import (
+    DEFAULT_CHUNK_SIZE,
+    EXTRACTORS,
+    GUIDANCE_SCHEDULES,
+    SAMPLING_PRESET_VALUES,
+)
 
 
 class _Loadable:
@@ -58,11 +65,22 @@ BACKENDS = ("debug", "local", "slurm")
 # sbatch --mail-type events (`man sbatch`); REQUEUE is what a time limit or preemption
 # sends here, since a job requeues itself (TrainJob).
 MAIL_TYPES = frozenset(
-    {
-        "NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT",
-        "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
-    }
-)  # fmt: skip
+    [
+        "NONE",
+        "BEGIN",
+        "END",
+        "FAIL",
+        "REQUEUE",
+        "ALL",
+        "INVALID_DEPEND",
+        "STAGE_OUT",
+        "TIME_LIMIT",
+        "TIME_LIMIT_90",
+        "TIME_LIMIT_80",
+        "TIME_LIMIT_50",
+        "ARRAY_TASKS",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +164,92 @@ class LauncherConfig(_Loadable, source="launcher config"):
 
 
 # ##########################################################################################
-# How a sample set is drawn (rar.sample.sample's keyword arguments)
+# How each token is drawn (rar.generate.generate), and the paper's presets of it
+# ##########################################################################################
+
+# The preset whose values SamplingConfig's defaults are: what a model size without a preset of
+# its own samples with (RAR-L's, README_RAR.md of the official release). The one fallback.
+FALLBACK_PRESET = "rar_l"
+_FALLBACK = SAMPLING_PRESET_VALUES[FALLBACK_PRESET]
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(
+            f"unknown guidance schedule {schedule!r}; known: {', '.join(GUIDANCE_SCHEDULES)}"
+        )
+
+
+@dataclass(frozen=True)
+class SamplingConfig(_Loadable, source="sampling settings"):
+    """How each token of a generation is drawn (`rar.generate.generate`): classifier-free
+    guidance, temperature and the generation order. Defaults: FALLBACK_PRESET's values.
+
+    The fields' order is the order of their flags on a rule's command line
+    (`rar.experiments.rules.RuleWiring`); `guidance_scale` comes first, apart (a sweep's
+    `--scales` or a sweep's file stand in for it)."""
+
+    guidance_scale: float = option(_FALLBACK["guidance_scale"], "classifier-free guidance scale g")
+    temperature: float = option(_FALLBACK["temperature"], "softmax temperature")
+    order: str = option("row-major", "scan order name or 'random'")
+    # RAR §4.1: "pow-cosine" (MDT) for the final models, "linear" (MUSE) for the ablations
+    guidance_schedule: str = option(
+        "pow-cosine", "how guidance rises over the steps", choices=GUIDANCE_SCHEDULES
+    )
+    guidance_power: float = option(
+        _FALLBACK["guidance_power"], "pow-cosine exponent; 0 = constant guidance"
+    )
+
+    def __post_init__(self) -> None:
+        check_schedule(self.guidance_schedule)
+
+
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+# The paper's sampling settings per model size, whole (rar.presets' values, then defaults).
+SAMPLING_PRESETS: dict[str, SamplingConfig] = {
+    name: SamplingConfig(**values) for name, values in SAMPLING_PRESET_VALUES.items()
+}
+
+
+def sampling_values(
+    preset: str | None, overrides: Mapping[str, Any] = {}, *, fallback: bool = True
+) -> dict[str, Any]:
+    """The one resolution of a preset: SamplingConfig's keys from the preset `preset` (None:
+    none), then each of `overrides` that is not None.
+
+    fallback: start from SamplingConfig's defaults (FALLBACK_PRESET's values); without it only
+    the keys that no preset sets (the schedule, the order) have their defaults, and a key
+    that neither the preset nor `overrides` sets is missing from the result (a study must say
+    its scale and temperature). Raises ValueError on an unknown preset or key."""
+    if preset is not None and preset not in SAMPLING_PRESET_VALUES:
+        known = ", ".join(SAMPLING_PRESET_VALUES)
+        raise ValueError(f"unknown preset {preset!r}; known: {known}")
+    unknown = sorted(set(overrides) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown sampling key(s) {', '.join(unknown)}")
+    preset_keys = {k for values in SAMPLING_PRESET_VALUES.values() for k in values}
+    values = {
+        f.name: f.default
+        for f in dataclasses.fields(SamplingConfig)
+        if fallback or f.name not in preset_keys
+    }
+    values.update(SAMPLING_PRESET_VALUES.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def resolve_sampling(
+    model_size: str | None, preset: str | None = None, overrides: Mapping[str, Any] = {}
+) -> tuple[SamplingConfig, str | None]:
+    """How a model samples: `preset`, else the preset of the model's size when it has one,
+    else SamplingConfig's defaults (FALLBACK_PRESET's values); then each override that is not
+    None (`sampling_values`). Returns (settings, name of the preset used or None)."""
+    name = preset or (model_size if model_size in SAMPLING_PRESET_VALUES else None)
+    return SamplingConfig(**sampling_values(name, overrides)), name
+
+
+# ##########################################################################################
+# How a sample set is drawn (rar.sample.sample)
 # ##########################################################################################
 
 EXTRACTOR_NAMES = tuple(EXTRACTORS)
@@ -154,8 +257,8 @@ EXTRACTOR_NAMES = tuple(EXTRACTORS)
 
 @dataclass(frozen=True)
 class SampleSettings(_Loadable, source="sample settings"):
-    """How `rar.sample.sample` draws a sample set. The generation settings (guidance,
-    temperature, order) default to None: the preset's (rar.generate.SamplingConfig)."""
+    """How `rar.sample.sample` draws a sample set: counts, chunks, seed, the preset of its
+    SamplingConfig (`resolve_sampling`), where and how it runs."""
 
     # RAR §4.1 / ADM: 50,000 samples = 50 per ImageNet class
     num_per_class: int = option(50, "images per class")
@@ -168,22 +271,10 @@ class SampleSettings(_Loadable, source="sample settings"):
     seed: int = option(0, "base seed of the per-chunk seeds and the label order")
     preset: str | None = option(
         None,
-        "the paper's sampling settings of a model size (default: the model's own size)",
-        choices=tuple(SAMPLING_PRESETS),
+        "the paper's sampling settings of a model size (default: the model's own size, else "
+        f"{FALLBACK_PRESET}'s); each sampling flag overrides one of them",
+        choices=tuple(SAMPLING_PRESET_VALUES),
     )
-    guidance_scale: float | None = option(None, "CFG scale (default: the preset's)")
-    guidance_power: float | None = option(
-        None, "pow-cosine exponent; 0 = constant guidance (default: the preset's)"
-    )
-    guidance_schedule: str | None = option(
-        None,
-        "how guidance rises over the steps (default: the preset's)",
-        choices=GUIDANCE_SCHEDULES,
-    )
-    temperature: float | None = option(None, "softmax temperature (default: the preset's)")
-    order: str | None = option(None, "scan order name or 'random' (default: the preset's)")
-    top_k: int | None = option(None, "keep the k most likely tokens; 0 = off")
-    top_p: float | None = option(None, "nucleus sampling mass; 1.0 = off")
     device: str = option("auto", "'cpu', 'cuda', 'cuda:1', or 'auto'")
     dtype: str = option(
         "fp32",
@@ -267,19 +358,3 @@ class ScoringSettings(_Loadable, source="scoring settings"):
         flag="--no-download",
     )
     verbose: bool = option(True, "print progress")
-
-
-@dataclass(frozen=True)
-class TokenizerTraining:
-    """How `rar.demo.vq.train_vq_demo` trains the demo's VQ tokenizer (`rar train-tokenizer`,
-    a study's `tokenizer.train`): Adam, a 5% linear warm-up, then cosine decay."""
-
-    steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(32, "images per step")
-    lr: float = option(2e-3, "peak learning rate")
-    spectral_weight: float = option(
-        SPECTRAL_WEIGHT,
-        "weight of the loss on the images' Fourier transforms, beside the pixel MSE "
-        "(0: MSE alone, blurrier)",
-    )
-    seed: int = option(0, "random seed")

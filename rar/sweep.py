@@ -17,16 +17,72 @@ metrics.json).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rar.files import atomic_write_text, read_json
 from rar.presets import EXTRACTORS
+from rar.settings import SampleSettings, ScoringSettings
 
 FORMAT = "rar-guidance-sweep/1"
+GUIDANCE_SCALE_KEY = "guidance_scale"  # what `rar sample --guidance-scale-from` reads
+
+# ##########################################################################################
+# guidance.json: this module writes it (`write_guidance`) and reads it (`read_guidance`,
+# `read_sweep`), for `rar sample --guidance-scale-from` and the report alike
+# ##########################################################################################
+
+
+def write_guidance(path: str | os.PathLike, result: dict) -> None:
+    """Write a sweep's result (`summarize`) as `path`, atomically."""
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def read_guidance(path: str | os.PathLike) -> dict:
+    """The JSON object of a guidance file (a sweep's guidance.json), read once. Raises
+    ValueError naming the file and the key when the file is missing, is not JSON or lacks a
+    finite number under GUIDANCE_SCALE_KEY."""
+    path = Path(path)
+    want = f"a JSON object with a number under {GUIDANCE_SCALE_KEY!r}"
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (expected {want})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err}); expected {want}") from None
+    if not isinstance(obj, dict) or GUIDANCE_SCALE_KEY not in obj:
+        raise ValueError(f"{path}: no key {GUIDANCE_SCALE_KEY!r} (expected {want})")
+    value = obj[GUIDANCE_SCALE_KEY]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{path}: {GUIDANCE_SCALE_KEY!r} is {value!r}, not a finite number")
+    return obj
+
+
+def read_guidance_scale(path: str | os.PathLike) -> float:
+    """The guidance scale of a guidance file (`read_guidance`)."""
+    return float(read_guidance(path)[GUIDANCE_SCALE_KEY])
+
+
+def read_sweep(path: str | os.PathLike) -> dict | None:
+    """A sweep's guidance.json (`read_guidance`, of this module's FORMAT), or None when it
+    does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = read_guidance(path)
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a guidance sweep result ({FORMAT})")
+    return data
+
+
+# ##########################################################################################
+# The sweep
+# ##########################################################################################
 
 
 def pick_best(points: list[dict], metric: str) -> dict:
@@ -82,18 +138,16 @@ def sweep_guidance(
     *,
     scales: list[float],
     reference: str | os.PathLike,
-    extractor: str,
-    weights: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike = "resources/fid_cache",
-    sampling: dict[str, Any],
-    device: str = "auto",
-    dtype: str = "fp32",
+    settings: SampleSettings,
+    sampling: Mapping[str, Any] | None = None,
+    scoring: ScoringSettings,
+    progress: bool = True,
 ) -> dict | None:
     """Sample `checkpoint` at every scale of `scales` and score each; write `out`.
 
-    sampling: keyword arguments of `rar.sample.sample` shared by every scale
-        (num_per_class, chunk_size, seed, guidance_schedule, guidance_power, temperature,
-        order, ...); `guidance_scale` is set per point.
+    settings: how every scale's set is drawn (`rar.sample.sample`'s SampleSettings); sampling:
+        the SamplingConfig keys every scale shares (the preset's otherwise), `guidance_scale`
+        set per point. scoring: how each set is scored (no bootstrap: a sweep compares means).
     Writes `<out folder>/scale_<g>/samples.npz` and `metrics.json` per scale, then `out`
     (guidance.json, `summarize`). Returns its content from rank 0, None from other ranks.
     """
@@ -112,38 +166,25 @@ def sweep_guidance(
                 checkpoint,
                 tokenizer,
                 point_dir / "samples.npz",
-                **{**sampling, "guidance_scale": scale},
-                device=device,
-                dtype=dtype,
+                settings,
+                progress=progress,
+                **{**(sampling or {}), "guidance_scale": scale},
             )
             if info is None:  # another rank merges and scores
                 continue
             if scorer is None:  # the extractor and reference features load once per sweep
-                scorer = Scorer(
-                    reference, extractor=extractor, weights=weights, cache_dir=cache_dir,
-                    device=device,
-                    bootstrap_resamples=0,  # the sweep compares means; intervals cost minutes
-                )  # fmt: skip
+                # the sweep compares means; intervals cost minutes
+                no_interval = dataclasses.replace(scoring, bootstrap_resamples=0)
+                scorer = Scorer(reference, **dataclasses.asdict(no_interval))
             scorer.score(point_dir / "samples.npz", metrics_path)
         points.append(sweep_point(scale, read_json(metrics_path)))
     if len(points) < len(scales):
         return None
     result = summarize(points, "fid")
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    write_guidance(out, result)
     best = result["guidance_scale"]
     edge = " (at an edge of the range: consider widening it)" if result["at_edge"] else ""
     print(
         f"guidance sweep: scale {best:g} has the lowest FID {result['best']:.3f}{edge}", flush=True
     )
     return result
-
-
-def read_sweep(path: str | os.PathLike) -> dict | None:
-    """A sweep's guidance.json, or None when it does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    data = read_json(path)
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a guidance sweep result ({FORMAT})")
-    return data

@@ -220,6 +220,7 @@ def sample_grid(
     order: a scan order, or "random" (`sampling_order`).
     """
     from rar.generate import generate, release_engine
+    from rar.settings import SamplingConfig
     from rar.tokenizer import to_uint8
 
     device = next(model.parameters()).device
@@ -227,11 +228,11 @@ def sample_grid(
     labels = torch.tensor(classes, device=device).repeat_interleave(per_class)  # (rows*cols,)
     g = torch.Generator(device=device).manual_seed(seed)
     with eval_mode(model):
-        ids = generate(
-            model, labels, guidance_scale=GRID_GUIDANCE_SCALE, guidance_power=1.0,
+        sampling = SamplingConfig(
+            guidance_scale=GRID_GUIDANCE_SCALE, guidance_power=1.0,
             guidance_schedule=GRID_GUIDANCE_SCHEDULE, temperature=1.0, order=order,
-            generator=g, amp_dtype=amp,
         )  # fmt: skip
+        ids = generate(model, labels, sampling, generator=g, amp_dtype=amp)
     release_engine(model)  # the grid's KV cache must not hold memory through training
     tokenizer_device = next(tokenizer.parameters()).device
     images = to_uint8(tokenizer.decode(ids.to(tokenizer_device))).cpu().numpy()  # (B, H, W, 3)

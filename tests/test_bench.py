@@ -96,8 +96,10 @@ def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
     monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
     kw = dict(model="rar_tiny", batch_size=2, steps=1, device="cpu")
     assert [bench_sample(**kw, dtype=d)["dtype"] for d in rar.bench.SAMPLE_DTYPES] == [
-        "fp32", "tf32", "bf16"
-    ]  # fmt: skip
+        "fp32",
+        "tf32",
+        "bf16",
+    ]
     assert timed_in == [[], ["tf32"], []]
     with pytest.raises(ValueError, match="dtype must be one of fp32, tf32, bf16"):
         bench_sample(**kw, dtype="fp16")

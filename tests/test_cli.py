@@ -49,8 +49,11 @@ def test_generated_flags_keep_their_names_and_defaults():
     sample = ["sample", "--checkpoint", "c", "--tokenizer", "t", "--out", "o"]
     args = build_parser().parse_args([*sample, "--grid", "g.png", "--launcher", "slurm"])
     assert (args.grid_path, args.backend, args.num_per_class, args.dtype) == (
-        "g.png", "slurm", 50, "fp32"
-    )  # fmt: skip
+        "g.png",
+        "slurm",
+        50,
+        "fp32",
+    )
     sweep = ["sweep-guidance", "--checkpoint", "c", "--tokenizer", "t", "--scales", "2", "4"]
     args = build_parser().parse_args([*sweep, "--out", "o", "--reference", "r"])
     assert (args.num_per_class, args.extractor, args.time_min) == (10, "inception-v3-compat", None)
@@ -148,10 +151,18 @@ def test_a_missing_config_is_one_line_naming_it(tmp_path, capsys):
 
 def test_a_missing_reference_is_one_line_naming_it(tmp_path, capsys):
     argv = [
-        "evaluate", "--samples", str(tmp_path / "missing.npz"),
-        "--reference", str(tmp_path / "missing_ref.npz"), "--out", str(tmp_path / "m.json"),
-        "--extractor", "efficientnet-lite0", "--device", "cpu",
-    ]  # fmt: skip
+        "evaluate",
+        "--samples",
+        str(tmp_path / "missing.npz"),
+        "--reference",
+        str(tmp_path / "missing_ref.npz"),
+        "--out",
+        str(tmp_path / "m.json"),
+        "--extractor",
+        "efficientnet-lite0",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 2
     assert "missing" in _no_traceback(capsys.readouterr().err, "evaluate")
 
@@ -216,9 +227,16 @@ def test_a_failed_local_job_is_one_line(tmp_path, capsys):
     launcher = tmp_path / "launcher.yaml"
     launcher.write_text(f"folder: {tmp_path / 'submitit'}\npoll_s: 0.2\n")
     argv = [
-        "train", "--config", str(tmp_path / "missing.yaml"), "--workdir", str(tmp_path / "run"),
-        "--launcher", "local", "--launcher-config", str(launcher),
-    ]  # fmt: skip
+        "train",
+        "--config",
+        str(tmp_path / "missing.yaml"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--launcher",
+        "local",
+        "--launcher-config",
+        str(launcher),
+    ]
     assert main(argv) == 1
     line = _no_traceback(capsys.readouterr().err, "train")
     assert "failed: FileNotFoundError" in line and "missing.yaml" in line
@@ -236,11 +254,17 @@ def _write_manifest(folder: Path, text: str) -> Path:
 
 
 GOOD_MANIFEST = {
-    "format": "rar-token-shards/1", "num_samples": 2, "num_source_images": 2, "num_classes": 1,
-    "samples_per_image": 1, "tokens_per_sample": 4, "tokenizer": {"codebook_size": 8},
-    "shards": [{"name": "train-000000.tar", "part": 0, "num_samples": 2, "size": 1,
-                "sha256": "0" * 64}],
-}  # fmt: skip
+    "format": "rar-token-shards/1",
+    "num_samples": 2,
+    "num_source_images": 2,
+    "num_classes": 1,
+    "samples_per_image": 1,
+    "tokens_per_sample": 4,
+    "tokenizer": {"codebook_size": 8},
+    "shards": [
+        {"name": "train-000000.tar", "part": 0, "num_samples": 2, "size": 1, "sha256": "0" * 64}
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -249,13 +273,17 @@ GOOD_MANIFEST = {
         ("{not json", "not readable JSON"),
         ("[1, 2]", "expected a JSON object, found list"),
         (json.dumps({**GOOD_MANIFEST, "format": "other/9"}), "unknown format 'other/9'"),
-        (json.dumps({k: v for k, v in GOOD_MANIFEST.items() if k != "shards"}),
-         "key 'shards' is missing"),
+        (
+            json.dumps({k: v for k, v in GOOD_MANIFEST.items() if k != "shards"}),
+            "key 'shards' is missing",
+        ),
         (json.dumps({**GOOD_MANIFEST, "num_samples": "2"}), "key 'num_samples' must be an integer"),
-        (json.dumps({**GOOD_MANIFEST, "shards": [{"name": "a.tar"}]}),
-         "shards[0] key 'part' is missing"),
+        (
+            json.dumps({**GOOD_MANIFEST, "shards": [{"name": "a.tar"}]}),
+            "shards[0] key 'part' is missing",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_manifest_names_the_file_and_the_problem(tmp_path, capsys, text, problem):
     from rar.data.shards import ShardError, load_manifest
 

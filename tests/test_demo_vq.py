@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from rar.demo import TokenizerTraining
 from rar.demo.vq import (
     VQDemo,
     VQDemoConfig,
@@ -15,7 +16,6 @@ from rar.demo.vq import (
     spectral_loss,
     train_vq_demo,
 )
-from rar.settings import TokenizerTraining
 from rar.tokenizer import Tokenizer, load_tokenizer
 
 # Small enough that a few dozen steps take about a second on a 2-core CPU.

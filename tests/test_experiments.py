@@ -77,8 +77,10 @@ def test_the_plan_shows_each_tables_recipe(paper):
         assert recipe["guidance_schedule"] == "linear" and len(recipe["guidance_scales"]) > 1
     final = study.recipe("table4")
     assert (final["architecture"], final["crop"], final["guidance_schedule"]) == (
-        "adaln", "tencrop", "pow-cosine",
-    )  # fmt: skip
+        "adaln",
+        "tencrop",
+        "pow-cosine",
+    )
     text = format_plan(study)
     assert "table2: architecture plain ViT, crop center+flip, guidance linear (sweep" in text
     assert "table4: architecture adaLN (final), crop tencrop, guidance pow-cosine" in text
@@ -131,9 +133,12 @@ def test_paper_values_in_the_config_equal_the_papers_tables(paper):
     assert len(lines) == 25  # 15 + 6 + 4
     for line in lines:
         key = (
-            float(line["anneal_start"]), float(line["anneal_end"]), line["target_order"],
-            line["sampling_order"], line["model"].split()[0],
-        )  # fmt: skip
+            float(line["anneal_start"]),
+            float(line["anneal_end"]),
+            line["target_order"],
+            line["sampling_order"],
+            line["model"].split()[0],
+        )
         matches = [r for r in study.tables[line["table"]] if describe(r) == key]
         assert len(matches) == 1, (line["table"], key, len(matches))
         values = {m: float(line[m]) for m in ("fid", "is", "precision", "recall")}

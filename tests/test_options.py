@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from rar.demo import TokenizerTraining
 from rar.options import add_options, option, option_values
-from rar.settings import LauncherConfig, SampleSettings, ScoringSettings
+from rar.settings import LauncherConfig, SampleSettings, SamplingConfig, ScoringSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,13 @@ def _parser(**kwargs) -> argparse.ArgumentParser:
 def test_flags_take_names_types_defaults_and_switches_from_the_fields():
     args = _parser().parse_args([])
     assert vars(args) == {
-        "count": 3, "scale": None, "name": "a", "out": None, "fast": False, "download": True
-    }  # fmt: skip
+        "count": 3,
+        "scale": None,
+        "name": "a",
+        "out": None,
+        "fast": False,
+        "download": True,
+    }
     args = _parser().parse_args(
         ["--count", "5", "--scale", "0.5", "--name", "b", "--file", "x", "--fast", "--no-download"]
     )
@@ -82,23 +88,26 @@ def test_a_field_with_no_flag_form_is_refused():
 
 
 def test_every_settings_field_has_help():
-    for cls in (LauncherConfig, SampleSettings, ScoringSettings):
+    for cls in (LauncherConfig, SamplingConfig, SampleSettings, ScoringSettings, TokenizerTraining):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
 
 
-def test_sample_settings_are_the_keyword_arguments_of_sample():
-    """SampleSettings' defaults are rar.sample.sample()'s, so that a flag left unset samples
-    exactly as a call without that argument does."""
-    from rar.sample import sample
+def test_sample_repeats_no_default_of_its_settings():
+    """sample() takes a SampleSettings (its defaults when None) and, by name, changes to it
+    and the preset's SamplingConfig values: no field is a parameter of its own, so no default
+    is written twice."""
+    from rar.sample import sample, sample_arguments
 
     params = inspect.signature(sample).parameters
-    assert params["overrides"].kind is inspect.Parameter.VAR_KEYWORD
-    for f in dataclasses.fields(SampleSettings):
-        if f.name in params:
-            assert params[f.name].default == f.default, f.name
-        else:  # a sampling override (guidance, temperature, order ...): unset = the preset's
-            assert f.default is None, f.name
+    assert params["settings"].default is None
+    assert params["changes"].kind is inspect.Parameter.VAR_KEYWORD
+    fields = {f.name for cls in (SampleSettings, SamplingConfig) for f in dataclasses.fields(cls)}
+    assert not fields & set(params)
+    settings, sampling = sample_arguments(None, {"seed": 4, "temperature": 0.5, "order": None})
+    assert settings == SampleSettings(seed=4) and sampling == {"temperature": 0.5, "order": None}
+    with pytest.raises(TypeError, match="top_k"):
+        sample_arguments(None, {"top_k": 5})
 
 
 def test_scoring_settings_load_like_train_config(tmp_path):

@@ -219,8 +219,8 @@ def test_the_demo_tokenizer_is_trained_as_its_config_says(demo, monkeypatch):
 
     import rar.demo.vq
     from rar.cli import main
+    from rar.demo import TokenizerTraining
     from rar.experiments import SCHEMA
-    from rar.settings import TokenizerTraining
 
     train = demo.config["tokenizer"]["train"]
     calls = []

@@ -3,7 +3,6 @@ resume and byte identity for any number of ranks, settings and their CLI flags."
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -20,7 +19,8 @@ import torch
 
 from rar.checkpoint import load_generator
 from rar.model import RAR, rar_config
-from rar.sample import DEFAULT_CHUNK_SIZE, read_guidance_scale, resolve_sampling, sample
+from rar.presets import DEFAULT_CHUNK_SIZE
+from rar.sample import sample
 from rar.sample_chunks import (
     CHUNK_NAME,
     SAMPLES_FORMAT,
@@ -30,6 +30,8 @@ from rar.sample_chunks import (
     class_labels,
     num_chunks,
 )
+from rar.settings import SampleSettings, SamplingConfig, resolve_sampling
+from rar.sweep import read_guidance_scale
 from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
 NUM_CLASSES, PER_CLASS, CHUNK = 3, 2, 2  # 6 images in 3 chunks
@@ -116,15 +118,28 @@ def test_sampling_settings_come_from_the_preset_then_overrides():
     s, name = resolve_sampling("rar_b")
     assert name == "rar_b" and (s.guidance_scale, s.guidance_power) == (16.0, 2.75)
     assert s.guidance_schedule == "pow-cosine"
-    s, _ = resolve_sampling("rar_b", guidance_schedule="linear")
+    s, _ = resolve_sampling("rar_b", overrides={"guidance_schedule": "linear", "order": None})
     assert s.guidance_schedule == "linear" and s.guidance_scale == 16.0
+    assert s.order == "row-major"  # None: keep
     with pytest.raises(ValueError, match="guidance schedule"):
-        resolve_sampling("rar_b", guidance_schedule="cosine")
-    s, name = resolve_sampling("rar_tiny", preset="rar_xl", temperature=1.0, order="random")
+        resolve_sampling("rar_b", overrides={"guidance_schedule": "cosine"})
+    s, name = resolve_sampling("rar_tiny", "rar_xl", {"temperature": 1.0, "order": "random"})
     assert name == "rar_xl" and s.guidance_scale == 6.9 and s.temperature == 1.0
     assert s.order == "random"
     with pytest.raises(ValueError, match="unknown preset"):
         resolve_sampling(None, preset="rar_q")
+    with pytest.raises(ValueError, match="unknown sampling key"):
+        resolve_sampling(None, overrides={"top_k": 5})
+
+
+def test_a_size_without_a_preset_falls_back_to_rar_ls():
+    """One fallback: a model size without a preset samples with SamplingConfig's defaults,
+    which are FALLBACK_PRESET's (RAR-L's) values, as rar sample and rar bench-sample do."""
+    from rar.settings import FALLBACK_PRESET, SAMPLING_PRESETS
+
+    s, name = resolve_sampling("rar_tiny")
+    assert name is None and s == SamplingConfig() == SAMPLING_PRESETS[FALLBACK_PRESET]
+    assert FALLBACK_PRESET == "rar_l" and (s.guidance_scale, s.temperature) == (15.5, 1.02)
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,25 +225,18 @@ def test_three_ranks_reproduce_the_single_process_file(files, reference_run, tmp
 def test_each_image_was_generated_for_its_label(files, reference_run):
     """Regenerating chunk k from the stored labels and the chunk's generator gives the stored
     images: labels[i] is the class image i was made for."""
-    from rar.generate import SamplingConfig, generate
+    from rar.generate import generate
     from rar.tokenizer import load_tokenizer, to_uint8
 
     model, _ = load_generator(files["checkpoint"])
     tok = load_tokenizer(files["tokenizer"])
-    s = SamplingConfig()
     with np.load(reference_run) as z:
         images, labels = z["arr_0"], z["labels"]
     for k in range(num_chunks(len(labels), CHUNK)):
         start, stop = chunk_bounds(k, len(labels), CHUNK)
+        generator = chunk_generator(3, k, "cpu")
         ids = generate(
-            model,
-            torch.from_numpy(labels[start:stop]),
-            guidance_scale=s.guidance_scale,
-            guidance_power=s.guidance_power,
-            guidance_schedule=s.guidance_schedule,
-            temperature=s.temperature,
-            order=s.order,
-            generator=chunk_generator(3, k, "cpu"),
+            model, torch.from_numpy(labels[start:stop]), SamplingConfig(), generator=generator
         )
         assert np.array_equal(to_uint8(tok.decode(ids)).numpy(), images[start:stop])
 
@@ -284,13 +292,17 @@ def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
 def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
     """completed_samples: samples.json's plan equal to this call's -> that record; another
     plan or the old class-sorted layout -> None, saying why it samples again."""
-    from rar.generate import SamplingConfig
     from rar.sample import completed_samples, sampling_plan
 
+    settings = SampleSettings(num_per_class=2, chunk_size=2, seed=3)
     plan = sampling_plan(
-        files["checkpoint"], files["tokenizer"], num_classes=3, num_per_class=2, chunk_size=2,
-        seed=3, sampling=SamplingConfig(), amp_dtype=None,
-    )  # fmt: skip
+        files["checkpoint"],
+        files["tokenizer"],
+        settings,
+        num_classes=3,
+        sampling=SamplingConfig(),
+        amp_dtype=None,
+    )
     assert plan["format"] == SAMPLES_FORMAT and plan["dtype"] == "fp32"
     out = tmp_path / "samples.npz"
     assert completed_samples(out, plan) is None  # nothing there yet
@@ -412,14 +424,14 @@ def test_chunk_size_has_one_default(files, tmp_path, monkeypatch):
     from rar.experiments import SCHEMA
 
     assert DEFAULT_CHUNK_SIZE == 250
-    assert inspect.signature(sample).parameters["chunk_size"].default == DEFAULT_CHUNK_SIZE
+    assert SampleSettings().chunk_size == DEFAULT_CHUNK_SIZE  # sample()'s default settings
     calls = []
-    monkeypatch.setattr(rar.launch, "launch", lambda fn, *a, **kw: calls.append(kw))
+    monkeypatch.setattr(rar.launch, "launch", lambda fn, *a, **kw: calls.append(a))
     args = _cli_args(files, tmp_path / "samples.npz")
     i = args.index("--chunk-size")
     assert main(args[:i] + args[i + 2 :]) == 0
-    assert calls[0]["chunk_size"] == DEFAULT_CHUNK_SIZE
-    assert main(args) == 0 and calls[1]["chunk_size"] == NUM_CLASSES
+    assert calls[0][3].chunk_size == DEFAULT_CHUNK_SIZE  # the SampleSettings passed on
+    assert main(args) == 0 and calls[1][3].chunk_size == NUM_CLASSES
     for command in ("sample", "sweep-guidance"):
         sub = build_parser()._subparsers._group_actions[0].choices[command]
         flag = next(a for a in sub._actions if "--chunk-size" in a.option_strings)
@@ -439,6 +451,7 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
 
     import rar.evaluate
     from rar.evaluate import evaluate
+    from rar.settings import ScoringSettings
     from rar.sweep import sweep_guidance
 
     reference = tmp_path / "reference"
@@ -451,11 +464,17 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
     made, scorer = [], rar.evaluate.Scorer
     monkeypatch.setattr(rar.evaluate, "Scorer", lambda *a, **k: made.append(1) or scorer(*a, **k))
     scoring = dict(extractor="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu")
-    sampling = dict(num_per_class=PER_CLASS, chunk_size=CHUNK, seed=3, progress=False)
+    settings = SampleSettings(num_per_class=PER_CLASS, chunk_size=CHUNK, seed=3, device="cpu")
     result = sweep_guidance(
-        files["checkpoint"], files["tokenizer"], tmp_path / "sweep/guidance.json",
-        scales=[1.0, 3.0], reference=reference, sampling=sampling, **scoring,
-    )  # fmt: skip
+        files["checkpoint"],
+        files["tokenizer"],
+        tmp_path / "sweep/guidance.json",
+        scales=[1.0, 3.0],
+        reference=reference,
+        settings=settings,
+        scoring=ScoringSettings(**scoring),
+        progress=False,
+    )
     assert len(made) == 1 and [p["guidance_scale"] for p in result["points"]] == [1.0, 3.0]
     point = tmp_path / "sweep/scale_3"
     alone = evaluate(point / "samples.npz", reference, bootstrap_resamples=0, **scoring)

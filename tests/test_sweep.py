@@ -37,13 +37,22 @@ def test_ties_go_to_less_guidance_and_missing_values_cannot_win():
 
 
 def test_points_read_either_extractors_metric_names():
-    demo = {"extractor": "efficientnet-lite0", "fid_efficientnet_lite0": 40.0,
-            "isc_efficientnet_lite0_mean": 3.0, "precision_efficientnet_lite0": 0.5,
-            "recall_efficientnet_lite0": 0.25, "num_samples": 40}  # fmt: skip
-    assert sweep_point(3.0, demo) == {
-        "guidance_scale": 3.0, "fid": 40.0, "is": 3.0, "precision": 0.5, "recall": 0.25,
+    demo = {
+        "extractor": "efficientnet-lite0",
+        "fid_efficientnet_lite0": 40.0,
+        "isc_efficientnet_lite0_mean": 3.0,
+        "precision_efficientnet_lite0": 0.5,
+        "recall_efficientnet_lite0": 0.25,
         "num_samples": 40,
-    }  # fmt: skip
+    }
+    assert sweep_point(3.0, demo) == {
+        "guidance_scale": 3.0,
+        "fid": 40.0,
+        "is": 3.0,
+        "precision": 0.5,
+        "recall": 0.25,
+        "num_samples": 40,
+    }
     paper = {"extractor": "inception-v3-compat", "fid": 2.5, "isc_mean": 250.0, "num_samples": 10}
     assert sweep_point(4.0, paper)["fid"] == 2.5 and sweep_point(4.0, paper)["is"] == 250.0
 

@@ -4,13 +4,14 @@ A package of one module per group of stages (data, training, sampling, study) pl
 share (common): 19 subcommands did not read well as one 1,500-line file. This package stays
 torch-free at import time (`rar --help` and `rar plan` must answer at once, and Snakemake parses
 the workflow without torch): each handler imports the heavy module it needs inside its body,
-and the flags generated from settings dataclasses read them from rar.settings, which is
-torch-free.
+and the flags generated from settings dataclasses read them from rar.settings (the demo
+tokenizer's from rar.demo), which are torch-free.
 
 Adding a subcommand: in the module of its group, write `add_<name>(subparsers)`, which builds
 the parser, with defaults and an example in its description, and sets `handler=` to a function
 taking the parsed namespace; then list it in `COMMANDS`. Settings with a default and a help of
-their own are fields of a dataclass in rar.settings, added with rar.options.add_options.
+their own are fields of a dataclass in rar.settings (a demo stage's in rar.demo), added with
+rar.options.add_options.
 """
 
 from __future__ import annotations

@@ -54,9 +54,16 @@ def read_study(path: str, root: str | None = None):
 
 # The LauncherConfig keys a heavy stage's flags override (the rest: --launcher-config's file).
 LAUNCHER_OPTIONS = (
-    "partition", "account", "qos", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
-    "time_min", "max_requeues",
-)  # fmt: skip
+    "partition",
+    "account",
+    "qos",
+    "nodes",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "time_min",
+    "max_requeues",
+)
 
 
 def add_launcher_flags(p: argparse.ArgumentParser) -> None:

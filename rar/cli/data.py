@@ -13,10 +13,9 @@ from rar.cli.common import (
     launcher_from_args,
     setup_logging,
 )
-from rar.demo import CROP_SCALE
+from rar.demo import CROP_SCALE, TokenizerTraining
 from rar.options import add_options, option_values
 from rar.presets import CROP_MODES
-from rar.settings import TokenizerTraining
 
 # The flags of `rar train-tokenizer` that are TokenizerTraining's fields (a study's
 # tokenizer.train keys, beside `downsample`).
@@ -102,13 +101,11 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
 def _run_train_tokenizer(args: argparse.Namespace) -> int:
     from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
 
-    cfg = VQDemoConfig.with_downsample(args.downsample, image_size=args.image_size,
-                                       codebook_size=args.codebook_size)  # fmt: skip
+    sizes = {"image_size": args.image_size, "codebook_size": args.codebook_size}
+    cfg = VQDemoConfig.with_downsample(args.downsample, **sizes)
     training = TokenizerTraining(**option_values(args, TokenizerTraining, TOKENIZER_TRAINING))
-    train_tokenizer_from_folder(
-        args.images, args.out, quality=args.quality, val_images=args.val_images, config=cfg,
-        training=training,
-    )  # fmt: skip
+    folders = {"quality": args.quality, "val_images": args.val_images}
+    train_tokenizer_from_folder(args.images, args.out, **folders, config=cfg, training=training)
     return 0
 
 

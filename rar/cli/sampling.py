@@ -2,36 +2,44 @@
 bench-sample.
 
 The flags of sample, sweep-guidance and evaluate are generated from the fields of
-rar.settings.SampleSettings and ScoringSettings (rar.options), which hold each default and help
-text; the handlers pass them on as keyword arguments of the same names.
+rar.settings.SampleSettings, SamplingConfig and ScoringSettings (rar.options), which hold each
+default and help text; the handlers pass them on as those objects (SamplingConfig's as the
+overrides of the preset, a flag left unset keeping the preset's value).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from rar.cli.common import Formatter, absolute, add_launcher_flags, launcher_from_args
 from rar.options import add_options, option_values
-from rar.settings import SampleSettings, ScoringSettings
+from rar.settings import SAMPLING_FIELDS, SampleSettings, SamplingConfig, ScoringSettings
 
-# Flags of `rar sample`: the keyword arguments of rar.sample.sample it takes from the command line.
-SAMPLE_OPTIONS = (
-    "num_per_class", "num_classes", "chunk_size", "seed", "preset", "guidance_scale",
-    "guidance_power", "guidance_schedule", "temperature", "order", "device", "dtype", "compile",
-    "grid_path", "keep_chunks", "merge_timeout_s", "check_extractor", "extractor_weights",
-)  # fmt: skip
-# The sampling settings a guidance sweep shares between its scales (rar.sweep's `sampling`).
-SWEEP_SAMPLING = (
-    "num_per_class", "chunk_size", "seed", "guidance_schedule", "guidance_power", "temperature",
-    "order",
-)  # fmt: skip
+# Flags of `rar sample`: every field of SampleSettings, then every field of SamplingConfig.
+SAMPLE_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleSettings))
+UNSET_SAMPLING = " (default: the preset's)"  # what a SamplingConfig flag left unset keeps
+# What a guidance sweep shares between its scales: SampleSettings' counts and seeds, and every
+# SamplingConfig field but the scale it sweeps.
+SWEEP_SETTINGS = ("num_per_class", "chunk_size", "seed")
+SWEEP_SAMPLING = tuple(name for name in SAMPLING_FIELDS if name != "guidance_scale")
 SWEEP_POINT_PER_CLASS = 10  # images per class at each scale: a fifth of the paper's set
 # What a sample set is scored with, in every command that scores (evaluate, sweep-guidance).
 SCORING_OPTIONS = ("extractor", "weights", "cache_dir", "device")
 EVALUATE_OPTIONS = (
-    *SCORING_OPTIONS, "probe_images", "heldout", "bootstrap_resamples", "batch_size",
-    "prc_batch_size", "allow_download",
-)  # fmt: skip
+    *SCORING_OPTIONS,
+    "probe_images",
+    "heldout",
+    "bootstrap_resamples",
+    "batch_size",
+    "prc_batch_size",
+    "allow_download",
+)
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, names=SAMPLING_FIELDS) -> None:
+    """SamplingConfig's fields `names` as flags that override the preset (None: unset)."""
+    add_options(p, SamplingConfig, names, overrides=True, unset=UNSET_SAMPLING)
 
 
 # ------------------------------------------------------------------------------------------
@@ -62,7 +70,8 @@ def add_sweep_guidance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", type=float, nargs="+", required=True, help="guidance scales")
     p.add_argument("--out", required=True, help="guidance.json to write")
     defaults = {"num_per_class": SWEEP_POINT_PER_CLASS}
-    add_options(p, SampleSettings, SWEEP_SAMPLING, defaults=defaults)
+    add_options(p, SampleSettings, SWEEP_SETTINGS, defaults=defaults)
+    add_sampling_flags(p, SWEEP_SAMPLING)
     p.add_argument("--reference", required=True, help="ADM reference .npz, image .npz or folder")
     add_options(p, ScoringSettings, SCORING_OPTIONS)
     add_options(p, SampleSettings, ["dtype"])
@@ -80,7 +89,8 @@ def _run_sweep_guidance(args: argparse.Namespace) -> int:
     launcher = launcher_from_args(args)
     out = Path(args.out).resolve()
     check_extractor_available(args.extractor, args.weights)  # before any sampling
-    sampling = option_values(args, SampleSettings, SWEEP_SAMPLING)
+    settings = option_values(args, SampleSettings, SWEEP_SETTINGS)
+    sampling = option_values(args, SamplingConfig, SWEEP_SAMPLING)
     launch(
         sweep_guidance,
         absolute(args.checkpoint),
@@ -91,9 +101,9 @@ def _run_sweep_guidance(args: argparse.Namespace) -> int:
         name=f"sweep_{out.parent.name}",
         scales=args.scales,
         reference=absolute(args.reference),
-        **option_values(args, ScoringSettings, SCORING_OPTIONS),
+        settings=SampleSettings(**settings, device=args.device, dtype=args.dtype),
         sampling={k: v for k, v in sampling.items() if v is not None},
-        dtype=args.dtype,
+        scoring=ScoringSettings(**option_values(args, ScoringSettings, SCORING_OPTIONS)),
     )
     return 0
 
@@ -132,6 +142,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
     p.add_argument("--out", required=True, help="samples .npz to write")
     add_options(p, SampleSettings, SAMPLE_OPTIONS)
+    add_sampling_flags(p)
     p.add_argument(
         "--guidance-scale-from",
         default=None,
@@ -148,32 +159,35 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from rar.extractors import check_extractor_available
     from rar.launch import launch
-    from rar.sample import GUIDANCE_SCALE_KEY, read_guidance_file, sample  # heavy: torch
+    from rar.sample import sample  # heavy: torch
+    from rar.sweep import GUIDANCE_SCALE_KEY, read_guidance
 
     launcher = launcher_from_args(args)
     out = Path(args.out).resolve()
-    settings = option_values(args, SampleSettings, SAMPLE_OPTIONS)
+    settings = SampleSettings(**option_values(args, SampleSettings, SAMPLE_OPTIONS))
+    sampling = option_values(args, SamplingConfig, SAMPLING_FIELDS)
     sweep = None
     if args.guidance_scale_from is not None:  # a bad file: ValueError naming it, exit 2
         sweep = {"file": absolute(args.guidance_scale_from)}
-        sweep.update(read_guidance_file(args.guidance_scale_from))  # read and checked once
-        settings["guidance_scale"] = float(sweep[GUIDANCE_SCALE_KEY])
+        sweep.update(read_guidance(args.guidance_scale_from))  # read and checked once
+        sampling["guidance_scale"] = float(sweep[GUIDANCE_SCALE_KEY])
         print(
-            f"guidance scale {settings['guidance_scale']} from {args.guidance_scale_from}",
+            f"guidance scale {sampling['guidance_scale']} from {args.guidance_scale_from}",
             flush=True,
         )
-    if args.check_extractor:  # here too: before a job waits in a queue for nothing
-        check_extractor_available(args.check_extractor, args.extractor_weights)
+    if settings.check_extractor:  # here too: before a job waits in a queue for nothing
+        check_extractor_available(settings.check_extractor, settings.extractor_weights)
     launch(
         sample,
         absolute(args.checkpoint),
         absolute(args.tokenizer),
         str(out),
+        settings,
         launcher=launcher,
         record=out.with_name(f"{out.stem}_job.json"),
         name=f"sample_{out.parent.name}",
         guidance_sweep=sweep,
-        **settings,
+        **sampling,
     )
     return 0
 
@@ -318,9 +332,7 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
         "tokenizer decodes under autocast)",
     )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
-    p.add_argument(
-        "--guidance-scale", type=float, default=None, help="CFG scale (default: model preset)"
-    )
+    add_sampling_flags(p, ["guidance_scale"])
     p.add_argument(
         "--decoder",
         choices=["auto", "none", "maskgit-vqgan"],
@@ -365,7 +377,7 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
         steps=args.steps,
         dtype=args.dtype,
         device=args.device,
-        guidance_scale=args.guidance_scale,
+        sampling=option_values(args, SamplingConfig, ["guidance_scale"]),
         decoder=args.decoder,
         compile=args.compile,
         csv_path=str(csv_path) if csv_path else None,

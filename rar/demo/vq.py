@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rar.demo import TokenizerTraining
 from rar.runtime import deterministic_algorithms
-from rar.settings import TokenizerTraining
 from rar.tokenizer import Tokenizer, save_tokenizer, to_uint8
 
 __all__ = [

@@ -37,15 +37,15 @@ from rar.presets import (
     CROP_MODES,
     GUIDANCE_SCHEDULES,
     RAR_CONFIGS,
-    SAMPLING_PRESETS,
+    SAMPLING_PRESET_VALUES,
     SCAN_ORDERS,
 )
+from rar.settings import SAMPLING_FIELDS, sampling_values
 
-# Sampling keys a table's base or a row may set; they make an evaluation's identity.
-SAMPLING_KEYS = (
-    "preset", "guidance_scale", "guidance_scales", "guidance_power", "guidance_schedule",
-    "temperature", "order",
-)  # fmt: skip
+# Sampling keys a table's base or a row may set (the schema's `sampling_keys`): the preset,
+# each rar.settings.SamplingConfig field and a sweep's scales; they make an evaluation's
+# identity.
+SAMPLING_KEYS = ("preset", *SAMPLING_FIELDS, "guidance_scales")
 _ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
 _NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
 # The crops of the data stage (rar.data.images) and how they appear in folder names.
@@ -94,14 +94,16 @@ def _check_name(value: Any, known, where: str, what: str) -> None:
 
 
 def _sampling_settings(sampling: dict, where: str) -> dict:
-    """Resolved sampling settings: the preset's values, overridden by explicit keys; a sweep
-    (`guidance_scales`) replaces `guidance_scale`."""
+    """Resolved sampling settings: the preset's values, overridden by explicit keys
+    (`rar.settings.sampling_values`, without the fallback: a study names its scale and
+    temperature, or a preset); a sweep (`guidance_scales`) replaces `guidance_scale`."""
     preset = sampling.get("preset")
     if preset is not None:
-        _check_name(preset, SAMPLING_PRESETS, f"{where}: sampling.preset", "preset")
-    resolved = {"guidance_schedule": "pow-cosine", **SAMPLING_PRESETS.get(preset, {})}
-    resolved.update({k: v for k, v in sampling.items() if k in SAMPLING_KEYS and k != "preset"})
-    resolved.setdefault("order", "row-major")
+        _check_name(preset, SAMPLING_PRESET_VALUES, f"{where}: sampling.preset", "preset")
+    explicit = {k: v for k, v in sampling.items() if k in SAMPLING_FIELDS}
+    resolved = sampling_values(preset, explicit, fallback=False)
+    if "guidance_scales" in sampling:
+        resolved["guidance_scales"] = sampling["guidance_scales"]
     _check_name(resolved["order"], (*SCAN_ORDERS, "random"), f"{where}: sampling.order", "order")
     _check_name(
         resolved["guidance_schedule"],
@@ -226,13 +228,11 @@ class _Builder:
             sampling["guidance_scale"] = min(sampling.pop("guidance_scales"))
         start = self.configs[run].trunk_key()
         eid = short_hash({"untrained": start, "sampling": sampling, **self.metric_settings})
-        self.evaluations.setdefault(
-            eid,
-            Evaluation(
-                eid, run, 0.0, False, sampling, self.metric_settings,
-                checkpoint=f"{self.prefix}/untrained/{run}.pt", kind="untrained",
-            ),
-        )  # fmt: skip
+        checkpoint = f"{self.prefix}/untrained/{run}.pt"
+        evaluation = Evaluation(
+            eid, run, 0.0, False, sampling, self.metric_settings, checkpoint, kind="untrained"
+        )
+        self.evaluations.setdefault(eid, evaluation)
         return eid
 
     def evaluation(
@@ -336,10 +336,8 @@ def _build(config: dict, root: Path | None) -> Study:
     curve_ids = {
         t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
     }
-    return Study(
-        study_name, prefix, config, b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids,
-        references, root=root,
-    )  # fmt: skip
+    parts = (b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids, references)
+    return Study(study_name, prefix, config, *parts, root=root)
 
 
 def _check_reference_rows(config: dict) -> None:

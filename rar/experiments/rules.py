@@ -21,6 +21,8 @@ from typing import Any
 
 from rar.config import OUTSIDE_IDENTITY
 from rar.experiments.study import Evaluation, Study, Sweep
+from rar.options import option_flags
+from rar.settings import SampleSettings, SamplingConfig
 
 
 class RuleWiring:
@@ -63,17 +65,10 @@ class RuleWiring:
     def tokenizer_args(self) -> list:
         """`rar train-tokenizer`'s flags from the config's tokenizer.train: --downsample, then
         each key that is a field of TokenizerTraining under its flag."""
-        import dataclasses
-
-        from rar.options import flag_of
-        from rar.settings import TokenizerTraining
+        from rar.demo import TokenizerTraining
 
         train = self.config["tokenizer"]["train"]
-        args = ["--downsample", train["downsample"]]
-        for field in dataclasses.fields(TokenizerTraining):
-            if field.name in train:
-                args += [flag_of(field), train[field.name]]
-        return args
+        return ["--downsample", train["downsample"], *option_flags(TokenizerTraining, train)]
 
     def dataset_crop(self, wildcards) -> str:
         return self.study.datasets[wildcards.dataset].crop
@@ -163,11 +158,12 @@ class RuleWiring:
         return f"{self.study.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else []
 
     def _sampling_flags(self, sampling: dict) -> list:
-        flags = ["--temperature", sampling["temperature"], "--order", sampling["order"]]
-        flags += ["--guidance-schedule", sampling["guidance_schedule"]]
-        if "guidance_power" in sampling:
-            flags += ["--guidance-power", sampling["guidance_power"]]
-        return [*flags, "--chunk-size", self.config["sampling"]["chunk_size"]]
+        """An evaluation's or sweep's resolved sampling (`rar.experiments.build`) as the flags
+        of its SamplingConfig fields but the scale (`sample_args` and `sweep_args` give it
+        their own way), then the study's chunk size."""
+        shared = {k: v for k, v in sampling.items() if k != "guidance_scale"}
+        chunk = {"chunk_size": self.config["sampling"]["chunk_size"]}
+        return [*option_flags(SamplingConfig, shared), *option_flags(SampleSettings, chunk)]
 
     def extractor_flags(self, flag: str) -> list:
         """`flag <weights>` when the config names the extractor's weights file."""
@@ -175,32 +171,37 @@ class RuleWiring:
         return [flag, weights] if weights else []
 
     def _metric_flags(self, metrics: dict) -> list:
-        return ["--num-per-class", metrics["num_per_class"], "--seed", metrics["seed"]]
+        """The sample count and seed a metric depends on, as SampleSettings' flags."""
+        counts = {k: metrics[k] for k in ("num_per_class", "seed")}
+        return option_flags(SampleSettings, counts)
 
     def sample_args(self, wildcards, input) -> list:
         ev = self.evaluation(wildcards)
         if input.guidance:
             scale = ["--guidance-scale-from", input.guidance]
         else:
-            scale = ["--guidance-scale", ev.sampling["guidance_scale"]]
+            scale = option_flags(SamplingConfig, {"guidance_scale": ev.sampling["guidance_scale"]})
+        # fail before sampling when the metric's extractor weights cannot be had
+        check = option_flags(SampleSettings, {"check_extractor": ev.metrics["extractor"]})
         return [
             *scale,
             *self._sampling_flags(ev.sampling),
             *self._metric_flags(ev.metrics),
-            # fail before sampling when the metric's extractor weights cannot be had
-            "--check-extractor", ev.metrics["extractor"],
+            *check,
             *self.extractor_flags("--extractor-weights"),
-        ]  # fmt: skip
+        ]
 
     def sweep_args(self, wildcards) -> list:
         s = self.sweep(wildcards)
         return [
-            "--scales", *s.scales,
+            "--scales",
+            *s.scales,
             *self._sampling_flags(s.sampling),
             *self._metric_flags(s.metrics),
-            "--extractor", s.metrics["extractor"],
+            "--extractor",
+            s.metrics["extractor"],
             *self.extractor_flags("--weights"),
-        ]  # fmt: skip
+        ]
 
     def reconstruction_images(self, wildcards) -> str:
         return self.evaluation(wildcards).images

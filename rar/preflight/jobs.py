@@ -254,6 +254,7 @@ def time_sampling(
     from rar.checkpoint import load_generator
     from rar.generate import generate
     from rar.runtime import DistEnv, autocast_dtype, resolve_device
+    from rar.settings import SamplingConfig
     from rar.tokenizer import load_tokenizer
 
     dev = resolve_device(device, DistEnv.from_environ().local_rank)
@@ -263,12 +264,10 @@ def time_sampling(
     amp = autocast_dtype(dtype, dev)
     batch_labels = torch.tensor(labels, device=dev)
     gen = torch.Generator(dev).manual_seed(0)
-    settings = {k: v for k, v in sampling.items() if k != "order"}
-    settings.setdefault("guidance_power", 0.0)
+    settings = SamplingConfig(**sampling)
 
     def batch() -> None:
-        order = sampling.get("order", "row-major")
-        ids = generate(model, batch_labels, order=order, generator=gen, amp_dtype=amp, **settings)
+        ids = generate(model, batch_labels, settings, generator=gen, amp_dtype=amp)
         tok.decode(ids)
 
     def sync() -> None:

@@ -86,11 +86,9 @@ def _first_sampling(study) -> dict:
     s = dict(ev.sampling)
     if "guidance_scales" in s:
         s["guidance_scale"] = s.pop("guidance_scales")[0]
-    return {
-        k: s[k]
-        for k in ("guidance_scale", "guidance_power", "guidance_schedule", "temperature", "order")
-        if k in s
-    }
+    from rar.settings import SAMPLING_FIELDS
+
+    return {k: s[k] for k in SAMPLING_FIELDS if k in s}
 
 
 def _sizes(study) -> list[str]:
@@ -220,8 +218,8 @@ class Rehearsal:
         return Check("stage images", True, f"{n} images of ImageNet linked in {images / 'train'}")
 
     def make_tokenizer(self) -> tuple[Check, Path]:
+        from rar.demo import TokenizerTraining
         from rar.demo.vq import VQDemoConfig, train_tokenizer_from_folder
-        from rar.settings import TokenizerTraining
 
         tok_cfg, demo, steps = self.tok_cfg, self.demo, self.scale.tokenizer_steps
         train = tok_cfg["train"]
