@@ -25,8 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rar.files import atomic_write_text, read_json
+from rar.files import atomic_write_text
 from rar.presets import EXTRACTORS
+from rar.results import METRICS_JSON, read_metrics_record
 from rar.settings import SampleSettings, ScoringSettings
 
 FORMAT = "rar-guidance-sweep/1"
@@ -160,7 +161,7 @@ def sweep_guidance(
     points, scorer = [], None
     for scale in sorted(scales):
         point_dir = folder / f"scale_{scale:g}"
-        metrics_path = point_dir / "metrics.json"
+        metrics_path = point_dir / METRICS_JSON
         if not metrics_path.exists():
             info = sample(
                 checkpoint,
@@ -177,7 +178,7 @@ def sweep_guidance(
                 no_interval = dataclasses.replace(scoring, bootstrap_resamples=0)
                 scorer = Scorer(reference, **dataclasses.asdict(no_interval))
             scorer.score(point_dir / "samples.npz", metrics_path)
-        points.append(sweep_point(scale, read_json(metrics_path)))
+        points.append(sweep_point(scale, read_metrics_record(metrics_path)))
     if len(points) < len(scales):
         return None
     result = summarize(points, "fid")

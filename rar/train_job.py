@@ -16,6 +16,7 @@ from rar.config import TrainConfig
 from rar.data.batches import BatchSource, stream_from
 from rar.model import RAR
 from rar.orders import scan_order
+from rar.records import METRICS_CSV, MetricsLog
 from rar.resume import (
     LAST,
     LAST_NEXT,
@@ -30,7 +31,6 @@ from rar.resume import (
 )
 from rar.runtime import DistEnv, FirstNonFinite, autocast_dtype
 from rar.train_recipe import build_optimizer, model_from_config
-from rar.watch import MetricsLog
 
 
 def segment_end_of(cfg: TrainConfig, ckpt_dir: Path, until_epoch: float | None) -> Path | None:
@@ -94,7 +94,7 @@ def restore(
     if point is not None and point.path != ckpt_dir / LAST:
         env.barrier()  # every rank has read the files before any is renamed
         if env.rank == 0:
-            set_aside(point, ckpt_dir.parent / "metrics.csv")
+            set_aside(point, ckpt_dir.parent / METRICS_CSV)
     return step, point is not None
 
 
@@ -232,7 +232,7 @@ def start_job(
     # Snakemake retrain); a resume of another run was refused above.
     if env.rank == 0 and not (workdir / "config.yaml").exists():
         cfg.save(workdir / "config.yaml")
-    metrics = MetricsLog(workdir / "metrics.csv", step) if env.rank == 0 else None
+    metrics = MetricsLog(workdir / METRICS_CSV, step) if env.rank == 0 else None
     runner = _runner(model, cfg, env, device, compiled)
     chunks = env.world_size * accum  # micro-batches per global batch, over all ranks
     streams = [

@@ -43,21 +43,6 @@ OWNERS = {
     "job.json": "rar/records.py",  # job records; a stage's is `<stem>_job.json`
     "plan.json": "rar/sample_chunks.py",  # the chunk plan, `<out>.chunks/plan.json`
 }
-# Where a format's name is still spelled outside its owner: modules other changes of #24 own
-# (the training loop, the sweep, the CLI, the study's paths, the preflight). This list only
-# shrinks: a new place fails the test, and so does one that no longer needs its entry.
-NOT_YET = {
-    ("rar/cli/data.py", "job.json"),
-    ("rar/cli/sampling.py", "job.json"),
-    ("rar/cli/training.py", "job.json"),
-    ("rar/experiments/study.py", "metrics.csv"),
-    ("rar/experiments/study.py", "metrics.json"),
-    ("rar/preflight/jobs.py", "metrics.csv"),
-    ("rar/preflight/stages.py", "job.json"),
-    ("rar/preflight/stages.py", "metrics.json"),
-    ("rar/sweep.py", "metrics.json"),
-    ("rar/train.py", "metrics.csv"),
-}
 # Each format's columns or version, declared in its owner only: the list of them (any list or
 # tuple literal holding all of these strings) or the one string.
 COLUMNS = {
@@ -120,8 +105,7 @@ def test_each_format_name_is_spelled_by_its_owner_only():
     for name, owner in OWNERS.items():
         assert (owner, name) in spelled, f"{owner} does not declare {name}"
     outside = {(module, name) for module, name in spelled if module != OWNERS[name]}
-    assert outside - NOT_YET == set(), "name the file through its owner module"
-    assert NOT_YET - outside == set(), "done: drop these from NOT_YET"
+    assert outside == set(), "name the file through its owner module"
 
 
 def _declares(tree: ast.Module, columns: tuple[str, ...]) -> bool:

@@ -158,6 +158,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 
     from rar.data.tokenize import parse_parts, tokenize_images  # heavy import: torch
     from rar.launch import launch
+    from rar.records import job_record_for
 
     launcher = launcher_from_args(args)
     setup_logging()
@@ -168,7 +169,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
         absolute(args.images),
         str(out),
         launcher=launcher,
-        record=out / "jobs" / f"{job}_job.json",
+        record=job_record_for(out / "jobs" / str(job)),
         name=f"tokenize_{out.name}_{job}",
         tokenizer=absolute(args.tokenizer),
         crop=args.crop,

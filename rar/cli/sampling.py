@@ -84,6 +84,7 @@ def _run_sweep_guidance(args: argparse.Namespace) -> int:
 
     from rar.extractors import check_extractor_available
     from rar.launch import launch
+    from rar.records import job_record_for
     from rar.sweep import sweep_guidance
 
     launcher = launcher_from_args(args)
@@ -97,7 +98,7 @@ def _run_sweep_guidance(args: argparse.Namespace) -> int:
         absolute(args.tokenizer),
         str(out),
         launcher=launcher,
-        record=out.with_name(f"{out.stem}_job.json"),
+        record=job_record_for(out),
         name=f"sweep_{out.parent.name}",
         scales=args.scales,
         reference=absolute(args.reference),
@@ -159,6 +160,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from rar.extractors import check_extractor_available
     from rar.launch import launch
+    from rar.records import job_record_for
     from rar.sample import sample  # heavy: torch
     from rar.sweep import GUIDANCE_SCALE_KEY, read_guidance
 
@@ -184,7 +186,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         str(out),
         settings,
         launcher=launcher,
-        record=out.with_name(f"{out.stem}_job.json"),
+        record=job_record_for(out),
         name=f"sample_{out.parent.name}",
         guidance_sweep=sweep,
         **sampling,
@@ -249,6 +251,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from rar.evaluate import evaluate_many
     from rar.extractors import check_extractor_available
     from rar.launch import launch
+    from rar.records import job_record_for
 
     launcher = launcher_from_args(args)
     if len(args.samples) != len(args.out):
@@ -265,7 +268,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         [(absolute(s), str(o)) for s, o in zip(args.samples, outs, strict=True)],
         absolute(args.reference),
         launcher=launcher,
-        record=out.with_name(f"{out.stem}_job.json"),
+        record=job_record_for(out),
         name=f"evaluate_{out.parent.name}" + (f"_and_{len(outs) - 1}" if len(outs) > 1 else ""),
         **option_values(args, ScoringSettings, EVALUATE_OPTIONS),
     )
@@ -362,11 +365,12 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
 
     from rar.bench import bench_sample  # heavy import: torch
     from rar.launch import launch
+    from rar.records import job_record_for
 
     launcher = launcher_from_args(args)
     csv_path = Path(args.csv).resolve() if args.csv else None
     folder = csv_path.parent if csv_path else Path.cwd()
-    record = folder / f"bench_{args.model}_{args.dtype}_job.json"
+    record = job_record_for(folder / f"bench_{args.model}_{args.dtype}")
     launch(
         bench_sample,
         launcher=launcher,

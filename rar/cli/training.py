@@ -52,6 +52,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rar.launch import TrainJob, launch
+    from rar.records import JOB_RECORD
 
     launcher = launcher_from_args(args)
     workdir = Path(args.workdir).resolve()
@@ -74,7 +75,7 @@ def _run_train(args: argparse.Namespace) -> int:
         until_epoch=args.until_epoch,
         settings=settings,
         launcher=launcher,
-        record=workdir / "job.json",
+        record=workdir / JOB_RECORD,
         name=f"train_{workdir.name}",
     )
     print(f"done: {final}", flush=True)

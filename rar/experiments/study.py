@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rar.config import TrainConfig
-from rar.records import FAILURE_FILE, read_progress
+from rar.records import FAILURE_FILE, METRICS_CSV, read_progress
+from rar.results import METRICS_JSON
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
 # The reference rows of a table (`evaluation.reference_rows`): real held-out images scored
@@ -75,7 +76,7 @@ def run_on_disk(run_dir: str | Path, epochs: float) -> RunOnDisk:
     reached = max(kept, default=0.0)
     if "final.pt" in names:
         reached = epochs
-    logged = read_progress(folder / "metrics.csv").epoch
+    logged = read_progress(folder / METRICS_CSV).epoch
     return RunOnDisk(kept, max(reached, logged or 0.0))
 
 
@@ -362,7 +363,7 @@ class Study:
 
     def metrics_files(self, table: str) -> list[str]:
         return [
-            f"{self.eval_dir(row.evaluation)}/metrics.json"
+            f"{self.eval_dir(row.evaluation)}/{METRICS_JSON}"
             for row in self.rows_with_references(table)
         ]
 
@@ -382,7 +383,7 @@ class Study:
         for row in self.tables[table]:
             labels.setdefault(row.run, row.label)
         return [
-            {"label": labels[run], "metrics_csv": f"{self.run_dir(run)}/metrics.csv"}
+            {"label": labels[run], "metrics_csv": f"{self.run_dir(run)}/{METRICS_CSV}"}
             for run in self.table_runs(table)
         ]
 
@@ -412,7 +413,7 @@ class Study:
             {
                 "label": label[self.evaluations[e].run],
                 "epoch": self.evaluations[e].epoch,
-                "metrics": f"{self.eval_dir(e)}/metrics.json",
+                "metrics": f"{self.eval_dir(e)}/{METRICS_JSON}",
             }
             for e in dict.fromkeys(evaluations)
         ]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rar.records import METRICS_CSV
+
 
 def read_tokens(shard_dir: str, rows: int):
     """Every sample of a token shard directory (the loader's own reading: sizes and sha256
@@ -134,7 +136,7 @@ def _layout_record(cfg, env, dev, reference: Path, reference_step: int) -> dict:
         backend="nccl"
         if dev.type == "cuda" and env.world_size > 1
         else ("gloo" if env.world_size > 1 else "none"),
-        **_throughput(reference / "metrics.csv", env.world_size),
+        **_throughput(reference / METRICS_CSV, env.world_size),
     )
 
 

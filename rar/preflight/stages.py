@@ -20,6 +20,8 @@ from typing import Any
 
 from rar.preflight.checks import Check, check_resume
 from rar.preflight.jobs import rehearse_sampling, rehearse_training
+from rar.records import JOB_RECORD, load_record
+from rar.results import METRICS_JSON
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class Rehearsal:
             str(images / "train"),
             str(self.data),
             launcher=self.launchers["tokenize"],
-            record=out / "tokenize" / "job.json",
+            record=out / "tokenize" / JOB_RECORD,
             name="preflight_tokenize",
             tokenizer=str(self.tokenizer),
             crop=crop,
@@ -277,7 +279,7 @@ class Rehearsal:
             self.spec,
             str(out / "train" / model),
             launcher=self.train_launcher,
-            record=out / "train" / "job.json",
+            record=out / "train" / JOB_RECORD,
             name="preflight_train",
         )
         layout = (
@@ -298,7 +300,7 @@ class Rehearsal:
             size_spec,
             str(self.out / "train" / size),
             launcher=self.train_launcher,
-            record=self.out / "train" / size / "job.json",
+            record=self.out / "train" / size / JOB_RECORD,
             name=f"preflight_train_{size}",
         )
         self.throughput["train"][size] = _train_record(r)
@@ -323,7 +325,7 @@ class Rehearsal:
             str(self.tokenizer),
             str(self._samples()),
             launcher=self.launchers["sample"],
-            record=out / "sample" / "job.json",
+            record=out / "sample" / JOB_RECORD,
             name="preflight_sample",
             num_classes=min(self.scale.classes, self.config["data"]["num_classes"]),
             sampling=sampling,
@@ -349,7 +351,7 @@ class Rehearsal:
         return self.out / "sample" / "samples.npz"
 
     def _metrics(self) -> Path:
-        return self.out / "evaluate" / "metrics.json"
+        return self.out / "evaluate" / METRICS_JSON
 
     def _evaluate_needs(self) -> list[str]:
         ev = self.config["evaluation"]
@@ -375,7 +377,7 @@ class Rehearsal:
             str(self._samples()),
             str(Path(reference).resolve()),
             launcher=self.launchers["evaluate"],
-            record=self.out / "evaluate" / "job.json",
+            record=self.out / "evaluate" / JOB_RECORD,
             name="preflight_evaluate",
             extractor=ev["extractor"],
             weights=str(Path(ev["weights"]).resolve()) if ev.get("weights") else None,
@@ -444,8 +446,8 @@ def _train_record(r: dict) -> dict:
 
 def _job(folder: Path) -> str:
     """The job id and backend recorded in `<folder>/job.json`."""
-    with contextlib.suppress(OSError, ValueError):
-        rec = json.loads((folder / "job.json").read_text())
+    with contextlib.suppress(KeyError, TypeError):
+        rec = load_record(folder / JOB_RECORD, quiet=True)
         requeued = f", requeued {rec.get('requeues', 0)}x" if rec["backend"] == "slurm" else ""
         return f"{rec['job_id']} ({rec['backend']}{requeued})"
     return "?"
