@@ -31,7 +31,7 @@ wildcard_constraints:
     table=one_of(study.tables),  # the config's tables only (not table5)
     job="[0-9]+",
     model="rar_[a-z]+",
-    dtype="fp32|tf32|bf16",  # rar.bench.SAMPLE_DTYPES (tf32: the official sampler's)
+    dtype="fp32|tf32|bf16",  # rar.ops.bench.SAMPLE_DTYPES (tf32: the official sampler's)
 
 
 include: "workflow/rules/data.smk"

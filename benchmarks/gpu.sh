@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU paths, measured in one go (issues #15 and #27), into one CSV:
 #   - sampling throughput of RAR-B and RAR-L at batch 128 with the KV cache, guidance and the
-#     MaskGIT-VQGAN decoding included, through the decode engine (rar.generate.DecodeEngine):
+#     MaskGIT-VQGAN decoding included, through the decode engine (rar.model.generate.DecodeEngine):
 #     fp32 (the paper's Table 5 setting: 17.0 and 15.0 images/s on one A100) and real bf16
 #     (bf16 weights and KV cache, no autocast), each eager and with the decode step compiled
 #     once (torch.compile "reduce-overhead": CUDA graphs);
 #   - beside them, the baseline: the same fp32 eager benchmark run by the code before the
-#     engine (the parent of the commit that added `class DecodeEngine` to rar/generate.py),
+#     engine (the parent of the commit that added `class DecodeEngine` to rar/model/generate.py),
 #     the `code` column saying which; `speedup_vs_baseline` divides by its images/s;
 #   - training throughput and MFU of RAR-L in bf16 (flash SDPA, causal), eager and compiled.
 # Budget: under 8 minutes on one H100-class GPU for RAR-B's sampling rows alone (each command
@@ -61,7 +61,7 @@ if [ -z "$BASELINE" ] && [ -d benchmarks/baseline/rar ]; then
     BASELINE=benchmarks/baseline
 fi
 if [ -z "$BASELINE" ]; then
-    engine=$(git log --reverse --format=%H -S "class DecodeEngine" -- rar/generate.py 2>/dev/null \
+    engine=$(git log --reverse --format=%H -S "class DecodeEngine" -- rar/model/generate.py 2>/dev/null \
         | head -n 1)
     if [ -n "$engine" ] && mkdir -p "$work/baseline" \
         && git archive "$engine^" rar | tar -x -C "$work/baseline"; then

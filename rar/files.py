@@ -69,7 +69,8 @@ def sha256_file(path: str | os.PathLike, *, block: int = 1 << 24) -> str:
 
 
 # What counts as an image in a folder of images (a reference, real images scored like samples,
-# a class probe's training set): torch-fidelity's `samples_find_ext`, as rar.evaluate passes it.
+# a class probe's training set): torch-fidelity's `samples_find_ext`, as rar.evaluation.scorer
+# passes it.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
 

@@ -4,8 +4,8 @@ duration of a call), whether training compiles and where inductor caches, the di
 environment a process finds itself in (torchrun's or SLURM's variables), host-to-device copies
 and flags that do not make the host wait, and training's seeds.
 
-Seeds: `derive_seed` is training's; rar.orders, rar.sample and rar.data.loader each derive
-their own streams from numpy's SeedSequence, and unifying them would change every seeded
+Seeds: `derive_seed` is training's; rar.model.orders, rar.sampling.sampler and rar.data.loader each
+derive their own streams from numpy's SeedSequence, and unifying them would change every seeded
 stream (and so every result), so they stay as they are.
 """
 
@@ -63,7 +63,7 @@ def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[No
     """`torch.use_deterministic_algorithms(True)` for the duration, then the caller's setting.
 
     CPU (training: always on): the backward of the positional tables' advanced indexing
-    (`pos_embed[0, PREFIX + at]` in rar.model) is an index_put with accumulate, which
+    (`pos_embed[0, PREFIX + at]` in rar.model.transformer) is an index_put with accumulate, which
     PyTorch runs as a multi-threaded scatter of atomic adds once it exceeds one parallel grain
     (32,768 elements: e.g. rar_mini at 32 x 15 x 128); its summation order, and so the last bits
     of the gradient, then changes from run to run. Deterministic mode runs that scatter
@@ -99,8 +99,8 @@ def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[No
 def tf32(device: torch.device) -> Iterator[None]:
     """TF32 matrix products and convolutions on a GPU for the duration (training: what runs
     outside bf16 autocast), then the caller's settings. Scoped, because the flags are
-    process-wide: measured on an H200 (torch 2.11), a `rar.train.train` call that left them on
-    moved a caller's later fp32 logits by up to 9e-4 from the CPU's."""
+    process-wide: measured on an H200 (torch 2.11), a `rar.training.loop.train` call that left them
+    on moved a caller's later fp32 logits by up to 9e-4 from the CPU's."""
     if device.type != "cuda":
         yield
         return

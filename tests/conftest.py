@@ -116,7 +116,7 @@ def heldout_shards(tmp_path) -> tuple[Path, Path]:
 
     from rar.data.tokenize import tokenize_images
     from rar.demo.data import make_demo_dataset
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     images = make_demo_dataset(
         tmp_path / "images", num_classes=2, images_per_class=2, val_per_class=3, image_size=64

@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from rar.config import TrainConfig
 from rar.data.batches import TensorBatchSource
-from rar.train import load_checkpoint
+from rar.settings.training import TrainConfig
+from rar.training.loop import load_checkpoint
 
 SAMPLES = 64
 

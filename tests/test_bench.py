@@ -1,4 +1,4 @@
-"""rar.bench: the timing rule (one untimed warm-up, synchronised clock reads) and a CPU run."""
+"""rar.ops.bench: the timing rule (one untimed warm-up, synchronised clock reads) and a CPU run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import csv
 import pytest
 import torch
 
-import rar.bench
-from rar.bench import _decoder, bench_sample, seconds_per_call
+import rar.ops.bench
+from rar.ops.bench import _decoder, bench_sample, seconds_per_call
 
 
 def test_seconds_per_call_skips_one_warm_up_call():
@@ -41,13 +41,13 @@ def test_bench_sample_overrides_width_and_depth(tmp_path):
 
 def test_bench_sample_bf16_runs_bf16_weights(monkeypatch):
     """--dtype bf16 times real bf16 sampling (the engine's bf16 weights), not autocast."""
-    calls, real = [], rar.bench.generate
+    calls, real = [], rar.ops.bench.generate
 
     def spy(*args, **kwargs):
         calls.append((kwargs.get("dtype"), kwargs.get("amp_dtype")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rar.bench, "generate", spy)
+    monkeypatch.setattr(rar.ops.bench, "generate", spy)
     result = bench_sample(model="rar_tiny", batch_size=2, steps=1, device="cpu", dtype="bf16")
     assert result["dtype"] == "bf16" and set(calls) == {(torch.bfloat16, None)}
 
@@ -55,7 +55,8 @@ def test_bench_sample_bf16_runs_bf16_weights(monkeypatch):
 def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monkeypatch):
     """TF32 is process-wide, and training turns it on for its loop only (rar.runtime.tf32): the
     bench times its steps inside the same scope, or its fp32 figures are not training's."""
-    scopes, timed_in, real_tf32, real_timer = [], [], rar.bench.tf32, rar.bench.seconds_per_call
+    scopes, timed_in = [], []
+    real_tf32, real_timer = rar.ops.bench.tf32, rar.ops.bench.seconds_per_call
 
     @contextlib.contextmanager
     def spy(device):
@@ -68,9 +69,9 @@ def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monk
         timed_in.append(list(scopes))  # the scopes entered (and not closed) when timing
         return real_timer(*args)
 
-    monkeypatch.setattr(rar.bench, "tf32", spy)
-    monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
-    result = rar.bench.bench_train(
+    monkeypatch.setattr(rar.ops.bench, "tf32", spy)
+    monkeypatch.setattr(rar.ops.bench, "seconds_per_call", timer)
+    result = rar.ops.bench.bench_train(
         model="rar_tiny", batch_size=2, steps=1, device="cpu", csv_path=tmp_path / "b.csv"
     )
     assert timed_in == [["cpu"]] and scopes == ["cpu", "closed"] and result["images_per_s"] > 0
@@ -79,7 +80,8 @@ def test_bench_train_times_its_steps_under_trainings_tf32_setting(tmp_path, monk
 def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
     """`tf32` (the official sampler's precision, the paper's Table 5 setting): no autocast,
     timed inside rar.runtime.tf32; `fp32` and `bf16` outside it."""
-    scopes, timed_in, real_tf32, real_timer = [], [], rar.bench.tf32, rar.bench.seconds_per_call
+    scopes, timed_in = [], []
+    real_tf32, real_timer = rar.ops.bench.tf32, rar.ops.bench.seconds_per_call
 
     @contextlib.contextmanager
     def spy(device):
@@ -92,10 +94,10 @@ def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
         timed_in.append(list(scopes))
         return real_timer(*args)
 
-    monkeypatch.setattr(rar.bench, "tf32", spy)
-    monkeypatch.setattr(rar.bench, "seconds_per_call", timer)
+    monkeypatch.setattr(rar.ops.bench, "tf32", spy)
+    monkeypatch.setattr(rar.ops.bench, "seconds_per_call", timer)
     kw = dict(model="rar_tiny", batch_size=2, steps=1, device="cpu")
-    assert [bench_sample(**kw, dtype=d)["dtype"] for d in rar.bench.SAMPLE_DTYPES] == [
+    assert [bench_sample(**kw, dtype=d)["dtype"] for d in rar.ops.bench.SAMPLE_DTYPES] == [
         "fp32",
         "tf32",
         "bf16",
@@ -106,7 +108,7 @@ def test_bench_sample_times_tf32_under_the_official_samplers_flags(monkeypatch):
 
 
 def test_every_place_that_names_sample_dtypes_names_the_same():
-    """rar.bench.SAMPLE_DTYPES, `rar bench-sample --dtype`, the study schema's
+    """rar.ops.bench.SAMPLE_DTYPES, `rar bench-sample --dtype`, the study schema's
     throughput_table.dtypes and the Snakefile's `dtype` wildcard constraint."""
     import argparse
     from pathlib import Path
@@ -120,12 +122,12 @@ def test_every_place_that_names_sample_dtypes_names_the_same():
     assert args.dtype == "tf32"
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     dtype = next(a for a in sub.choices["bench-sample"]._actions if a.dest == "dtype")
-    assert tuple(dtype.choices) == rar.bench.SAMPLE_DTYPES
-    schema = yaml.safe_load((repo / "rar/schemas/study.schema.yaml").read_text())
+    assert tuple(dtype.choices) == rar.ops.bench.SAMPLE_DTYPES
+    schema = yaml.safe_load((repo / "rar/experiments/study.schema.yaml").read_text())
     enum = schema["properties"]["throughput_table"]["properties"]["dtypes"]["items"]["enum"]
-    assert tuple(enum) == rar.bench.SAMPLE_DTYPES
+    assert tuple(enum) == rar.ops.bench.SAMPLE_DTYPES
     snakefile = (repo / "Snakefile").read_text()
-    assert f'dtype="{"|".join(rar.bench.SAMPLE_DTYPES)}"' in snakefile
+    assert f'dtype="{"|".join(rar.ops.bench.SAMPLE_DTYPES)}"' in snakefile
 
 
 # The names drivers report (nvidia-smi / torch.cuda.get_device_name) and total memory in MiB.
@@ -146,11 +148,11 @@ REPORTED = [
 
 @pytest.mark.parametrize(("name", "mib", "entry", "bf16"), REPORTED)
 def test_the_peak_of_each_gpu_in_the_table_is_found_by_its_name(name, mib, entry, bf16):
-    peak = rar.bench.peak_of(name, mib * 2**20)
+    peak = rar.ops.bench.peak_of(name, mib * 2**20)
     assert peak.name == entry and peak.bf16 == bf16 and 0 < peak.tf32 < peak.bf16
     assert peak.source.startswith(f"NVIDIA {entry[:4]}")  # the product's own data sheet
-    assert rar.bench.peak_of(name) is not None  # the name alone finds an entry too
-    assert {p.name for p in rar.bench.GPU_PEAKS} == {r[2] for r in REPORTED}
+    assert rar.ops.bench.peak_of(name) is not None  # the name alone finds an entry too
+    assert {p.name for p in rar.ops.bench.GPU_PEAKS} == {r[2] for r in REPORTED}
 
 
 @pytest.mark.parametrize(
@@ -163,23 +165,23 @@ def test_the_peak_of_each_gpu_in_the_table_is_found_by_its_name(name, mib, entry
     ],
 )
 def test_an_unknown_device_has_an_unknown_peak(name, mib):
-    assert rar.bench.peak_of(name, mib * 2**20) is None
+    assert rar.ops.bench.peak_of(name, mib * 2**20) is None
 
 
 def test_bench_train_prints_mfu_with_its_peak_and_source(monkeypatch, capsys):
     """On a GPU (faked: the CPU computes, torch.cuda answers as an H200) the MFU line names the
     peak and its data sheet; an unknown GPU says so instead of guessing."""
-    peak = rar.bench.peak_of("NVIDIA H200")
-    monkeypatch.setattr(rar.bench, "device_peak", lambda dev: peak)
-    monkeypatch.setattr(rar.bench, "mfu_line", _on_a_gpu(rar.bench.mfu_line))
-    result = rar.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    peak = rar.ops.bench.peak_of("NVIDIA H200")
+    monkeypatch.setattr(rar.ops.bench, "device_peak", lambda dev: peak)
+    monkeypatch.setattr(rar.ops.bench, "mfu_line", _on_a_gpu(rar.ops.bench.mfu_line))
+    result = rar.ops.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
     out = capsys.readouterr().out
     assert result["peak_tflops"] == peak.tf32  # fp32 on a GPU trains with TF32 products
     assert isinstance(result["mfu"], float)
     assert f"of {peak.tf32:g} TFLOP/s dense tf32 (H200 SXM; {peak.source})" in out
-    monkeypatch.setattr(rar.bench, "device_peak", lambda dev: None)
+    monkeypatch.setattr(rar.ops.bench, "device_peak", lambda dev: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA B200")
-    result = rar.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
+    result = rar.ops.bench.bench_train(model="rar_tiny", batch_size=2, steps=1, device="cpu")
     assert result["mfu"] == "" and "MFU: unknown peak for 'NVIDIA B200'" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""rar.checkpoint: one safe loader, one error type, messages that name the file."""
+"""rar.model.checkpoint: one safe loader, one error type, messages that name the file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import traceback
 import pytest
 import torch
 
-from rar.checkpoint import CheckpointError, CheckpointMissing, load_file
+from rar.model.checkpoint import CheckpointError, CheckpointMissing, load_file
 
 WHAT = "a test checkpoint"
 
@@ -124,9 +124,9 @@ def test_unreadable_file(good):
 
 
 def _loaders():
-    from rar.checkpoint import load_generator, load_official_rar
-    from rar.tokenizer import load_official_maskgit_vqgan, load_tokenizer
-    from rar.train import load_checkpoint
+    from rar.model.checkpoint import load_generator, load_official_rar
+    from rar.model.tokenizer import load_official_maskgit_vqgan, load_tokenizer
+    from rar.training.loop import load_checkpoint
 
     return {
         "load_checkpoint": load_checkpoint,

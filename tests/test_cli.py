@@ -34,8 +34,8 @@ def test_parsing_does_not_import_torch():
 
 
 def test_building_the_parser_imports_neither_numpy_nor_submitit():
-    """`rar --help` answers at once: the flags generated from rar.settings need neither
-    rar.config's numpy nor rar.launch's submitit."""
+    """`rar --help` answers at once: the flags generated from rar.settings.stages need neither
+    rar.settings.training's numpy nor rar.ops.launch's submitit."""
     code = (
         "import sys; from rar.cli import build_parser; build_parser(); "
         "heavy = {'numpy', 'submitit', 'torch'} & set(sys.modules); assert not heavy, heavy"
@@ -45,7 +45,7 @@ def test_building_the_parser_imports_neither_numpy_nor_submitit():
 
 def test_generated_flags_keep_their_names_and_defaults():
     """The flags of sample, sweep-guidance, evaluate and the launcher, generated from
-    rar.settings, as the workflow's rules call them."""
+    rar.settings.stages, as the workflow's rules call them."""
     sample = ["sample", "--checkpoint", "c", "--tokenizer", "t", "--out", "o"]
     args = build_parser().parse_args([*sample, "--grid", "g.png", "--launcher", "slurm"])
     assert (args.grid_path, args.backend, args.num_per_class, args.dtype) == (
@@ -205,7 +205,7 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
 
 
 def test_a_job_traceback_becomes_one_line():
-    from rar.launch import LaunchError
+    from rar.ops.launch import LaunchError
 
     traceback = (
         'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
@@ -222,7 +222,7 @@ def test_a_job_traceback_becomes_one_line():
 
 
 def test_a_failed_local_job_is_one_line(tmp_path, capsys):
-    """A launched job's error, re-raised by rar.launch with the job's traceback, is printed as
+    """A launched job's error, re-raised by rar.ops.launch with the job's traceback, is printed as
     one line naming the file at fault and the job's log."""
     launcher = tmp_path / "launcher.yaml"
     launcher.write_text(f"folder: {tmp_path / 'submitit'}\npoll_s: 0.2\n")

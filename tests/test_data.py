@@ -47,7 +47,7 @@ IMAGES_PER_PART = 4  # 21 files -> 6 parts (the last has one file)
 @pytest.fixture(scope="module")
 def tokenizer():
     """A small randomly initialised MaskGIT-VQGAN: 64x64 -> 4x4 grid, 64 codes."""
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     torch.manual_seed(0)
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)

@@ -98,7 +98,7 @@ def test_demo_set_tokenizes_and_streams(demo, tmp_path):
     import torch
 
     from rar.data import TokenShards, tokenize_images, verify_shards
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
     tok = MaskGITVQGAN(cfg).eval()

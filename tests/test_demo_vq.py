@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from rar.demo import TokenizerTraining
 from rar.demo.vq import (
     VQDemo,
     VQDemoConfig,
@@ -16,7 +15,8 @@ from rar.demo.vq import (
     spectral_loss,
     train_vq_demo,
 )
-from rar.tokenizer import Tokenizer, load_tokenizer
+from rar.model.tokenizer import Tokenizer, load_tokenizer
+from rar.settings.stages import TokenizerTraining
 
 # Small enough that a few dozen steps take about a second on a 2-core CPU.
 TINY = VQDemoConfig(

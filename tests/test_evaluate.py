@@ -13,19 +13,19 @@ import torch_fidelity
 from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
-import rar.evaluate as ev
+import rar.evaluation.scorer as ev
 from rar.demo import extractor as efficientnet
-from rar.evaluate import evaluate
-from rar.extractors import (
+from rar.evaluation.extractors import (
     EXTRACTORS,
     ExtractorUnavailable,
     check_extractor_available,
     inception_cache_path,
     inception_url,
 )
+from rar.evaluation.image_sets import NpzImages
+from rar.evaluation.metrics import PAPER_METRICS, precision_recall
+from rar.evaluation.scorer import evaluate
 from rar.files import write_npz
-from rar.image_sets import NpzImages
-from rar.metrics import PAPER_METRICS, precision_recall
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +108,7 @@ def test_offline_without_inception_weights_says_what_to_fetch(tmp_path):
 
 
 def test_sampling_fails_before_any_work_when_scoring_would_fail(tmp_path):
-    from rar.sample import sample
+    from rar.sampling.sampler import sample
 
     with pytest.raises(ExtractorUnavailable):  # not FileNotFoundError: nothing was loaded
         sample(
@@ -180,7 +180,7 @@ def test_metrics_equal_torch_fidelity_called_directly(tmp_path):
     )
     assert m["isc_efficientnet_lite0_mean"] == pytest.approx(direct["inception_score_mean"])
     assert m["isc_efficientnet_lite0_std"] == 0.0 and m["settings"]["isc_splits"] == 1
-    # precision/recall: ADM's (rar.metrics) on the samples' and the reference's features
+    # precision/recall: ADM's (rar.evaluation.metrics) on the samples' and the reference's features
     x, ref = (
         _direct_features(f, "efficientnet-lite0", None, ["1280"])["1280"]
         for f in (samples, reference)
@@ -370,7 +370,8 @@ def test_real_images_scored_like_samples_with_the_class_probe(tmp_path, colour_s
     assert m["class_probe"]["classes"] == ["blue", "green", "red"]
     assert m["fid_ci_low"] <= m["fid_efficientnet_lite0"] <= m["fid_ci_high"]
     assert m["samples_kind"] == "images" and "100 resamples" in m["fid_ci_method"]
-    # a folder has no written order: IS splits its images class-interleaved, as rar.sample's
+    # a folder has no written order: IS splits its images class-interleaved, as
+    # rar.sampling.sampler's
     assert m["settings"]["isc_order"] == "class-interleaved"
     # The probe is cached by content: a second evaluation does not fit it again.
     assert len(list((tmp_path / "c").glob("probe-*.npz"))) == 1
@@ -442,12 +443,12 @@ def test_cli_evaluate_scores_pairs_in_one_job(tmp_path, colour_sets):
 
 
 def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path, heldout_shards):
-    """`--heldout`: metrics.json's val_nll is rar.validate.heldout_nll of the checkpoint that
-    samples.json names, in the order it records; real images (no checkpoint) get null."""
-    from rar.checkpoint import load_generator
-    from rar.config import TrainConfig
-    from rar.reference_rows import write_untrained_checkpoint
-    from rar.validate import HELDOUT_SEED, heldout_nll, load_heldout
+    """`--heldout`: metrics.json's val_nll is rar.evaluation.heldout.heldout_nll of the checkpoint
+    that samples.json names, in the order it records; real images (no checkpoint) get null."""
+    from rar.evaluation.heldout import HELDOUT_SEED, heldout_nll, load_heldout
+    from rar.model.checkpoint import load_generator
+    from rar.sampling.reference_rows import write_untrained_checkpoint
+    from rar.settings.training import TrainConfig
 
     images, shards = heldout_shards
     cfg = TrainConfig(
@@ -476,7 +477,7 @@ def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path,
 def test_a_checkpoint_is_loaded_once_for_consecutive_sample_sets(monkeypatch):
     """Scorer.generator: the sample sets of one checkpoint (a guidance sweep's scales) share
     one load; another checkpoint replaces it (one generator in memory at a time)."""
-    import rar.checkpoint
+    import rar.model.checkpoint
 
     loads = []
 
@@ -484,7 +485,7 @@ def test_a_checkpoint_is_loaded_once_for_consecutive_sample_sets(monkeypatch):
         loads.append(path)
         return torch.nn.Linear(1, 1), {}
 
-    monkeypatch.setattr(rar.checkpoint, "load_generator", load_generator)
+    monkeypatch.setattr(rar.model.checkpoint, "load_generator", load_generator)
     scorer = object.__new__(ev.Scorer)  # only what `generator` uses: no extractor, no reference
     scorer._generator, scorer.dev = None, torch.device("cpu")
     first = scorer.generator("a.pt")

@@ -413,9 +413,9 @@ def test_every_tool_sees_the_same_study_defaults_filled(paper):
 def test_the_schema_names_what_the_package_knows():
     import yaml as _yaml
 
-    from rar.presets import GUIDANCE_SCHEDULES
+    from rar.settings.presets import GUIDANCE_SCHEDULES
 
-    schema = _yaml.safe_load((REPO / "rar/schemas/study.schema.yaml").read_text())
+    schema = _yaml.safe_load((REPO / "rar/experiments/study.schema.yaml").read_text())
     crops = schema["$defs"]["crop"]["enum"]
     from rar.experiments import CROPS
 
@@ -465,7 +465,7 @@ def test_a_branch_scores_early_epochs_on_its_trunk(paper):
 def test_settings_outside_the_identity_may_change_in_flight(paper):
     """What a running job may be handed (`rar train --settings`): only OUTSIDE_IDENTITY keys,
     which leave the run id alone; anything else would be another run and is refused."""
-    from rar.config import OUTSIDE_IDENTITY
+    from rar.settings.training import OUTSIDE_IDENTITY
 
     run = next(iter(load_study(paper).runs.values()))
     edited = run.config.with_settings(

@@ -1,11 +1,11 @@
-"""rar.feature_cache: one computation per entry, unreadable entries replaced, the probe's
+"""rar.evaluation.feature_cache: one computation per entry, unreadable entries replaced, the probe's
 training subset."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rar.feature_cache import cached_npz, first_per_class
+from rar.evaluation.feature_cache import cached_npz, first_per_class
 
 
 def test_an_entry_is_computed_once_then_read(tmp_path, capsys):

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-import rar.resources
+import rar.experiments.resources
 from rar.cli import main
 from rar.experiments import load_study
-from rar.fetch import FetchError, download, fetch, plan
+from rar.ops.fetch import FetchError, download, fetch, plan
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -138,7 +138,7 @@ def paper(server, tmp_path, monkeypatch) -> tuple[Path, dict]:
     fetch verifies bytes and hashes, `rar preflight` the state dicts' layout)."""
     rng = np.random.default_rng(0)
     files = {}
-    for name, r in rar.resources.RESOURCES.items():
+    for name, r in rar.experiments.resources.RESOURCES.items():
         data = adm_batch() if r.kind == "adm_reference" else rng.bytes(150_000 + len(files))
         files[name] = data
         if r.hf_repo:
@@ -148,10 +148,12 @@ def paper(server, tmp_path, monkeypatch) -> tuple[Path, dict]:
             server.files[path] = data
     # No file of ours can have the Inception weights' published sha256 prefix: the test's
     # stand-in gets its own.
-    inception = rar.resources.RESOURCES["inception"]
+    inception = rar.experiments.resources.RESOURCES["inception"]
     prefix = hashlib.sha256(files["inception"]).hexdigest()[:8]
     monkeypatch.setitem(
-        rar.resources.RESOURCES, "inception", dataclasses.replace(inception, sha256_prefix=prefix)
+        rar.experiments.resources.RESOURCES,
+        "inception",
+        dataclasses.replace(inception, sha256_prefix=prefix),
     )
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.delenv("RAR_OFFLINE", raising=False)
@@ -167,7 +169,7 @@ def test_fetch_downloads_and_verifies_every_file_of_the_paper_study(paper, serve
     root = tmp_path / "root"
     argv = ["fetch", "--config", str(path), "--root", str(root), "--mirror", server.url]
     assert main(argv) == 0
-    for name, r in rar.resources.RESOURCES.items():
+    for name, r in rar.experiments.resources.RESOURCES.items():
         assert (root / "resources" / r.filename).read_bytes() == files[name], name
     assert not list((root / "resources").glob("*.part"))
     # the Hub's files came through its metadata and redirect to the storage
@@ -213,9 +215,9 @@ def test_inception_weights_are_checked_against_their_published_hash_prefix(
 ):
     path, _ = paper
     config = load_study(yaml.safe_load(path.read_text())).config
-    inception = rar.resources.RESOURCES["inception"]
+    inception = rar.experiments.resources.RESOURCES["inception"]
     monkeypatch.setitem(
-        rar.resources.RESOURCES,
+        rar.experiments.resources.RESOURCES,
         "inception",
         dataclasses.replace(inception, sha256_prefix="6726825d"),
     )
@@ -261,7 +263,7 @@ def test_offline_fails_at_once_listing_every_file(paper, tmp_path, monkeypatch, 
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert err.startswith("rar fetch: error: offline (cannot reach 127.0.0.1:9")
-    for r in rar.resources.RESOURCES.values():
+    for r in rar.experiments.resources.RESOURCES.values():
         assert f"resources/{r.filename} <- http://127.0.0.1:9/" in err, r.name
     assert "config key official.rar_xxl.checkpoint" in err
     monkeypatch.setenv("RAR_OFFLINE", "1")

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rar.files import write_npz
-from rar.presets import CROP_MODES, EXTRACTORS, METRIC_KEYS
-from rar.records import (
+from rar.experiments.records import (
     METRICS_FIELDS,
     VAL_FIELDS,
     MetricsLog,
@@ -24,24 +22,26 @@ from rar.records import (
     read_record,
     write_record,
 )
-from rar.results import (
+from rar.experiments.results import (
     grid_samples_info,
     read_metrics_record,
     read_samples_info,
     write_metrics,
     write_samples_info,
 )
+from rar.files import write_npz
+from rar.settings.presets import CROP_MODES, EXTRACTORS, METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # format -> the module that reads and writes it (and the only one in rar/ to spell its name)
 OWNERS = {
-    "metrics.json": "rar/results.py",
-    "samples.json": "rar/results.py",
-    "metrics.csv": "rar/records.py",
-    "validation.csv": "rar/records.py",
-    "job.json": "rar/records.py",  # job records; a stage's is `<stem>_job.json`
-    "plan.json": "rar/sample_chunks.py",  # the chunk plan, `<out>.chunks/plan.json`
+    "metrics.json": "rar/experiments/results.py",
+    "samples.json": "rar/experiments/results.py",
+    "metrics.csv": "rar/experiments/records.py",
+    "validation.csv": "rar/experiments/records.py",
+    "job.json": "rar/experiments/records.py",  # job records; a stage's is `<stem>_job.json`
+    "plan.json": "rar/sampling/chunks.py",  # the chunk plan, `<out>.chunks/plan.json`
 }
 # Each format's columns or version, declared in its owner only: the list of them (any list or
 # tuple literal holding all of these strings) or the one string.
@@ -50,7 +50,10 @@ COLUMNS = {
     "validation.csv": ("step", "epoch", "val_loss", "val_nll", "order"),
     "metrics.json": ("rar-metrics/2",),
 }
-COLUMN_OWNERS = {"metrics.csv": "rar/records.py", "validation.csv": "rar/records.py"}
+COLUMN_OWNERS = {
+    "metrics.csv": "rar/experiments/records.py",
+    "validation.csv": "rar/experiments/records.py",
+}
 COLUMN_OWNERS["metrics.json"] = OWNERS["metrics.json"]
 
 
@@ -126,16 +129,16 @@ def test_each_format_layout_is_declared_once(name):
 
 
 def test_crop_modes_are_declared_once_and_the_schema_agrees():
-    schema = yaml.safe_load((ROOT / "rar/schemas/study.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "rar/experiments/study.schema.yaml").read_text())
     assert schema["$defs"]["crop"]["enum"] == list(CROP_MODES)
     where = [m for m, tree in SOURCES.items() if _declares(tree, CROP_MODES)]
-    assert where == ["rar/presets.py"]
+    assert where == ["rar/settings/presets.py"]
 
 
 def test_metric_key_templates_are_declared_once():
     templates = tuple(METRIC_KEYS.values())
     where = [m for m, tree in SOURCES.items() if any(s in templates for s in _strings(tree))]
-    assert where == ["rar/presets.py"]
+    assert where == ["rar/settings/presets.py"]
     spec = EXTRACTORS["efficientnet-lite0"]
     assert list(spec.metric_names().values()) == [
         key.format(s=spec.suffix) for key in METRIC_KEYS.values()
@@ -196,7 +199,7 @@ def test_samples_json_round_trip(tmp_path):
 
 
 def test_chunk_plan_round_trip(tmp_path):
-    from rar.sample_chunks import check_plan, read_plan, write_plan
+    from rar.sampling.chunks import check_plan, read_plan, write_plan
 
     plan = {"format": "rar-samples/2", "seed": 1}
     assert read_plan(tmp_path) is None

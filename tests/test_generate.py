@@ -9,8 +9,8 @@ import torch
 from helpers import host_reads_banned
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import rar.generate
-from rar.generate import (
+import rar.model.generate
+from rar.model.generate import (
     StepSettings,
     decode_engine,
     decode_n_tokens,
@@ -25,10 +25,10 @@ from rar.generate import (
     sampling_probs,
     token_logits,
 )
-from rar.model import PREFIX, RAR, config_from_state_dict, rar_config
-from rar.orders import SCAN_ORDERS, scan_order, unshuffle
-from rar.presets import ARCHITECTURES, GUIDANCE_SCHEDULES
-from rar.settings import SAMPLING_PRESETS, SamplingConfig
+from rar.model.orders import SCAN_ORDERS, scan_order, unshuffle
+from rar.model.transformer import PREFIX, RAR, config_from_state_dict, rar_config
+from rar.settings.presets import ARCHITECTURES, GUIDANCE_SCHEDULES
+from rar.settings.stages import SAMPLING_PRESETS, SamplingConfig
 
 
 def _tiny_model(architecture: str) -> RAR:
@@ -100,7 +100,7 @@ def test_the_engine_is_reused_until_its_key_changes_or_it_is_released():
     _gen(model, torch.tensor([3]), **kw)
     assert decode_engine(model, 2) is not first
     release_engine(model)
-    assert rar.generate._ENGINES.get(model) is None
+    assert rar.model.generate._ENGINES.get(model) is None
 
 
 def test_bf16_engine_runs_on_bf16_weights_close_to_fp32(arch_model):
@@ -277,7 +277,7 @@ def test_scan_order_generation_fills_in_that_order(model, name):
 
 
 # ------------------------------------------------------------------------------------------
-# The engine draws what the loop before it drew (rar/generate.py at 97aedca), without syncs
+# The engine draws what the loop before it drew (rar/model/generate.py at 97aedca), without syncs
 # ------------------------------------------------------------------------------------------
 
 
@@ -479,7 +479,7 @@ def test_bf16_generation_on_gpu(how):
 
 @pytest.mark.gpu
 def test_gpu_logits_and_greedy_generation_equal_the_cpus(arch_model):
-    """fp32 on the GPU (TF32 off, as outside a rar.train.train call) computes what the CPU
+    """fp32 on the GPU (TF32 off, as outside a rar.training.loop.train call) computes what the CPU
     does: teacher-forced logits in random orders to float tolerance, and the same greedy
     (top-1) tokens through the KV cache, with guidance."""
     cpu, gpu = arch_model, _tiny_model(arch_model.config.architecture).to("cuda")

@@ -1,5 +1,5 @@
-"""rar.image_sets: what an image set says about itself (labels, samples.json), as torch-fidelity
-reads it."""
+"""rar.evaluation.image_sets: what an image set says about itself (labels, samples.json), as
+torch-fidelity reads it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import picture
 
+from rar.evaluation.image_sets import NpzImages, folder_labels, images_dataset, samples_labels
+from rar.experiments.results import read_samples_info
 from rar.files import write_npz
-from rar.image_sets import NpzImages, folder_labels, images_dataset, samples_labels
-from rar.results import read_samples_info
 
 
 def test_a_folders_labels_are_its_class_folders_in_file_order(tmp_path):

@@ -24,10 +24,10 @@ import pytest
 import torch
 from helpers import SAMPLES, assert_same_weights, weights
 
-from rar.config import TrainConfig
 from rar.data.batches import TensorBatchSource
-from rar.launch import LauncherConfig, LaunchError, TrainJob, launch
-from rar.train import load_checkpoint, train
+from rar.ops.launch import LauncherConfig, LaunchError, TrainJob, launch
+from rar.settings.training import TrainConfig
+from rar.training.loop import load_checkpoint, train
 
 # Jobs run in other processes (SLURM nodes, local workers), where tests/ is not importable:
 # this module and the helpers it calls travel by value.
@@ -196,7 +196,7 @@ def test_a_recorded_job_that_is_gone_is_submitted_again(tmp_path, capsys):
 _LAUNCHER = textwrap.dedent(
     """
     import sys, cloudpickle
-    from rar.launch import launch
+    from rar.ops.launch import launch
     with open(sys.argv[1], "rb") as f:
         fn, args, kwargs, options = cloudpickle.load(f)
     launch(fn, *args, **kwargs, **options)
@@ -376,7 +376,7 @@ def shards(tmp_path_factory) -> Path:
     from PIL import Image
 
     from rar.data.tokenize import tokenize_images
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     root = tmp_path_factory.mktemp("images") / "train"
     rng = np.random.default_rng(0)
@@ -397,7 +397,7 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.mark.slurm
 def test_rar_train_through_slurm_on_shards(tmp_path, shards, capsys):
-    """`rar train --launcher slurm`: the default TrainJob (rar.train.run) on real shards."""
+    """`rar train --launcher slurm`: the default TrainJob (rar.training.loop.run) on real shards."""
     from rar.cli import main
 
     run = tiny_run(

@@ -19,12 +19,8 @@ import torch
 from helpers import SAMPLES, tiny_tokens, weights
 from torch import nn
 
-from rar.config import OUTSIDE_IDENTITY, TrainConfig
 from rar.data.batches import TensorBatchSource
-from rar.records import eta_seconds, format_duration, read_progress
-from rar.tracking import Tracker, open_tracker, read_history, run_name
-from rar.train import loss_and_accuracy, model_from_config, train
-from rar.validate import (
+from rar.evaluation.heldout import (
     HeldOut,
     grid_classes,
     heldout_nll,
@@ -34,7 +30,11 @@ from rar.validate import (
     sequence_nll,
     validation_nll,
 )
-from rar.watch import Watcher, steps_every
+from rar.experiments.records import eta_seconds, format_duration, read_progress
+from rar.settings.training import OUTSIDE_IDENTITY, TrainConfig
+from rar.training.loop import loss_and_accuracy, model_from_config, train
+from rar.training.tracking import Tracker, open_tracker, read_history, run_name
+from rar.training.watch import Watcher, steps_every
 
 
 def tiny_run(**overrides) -> TrainConfig:
@@ -454,10 +454,10 @@ def test_the_log_line_carries_the_eta_that_rar_status_shows(tmp_path):
 
 
 def test_mail_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
-    import rar.launch
-    from rar.launch import LauncherConfig, _executor
+    import rar.ops.launch
+    from rar.ops.launch import LauncherConfig, _executor
 
-    monkeypatch.setattr(rar.launch.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(rar.ops.launch.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     launcher = LauncherConfig(
         backend="slurm", folder=str(tmp_path), mail_user="me@example.org",
         mail_type="FAIL,REQUEUE",

@@ -1,5 +1,5 @@
-"""The numbers of a sample set's features (rar.metrics): ADM's IS and precision/recall against
-an independent NumPy transcription of ADM's evaluator, torch-fidelity's FID under our names,
+"""The numbers of a sample set's features (rar.evaluation.metrics): ADM's IS and precision/recall
+against an independent NumPy transcription of ADM's evaluator, torch-fidelity's FID under our names,
 the FID's bootstrap interval, the comparability to the paper per metric."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
-from rar.extractors import INCEPTION_SHA256_PREFIX
-from rar.metrics import (
+from rar.evaluation.extractors import INCEPTION_SHA256_PREFIX
+from rar.evaluation.metrics import (
     ADM_IS_SPLIT_SIZE,
     ADM_PRC_BLOCK,
     ADM_PRC_NEIGHBORHOOD,
@@ -26,9 +26,9 @@ from rar.metrics import (
     named_metrics,
     precision_recall,
 )
-from rar.presets import EXTRACTORS
-from rar.sample_chunks import class_labels
-from rar.settings import ScoringSettings
+from rar.sampling.chunks import class_labels
+from rar.settings.presets import EXTRACTORS
+from rar.settings.stages import ScoringSettings
 
 # ------------------------------------------------------------------------------------------
 # Bookkeeping
@@ -39,7 +39,7 @@ PAPER = dict(
     extractor="inception-v3-compat",
     weights_sha256=INCEPTION_SHA256_PREFIX + "0" * 56,
     num_samples=50_000,
-    labels=class_labels(1000, 50, seed=0),  # rar.sample's class-interleaved layout
+    labels=class_labels(1000, 50, seed=0),  # rar.sampling.sampler's class-interleaved layout
     image_size=(256, 256),
     fid_reference="reference_npz_mu_sigma",
     isc_split_size=5000,
@@ -174,7 +174,8 @@ def test_fid_of_float32_sample_statistics_against_float64_reference_statistics()
 
 # ------------------------------------------------------------------------------------------
 # ADM's evaluator, transcribed in NumPy (openai/guided-diffusion evaluations/evaluator.py):
-# the reference the metrics are held to. Written from ADM's algorithm, not from rar.metrics.
+# the reference the metrics are held to. Written from ADM's algorithm, not from
+# rar.evaluation.metrics.
 # ------------------------------------------------------------------------------------------
 
 
@@ -263,8 +264,8 @@ def test_inception_score_equals_adms_on_consecutive_splits(n, split_size):
 
 
 def test_class_interleaved_files_give_every_is_split_every_class():
-    """rar.sample's layout: every 5,000 consecutive images of the paper's 50,000 hold each of
-    the 1000 classes five times; a folder's class-sorted list is laid out the same way."""
+    """rar.sampling.sampler's layout: every 5,000 consecutive images of the paper's 50,000 hold each
+    of the 1000 classes five times; a folder's class-sorted list is laid out the same way."""
     labels = class_labels(1000, 50, seed=3)
     for start in range(0, 50_000, 5000):
         assert (np.bincount(labels[start : start + 5000], minlength=1000) == 5).all()

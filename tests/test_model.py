@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from rar.checkpoint import load_official_rar
-from rar.model import (
+from rar.model.checkpoint import load_official_rar
+from rar.model.transformer import (
     RAR,
     RAR_CONFIGS,
     RARConfig,
@@ -17,7 +17,7 @@ from rar.model import (
     rar_config,
     rar_from_state_dict,
 )
-from rar.presets import ARCHITECTURES
+from rar.settings.presets import ARCHITECTURES
 
 # The official parameter counts (bytedance/1d-tokenizer release; reference JSON).
 OFFICIAL_PARAMS = {
@@ -188,11 +188,11 @@ def test_state_dict_of_the_other_architecture_does_not_load(tiny_config):
 
 
 def test_plain_checkpoint_round_trips_through_load_generator(tmp_path):
-    """A training checkpoint of a plain ViT, written as rar.train writes it (`model_config` is
-    the RARConfig's fields), loads as a plain ViT through rar.checkpoint.load_generator."""
-    from rar.checkpoint import load_generator
-    from rar.config import TrainConfig
-    from rar.train import model_from_config, save_checkpoint
+    """A training checkpoint of a plain ViT, written as rar.training.loop writes it (`model_config`
+    is the RARConfig's fields), loads as a plain ViT through rar.model.checkpoint.load_generator."""
+    from rar.model.checkpoint import load_generator
+    from rar.settings.training import TrainConfig
+    from rar.training.loop import model_from_config, save_checkpoint
 
     cfg = TrainConfig(
         model="rar_tiny", architecture="plain", codebook_size=32, num_classes=10, num_tokens=16

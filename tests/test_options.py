@@ -1,5 +1,5 @@
-"""Flags generated from settings dataclasses (rar.options) and the settings themselves
-(rar.settings)."""
+"""Flags generated from settings dataclasses (rar.settings.options) and the settings themselves
+(rar.settings.stages)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from rar.demo import TokenizerTraining
-from rar.options import add_options, option, option_values
-from rar.settings import LauncherConfig, SampleSettings, SamplingConfig, ScoringSettings
+from rar.settings.options import add_options, option, option_values
+from rar.settings.stages import (
+    LauncherConfig,
+    SampleSettings,
+    SamplingConfig,
+    ScoringSettings,
+    TokenizerTraining,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +102,7 @@ def test_sample_repeats_no_default_of_its_settings():
     """sample() takes a SampleSettings (its defaults when None) and, by name, changes to it
     and the preset's SamplingConfig values: no field is a parameter of its own, so no default
     is written twice."""
-    from rar.sample import sample, sample_arguments
+    from rar.sampling.sampler import sample, sample_arguments
 
     params = inspect.signature(sample).parameters
     assert params["settings"].default is None

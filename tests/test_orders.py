@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rar.orders import (
+from rar.model.orders import (
     SCAN_ORDERS,
     order_generator,
     randomness_ratio,

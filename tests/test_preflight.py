@@ -223,11 +223,11 @@ def official_layout(kind: str, path: Path, **overrides) -> None:
 
     with torch.device("meta"):
         if kind == "maskgit":
-            from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+            from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
             module = MaskGITVQGAN(MaskGITVQGANConfig(**overrides))
         else:
-            from rar.model import RAR, rar_config
+            from rar.model.transformer import RAR, rar_config
 
             module = RAR(rar_config(kind, **overrides))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +293,7 @@ def test_weights_in_the_official_layout_pass_and_others_fail_naming_the_keys(tmp
 
 
 def test_an_incomplete_imagenet_folder_is_counted(tmp_path):
-    from rar.preflight import check_images
+    from rar.ops.preflight import check_images
 
     root = tmp_path / "train"
     for wnid, n in (("n01", 3), ("n02", 0)):
@@ -477,7 +477,7 @@ def test_a_profile_gives_the_launcher_settings_and_config_file():
 
 
 def test_the_inline_stopper_stops_once_at_its_step(tmp_path):
-    from rar.preflight.jobs import _time_limit_stopper
+    from rar.ops.preflight.jobs import _time_limit_stopper
 
     marker = tmp_path / "signal.json"
     spec = {"interrupt": "inline", "signal_at": 3}
@@ -492,7 +492,7 @@ def test_the_inline_stopper_stops_once_at_its_step(tmp_path):
 
 
 def test_a_signalled_rank_other_than_0_waits_for_rank_0(tmp_path):
-    from rar.preflight.jobs import _time_limit_stopper
+    from rar.ops.preflight.jobs import _time_limit_stopper
 
     spec = {"interrupt": "signal", "signal_at": 1}
     stop = _time_limit_stopper(spec, tmp_path / "signal.json", 1, should_stop=lambda: False)
@@ -500,7 +500,7 @@ def test_a_signalled_rank_other_than_0_waits_for_rank_0(tmp_path):
 
 
 def test_resume_check_passes_only_an_exact_resume():
-    from rar.preflight import check_resume
+    from rar.ops.preflight import check_resume
 
     good = {
         "saved_step": 2,
@@ -524,8 +524,8 @@ def test_resume_check_passes_only_an_exact_resume():
 
 
 def test_the_throughput_check_names_the_file_or_why_nothing_was_measured(tmp_path):
-    from rar.preflight.run import _check_throughput
-    from rar.preflight.stages import _Stages
+    from rar.ops.preflight.run import _check_throughput
+    from rar.ops.preflight.stages import _Stages
 
     s = _Stages()
     _check_throughput(s, tmp_path, {"train": {}, "sample": {}}, {}, checks_only=True)
@@ -540,8 +540,8 @@ def test_the_throughput_check_names_the_file_or_why_nothing_was_measured(tmp_pat
 
 
 def test_a_stage_is_skipped_naming_what_failed_and_an_error_is_its_fail():
-    from rar.preflight import Check
-    from rar.preflight.stages import _Stages
+    from rar.ops.preflight import Check
+    from rar.ops.preflight.stages import _Stages
 
     s = _Stages()
     s.add(Check("a", False, "broken"))

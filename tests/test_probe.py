@@ -1,11 +1,11 @@
-"""The class probe (rar.probe) on synthetic features whose answers are known."""
+"""The class probe (rar.evaluation.probe) on synthetic features whose answers are known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rar.probe import Probe, fit_probe
+from rar.evaluation.probe import Probe, fit_probe
 
 
 def blobs(seed: int, n_per_class: int, num_classes: int = 4, dim: int = 32, spread: float = 1.0):

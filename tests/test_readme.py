@@ -335,8 +335,10 @@ def test_the_extractors_find_what_they_should():
     assert fenced_commands(text) == ["rar a --b c"]
     assert inline_commands(text) == ["rar plan [--config c.yaml]"]
     assert inline_commands("`rar\n  plan --table t`") == ["rar plan --table t"]
-    text = "See DESIGN.md, `../beside/x.csv` and rar/model.py; not https://x.org/docs/y."
-    assert cited_files(text) == ["DESIGN.md", "../beside/x.csv", "rar/model.py"]
+    text = (
+        "See DESIGN.md, `../beside/x.csv` and rar/model/transformer.py; not https://x.org/docs/y."
+    )
+    assert cited_files(text) == ["DESIGN.md", "../beside/x.csv", "rar/model/transformer.py"]
     assert not _exists("../beside/x.csv") and _exists("../benchmarks/gpu.sh", REPO / "docs")
     assert not _exists("DESIGN.md") and _exists("profiles/slurm/*.yaml")
     assert _exists("config/RUN/config.yaml") and not _exists("config/run/config.yaml")

@@ -1,4 +1,4 @@
-"""rar.records: failure records, progress and the ETA, job records and job states (SLURM
+"""rar.experiments.records: failure records, progress and the ETA, job records and job states (SLURM
 answers faked with a dict, local processes with real pids). Torch- and submitit-free."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rar.records import (
+from rar.experiments.records import (
     FAILURE_FILE,
     LOST,
     METRICS_FIELDS,

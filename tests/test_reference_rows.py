@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from helpers import tiny_run, tiny_source, weights
 
-from rar.checkpoint import load_generator
-from rar.reference_rows import write_untrained_checkpoint
-from rar.train import train
+from rar.model.checkpoint import load_generator
+from rar.sampling.reference_rows import write_untrained_checkpoint
+from rar.training.loop import train
 
 
 def test_untrained_checkpoint_holds_the_initial_weights_of_the_run(tmp_path):

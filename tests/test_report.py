@@ -1,9 +1,9 @@
 """`rar report`: metrics.json -> table rows/columns, missing and failed rows, plots as PNGs.
 
-Every input is written by hand in tmp_path, shaped like what rar/evaluate.py (metrics.json),
-rar/train.py (metrics.csv) and rar/sample.py (grid.png, samples.json) write. One file for the
-rar/report/ package, a section per module: the fakes are shared by all of them, and tests/ is
-not a package that could share them otherwise.
+Every input is written by hand in tmp_path, shaped like what rar/evaluation/scorer.py
+(metrics.json), rar/training/loop.py (metrics.csv) and rar/sampling/sampler.py (grid.png,
+samples.json) write. One file for the rar/report/ package, a section per module: the fakes are
+shared by all of them, and tests/ is not a package that could share them otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 from rar import report
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED
-from rar.records import METRICS_FIELDS
+from rar.experiments.records import METRICS_FIELDS
 from rar.report import (
     anneal_grid,
     make_table,
@@ -42,8 +42,8 @@ from rar.report.figures import (
 from rar.report.grids import _grid_image
 from rar.report.read import guidance_cells, row_status
 from rar.report.tables import assemble_table
-from rar.sweep import FORMAT as SWEEP_FORMAT
-from rar.sweep import summarize
+from rar.sampling.sweep import FORMAT as SWEEP_FORMAT
+from rar.sampling.sweep import summarize
 
 # ##########################################################################################
 # Fake inputs
@@ -60,7 +60,8 @@ def write_metrics(
     extractor: str = "inception-v3-compat",
     num_samples: int = 50_000,
 ) -> Path:
-    """A metrics.json as rar.evaluate.evaluate() writes it (the fields the report reads)."""
+    """A metrics.json as rar.evaluation.scorer.evaluate() writes it (the fields the report
+    reads)."""
     s = "" if extractor == "inception-v3-compat" else "_" + extractor.replace("-", "_")
     reasons = []
     if s:
@@ -107,7 +108,7 @@ def write_scored(path: Path, fid: float, half: float, **extra) -> Path:
 
 
 def write_train_log(path: Path, epochs: int = 40) -> Path:
-    """A metrics.csv as rar.train writes it (METRICS_FIELDS), with a torn last line."""
+    """A metrics.csv as rar.training.loop writes it (METRICS_FIELDS), with a torn last line."""
     lines = [",".join(METRICS_FIELDS)]
     for i in range(epochs * 5):
         ep = i / 5
@@ -182,7 +183,7 @@ GRID = {(0, 0): 80.0, (0, 2): 70.0, (2, 3): 60.0, (3, 4): 61.0, (4, 4): 75.0}
 
 
 def test_extractor_suffixes_come_from_the_registry():
-    from rar.presets import EXTRACTORS
+    from rar.settings.presets import EXTRACTORS
 
     for name, spec in EXTRACTORS.items():
         assert report.extractor_suffix(name) == spec.suffix
@@ -906,9 +907,9 @@ def test_fid_vs_epoch(tmp_path):
 
 def test_scan_orders_figure(tmp_path):
     assert_png(plot_scan_orders(out=tmp_path / "orders.png"), min_side=400)
-    # each panel is its order: cell (r, c) shows the step at which rar.orders visits it, the
+    # each panel is its order: cell (r, c) shows the step at which rar.model.orders visits it, the
     # path joins the cells in that order, from the first token
-    from rar.orders import scan_order
+    from rar.model.orders import scan_order
 
     for grid in (4, 8):
         axes = drawn_axes(plot_scan_orders, out=tmp_path / f"o{grid}.png", grid=grid)

@@ -12,9 +12,9 @@ from types import SimpleNamespace as W
 import pytest
 import yaml
 
-from rar.config import OUTSIDE_IDENTITY
 from rar.experiments import load_study
 from rar.experiments.rules import RuleWiring, one_of
+from rar.settings.training import OUTSIDE_IDENTITY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,8 +219,8 @@ def test_the_demo_tokenizer_is_trained_as_its_config_says(demo, monkeypatch):
 
     import rar.demo.vq
     from rar.cli import main
-    from rar.demo import TokenizerTraining
     from rar.experiments import SCHEMA
+    from rar.settings.stages import TokenizerTraining
 
     train = demo.config["tokenizer"]["train"]
     calls = []

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from rar.checkpoint import load_generator
-from rar.model import RAR, rar_config
-from rar.presets import DEFAULT_CHUNK_SIZE
-from rar.sample import sample
-from rar.sample_chunks import (
+from rar.model.checkpoint import load_generator
+from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+from rar.model.transformer import RAR, rar_config
+from rar.sampling.chunks import (
     CHUNK_NAME,
     SAMPLES_FORMAT,
     chunk_bounds,
@@ -30,9 +29,10 @@ from rar.sample_chunks import (
     class_labels,
     num_chunks,
 )
-from rar.settings import SampleSettings, SamplingConfig, resolve_sampling
-from rar.sweep import read_guidance_scale
-from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+from rar.sampling.sampler import sample
+from rar.sampling.sweep import read_guidance_scale
+from rar.settings.presets import DEFAULT_CHUNK_SIZE
+from rar.settings.stages import SampleSettings, SamplingConfig, resolve_sampling
 
 NUM_CLASSES, PER_CLASS, CHUNK = 3, 2, 2  # 6 images in 3 chunks
 
@@ -135,7 +135,7 @@ def test_sampling_settings_come_from_the_preset_then_overrides():
 def test_a_size_without_a_preset_falls_back_to_rar_ls():
     """One fallback: a model size without a preset samples with SamplingConfig's defaults,
     which are FALLBACK_PRESET's (RAR-L's) values, as rar sample and rar bench-sample do."""
-    from rar.settings import FALLBACK_PRESET, SAMPLING_PRESETS
+    from rar.settings.stages import FALLBACK_PRESET, SAMPLING_PRESETS
 
     s, name = resolve_sampling("rar_tiny")
     assert name is None and s == SamplingConfig() == SAMPLING_PRESETS[FALLBACK_PRESET]
@@ -225,8 +225,8 @@ def test_three_ranks_reproduce_the_single_process_file(files, reference_run, tmp
 def test_each_image_was_generated_for_its_label(files, reference_run):
     """Regenerating chunk k from the stored labels and the chunk's generator gives the stored
     images: labels[i] is the class image i was made for."""
-    from rar.generate import generate
-    from rar.tokenizer import load_tokenizer, to_uint8
+    from rar.model.generate import generate
+    from rar.model.tokenizer import load_tokenizer, to_uint8
 
     model, _ = load_generator(files["checkpoint"])
     tok = load_tokenizer(files["tokenizer"])
@@ -244,7 +244,7 @@ def test_each_image_was_generated_for_its_label(files, reference_run):
 def test_rerun_after_sigkill_skips_finished_chunks(files, reference_run, tmp_path):
     out = tmp_path / "samples.npz"
     code = textwrap.dedent(f"""
-        from rar.sample import sample
+        from rar.sampling.sampler import sample
         sample({str(files["checkpoint"])!r}, {str(files["tokenizer"])!r}, {str(out)!r},
                num_per_class={PER_CLASS}, chunk_size={CHUNK}, seed=3, device="cpu",
                progress=False, keep_chunks=True)
@@ -292,7 +292,7 @@ def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
 def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
     """completed_samples: samples.json's plan equal to this call's -> that record; another
     plan or the old class-sorted layout -> None, saying why it samples again."""
-    from rar.sample import completed_samples, sampling_plan
+    from rar.sampling.sampler import completed_samples, sampling_plan
 
     settings = SampleSettings(num_per_class=2, chunk_size=2, seed=3)
     plan = sampling_plan(
@@ -416,17 +416,17 @@ def test_cli_guidance_scale_from_a_bad_file_is_one_clear_error(
 
 def test_chunk_size_has_one_default(files, tmp_path, monkeypatch):
     """sample()'s signature, `rar sample` and the study schema's `sampling.chunk_size` all
-    use DEFAULT_CHUNK_SIZE (rar.presets, torch-free)."""
+    use DEFAULT_CHUNK_SIZE (rar.settings.presets, torch-free)."""
     import yaml
 
-    import rar.launch
+    import rar.ops.launch
     from rar.cli import build_parser, main
     from rar.experiments import SCHEMA
 
     assert DEFAULT_CHUNK_SIZE == 250
     assert SampleSettings().chunk_size == DEFAULT_CHUNK_SIZE  # sample()'s default settings
     calls = []
-    monkeypatch.setattr(rar.launch, "launch", lambda fn, *a, **kw: calls.append(a))
+    monkeypatch.setattr(rar.ops.launch, "launch", lambda fn, *a, **kw: calls.append(a))
     args = _cli_args(files, tmp_path / "samples.npz")
     i = args.index("--chunk-size")
     assert main(args[:i] + args[i + 2 :]) == 0
@@ -449,10 +449,10 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
     `rar evaluate` writes for the same samples."""
     from PIL import Image
 
-    import rar.evaluate
-    from rar.evaluate import evaluate
-    from rar.settings import ScoringSettings
-    from rar.sweep import sweep_guidance
+    import rar.evaluation.scorer
+    from rar.evaluation.scorer import evaluate
+    from rar.sampling.sweep import sweep_guidance
+    from rar.settings.stages import ScoringSettings
 
     reference = tmp_path / "reference"
     rng = np.random.default_rng(0)
@@ -461,8 +461,10 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
         for i in range(4):
             pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
             Image.fromarray(pixels).resize((64, 64)).save(reference / str(c) / f"{i}.png")
-    made, scorer = [], rar.evaluate.Scorer
-    monkeypatch.setattr(rar.evaluate, "Scorer", lambda *a, **k: made.append(1) or scorer(*a, **k))
+    made, scorer = [], rar.evaluation.scorer.Scorer
+    monkeypatch.setattr(
+        rar.evaluation.scorer, "Scorer", lambda *a, **k: made.append(1) or scorer(*a, **k)
+    )
     scoring = dict(extractor="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu")
     settings = SampleSettings(num_per_class=PER_CLASS, chunk_size=CHUNK, seed=3, device="cpu")
     result = sweep_guidance(

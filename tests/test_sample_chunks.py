@@ -1,4 +1,4 @@
-"""rar.sample_chunks: the class-interleaved label layout, chunk arithmetic for any world
+"""rar.sampling.chunks: the class-interleaved label layout, chunk arithmetic for any world
 size, per-chunk seeds, the grid."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rar.sample_chunks import (
+from rar.sampling.chunks import (
     chunk_bounds,
     chunk_generator,
     chunk_seed,

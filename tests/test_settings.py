@@ -1,7 +1,8 @@
-"""Every setting declared once (#24): the fields of the settings dataclasses (rar.settings,
-rar.demo.TokenizerTraining) reach the command line, the study schema and the workflow's rules
-from their declaration, never through a hand-copied list. Where a hand list remains (the
-schema's YAML, the exclusions below), this file holds it equal to the dataclass."""
+"""Every setting declared once (#24): the fields of the settings dataclasses
+(rar.settings.stages, TokenizerTraining among them) reach the command line, the study schema and
+the workflow's rules from their declaration, never through a hand-copied list. Where a hand
+list remains (the schema's YAML, the exclusions below), this file holds it equal to the
+dataclass."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ import yaml
 
 from rar.cli import build_parser
 from rar.cli.common import LAUNCHER_OPTIONS
-from rar.config import TrainConfig
-from rar.demo import TokenizerTraining
 from rar.experiments import SCHEMA, load_study
 from rar.experiments.build import SAMPLING_KEYS
 from rar.experiments.rules import RuleWiring
-from rar.options import flag_of, option_values
-from rar.settings import (
+from rar.settings.options import flag_of, option_values
+from rar.settings.stages import (
     SAMPLING_FIELDS,
     LauncherConfig,
     SampleSettings,
     SamplingConfig,
     ScoringSettings,
+    TokenizerTraining,
 )
+from rar.settings.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ SAMPLE_RUNTIME_ONLY = {
     "extractor_weights": "evaluation.weights",
 }
 # ScoringSettings fields without a `rar evaluate` flag: ADM's constants and a verbosity knob,
-# settable from Python (`rar.evaluate.Scorer`) only.
+# settable from Python (`rar.evaluation.scorer.Scorer`) only.
 SCORING_API_ONLY = {"isc_split_size", "prc_neighborhood", "bootstrap_seed", "verbose"}
 # LauncherConfig fields only a --launcher-config file (a profile's <stage>.yaml) sets.
 LAUNCHER_FILE_ONLY = {
@@ -106,7 +107,8 @@ def test_each_sampling_setting_is_declared_once():
 
 
 def test_no_module_writes_a_sampling_flag_by_hand():
-    """The flags come from the fields (rar.options.flag_of): no string of the code is one."""
+    """The flags come from the fields (rar.settings.options.flag_of): no string of the code is
+    one."""
     flags = {flag_of(f) for f in dataclasses.fields(SamplingConfig)}
     for path in [*REPO.glob("rar/**/*.py"), *REPO.glob("workflow/**/*.smk"), REPO / "Snakefile"]:
         if path.suffix != ".py":

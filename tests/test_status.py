@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, estimate, load_study
-from rar.launch import LauncherConfig, LaunchError, launch
-from rar.records import FAILURE_FILE, LOST, METRICS_FIELDS, format_duration, query_slurm
-from rar.status import Status, collect, format_status
+from rar.experiments.records import FAILURE_FILE, LOST, METRICS_FIELDS, format_duration, query_slurm
+from rar.ops.launch import LauncherConfig, LaunchError, launch
+from rar.ops.status import Status, collect, format_status
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ",".join(METRICS_FIELDS)
@@ -57,7 +57,7 @@ def rows_of(study, table: str) -> list:
 
 
 def write_metrics(run_dir: Path, rows: list[tuple[float, float, float, float]]) -> None:
-    """metrics.csv rows (epoch, loss, r, elapsed_s), as rar.train logs them."""
+    """metrics.csv rows (epoch, loss, r, elapsed_s), as rar.training.loop logs them."""
     lines = [FIELDS]
     for i, (epoch, loss, ratio, elapsed) in enumerate(rows):
         lines.append(f"{(i + 1) * 10},{epoch},{loss},0.1,0.001,{ratio},1.0,100,10,{elapsed}")
@@ -456,9 +456,9 @@ def test_launch_error_writes_failure(tmp_path, monkeypatch):
 
 
 def test_a_training_job_writes_its_own_failure(tmp_path):
-    """rar.train.run writes failure.txt from inside the job (its launcher may be gone)."""
-    from rar.config import TrainConfig
-    from rar.train import run
+    """rar.training.loop.run writes failure.txt from inside the job (its launcher may be gone)."""
+    from rar.settings.training import TrainConfig
+    from rar.training.loop import run
 
     config = tmp_path / "config.yaml"
     TrainConfig(model="rar_tiny", data="").save(config)
@@ -469,7 +469,7 @@ def test_a_training_job_writes_its_own_failure(tmp_path):
 
 
 def test_watch_redraws_until_ctrl_c(monkeypatch, capsys):
-    from rar import status
+    from rar.ops import status
 
     frames = iter(["one", "two"])
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rar.sweep import FORMAT, pick_best, read_sweep, summarize, sweep_point
+from rar.sampling.sweep import FORMAT, pick_best, read_sweep, summarize, sweep_point
 
 
 def points(fids: dict[float, float]) -> list[dict]:

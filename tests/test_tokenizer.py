@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rar.maskgit_vqgan import SameConv2d
-from rar.tokenizer import (
+from rar.model.maskgit_vqgan import SameConv2d
+from rar.model.tokenizer import (
     MaskGITVQGAN,
     MaskGITVQGANConfig,
     load_official_maskgit_vqgan,

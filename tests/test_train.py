@@ -18,14 +18,13 @@ import torch
 from helpers import assert_same_weights, host_reads_banned, tiny_run, tiny_source, weights
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-import rar.train
-from rar.checkpoint import CheckpointError
-from rar.config import TrainConfig
+import rar.training.loop
 from rar.data.batches import stream_from
-from rar.orders import scan_order
-from rar.resume import find_resume_point
+from rar.model.checkpoint import CheckpointError
+from rar.model.orders import scan_order
 from rar.runtime import DistEnv, autocast_dtype
-from rar.train import (
+from rar.settings.training import TrainConfig
+from rar.training.loop import (
     Job,
     StepLog,
     batch_split,
@@ -40,7 +39,8 @@ from rar.train import (
     stop_step_of,
     train,
 )
-from rar.watch import MetricsLog
+from rar.training.resume import find_resume_point
+from rar.training.watch import MetricsLog
 
 # -- recipe ---------------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ def test_training_learns_and_logs(tmp_path, device):
 
 
 def printed_steps(out: str) -> list[int]:
-    """The steps of the log lines a training call printed (rar.train.StepLog)."""
+    """The steps of the log lines a training call printed (rar.training.loop.StepLog)."""
     return [int(s) for s in re.findall(r"^step (\d+)/\d+ ", out, re.MULTILINE)]
 
 
@@ -252,8 +252,8 @@ _KILLED_RUN = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from helpers import tiny_run, tiny_source
-    from rar.train import train
-    import rar.train as t
+    from rar.training.loop import train
+    import rar.training.loop as t
     step_fn = t.learning_rate
     def slow(step, cfg):  # give the parent time to kill us mid-run
         time.sleep(0.05)
@@ -286,7 +286,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     assert proc.wait() == -signal.SIGKILL
     assert not (ckpts / "final.pt").exists()
     # Where the resume must start: last.pt, or the file that holds its step when the kill
-    # fell between save_last's two renames (rar.resume.find_resume_point).
+    # fell between save_last's two renames (rar.training.resume.find_resume_point).
     point = find_resume_point(ckpts)
     killed_at = point.ckpt["step"]
     assert 6 <= killed_at < cfg.total_steps
@@ -464,7 +464,7 @@ def test_on_a_gpu_compile_auto_compiles_and_a_step_makes_no_host_sync(tmp_path, 
 def test_a_nan_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
     """A run whose loss turns NaN at step k trains on to the next log step, then stops with
     the error naming step k; nothing after the last good checkpoint is saved."""
-    real, steps = rar.train.optimizer_step, []
+    real, steps = rar.training.loop.optimizer_step, []
 
     def nan_from_step_5(job, step):
         if step == 5:
@@ -473,7 +473,7 @@ def test_a_nan_stops_the_run_at_the_next_log_step(tmp_path, monkeypatch):
         steps.append(step)
         return real(job, step)
 
-    monkeypatch.setattr(rar.train, "optimizer_step", nan_from_step_5)
+    monkeypatch.setattr(rar.training.loop, "optimizer_step", nan_from_step_5)
     cfg = tiny_run(log_every=4, checkpoint_epochs=(0.5,))  # a named checkpoint at step 4
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 5 \(epoch"):
         train(cfg, tmp_path, source=tiny_source())
@@ -573,15 +573,15 @@ def test_when_no_checkpoint_loads_the_run_fails_listing_each(tmp_path):
 
 
 def test_a_periodic_save_that_fails_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
-    import rar.resume
+    import rar.training.resume
 
     def disk_full(path, **state):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     ref = train(tiny_run(), tmp_path / "ref", source=tiny_source())
-    real = rar.resume.save_checkpoint
+    real = rar.training.resume.save_checkpoint
     monkeypatch.setattr(
-        rar.resume,
+        rar.training.resume,
         "save_checkpoint",
         lambda path, **state: (disk_full if path.name == "last.next.pt" else real)(path, **state),
     )
@@ -677,7 +677,7 @@ _DDP_RUN = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from helpers import tiny_run, tiny_source
-    from rar.train import train
+    from rar.training.loop import train
     torch.set_num_threads(1)
     train(tiny_run(micro_batch=4), {workdir!r}, source=tiny_source(), device="cpu")
     torch.distributed.destroy_process_group()
@@ -740,7 +740,7 @@ def tokenize_demo(images, out, *, crop: str, images_per_part: int, batch_size: i
     """`images` into token shards in `out` by the fixture's tokenizer: a small MaskGIT-VQGAN
     (64 codes, 4 x 4 grid) at seed 0."""
     from rar.data.tokenize import tokenize_images
-    from rar.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
     torch.manual_seed(0)
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
@@ -783,13 +783,14 @@ def test_rar_train_cli_on_shards(demo_shards, tmp_path, capsys):
 def test_rar_train_rejects_shards_that_do_not_match(demo_shards, tmp_path):
     cfg = tiny_run(codebook_size=1024, data=str(demo_shards), data_workers=0)
     cfg.save(tmp_path / "run.yaml")
-    from rar.train import run
+    from rar.training.loop import run
 
     with pytest.raises(ValueError, match=r"run.yaml: data .* codebook_size 64 \(config: 1024\)"):
         run(tmp_path / "run.yaml", tmp_path / "run")
 
 
-# -- watching a run on real shards (rar.validate, rar.tracking; tests/test_logging.py) -------
+# -- watching a run on real shards (rar.evaluation.heldout, rar.training.tracking;
+# tests/test_logging.py) -------
 
 
 def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsys):
@@ -797,8 +798,8 @@ def test_rar_train_validates_on_the_held_out_shards(demo_shards, tmp_path, capsy
     val/ images, are found, checked against the training shards and validated on; without a
     tokenizer file to decode with, sample grids say once that they are off."""
     from rar.data.shards import load_manifest
-    from rar.train import run
-    from rar.watch import find_heldout
+    from rar.training.loop import run
+    from rar.training.watch import find_heldout
 
     val_images = demo_shards.parent / "images/val"
     tokenize_demo(val_images, tmp_path / "val", crop="center", images_per_part=100, batch_size=50)

@@ -1,6 +1,6 @@
-"""A run's training settings are declared once, in `rar.config.TrainConfig` (its identity):
-every field reaches `rar train` from the study, and the study's schema and the command add no
-training key of their own.
+"""A run's training settings are declared once, in `rar.settings.training.TrainConfig` (its
+identity): every field reaches `rar train` from the study, and the study's schema and the command
+add no training key of their own.
 
 The fields come from the dataclass, never from a list here. Each field is set in a study's
 `train:` block to a value other than the demo's (one of its type, `other_values`), and must
@@ -23,12 +23,12 @@ from typing import Any, get_type_hints
 import pytest
 import yaml
 
-import rar.train
+import rar.training.loop
 from rar.cli import main
-from rar.config import OUTSIDE_IDENTITY, WANDB_MODES, TrainConfig
 from rar.experiments import SCHEMA, StudyError, load_study
 from rar.experiments.rules import RuleWiring
-from rar.presets import ARCHITECTURES, RAR_CONFIGS, SCAN_ORDERS
+from rar.settings.presets import ARCHITECTURES, RAR_CONFIGS, SCAN_ORDERS
+from rar.settings.training import OUTSIDE_IDENTITY, WANDB_MODES, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -112,11 +112,13 @@ def rar_train_config(run, wiring: RuleWiring, tmp_path: Path, monkeypatch) -> Tr
         def __init__(self, data, **kwargs):
             self.manifest = {}
 
-    monkeypatch.setattr(rar.train, "ShardBatchSource", Source)
-    monkeypatch.setattr(rar.train, "check_data", lambda *args: None)
-    monkeypatch.setattr(rar.train, "find_heldout", lambda *args: "none here")
-    monkeypatch.setattr(rar.train, "find_tokenizer", lambda *args: "none here")
-    monkeypatch.setattr(rar.train, "train", lambda cfg, workdir, **kw: seen.append(cfg) or workdir)
+    monkeypatch.setattr(rar.training.loop, "ShardBatchSource", Source)
+    monkeypatch.setattr(rar.training.loop, "check_data", lambda *args: None)
+    monkeypatch.setattr(rar.training.loop, "find_heldout", lambda *args: "none here")
+    monkeypatch.setattr(rar.training.loop, "find_tokenizer", lambda *args: "none here")
+    monkeypatch.setattr(
+        rar.training.loop, "train", lambda cfg, workdir, **kw: seen.append(cfg) or workdir
+    )
     argv = ["train", "--config", str(config_file), "--workdir", str(tmp_path / "run")]
     assert main([*argv, *settings]) == 0
     (cfg,) = seen

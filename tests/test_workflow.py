@@ -396,7 +396,7 @@ def test_no_config_string_reaches_a_shell(tmp_path):
     assert shell_syntax == {
         ("tables", "table2", "description"),
         ("tables", "table2", "rows", 0, "label"),
-    }  # every other field refuses it (rar/schemas/study.schema.yaml)
+    }  # every other field refuses it (rar/experiments/study.schema.yaml)
     spaced = {p for p, v in poisoned.items() if " " in v} - shell_syntax
     assert spaced >= {
         ("launcher_dir",),

@@ -44,7 +44,7 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "skip the resume: every call restarts at step 0",
-        "rar/train_job.py",
+        "rar/training/job.py",
         "    point = find_resume_point(ckpt_dir)\n",
         "    point = None\n",
         (
@@ -55,14 +55,14 @@ MUTATIONS = [
     ),
     Mutation(
         "drop the anneal: r steps from 1 to 0 at anneal_end",
-        "rar/train.py",
+        "rar/training/loop.py",
         "randomness_ratio(cfg.epoch_at(step), cfg.anneal_start, cfg.anneal_end)",
         "randomness_ratio(cfg.epoch_at(step), cfg.anneal_end, cfg.anneal_end)",
         ("tests/test_train.py::test_training_learns_and_logs[cpu]",),
     ),
     Mutation(
         "branch from scratch: ignore the trunk checkpoint",
-        "rar/train_job.py",
+        "rar/training/job.py",
         "    if point is None and init_from:\n",
         "    if point is None and init_from and False:\n",
         ("tests/test_train.py::test_branch_from_trunk_equals_training_from_scratch",),
@@ -94,7 +94,7 @@ MUTATIONS = [
     ),
     Mutation(
         "reorder sampling chunks: merge them last to first",
-        "rar/sample_chunks.py",
+        "rar/sampling/chunks.py",
         "    paths = [chunk_dir / CHUNK_NAME.format(i) for i in range(total)]\n",
         "    paths = [chunk_dir / CHUNK_NAME.format(i) for i in reversed(range(total))]\n",
         (
@@ -104,7 +104,7 @@ MUTATIONS = [
     ),
     Mutation(
         "drop class interleaving: labels sorted by class",
-        "rar/sample_chunks.py",
+        "rar/sampling/chunks.py",
         "    return np.concatenate([label_block(seed, b, num_classes)"
         " for b in range(num_per_class)])\n",
         "    return np.repeat(np.arange(num_classes, dtype=np.int64), num_per_class)\n",
@@ -142,7 +142,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a finished run keeps no last.pt: a deleted final.pt means training again",
-        "rar/train_job.py",
+        "rar/training/job.py",
         "        os.replace(link, job.last)\n",
         "        link.unlink()\n",
         (
@@ -152,7 +152,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a finished sample set keeps nothing: deleted samples are sampled again",
-        "rar/sample_chunks.py",
+        "rar/sampling/chunks.py",
         "    kept = [chunk_dir / FINISHED / path.name for path in files]\n",
         "    kept = [chunk_dir / FINISHED / path.name for path in files] + [chunk_dir / 'x']\n",
         ("tests/test_sample.py::test_samples_deleted_after_the_merge_come_back_without_sampling",),

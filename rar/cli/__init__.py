@@ -4,14 +4,14 @@ A package of one module per group of stages (data, training, sampling, study) pl
 share (common): 19 subcommands did not read well as one 1,500-line file. This package stays
 torch-free at import time (`rar --help` and `rar plan` must answer at once, and Snakemake parses
 the workflow without torch): each handler imports the heavy module it needs inside its body,
-and the flags generated from settings dataclasses read them from rar.settings (the demo
+and the flags generated from settings dataclasses read them from rar.settings.stages (the demo
 tokenizer's from rar.demo), which are torch-free.
 
 Adding a subcommand: in the module of its group, write `add_<name>(subparsers)`, which builds
 the parser, with defaults and an example in its description, and sets `handler=` to a function
 taking the parsed namespace; then list it in `COMMANDS`. Settings with a default and a help of
-their own are fields of a dataclass in rar.settings (a demo stage's in rar.demo), added with
-rar.options.add_options.
+their own are fields of a dataclass in rar.settings.stages (a demo stage's in rar.demo), added with
+rar.settings.options.add_options.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from rar.cli.common import Formatter
 from rar.cli.study import _profile_settings  # noqa: F401  (tests/test_preflight.py)
 
 # The table of commands, in the order `rar --help` lists them.
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     study.add_report,
     study.add_profile,
@@ -62,7 +64,10 @@ _DEBUG_HELP = f"on an error, print the traceback, not one line (also {DEBUG_ENV}
 _INPUT_ERRORS = (
     ("yaml", "YAMLError"),  # a config file that is not YAML
     ("rar.data.shards", "ShardError"),  # a shard or manifest.json missing, corrupt, mismatched
-    ("rar.extractors", "ExtractorUnavailable"),  # weights to bring (the message names the file)
+    (
+        "rar.evaluation.extractors",
+        "ExtractorUnavailable",
+    ),  # weights to bring (the message names the file)
 )
 
 
@@ -81,12 +86,12 @@ def exit_code(err: BaseException) -> int:
 def error_message(err: BaseException) -> str:
     """`err` in one line. Its message names what is at fault; the exception's name is added
     where the message alone would not say what happened (a KeyError's bare key, an unexpected
-    error). A launched job's failure (rar.launch.LaunchError, whose text holds the job's
+    error). A launched job's failure (rar.ops.launch.LaunchError, whose text holds the job's
     traceback) becomes its first line, the exception that stopped the job, and the job's log."""
     text = str(err).strip()
-    launch_error = _loaded("rar.launch", "LaunchError")
+    launch_error = _loaded("rar.ops.launch", "LaunchError")
     if launch_error is not None and isinstance(err, launch_error):
-        from rar.records import failure_reason  # torch-free
+        from rar.experiments.records import failure_reason  # torch-free
 
         head, _, rest = text.partition("\n")
         if rest:

@@ -1,12 +1,12 @@
 """What every group of subcommands shares: the help formatter, the study config flag, the
-launcher flags (generated from rar.settings.LauncherConfig) and path and logging helpers."""
+launcher flags (generated from rar.settings.stages.LauncherConfig) and path and logging helpers."""
 
 from __future__ import annotations
 
 import argparse
 
-from rar.options import add_options
-from rar.settings import LauncherConfig
+from rar.settings.options import add_options
+from rar.settings.stages import LauncherConfig
 
 
 class Formatter(argparse.HelpFormatter):
@@ -67,10 +67,11 @@ LAUNCHER_OPTIONS = (
 
 
 def add_launcher_flags(p: argparse.ArgumentParser) -> None:
-    """Where a heavy stage runs (rar.launch): a config file plus the common overrides."""
+    """Where a heavy stage runs (rar.ops.launch): a config file plus the common overrides."""
     g = p.add_argument_group(
         "launcher",
-        "where the stage runs (rar.settings.LauncherConfig); a flag left unset keeps the value "
+        "where the stage runs (rar.settings.stages.LauncherConfig); a flag left unset keeps the "
+        "value "
         "of --launcher-config, else LauncherConfig's default",
     )
     add_options(g, LauncherConfig, ["backend"], overrides=True)

@@ -13,9 +13,10 @@ from rar.cli.common import (
     launcher_from_args,
     setup_logging,
 )
-from rar.demo import CROP_SCALE, TokenizerTraining
-from rar.options import add_options, option_values
-from rar.presets import CROP_MODES
+from rar.demo import CROP_SCALE
+from rar.settings.options import add_options, option_values
+from rar.settings.presets import CROP_MODES
+from rar.settings.stages import TokenizerTraining
 
 # The flags of `rar train-tokenizer` that are TokenizerTraining's fields (a study's
 # tokenizer.train keys, beside `downsample`).
@@ -128,7 +129,7 @@ def add_tokenize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", required=True, help="folder holding <wnid>/<file> class folders")
     p.add_argument("--out", required=True, help="shard directory to write")
-    p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.model.tokenizer)")
     p.add_argument(
         "--crop",
         choices=CROP_MODES,
@@ -157,8 +158,8 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rar.data.tokenize import parse_parts, tokenize_images  # heavy import: torch
-    from rar.launch import launch
-    from rar.records import job_record_for
+    from rar.experiments.records import job_record_for
+    from rar.ops.launch import launch
 
     launcher = launcher_from_args(args)
     setup_logging()

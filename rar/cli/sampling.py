@@ -2,8 +2,8 @@
 bench-sample.
 
 The flags of sample, sweep-guidance and evaluate are generated from the fields of
-rar.settings.SampleSettings, SamplingConfig and ScoringSettings (rar.options), which hold each
-default and help text; the handlers pass them on as those objects (SamplingConfig's as the
+rar.settings.stages.SampleSettings, SamplingConfig and ScoringSettings (rar.settings.options), which
+hold each default and help text; the handlers pass them on as those objects (SamplingConfig's as the
 overrides of the preset, a flag left unset keeping the preset's value).
 """
 
@@ -13,8 +13,8 @@ import argparse
 import dataclasses
 
 from rar.cli.common import Formatter, absolute, add_launcher_flags, launcher_from_args
-from rar.options import add_options, option_values
-from rar.settings import SAMPLING_FIELDS, SampleSettings, SamplingConfig, ScoringSettings
+from rar.settings.options import add_options, option_values
+from rar.settings.stages import SAMPLING_FIELDS, SampleSettings, SamplingConfig, ScoringSettings
 
 # Flags of `rar sample`: every field of SampleSettings, then every field of SamplingConfig.
 SAMPLE_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleSettings))
@@ -82,10 +82,10 @@ def add_sweep_guidance(sub: argparse._SubParsersAction) -> None:
 def _run_sweep_guidance(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.extractors import check_extractor_available
-    from rar.launch import launch
-    from rar.records import job_record_for
-    from rar.sweep import sweep_guidance
+    from rar.evaluation.extractors import check_extractor_available
+    from rar.experiments.records import job_record_for
+    from rar.ops.launch import launch
+    from rar.sampling.sweep import sweep_guidance
 
     launcher = launcher_from_args(args)
     out = Path(args.out).resolve()
@@ -140,7 +140,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official rar_*.bin")
-    p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.model.tokenizer)")
     p.add_argument("--out", required=True, help="samples .npz to write")
     add_options(p, SampleSettings, SAMPLE_OPTIONS)
     add_sampling_flags(p)
@@ -158,11 +158,11 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 def _run_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.extractors import check_extractor_available
-    from rar.launch import launch
-    from rar.records import job_record_for
-    from rar.sample import sample  # heavy: torch
-    from rar.sweep import GUIDANCE_SCALE_KEY, read_guidance
+    from rar.evaluation.extractors import check_extractor_available
+    from rar.experiments.records import job_record_for
+    from rar.ops.launch import launch
+    from rar.sampling.sampler import sample  # heavy: torch
+    from rar.sampling.sweep import GUIDANCE_SCALE_KEY, read_guidance
 
     launcher = launcher_from_args(args)
     out = Path(args.out).resolve()
@@ -248,10 +248,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.evaluate import evaluate_many
-    from rar.extractors import check_extractor_available
-    from rar.launch import launch
-    from rar.records import job_record_for
+    from rar.evaluation.extractors import check_extractor_available
+    from rar.evaluation.scorer import evaluate_many
+    from rar.experiments.records import job_record_for
+    from rar.ops.launch import launch
 
     launcher = launcher_from_args(args)
     if len(args.samples) != len(args.out):
@@ -296,13 +296,13 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("--images", required=True, help="real images in class folders")
-    p.add_argument("--tokenizer", required=True, help="tokenizer weights (rar.tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer weights (rar.model.tokenizer)")
     p.add_argument("--out", required=True, help="sample .npz to write")
     p.set_defaults(handler=_run_reconstruct)
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
-    from rar.reference_rows import write_reconstructions
+    from rar.sampling.reference_rows import write_reconstructions
 
     write_reconstructions(args.images, args.tokenizer, args.out)
     return 0
@@ -323,7 +323,9 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=Formatter,
     )
-    p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
+    p.add_argument(
+        "--model", default="rar_tiny", help="named model size (see rar.model.transformer)"
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images generated per batch")
     p.add_argument("--steps", type=int, default=3, help="timed batches after one warm-up batch")
     p.add_argument(
@@ -363,9 +365,9 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
 def _run_bench_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rar.bench import bench_sample  # heavy import: torch
-    from rar.launch import launch
-    from rar.records import job_record_for
+    from rar.experiments.records import job_record_for
+    from rar.ops.bench import bench_sample  # heavy import: torch
+    from rar.ops.launch import launch
 
     launcher = launcher_from_args(args)
     csv_path = Path(args.csv).resolve() if args.csv else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from rar.cli.common import Formatter, add_config_flag, read_study
-from rar.settings import BACKENDS
+from rar.settings.stages import BACKENDS
 
 
 def add_plan(sub: argparse._SubParsersAction) -> None:
@@ -174,7 +174,7 @@ def _run_preflight(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from rar.preflight import Scale, format_lines, run_preflight
+    from rar.ops.preflight import Scale, format_lines, run_preflight
 
     profile = _profile_settings(args.profile) if args.profile else {}
     if args.config_json is not None:
@@ -253,7 +253,7 @@ def add_fetch(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from rar.fetch import fetch, plan  # torch-free
+    from rar.ops.fetch import fetch, plan  # torch-free
 
     study = read_study(args.config)
     if args.list:
@@ -311,7 +311,7 @@ def add_status(sub: argparse._SubParsersAction) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     import json
 
-    from rar.status import collect, format_status, watch
+    from rar.ops.status import collect, format_status, watch
 
     study = read_study(args.config, args.root)
 

@@ -13,7 +13,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train (or resume) one run from its YAML config",
         description=(
-            "Train the run described by --config (every key of rar.config.TrainConfig; see "
+            "Train the run described by --config (every key of "
+            "rar.settings.training.TrainConfig; see "
             "config/README.md) on its token shards, writing checkpoints/, metrics.csv and "
             "config.yaml into --workdir. Resumes from WORKDIR/checkpoints/last.pt when it "
             "exists, bit-identically on CPU. --init-from branches from another run's named "
@@ -39,7 +40,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--settings",
         default=None,
         metavar="JSON",
-        help="settings outside the run's identity (rar.config.OUTSIDE_IDENTITY: checkpoints "
+        help="settings outside the run's identity (rar.settings.training.OUTSIDE_IDENTITY: "
+        "checkpoints "
         "kept, logging) over --config's, as a JSON object; the workflow passes the study's "
         "current ones, so editing them never rewrites the run's config or retrains it",
     )
@@ -51,8 +53,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from rar.launch import TrainJob, launch
-    from rar.records import JOB_RECORD
+    from rar.experiments.records import JOB_RECORD
+    from rar.ops.launch import TrainJob, launch
 
     launcher = launcher_from_args(args)
     workdir = Path(args.workdir).resolve()
@@ -63,9 +65,11 @@ def _run_train(args: argparse.Namespace) -> int:
     if settings is not None and not isinstance(settings, dict):
         raise ValueError(f"--settings: expected a JSON object, got {args.settings!r}")
     if launcher.backend == "debug":
-        from rar.train import run as job  # in this process, exactly as without a launcher
+        from rar.training.loop import run as job  # in this process, exactly as without a launcher
     else:
-        job = TrainJob()  # rar.train.run in a job that saves last.pt and requeues on timeout
+        job = (
+            TrainJob()
+        )  # rar.training.loop.run in a job that saves last.pt and requeues on timeout
     final = launch(
         job,
         str(Path(args.config).resolve()),  # the job may start in another directory
@@ -96,13 +100,13 @@ def add_init_checkpoint(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=Formatter,
     )
-    p.add_argument("--config", required=True, help="the run's config.yaml (rar.config)")
+    p.add_argument("--config", required=True, help="the run's config.yaml (rar.settings.training)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.set_defaults(handler=_run_init_checkpoint)
 
 
 def _run_init_checkpoint(args: argparse.Namespace) -> int:
-    from rar.reference_rows import write_untrained_checkpoint
+    from rar.sampling.reference_rows import write_untrained_checkpoint
 
     write_untrained_checkpoint(args.config, args.out)
     return 0
@@ -120,7 +124,9 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=Formatter,
     )
-    p.add_argument("--model", default="rar_tiny", help="named model size (see rar.model)")
+    p.add_argument(
+        "--model", default="rar_tiny", help="named model size (see rar.model.transformer)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     p.add_argument(
@@ -136,7 +142,7 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
-    from rar.bench import bench_train
+    from rar.ops.bench import bench_train
 
     bench_train(
         model=args.model,

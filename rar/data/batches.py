@@ -14,7 +14,7 @@ import torch
 from rar.runtime import derive_seed
 
 if TYPE_CHECKING:
-    from rar.config import TrainConfig
+    from rar.settings.training import TrainConfig
 
 
 class BatchSource(Protocol):

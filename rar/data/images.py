@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rar.presets import CROP_MODES
+from rar.settings.presets import CROP_MODES
 
 log = logging.getLogger(__name__)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared case-insensitively as ImageFolder does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-# Crops per source image of each mode (CROP_MODES, rar.presets: the one list of the modes).
+# Crops per source image of each mode (CROP_MODES, rar.settings.presets: the one list of the modes).
 CROPS_PER_IMAGE: dict[str, int] = dict(zip(CROP_MODES, (1, 2, 10), strict=True))
 
 # Official pretokenization script: `crop_size = int(args.img_size * 1.1)` -> 281 for 256.

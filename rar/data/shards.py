@@ -211,7 +211,7 @@ def shard_problem_message(directory: Path, name: str, problem: str, manifest: di
 # ------------------------------------------------------------------------------------------
 
 
-# What readers rely on (rar.data.loader, verify_shards, rar.train's data check), as
+# What readers rely on (rar.data.loader, verify_shards, rar.training.loop's data check), as
 # rar.data.tokenize.merge_parts writes it: key -> type, for the manifest and each shard entry.
 _MANIFEST_KEYS = {
     "shards": list,

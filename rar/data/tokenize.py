@@ -107,7 +107,7 @@ def _open_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
     its codes must fit the shards' uint16."""
     path = None
     if isinstance(tokenizer, (str, os.PathLike)):
-        from rar.tokenizer import load_tokenizer  # heavy: only when given a file
+        from rar.model.tokenizer import load_tokenizer  # heavy: only when given a file
 
         path, tokenizer = str(tokenizer), load_tokenizer(tokenizer)
     if tokenizer.codebook_size > np.iinfo(np.uint16).max + 1:
@@ -170,9 +170,9 @@ def tokenize_images(
     """Tokenize an ImageNet-train-layout folder into WebDataset token shards.
 
     image_dir: `<image_dir>/<wnid>/<file>`; class ids are the sorted wnids.
-    tokenizer: a `rar.tokenizer.Tokenizer` (or any object with `encode((B, 3, S, S) float in
+    tokenizer: a `rar.model.tokenizer.Tokenizer` (or any object with `encode((B, 3, S, S) float in
         [0, 1]) -> (B, N) int64`, `codebook_size`, `grid`, `image_size`, `identity()`), or the
-        path of a tokenizer file (`rar.tokenizer.load_tokenizer`; recorded in the manifest).
+        path of a tokenizer file (`rar.model.tokenizer.load_tokenizer`; recorded in the manifest).
     crop: 'center', 'center+flip' (official script's default) or 'tencrop' (released data).
     parts / job_index + num_jobs: which parts this call runs (default: all).
     batch_size: source images per encode call (x K crops each).

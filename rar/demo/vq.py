@@ -17,8 +17,8 @@ et al. 2017, arXiv 1711.00937) with two choices that make a short run reliable:
   reconstruction FID 1496 -> 1311 and PSNR 23.5 -> 24.7 dB with weight 1 (EfficientNet-Lite0
   features, 160 test images). config/demo.yaml has what the demo's tokenizer measures now.
 
-It implements `rar.tokenizer.Tokenizer`, so the rest of the pipeline treats it like
-MaskGIT-VQGAN, and `save_tokenizer` / `rar.tokenizer.load_tokenizer` round-trip it (kind
+It implements `rar.model.tokenizer.Tokenizer`, so the rest of the pipeline treats it like
+MaskGIT-VQGAN, and `save_tokenizer` / `rar.model.tokenizer.load_tokenizer` round-trip it (kind
 "vq_demo").
 """
 
@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar.demo import TokenizerTraining
+from rar.model.tokenizer import Tokenizer, save_tokenizer, to_uint8
 from rar.runtime import deterministic_algorithms
-from rar.tokenizer import Tokenizer, save_tokenizer, to_uint8
+from rar.settings.stages import TokenizerTraining
 
 __all__ = [
     "VQDemo",

@@ -2,7 +2,7 @@
 
 The Snakefile imports this module at parse time (ARCHITECTURE.md), so it imports neither torch nor
 anything that does. `load_study` is the one way any tool reads a study (the Snakefile,
-`rar plan`, `rar status`, `rar report`): it applies `rar/schemas/study.schema.yaml` (checks,
+`rar plan`, `rar status`, `rar report`): it applies `rar/experiments/study.schema.yaml` (checks,
 then the defaults written there), then the checks that need the package, and it is the only
 place identities come from. A study config (`config/config.yaml`, `config/demo.yaml`) holds
 experiment facts; this package turns it into:
@@ -10,8 +10,8 @@ experiment facts; this package turns it into:
 - data sets: one per (dataset, tokenizer, crop) the rows use, tokenized once. The paper's two
   recipes train on different crops (RAR §4.1: center + flip for the ablations, ten-crop for
   the final models), so a row's crop is part of its run's identity through its data folder;
-- runs: the resolved training configs (`rar.config.TrainConfig`). A run's id is a hash of the
-  settings that change its weights (`TrainConfig.run_id`), so the same run reached from two
+- runs: the resolved training configs (`rar.settings.training.TrainConfig`). A run's id is a hash of
+  the settings that change its weights (`TrainConfig.run_id`), so the same run reached from two
   tables is trained once;
 - evaluations: (run, checkpoint epoch, sampling settings, metric settings), hashed the same
   way, so re-scoring never retrains;
@@ -29,7 +29,7 @@ The package, one module per question:
 
 - `study`: the pieces (DataSet, Run, Sweep, Evaluation, Row) and `Study`, which answers every
   path and total the tools ask for;
-- `schema`: the config against `rar/schemas/study.schema.yaml`, errors and defaults;
+- `schema`: the config against `rar/experiments/study.schema.yaml`, errors and defaults;
 - `build`: `load_study`, the tables expanded into the pieces, with the package's checks;
 - `trunks`: the trunk plan;
 - `plan`: `rar plan`'s totals, JSON and text;

@@ -14,7 +14,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rar.config import TrainConfig
 from rar.experiments.schema import validate_config
 from rar.experiments.study import (
     CEILING,
@@ -32,7 +31,7 @@ from rar.experiments.study import (
     short_hash,
 )
 from rar.experiments.trunks import plan_trunks
-from rar.presets import (
+from rar.settings.presets import (
     ARCHITECTURES,
     CROP_MODES,
     GUIDANCE_SCHEDULES,
@@ -40,10 +39,11 @@ from rar.presets import (
     SAMPLING_PRESET_VALUES,
     SCAN_ORDERS,
 )
-from rar.settings import SAMPLING_FIELDS, sampling_values
+from rar.settings.stages import SAMPLING_FIELDS, sampling_values
+from rar.settings.training import TrainConfig
 
 # Sampling keys a table's base or a row may set (the schema's `sampling_keys`): the preset,
-# each rar.settings.SamplingConfig field and a sweep's scales; they make an evaluation's
+# each rar.settings.stages.SamplingConfig field and a sweep's scales; they make an evaluation's
 # identity.
 SAMPLING_KEYS = ("preset", *SAMPLING_FIELDS, "guidance_scales")
 _ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
@@ -95,7 +95,7 @@ def _check_name(value: Any, known, where: str, what: str) -> None:
 
 def _sampling_settings(sampling: dict, where: str) -> dict:
     """Resolved sampling settings: the preset's values, overridden by explicit keys
-    (`rar.settings.sampling_values`, without the fallback: a study names its scale and
+    (`rar.settings.stages.sampling_values`, without the fallback: a study names its scale and
     temperature, or a preset); a sweep (`guidance_scales`) replaces `guidance_scale`."""
     preset = sampling.get("preset")
     if preset is not None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rar.experiments.resources import missing_resources
 from rar.experiments.schedule import training_jobs, wall_clock
 from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
-from rar.presets import RAR_CONFIGS
-from rar.resources import missing_resources
+from rar.settings.presets import RAR_CONFIGS
 
 
 def measured_throughput(study: Study, path: str | Path | None = None) -> dict | None:

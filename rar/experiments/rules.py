@@ -19,10 +19,10 @@ import re
 import shlex
 from typing import Any
 
-from rar.config import OUTSIDE_IDENTITY
 from rar.experiments.study import Evaluation, Study, Sweep
-from rar.options import option_flags
-from rar.settings import SampleSettings, SamplingConfig
+from rar.settings.options import option_flags
+from rar.settings.stages import SampleSettings, SamplingConfig
+from rar.settings.training import OUTSIDE_IDENTITY
 
 
 class RuleWiring:
@@ -36,7 +36,7 @@ class RuleWiring:
     # -- where a stage runs ------------------------------------------------------------------
 
     def launcher_args(self, stage: str) -> str:
-        """Where a heavy stage runs (rar.launch): the backend from the profile, and the stage's
+        """Where a heavy stage runs (rar.ops.launch): the backend from the profile, and the stage's
         resources from `<launcher_dir>/<stage>.yaml` when the profile names such a folder. A
         resource must be a string, so this one is quoted here."""
         args = ["--launcher", self.config["launcher"]]
@@ -65,7 +65,7 @@ class RuleWiring:
     def tokenizer_args(self) -> list:
         """`rar train-tokenizer`'s flags from the config's tokenizer.train: --downsample, then
         each key that is a field of TokenizerTraining under its flag."""
-        from rar.demo import TokenizerTraining
+        from rar.settings.stages import TokenizerTraining
 
         train = self.config["tokenizer"]["train"]
         return ["--downsample", train["downsample"], *option_flags(TokenizerTraining, train)]

@@ -1,4 +1,4 @@
-"""A study config against `rar/schemas/study.schema.yaml`: the checks, with errors that name
+"""A study config against `rar/experiments/study.schema.yaml`: the checks, with errors that name
 the key path and the value, then the schema's defaults written in (what Snakemake's
 `validate(..., set_default=True)` does, for every tool that loads a study). Torch-free."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from rar.experiments.study import StudyError
 
-SCHEMA = Path(__file__).parents[1] / "schemas" / "study.schema.yaml"
+SCHEMA = Path(__file__).parent / "study.schema.yaml"
 
 
 @cache

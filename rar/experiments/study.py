@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar.config import TrainConfig
-from rar.records import FAILURE_FILE, METRICS_CSV, read_progress
-from rar.results import METRICS_JSON
+from rar.experiments.records import FAILURE_FILE, METRICS_CSV, read_progress
+from rar.experiments.results import METRICS_JSON
+from rar.settings.training import TrainConfig
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
 # The reference rows of a table (`evaluation.reference_rows`): real held-out images scored

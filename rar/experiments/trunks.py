@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from rar.config import TrainConfig
 from rar.experiments.study import NOTHING, Run, RunOnDisk
+from rar.settings.training import TrainConfig
 
 
 def plan_trunks(

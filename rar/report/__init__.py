@@ -6,8 +6,8 @@ The last stage of ARCHITECTURE.md's data flow. Each function exported here is wh
 - `make_table`: one row per table row of the config, our metrics beside the paper's, every row
   kept: a row whose evaluation has not produced `metrics.json` shows as `missing`, or as
   `failed: <reason>` when a `failure.txt` says why (a `--keep-going` run must not hide a hole).
-  Each FID carries its 95% bootstrap interval (rar.evaluate), and the rows whose interval lies
-  beyond the best row's are marked: the rest cannot be told apart from it at this sample
+  Each FID carries its 95% bootstrap interval (rar.evaluation.scorer), and the rows whose interval
+  lies beyond the best row's are marked: the rest cannot be told apart from it at this sample
   count. Reference rows (`kind: "reference"`: real held-out images, the floor; an untrained
   model, the ceiling) are scored the same way and placed under the table, and a table of the
   annealing grid ends with `anneal_verdict`, the paper's question answered from the numbers.
@@ -21,7 +21,7 @@ The last stage of ARCHITECTURE.md's data flow. Each function exported here is wh
 Metrics computed with the offline demo's `efficientnet-lite0` extractor land in the same
 `fid`/`is`/... columns (so one table layout and one set of plots serve both studies), but the
 `extractor` column, the Markdown caption and every plot label say so: they are not Inception
-FIDs. Torch-free at import time: only `plot_scan_orders` imports torch (through rar.orders).
+FIDs. Torch-free at import time: only `plot_scan_orders` imports torch (through rar.model.orders).
 
 The modules, each importing only those above it (no cycle):
   columns     what each column is: metrics.json keys, names, decimals, directions, intervals

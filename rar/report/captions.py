@@ -88,7 +88,7 @@ def _column_notes(df: pd.DataFrame) -> list[str]:
     paras = []
     if df["fid_ci_low"].notna().any():
         paras.append(
-            "FID [95% interval]: a bootstrap over each row's samples (rar.evaluate; the "
+            "FID [95% interval]: a bootstrap over each row's samples (rar.evaluation.scorer; the "
             "reference held fixed). **Bold**: the lowest FID. "
             f"{BEYOND}: the row's interval does not overlap the best row's, a difference "
             "beyond the error bars; rows without the mark cannot be told apart from the best "

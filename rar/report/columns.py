@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rar.presets import (  # noqa: F401 (METRIC_KEYS: re-exported for rar.report)
+from rar.settings.presets import (  # noqa: F401 (METRIC_KEYS: re-exported for rar.report)
     EXTRACTORS,
     INCEPTION,
     METRIC_KEYS,
@@ -27,7 +27,7 @@ PathLike = str | os.PathLike
 # Metric-name suffix per extractor ("" for the paper's Inception).
 EXTRACTOR_SUFFIXES = {name: spec.suffix for name, spec in EXTRACTORS.items()}
 
-# Our column -> metrics.json key without the extractor suffix: METRIC_KEYS (rar.presets).
+# Our column -> metrics.json key without the extractor suffix: METRIC_KEYS (rar.settings.presets).
 # metrics.json keys read as they are (the interval belongs to the record's one FID).
 PLAIN_KEYS = ("fid_ci_low", "fid_ci_high", "class_accuracy", "val_nll")
 # ... and the val_nll interval, when metrics.json has one (rar evaluate --heldout)
@@ -88,7 +88,7 @@ MISSING = "–"  # how an unknown number reads in Markdown and on plots
 
 def extractor_suffix(extractor: str) -> str:
     """The suffix of `extractor`'s metric names in metrics.json ("" for Inception); an
-    extractor not listed follows rar.evaluate's rule (its name, `-` turned into `_`)."""
+    extractor not listed follows rar.evaluation.scorer's rule (its name, `-` turned into `_`)."""
     if extractor in EXTRACTOR_SUFFIXES:
         return EXTRACTOR_SUFFIXES[extractor]
     return "_" + re.sub(r"[^a-z0-9]+", "_", extractor.lower())

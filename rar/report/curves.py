@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rar.records import VALIDATION_CSV
+from rar.experiments.records import VALIDATION_CSV
 from rar.report.columns import PathLike, axis_label, metric_label
 from rar.report.figures import check_metric, empty_note, figure, save_png
 from rar.report.read import read_metrics, read_train_log
@@ -28,7 +28,7 @@ def plot_loss_curves(
 ) -> Path:
     """Small multiples, one panel per run (same axes everywhere): its training loss (faint:
     per logged step; solid: a running mean over ~2% of the points), every other run's running
-    mean in light grey behind it for comparison, its held-out NLL where rar.train logged one
+    mean in light grey behind it for comparison, its held-out NLL where rar.training.loop logged one
     (points), and the randomness r on the right axis. The legend sits under the panels.
 
     runs: [{"label", "metrics_csv"}, optionally "validation_csv"]; a run whose file is absent
@@ -127,7 +127,7 @@ def _loss_legend(fig, runs: list[dict], logs: list[pd.DataFrame | None]) -> None
 
 
 def _held_out_log(run: dict) -> pd.DataFrame | None:
-    """A run's held-out NLL log (rar.train's validation.csv beside metrics.csv, or the run's
+    """A run's held-out NLL log (rar.training.loop's validation.csv beside metrics.csv, or the run's
     `validation_csv`), or None."""
     path = run.get("validation_csv") or Path(run["metrics_csv"]).with_name(VALIDATION_CSV)
     df = read_train_log(path)
@@ -189,7 +189,7 @@ def plot_guidance_sweeps(*, points: list[dict], out: PathLike) -> Path:
     points: [{"label", "guidance": a sweep's guidance.json}]; rows whose sweep has not run
     are counted in the title. Small multiples when there are more than eight rows, so that
     colours never repeat within a panel."""
-    from rar.sweep import read_sweep
+    from rar.sampling.sweep import read_sweep
 
     sweeps = [(p["label"], read_sweep(p["guidance"])) for p in points]
     done = [(label, s) for label, s in sweeps if s is not None]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rar.experiments.results import grid_samples_info
 from rar.report.columns import PathLike
 from rar.report.figures import DPI, RANDOM_ORDER, empty_note, figure, save_png
-from rar.results import grid_samples_info
 
 # ##########################################################################################
 # Scan orders (RAR appendix figure; Table 3's target orders)
@@ -22,12 +22,12 @@ from rar.results import grid_samples_info
 
 
 def plot_scan_orders(*, out: PathLike, grid: int = 16, orders: Sequence[str] | None = None) -> Path:
-    """The scan orders (default all six of rar.orders.SCAN_ORDERS) drawn as the paper's
+    """The scan orders (default all six of rar.model.orders.SCAN_ORDERS) drawn as the paper's
     supplementary Fig. 6 draws them: on the `grid` x `grid` token grid (the paper's 16x16 by
     default; the workflow passes its study's grid), each cell prints the step at which it is visited
     and is coloured by it (early dark, late bright), and a thin line joins the cell centres in
     visiting order. 2 x 3 panels for the six orders."""
-    from rar.orders import SCAN_ORDERS, scan_order  # imports torch
+    from rar.model.orders import SCAN_ORDERS, scan_order  # imports torch
 
     orders = list(orders or SCAN_ORDERS)
     ncols = min(3, len(orders))
@@ -101,7 +101,7 @@ def plot_sample_grids(
     demo's images/val), and the class names beside the first panel of each line. A panel
     sampled in random order says so; a missing grid is a blank panel that says so.
 
-    grids: [{"label", "png"}] (rar.sample's grid.png: one row per class of samples.json's
+    grids: [{"label", "png"}] (rar.sampling.sampler's grid.png: one row per class of samples.json's
     `grid_classes`); max_rows: sample rows kept per grid; class_names: the name of each class
     id (default: the sorted class folders of `real`, the ids rar.data.images assigns);
     ncols / panel: panels per line and their width in inches (default: the grid's own pixels,
@@ -185,8 +185,8 @@ def _draw_grid(ax, label: str, im: np.ndarray | None, aspect: float, *, width: f
 
 def _grid_image(png: PathLike, max_rows: int | None) -> np.ndarray | None:
     """A grid.png as an array, cut to its first `max_rows` rows of samples. The sample height
-    comes from samples.json beside it (`grid_classes`: one grid row per class, rar.sample);
-    without that file the grid is shown whole."""
+    comes from samples.json beside it (`grid_classes`: one grid row per class,
+    rar.sampling.sampler); without that file the grid is shown whole."""
     from PIL import Image
 
     png = Path(png)

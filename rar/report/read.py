@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from rar.experiments import PAPER_SAMPLES
+from rar.experiments.records import log_text, read_failure_file
+from rar.experiments.results import read_metrics_record
 from rar.files import read_json
-from rar.records import log_text, read_failure_file
 from rar.report.columns import (
     INCEPTION,
     METRIC_KEYS,
@@ -27,7 +28,6 @@ from rar.report.columns import (
     PathLike,
     extractor_suffix,
 )
-from rar.results import read_metrics_record
 
 
 def read_metrics(path: PathLike | None) -> dict | None:
@@ -87,7 +87,7 @@ def read_val_nll(path: PathLike | None) -> dict | None:
 
     path: a JSON object with `val_nll` and optionally `val_nll_ci_low`/`val_nll_ci_high` or
     `val_nll_se` (a 95% interval of +-1.96 standard errors); or a CSV with a `val_nll`
-    column (a run's validation.csv, rar.train), whose last row counts."""
+    column (a run's validation.csv, rar.training.loop), whose last row counts."""
     if path is None or not Path(path).exists():
         return None
     path = Path(path)
@@ -127,8 +127,8 @@ def read_failure(paths: PathLike | Sequence[PathLike] | None) -> str | None:
 
 
 def read_train_log(path: PathLike) -> pd.DataFrame | None:
-    """A run's metrics.csv (rar.records.METRICS_FIELDS; or its validation.csv) as numbers sorted
-    by step, or None if absent or without rows.
+    """A run's metrics.csv (rar.experiments.records.METRICS_FIELDS; or its validation.csv) as
+    numbers sorted by step, or None if absent or without rows.
 
     The file grows by appended lines while training runs, so a last line without its newline
     is torn and dropped; a resumed run logs again the steps after its last checkpoint, so the
@@ -161,7 +161,7 @@ def sweep_size(cell: str) -> int:
 def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     """The guidance scale an evaluation used, and its sweep's FIDs ("2: 3.10, 4: 2.51*, ...",
     * = chosen, ! = chosen at an edge of the range) when a sweep chose it."""
-    from rar.sweep import read_sweep
+    from rar.sampling.sweep import read_sweep
 
     result = read_sweep(sweep) if sweep else None
     scale = (metrics or {}).get("guidance_scale")

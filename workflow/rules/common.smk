@@ -5,7 +5,7 @@ from snakemake.logging import logger
 
 from rar.experiments import StudyError, load_study
 from rar.experiments.rules import RuleWiring, one_of
-from rar.resources import missing_resources
+from rar.experiments.resources import missing_resources
 
 
 # The one study loader of every tool (rar plan / status / report use the same): the schema's
@@ -48,7 +48,7 @@ def _check_rerun_triggers():
         )
 
 
-# Everything the study needs from outside, checked whole before any job (rar.resources): a dry
+# Everything the study needs from outside, checked whole before any job (rar.experiments.resources): a dry
 # run lists what is missing; a run that would tokenize, sample or score refuses to start, with
 # every missing file in one message (a finished grid still rebuilds its tables without them).
 # The missing files get a producer (data.smk's `missing_resource`), so that Snakemake builds

@@ -17,7 +17,7 @@ rule run_config:
         "../scripts/write_run_config.py"
 
 
-# The CEILING row's checkpoint: a run's initial weights (rar.reference_rows), never trained.
+# The CEILING row's checkpoint: a run's initial weights (rar.sampling.reference_rows), never trained.
 rule untrained_checkpoint:
     input:
         config=ancient(wiring.untrained_run_config),

@@ -1,0 +1,124 @@
+"""Named model sizes, architectures and the paper's sampling settings. Torch-free (the workflow
+reads them while parsing the Snakefile); `rar.model.transformer` and `rar.model.generate` build on
+these tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# RAR Table 1 / the official release. Trailing comments: parameters at codebook 1024, 1000
+# classes and 256 tokens, with adaLN (as released; the exact counts are in docs/reproducing.md and
+# tests/test_model.py) | as the plain ViT of the ablations (`architecture="plain"`, RAR §4.1).
+# The tiny sizes train on a CPU (demo and tests).
+RAR_CONFIGS: dict[str, dict] = {
+    "rar_b": dict(hidden_size=768, num_layers=24, num_heads=16, mlp_size=3072),  # 260.9M | 174.4M
+    "rar_l": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_size=4096),  # 461.7M | 308.1M
+    "rar_xl": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_size=5120),  # 955.4M | 636.9M
+    "rar_xxl": dict(hidden_size=1408, num_layers=40, num_heads=16, mlp_size=6144),  # 1.50B | 1.02B
+    "rar_tiny": dict(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256),  # 0.54M | 0.46M
+    "rar_mini": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_size=512),  # 1.99M | 1.51M
+}
+
+# The paper's sampling settings per model size (official README_RAR.md and configs):
+# temperature, classifier-free guidance scale and the pow-cosine schedule's exponent. The
+# values only: rar.settings.stages.SAMPLING_PRESETS makes them whole SamplingConfigs, and
+# rar.settings.stages.sampling_values is the one resolution of a preset.
+SAMPLING_PRESET_VALUES: dict[str, dict] = {
+    "rar_b": dict(guidance_scale=16.0, guidance_power=2.75, temperature=1.0),
+    "rar_l": dict(guidance_scale=15.5, guidance_power=2.5, temperature=1.02),
+    "rar_xl": dict(guidance_scale=6.9, guidance_power=1.5, temperature=1.02),
+    "rar_xxl": dict(guidance_scale=8.0, guidance_power=1.2, temperature=1.02),
+}
+
+# Generator architectures (rar.model.transformer.RARConfig.architecture). RAR §4.1: the ablations
+# (Tables 2 and 3) use a plain ViT, the final models (Table 4) add adaLN conditioning.
+ARCHITECTURES: tuple[str, ...] = ("adaln", "plain")
+
+# Classifier-free guidance schedules (rar.model.generate.guidance_scale_at): "pow-cosine" (MDT, Gao
+# et al. 2023), RAR's final models; "linear" (MUSE, Chang et al. 2023), RAR's ablations;
+# "constant" for reference. The SAMPLING_PRESET_VALUES above are all pow-cosine.
+GUIDANCE_SCHEDULES: tuple[str, ...] = ("constant", "linear", "pow-cosine")
+
+# The six scan orders of RAR Table 3, as drawn in the paper's supplementary Fig. 6
+# (rar.model.orders builds them).
+SCAN_ORDERS: tuple[str, ...] = (
+    "row-major",
+    "spiral-in",
+    "spiral-out",
+    "z-curve",
+    "subsample",
+    "alternate",
+)
+
+# Images per sampling chunk. With the seed it decides which images are drawn (one generator per
+# chunk), so it is part of a sample set's identity: the one default of
+# rar.sampling.sampler.sample(), `rar sample`, `rar sweep-guidance` and the study schema's
+# `sampling.chunk_size`.
+DEFAULT_CHUNK_SIZE = 250
+
+
+# The feature extractors of the metrics (rar.evaluation.extractors loads them): which torch-fidelity
+# layers each reads, and how its metrics are named, so that a demo number can never pass
+# for the paper's Inception one.
+INCEPTION = "inception-v3-compat"  # the paper's (torch-fidelity, as ADM)
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+
+
+# The crop modes of the data stage, declared here only (rar.data.images: what each does and
+# how many crops of an image it stores); the study schema's `crop` enum is held equal to this
+# by tests/test_formats.py.
+CROP_MODES = ("center", "center+flip", "tencrop")
+
+# Our metric column -> its metrics.json key, `{s}` the extractor's suffix (`ExtractorSpec`),
+# declared here only (rar.evaluation.scorer writes the keys, rar.report.columns reads them) ...
+METRIC_KEYS = {
+    "fid": "fid{s}",
+    "is": "isc{s}_mean",
+    "is_std": "isc{s}_std",
+    "precision": "precision{s}",
+    "recall": "recall{s}",
+}
+# ... and the name torch-fidelity (and rar.evaluation.metrics) gives each result.
+TORCH_FIDELITY_NAMES = {
+    "fid": "frechet_inception_distance",
+    "is": "inception_score_mean",
+    "is_std": "inception_score_std",
+    "precision": "precision",
+    "recall": "recall",
+}
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """The torch-fidelity feature layers one extractor uses, and how its metrics are named."""
+
+    fid_layer: str  # also precision/recall
+    isc_layer: str
+    suffix: str  # appended to metric names: "" for Inception, "_efficientnet_lite0" otherwise
+    input_size: int | None = None  # side images are resized to; None: the extractor's own
+
+    def features_id(self, weights_sha256: str) -> str:
+        """What the features depend on besides the images, for cache keys: the weights and,
+        where this project chose it, the input size."""
+        return weights_sha256 + (f"-{self.input_size}px" if self.input_size else "")
+
+    def metric_names(self) -> dict[str, str]:
+        """Result keys (torch-fidelity's names; rar.evaluation.metrics returns IS and
+        precision/recall under the same) -> ours."""
+        return {
+            TORCH_FIDELITY_NAMES[c]: key.format(s=self.suffix) for c, key in METRIC_KEYS.items()
+        }
+
+
+EXTRACTORS: dict[str, ExtractorSpec] = {
+    # ADM / torch-fidelity: pool_3 (2048) for FID and precision/recall, logits without the
+    # bias for IS (as the original TF Inception Score code reads them).
+    INCEPTION: ExtractorSpec(fid_layer="2048", isc_layer="logits_unbiased", suffix=""),
+    # The offline demo's (rar.demo.extractor): global average pool (1280) and the 1000 ImageNet
+    # logits, of the 32 px images upsampled to 96 px, not the 224 px the network was trained
+    # at: 12x less work per image (11 vs 134 ms on one CPU thread), the class probe still
+    # 100% right on held-out images, and the demo's FID floor and ceiling still far apart.
+    EFFICIENTNET_LITE0: ExtractorSpec(
+        fid_layer="1280", isc_layer="logits", suffix="_efficientnet_lite0", input_size=96
+    ),
+}
