@@ -318,6 +318,40 @@ def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
     assert "'rar-samples/1'" in capsys.readouterr().out
 
 
+def test_sets_and_chunks_from_before_top_k_was_removed_are_kept(files, tmp_path, capsys):
+    """Plans written while top_k / top_p were settings recorded them at their off values: such
+    a set is complete and its chunks belong to it (nothing redrawn, nothing refused or
+    dropped); one drawn with top-k on is another set."""
+    from rar.sampling.chunks import check_plan, read_plan, write_plan
+    from rar.sampling.sampler import completed_samples, sampling_plan
+
+    settings = SampleSettings(num_per_class=2, chunk_size=2, seed=3)
+    plan = sampling_plan(
+        files["checkpoint"],
+        files["tokenizer"],
+        settings,
+        num_classes=3,
+        sampling=SamplingConfig(),
+        amp_dtype=None,
+    )
+    old = {**plan, "sampling": {**plan["sampling"], "top_k": 0, "top_p": 1.0}}
+    out = tmp_path / "samples.npz"
+    out.write_bytes(b"")
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": old, "num_samples": 6}))
+    assert completed_samples(out, plan)["num_samples"] == 6
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    write_plan(chunks, old)
+    assert read_plan(chunks) == plan
+    check_plan(chunks, plan)  # no error: the same plan
+    on = {**plan, "sampling": {**plan["sampling"], "top_k": 50, "top_p": 1.0}}
+    (tmp_path / "samples.json").write_text(json.dumps({"plan": on, "num_samples": 6}))
+    assert completed_samples(out, plan) is None
+    write_plan(chunks, on)
+    with pytest.raises(ValueError, match="other settings"):
+        check_plan(chunks, plan)
+
+
 def test_num_classes_must_fit_the_model(files, tmp_path):
     with pytest.raises(ValueError, match=r"num_classes 4 must be in 1\.\.3"):
         _sample(files, tmp_path / "samples.npz", num_classes=4)

@@ -124,10 +124,29 @@ def chunk_dir_for(out: str | os.PathLike) -> Path:
 PLAN_FILE = "plan.json"  # <out>.chunks/plan.json: the settings the chunks are made with
 
 
+# Sampling settings that plans once recorded, with the value that left them off. They were
+# removed (the paper samples without them); a plan that holds them at these values is the same
+# plan without them, so sets and chunks made before their removal are neither redone nor
+# refused.
+RETIRED_SAMPLING = {"top_k": 0, "top_p": 1.0}
+
+
+def without_retired(plan: dict) -> dict:
+    """`plan` (a chunk plan, or samples.json's copy) without the retired sampling settings,
+    when each is off; unchanged otherwise (a set drawn with top-k is another set)."""
+    sampling = plan.get("sampling")
+    if not isinstance(sampling, dict) or not set(RETIRED_SAMPLING) & set(sampling):
+        return plan
+    if any(sampling.get(k, off) not in (off, None) for k, off in RETIRED_SAMPLING.items()):
+        return plan
+    kept = {k: v for k, v in sampling.items() if k not in RETIRED_SAMPLING}
+    return {**plan, "sampling": kept}
+
+
 def read_plan(chunk_dir: Path) -> dict | None:
     """The chunk plan recorded in `chunk_dir` (`write_plan`), or None if there is none."""
     path = chunk_dir / PLAN_FILE
-    return read_json(path) if path.is_file() else None
+    return without_retired(read_json(path)) if path.is_file() else None
 
 
 def write_plan(chunk_dir: Path, plan: dict) -> None:

@@ -43,6 +43,7 @@ from rar.sampling.chunks import (
     num_chunks,
     restore_finished,
     wait_for_chunks,
+    without_retired,
 )
 from rar.settings.stages import SAMPLING_FIELDS, SampleSettings, SamplingConfig, resolve_sampling
 
@@ -83,7 +84,7 @@ def completed_samples(out: Path, plan: dict) -> dict | None:
     if not (out.exists() and info_path.exists()):
         return None
     info = read_json(info_path)
-    old = info.get("plan") or {}
+    old = without_retired(info.get("plan") or {})
     if old == plan:
         print(f"{out} is complete with these settings; nothing to do", flush=True)
         return info
