@@ -43,13 +43,6 @@ DERIVED = {
     "num_tokens": ["tokenizer.grid"],
 }
 
-# Known gaps, each an expected failure until it is fixed (strict: a fix makes it pass).
-GAPS = {
-    "checkpoint_epochs": "the study's trunk plan (rar.experiments.trunks) sets it from branch "
-    "points, trunks.keep_every and tables' evaluate_epochs: a value in `train:` or a row is "
-    "dropped without a word",
-}
-
 
 def demo_study_config() -> dict:
     """config/demo.yaml with one table of one row: a single run, set by `train:` alone."""
@@ -125,15 +118,7 @@ def rar_train_config(run, wiring: RuleWiring, tmp_path: Path, monkeypatch) -> Tr
     return cfg
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=GAPS[name]))
-        if name in GAPS
-        else name
-        for name in FIELDS
-    ],
-)
+@pytest.mark.parametrize("name", FIELDS)
 def test_each_training_field_reaches_rar_train_from_the_study(name, tmp_path, monkeypatch):
     base = only_run(demo_study_config())[0].config
     current = getattr(base, name)

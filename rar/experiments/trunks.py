@@ -45,7 +45,9 @@ def plan_trunks(
         if run.kind == "trunk" and keep_every > 0:
             count = int(run.config.epochs // keep_every)
             keep_at[rid] |= {i * keep_every for i in range(1, count + 1)} - {run.config.epochs}
-    for rid, epoch in curve_points:
+    # ... and the epochs a config asks to keep (`checkpoint_epochs` in `train:` or a row).
+    asked = [(rid, e) for rid, run in runs.items() for e in configs[rid].checkpoint_epochs]
+    for rid, epoch in [*curve_points, *asked]:
         run = runs[rid]
         early = run.kind == "branch" and epoch <= run.branch_epoch
         keep_at[run.trunk if early else rid].add(epoch)
