@@ -42,6 +42,7 @@ OWNERS = {
     "validation.csv": "rar/experiments/records.py",
     "job.json": "rar/experiments/records.py",  # job records; a stage's is `<stem>_job.json`
     "plan.json": "rar/sampling/chunks.py",  # the chunk plan, `<out>.chunks/plan.json`
+    "guidance.json": "rar/experiments/results.py",  # a guidance sweep's result
 }
 # Each format's columns or version, declared in its owner only: the list of them (any list or
 # tuple literal holding all of these strings) or the one string.

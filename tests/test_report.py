@@ -20,6 +20,7 @@ from PIL import Image
 from rar import report
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED
 from rar.experiments.records import METRICS_FIELDS
+from rar.experiments.results import GUIDANCE_FORMAT as SWEEP_FORMAT
 from rar.report import (
     anneal_grid,
     make_table,
@@ -42,7 +43,6 @@ from rar.report.figures import (
 from rar.report.grids import _grid_image
 from rar.report.read import guidance_cells, row_status
 from rar.report.tables import assemble_table
-from rar.sampling.sweep import FORMAT as SWEEP_FORMAT
 from rar.sampling.sweep import summarize
 
 # ##########################################################################################

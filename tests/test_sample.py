@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from rar.experiments.results import read_guidance_scale
 from rar.model.checkpoint import load_generator
 from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 from rar.model.transformer import RAR, rar_config
@@ -30,7 +31,6 @@ from rar.sampling.chunks import (
     num_chunks,
 )
 from rar.sampling.sampler import sample
-from rar.sampling.sweep import read_guidance_scale
 from rar.settings.presets import DEFAULT_CHUNK_SIZE
 from rar.settings.stages import SampleSettings, SamplingConfig, resolve_sampling
 

@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from rar.sampling.sweep import FORMAT, pick_best, read_sweep, summarize, sweep_point
+from rar.experiments.results import GUIDANCE_FORMAT as FORMAT
+from rar.experiments.results import read_sweep
+from rar.sampling.sweep import pick_best, summarize, sweep_point
 
 
 def points(fids: dict[float, float]) -> list[dict]:

@@ -59,9 +59,8 @@ def add_sweep_guidance(sub: argparse._SubParsersAction) -> None:
             "that scale. Resumable: finished scales are not redone.\n\n"
             "example: rar sweep-guidance --checkpoint results/runs/ab12cd34ef56/checkpoints/"
             "final.pt --tokenizer resources/maskgit-vqgan-imagenet-f16-256.bin --scales 2 4 8 "
-            "--guidance-schedule linear --temperature 1.0 --reference "
-            "resources/VIRTUAL_imagenet256_labeled.npz --out results/sweeps/0123456789ab/"
-            "guidance.json"
+            "--guidance-schedule linear --temperature 1.0 --out results/sweeps/0123456789ab/"
+            "guidance.json --reference resources/VIRTUAL_imagenet256_labeled.npz"
         ),
         formatter_class=Formatter,
     )
@@ -160,9 +159,9 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from rar.evaluation.extractors import check_extractor_available
     from rar.experiments.records import job_record_for
+    from rar.experiments.results import GUIDANCE_SCALE_KEY, read_guidance
     from rar.ops.launch import launch
     from rar.sampling.sampler import sample  # heavy: torch
-    from rar.sampling.sweep import GUIDANCE_SCALE_KEY, read_guidance
 
     launcher = launcher_from_args(args)
     out = Path(args.out).resolve()

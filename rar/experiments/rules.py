@@ -19,6 +19,7 @@ import re
 import shlex
 from typing import Any
 
+from rar.experiments.results import GUIDANCE_JSON
 from rar.experiments.study import Evaluation, Study, Sweep
 from rar.settings.options import option_flags
 from rar.settings.stages import SampleSettings, SamplingConfig
@@ -155,7 +156,7 @@ class RuleWiring:
     def sweep_result(self, wildcards) -> str | list:
         """The guidance.json an evaluation takes its scale from ([] without a sweep)."""
         ev = self.evaluation(wildcards)
-        return f"{self.study.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else []
+        return f"{self.study.sweep_dir(ev.sweep)}/{GUIDANCE_JSON}" if ev.sweep else []
 
     def _sampling_flags(self, sampling: dict) -> list:
         """An evaluation's or sweep's resolved sampling (`rar.experiments.build`) as the flags

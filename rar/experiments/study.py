@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rar.experiments.records import FAILURE_FILE, METRICS_CSV, read_progress
-from rar.experiments.results import METRICS_JSON
+from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
 from rar.settings.training import TrainConfig
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
@@ -353,7 +353,7 @@ class Study:
                     "paper": row.paper,
                     "kind": row.kind,
                     "failure": failures,
-                    "sweep": f"{self.sweep_dir(ev.sweep)}/guidance.json" if ev.sweep else None,
+                    "sweep": f"{self.sweep_dir(ev.sweep)}/{GUIDANCE_JSON}" if ev.sweep else None,
                 }
             )
         return out

@@ -189,7 +189,7 @@ def plot_guidance_sweeps(*, points: list[dict], out: PathLike) -> Path:
     points: [{"label", "guidance": a sweep's guidance.json}]; rows whose sweep has not run
     are counted in the title. Small multiples when there are more than eight rows, so that
     colours never repeat within a panel."""
-    from rar.sampling.sweep import read_sweep
+    from rar.experiments.results import read_sweep
 
     sweeps = [(p["label"], read_sweep(p["guidance"])) for p in points]
     done = [(label, s) for label, s in sweeps if s is not None]

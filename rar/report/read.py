@@ -161,7 +161,7 @@ def sweep_size(cell: str) -> int:
 def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     """The guidance scale an evaluation used, and its sweep's FIDs ("2: 3.10, 4: 2.51*, ...",
     * = chosen, ! = chosen at an edge of the range) when a sweep chose it."""
-    from rar.sampling.sweep import read_sweep
+    from rar.experiments.results import read_sweep
 
     result = read_sweep(sweep) if sweep else None
     scale = (metrics or {}).get("guidance_scale")

@@ -2,7 +2,7 @@
 
 - `sampler`         `rar sample`: the plan, the completeness check, this rank's chunks, the finish
 - `chunks`          the class-interleaved layout, per-chunk seeds, chunk files, the merge, the grid
-- `sweep`           the guidance sweep and `guidance.json`: sample and score each scale
+- `sweep`           the guidance sweep: sample and score each scale, keep the lowest FID
 - `reference_rows`  the untrained checkpoint and the tokenizer reconstructions rows
 """
 
@@ -11,8 +11,6 @@ from rar import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     {
-        "read_guidance": "sweep",
-        "read_sweep": "sweep",
         "sample": "sampler",
         "sweep_guidance": "sweep",
         "write_reconstructions": "reference_rows",

@@ -18,68 +18,20 @@ metrics.json).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rar.experiments.results import METRICS_JSON, read_metrics_record
-from rar.files import atomic_write_text
+from rar.experiments.results import (
+    GUIDANCE_FORMAT,
+    METRICS_JSON,
+    read_metrics_record,
+    write_guidance,
+)
 from rar.settings.presets import EXTRACTORS
 from rar.settings.stages import SampleSettings, ScoringSettings
-
-FORMAT = "rar-guidance-sweep/1"
-GUIDANCE_SCALE_KEY = "guidance_scale"  # what `rar sample --guidance-scale-from` reads
-
-# ##########################################################################################
-# guidance.json: this module writes it (`write_guidance`) and reads it (`read_guidance`,
-# `read_sweep`), for `rar sample --guidance-scale-from` and the report alike
-# ##########################################################################################
-
-
-def write_guidance(path: str | os.PathLike, result: dict) -> None:
-    """Write a sweep's result (`summarize`) as `path`, atomically."""
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-
-
-def read_guidance(path: str | os.PathLike) -> dict:
-    """The JSON object of a guidance file (a sweep's guidance.json), read once. Raises
-    ValueError naming the file and the key when the file is missing, is not JSON or lacks a
-    finite number under GUIDANCE_SCALE_KEY."""
-    path = Path(path)
-    want = f"a JSON object with a number under {GUIDANCE_SCALE_KEY!r}"
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file (expected {want})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not JSON ({err}); expected {want}") from None
-    if not isinstance(obj, dict) or GUIDANCE_SCALE_KEY not in obj:
-        raise ValueError(f"{path}: no key {GUIDANCE_SCALE_KEY!r} (expected {want})")
-    value = obj[GUIDANCE_SCALE_KEY]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{path}: {GUIDANCE_SCALE_KEY!r} is {value!r}, not a finite number")
-    return obj
-
-
-def read_guidance_scale(path: str | os.PathLike) -> float:
-    """The guidance scale of a guidance file (`read_guidance`)."""
-    return float(read_guidance(path)[GUIDANCE_SCALE_KEY])
-
-
-def read_sweep(path: str | os.PathLike) -> dict | None:
-    """A sweep's guidance.json (`read_guidance`, of this module's FORMAT), or None when it
-    does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    data = read_guidance(path)
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a guidance sweep result ({FORMAT})")
-    return data
-
 
 # ##########################################################################################
 # The sweep
@@ -106,7 +58,7 @@ def summarize(points: list[dict], metric: str) -> dict:
     best = pick_best(points, metric)
     scales = sorted(p["guidance_scale"] for p in points)
     return {
-        "format": FORMAT,
+        "format": GUIDANCE_FORMAT,
         "guidance_scale": best["guidance_scale"],
         "chosen_by": f"lowest {metric}",
         "metric": metric,
