@@ -126,7 +126,12 @@ def heldout_shards(tmp_path) -> tuple[Path, Path]:
         MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
     ).eval()
     tokenize_images(
-        images / "val", tmp_path / "data/val", tokenizer=vq, crop="center", images_per_part=4,
-        num_workers=0, progress=False,
-    )  # fmt: skip
+        images / "val",
+        tmp_path / "data/val",
+        tokenizer=vq,
+        crop="center",
+        images_per_part=4,
+        num_workers=0,
+        progress=False,
+    )
     return images, tmp_path / "data/val"

@@ -30,12 +30,24 @@ SAMPLES = 64
 def tiny_run(**overrides) -> TrainConfig:
     """rar_tiny on a 4x4 grid: 64 source images, batch 8 -> 8 steps per epoch, 24 in all."""
     base = dict(
-        model="rar_tiny", codebook_size=16, num_classes=4, num_tokens=16,
-        source_images=SAMPLES, epochs=3, global_batch=8, micro_batch=4,
-        warmup_epochs=1, lr=1e-3, min_lr=1e-4, anneal_start=1, anneal_end=2,
-        checkpoint_minutes=60, log_every=4, seed=3,
+        model="rar_tiny",
+        codebook_size=16,
+        num_classes=4,
+        num_tokens=16,
+        source_images=SAMPLES,
+        epochs=3,
+        global_batch=8,
+        micro_batch=4,
+        warmup_epochs=1,
+        lr=1e-3,
+        min_lr=1e-4,
+        anneal_start=1,
+        anneal_end=2,
+        checkpoint_minutes=60,
+        log_every=4,
+        seed=3,
         compile=False,  # eager on GPUs too ("auto" compiles there), as the GPU tests were measured
-    )  # fmt: skip
+    )
     return TrainConfig(**{**base, **overrides})
 
 

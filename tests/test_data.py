@@ -558,9 +558,11 @@ def test_tar_members_name_each_crop_of_each_image():
     ids = np.arange(4 * 3, dtype=np.uint16).reshape(4, 3)  # 2 images x 2 crops, 3 tokens
     members = dict(_members(sources, ids, 2, write_crop=True))
     assert list(members) == [
-        f"{key}_{c}.{ext}" for key in ("n01_a", "n02_b") for c in (0, 1)
+        f"{key}_{c}.{ext}"
+        for key in ("n01_a", "n02_b")
+        for c in (0, 1)
         for ext in ("cls", "crop", "tokens.npy")
-    ]  # fmt: skip
+    ]
     assert members["n02_b_0.cls"] == b"1" and members["n02_b_1.crop"] == b"1"
     assert np.load(io.BytesIO(members["n02_b_1.tokens.npy"])).tolist() == [9, 10, 11]
     assert len(_members(sources, ids, 2, write_crop=False)) == 8  # no .crop members

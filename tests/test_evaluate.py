@@ -172,9 +172,15 @@ def test_metrics_equal_torch_fidelity_called_directly(tmp_path):
     )
     # FID, and IS as ADM's for N <= 5,000: one split, unshuffled
     direct = _direct(
-        samples, reference, "efficientnet-lite0", None, isc=True, fid=True,
-        isc_splits=1, samples_shuffle=False,
-    )  # fmt: skip
+        samples,
+        reference,
+        "efficientnet-lite0",
+        None,
+        isc=True,
+        fid=True,
+        isc_splits=1,
+        samples_shuffle=False,
+    )
     assert m["fid_efficientnet_lite0"] == pytest.approx(
         direct["frechet_inception_distance"], rel=1e-6
     )
@@ -348,8 +354,10 @@ def _class_folder(root: Path, n: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def colour_sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("colours")
-    return {split: _class_folder(root / split, 6, seed) for seed, split in enumerate(
-        ("train", "val", "test"))}  # fmt: skip
+    return {
+        split: _class_folder(root / split, 6, seed)
+        for seed, split in enumerate(("train", "val", "test"))
+    }
 
 
 def test_real_images_scored_like_samples_with_the_class_probe(tmp_path, colour_sets):
@@ -376,8 +384,9 @@ def test_real_images_scored_like_samples_with_the_class_probe(tmp_path, colour_s
     # The probe is cached by content: a second evaluation does not fit it again.
     assert len(list((tmp_path / "c").glob("probe-*.npz"))) == 1
     # An npz whose labels name the wrong classes (blue images labelled green, ...).
-    images = np.stack([np.asarray(Image.open(p)) for p in sorted(
-        (colour_sets["test"] / "blue").glob("*.png"))])  # fmt: skip
+    images = np.stack(
+        [np.asarray(Image.open(p)) for p in sorted((colour_sets["test"] / "blue").glob("*.png"))]
+    )
     wrong = _npz(tmp_path / "wrong.npz", images)  # labels 0, 1, 2, 3, ... % 4
     write_npz(wrong, {"arr_0": images, "labels": np.ones(len(images), dtype=np.int64)})
     assert evaluate(wrong, colour_sets["val"], **kw)["class_accuracy"] == 0.0
@@ -452,17 +461,30 @@ def test_val_nll_is_the_samples_checkpoints_heldout_nll_in_their_order(tmp_path,
 
     images, shards = heldout_shards
     cfg = TrainConfig(
-        model="rar_tiny", architecture="plain", codebook_size=64, num_classes=2, num_tokens=16,
-        source_images=4, epochs=1, global_batch=2, anneal_start=0, anneal_end=1, seed=3,
-    )  # fmt: skip
+        model="rar_tiny",
+        architecture="plain",
+        codebook_size=64,
+        num_classes=2,
+        num_tokens=16,
+        source_images=4,
+        epochs=1,
+        global_batch=2,
+        anneal_start=0,
+        anneal_end=1,
+        seed=3,
+    )
     checkpoint = write_untrained_checkpoint(cfg, tmp_path / "init.pt")
     samples = _npz(tmp_path / "samples.npz", _images(6, n=6))
     info = {"checkpoint": str(checkpoint), "sampling": {"order": "spiral-out"}}
     (tmp_path / "samples.json").write_text(json.dumps(info))
     kw = dict(
-        extractor="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu",
-        batch_size=10, verbose=False, heldout=shards,
-    )  # fmt: skip
+        extractor="efficientnet-lite0",
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        batch_size=10,
+        verbose=False,
+        heldout=shards,
+    )
     record = evaluate(samples, images / "val", out=tmp_path / "metrics.json", **kw)
 
     model, _ = load_generator(checkpoint)
@@ -497,11 +519,16 @@ def test_a_checkpoint_is_loaded_once_for_consecutive_sample_sets(monkeypatch):
 
 def test_summary_line_shows_the_metrics_and_why_they_do_not_compare():
     record = {
-        "fid_efficientnet_lite0": 12.5, "precision_efficientnet_lite0": None, "fid_ci_low": 11.0,
-        "class_accuracy": 0.75, "num_samples": 10, "extractor": "efficientnet-lite0",
-        "samples": "s.npz", "not_comparable_because": ["10 samples", "features"],
+        "fid_efficientnet_lite0": 12.5,
+        "precision_efficientnet_lite0": None,
+        "fid_ci_low": 11.0,
+        "class_accuracy": 0.75,
+        "num_samples": 10,
+        "extractor": "efficientnet-lite0",
+        "samples": "s.npz",
+        "not_comparable_because": ["10 samples", "features"],
         "seconds": 3.0,
-    }  # fmt: skip
+    }
     line = ev.summary_line(record, ["fid_efficientnet_lite0", "precision_efficientnet_lite0"])
     assert line == (
         "s.npz: fid_efficientnet_lite0 12.5000, fid_ci_low 11.0000, class_accuracy 0.7500 "

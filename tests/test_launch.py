@@ -66,9 +66,12 @@ def train_tiny(workdir, *, should_stop, sleep_s=0.0, epochs=3) -> str:
     torch.set_num_threads(1)
     try:
         final = train(
-            tiny_run(epochs=epochs), workdir, source=tiny_source(sleep_s), device="cpu",
+            tiny_run(epochs=epochs),
+            workdir,
+            source=tiny_source(sleep_s),
+            device="cpu",
             should_stop=should_stop,
-        )  # fmt: skip
+        )
     finally:
         torch.set_num_threads(threads)
     return str(final)
@@ -153,16 +156,25 @@ def test_checkpoint_stops_at_a_step_and_the_requeued_job_resumes(tmp_path, capsy
 def test_debug_backend_runs_in_process_and_records(tmp_path, capsys):
     cfg = LauncherConfig(backend="debug")
     out = launch(
-        TrainJob(train_tiny), tmp_path / "run", epochs=1, launcher=cfg,
-        record=tmp_path / "run/job.json", name="train_tiny",
-    )  # fmt: skip
+        TrainJob(train_tiny),
+        tmp_path / "run",
+        epochs=1,
+        launcher=cfg,
+        record=tmp_path / "run/job.json",
+        name="train_tiny",
+    )
     assert Path(out).name == "final.pt"
     rec = record_of(tmp_path / "run/job.json")
     assert rec["backend"] == "debug" and rec["state"] == "COMPLETED"
     assert rec["command"].startswith("TrainJob(") and "epochs=1" in rec["command"]
     with pytest.raises(ValueError, match="boom"):  # debug: the job's own exception
-        launch(TrainJob(failing_job), message="boom", launcher=cfg, record=tmp_path / "job.json",
-               name="x")  # fmt: skip
+        launch(
+            TrainJob(failing_job),
+            message="boom",
+            launcher=cfg,
+            record=tmp_path / "job.json",
+            name="x",
+        )
     assert record_of(tmp_path / "job.json")["state"] == "FAILED"
 
 
@@ -171,9 +183,12 @@ def test_local_job_failure_raises_with_its_traceback(tmp_path, capsys):
     cfg = LauncherConfig(backend="local", folder=str(tmp_path / "logs"), poll_s=0.2)
     with pytest.raises(LaunchError, match=r"(?s)failed:.*ValueError: boom: the training diverged"):
         launch(
-            TrainJob(failing_job), message="boom: the training diverged", launcher=cfg,
-            record=tmp_path / "bad/job.json", name="train_bad",
-        )  # fmt: skip
+            TrainJob(failing_job),
+            message="boom: the training diverged",
+            launcher=cfg,
+            record=tmp_path / "bad/job.json",
+            name="train_bad",
+        )
     rec = record_of(tmp_path / "bad/job.json")
     assert rec["backend"] == "local" and rec["state"] == "FAILED"
     assert Path(rec["folder"]).parent == tmp_path / "logs" and rec["job_id"] in rec["folder"]
@@ -183,8 +198,15 @@ def test_local_job_failure_raises_with_its_traceback(tmp_path, capsys):
 def test_a_recorded_job_that_is_gone_is_submitted_again(tmp_path, capsys):
     cfg = LauncherConfig(backend="local", folder=str(tmp_path / "logs"), poll_s=0.2)
     record = tmp_path / "job.json"
-    gone = dict(backend="local", job_id="1", name="double", command="__main__.double(21)",
-                folder=str(tmp_path / "logs/1"), tasks=1, state="RUNNING")  # fmt: skip
+    gone = dict(
+        backend="local",
+        job_id="1",
+        name="double",
+        command="__main__.double(21)",
+        folder=str(tmp_path / "logs/1"),
+        tasks=1,
+        state="RUNNING",
+    )
     record.write_text(json.dumps(gone))  # pid 1 is no submitit controller: the job is gone
     assert launch(double, 21, launcher=cfg, record=record, name="double") == 42
     assert "job 1 recorded in" in capsys.readouterr().out
@@ -227,9 +249,15 @@ def wait_for_state(record: Path, states: set[str], timeout_s: float = 120) -> di
 def slurm_config(tmp_path, **overrides) -> LauncherConfig:
     """The local cluster: partition debug, one CPU, no GPUs (the node has none)."""
     base = dict(
-        backend="slurm", folder=str(tmp_path / "logs"), partition="debug", time_min=5,
-        cpus_per_task=1, mem_gb=1, signal_delay_s=30, poll_s=1,
-    )  # fmt: skip
+        backend="slurm",
+        folder=str(tmp_path / "logs"),
+        partition="debug",
+        time_min=5,
+        cpus_per_task=1,
+        mem_gb=1,
+        signal_delay_s=30,
+        poll_s=1,
+    )
     return LauncherConfig(**{**base, **overrides})
 
 
@@ -271,8 +299,10 @@ def test_relaunch_reattaches_to_the_live_job(tmp_path, capsys, backend):
     if backend == "slurm":
         ids = subprocess.run(
             ["sacct", "-X", "-n", "-P", "--name", name, "-o", "JobID", "-S", "now-1hours"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert ids == [first["job_id"]]
 
 
@@ -283,9 +313,13 @@ def test_relaunch_reattaches_to_the_live_job(tmp_path, capsys, backend):
 def test_slurm_runs_a_training_job_and_reports_a_failure(tmp_path, capsys):
     cfg = slurm_config(tmp_path)
     out = launch(
-        TrainJob(train_tiny), tmp_path / "run", epochs=1, launcher=cfg,
-        record=tmp_path / "run/job.json", name="train_tiny",
-    )  # fmt: skip
+        TrainJob(train_tiny),
+        tmp_path / "run",
+        epochs=1,
+        launcher=cfg,
+        record=tmp_path / "run/job.json",
+        name="train_tiny",
+    )
     assert Path(out).name == "final.pt" and Path(out).exists()
     rec = record_of(tmp_path / "run/job.json")
     assert rec["backend"] == "slurm" and rec["state"] == "COMPLETED"
@@ -296,9 +330,12 @@ def test_slurm_runs_a_training_job_and_reports_a_failure(tmp_path, capsys):
 
     with pytest.raises(LaunchError, match=r"(?s)failed:.*ValueError: boom: the training diverged"):
         launch(
-            TrainJob(failing_job), message="boom: the training diverged", launcher=cfg,
-            record=tmp_path / "bad/job.json", name="train_bad",
-        )  # fmt: skip
+            TrainJob(failing_job),
+            message="boom: the training diverged",
+            launcher=cfg,
+            record=tmp_path / "bad/job.json",
+            name="train_bad",
+        )
 
 
 def _signal_then_release(record: Path, stop: threading.Event, *, after: str) -> None:
@@ -332,15 +369,21 @@ def test_slurm_usr2_requeues_and_resumes_bit_identically(tmp_path, capsys):
     cfg = slurm_config(tmp_path, time_min=5, signal_delay_s=40, max_requeues=6)
     record, stop = tmp_path / "run/job.json", threading.Event()
     operator = threading.Thread(
-        target=_signal_then_release, args=(record, stop), kwargs={"after": "step 4/24"},
+        target=_signal_then_release,
+        args=(record, stop),
+        kwargs={"after": "step 4/24"},
         daemon=True,
-    )  # fmt: skip
+    )
     operator.start()
     try:
         out = launch(
-            TrainJob(train_tiny), tmp_path / "run", sleep_s=0.3, launcher=cfg, record=record,
+            TrainJob(train_tiny),
+            tmp_path / "run",
+            sleep_s=0.3,
+            launcher=cfg,
+            record=record,
             name="train_usr2",
-        )  # fmt: skip
+        )
     finally:
         stop.set()
     rec = record_of(record)
@@ -389,9 +432,15 @@ def shards(tmp_path_factory) -> Path:
     cfg = MaskGITVQGANConfig(hidden_channels=32, image_size=64, z_channels=32, codebook_size=64)
     out = tmp_path_factory.mktemp("shards") / "tiny"
     tokenize_images(
-        root, out, tokenizer=MaskGITVQGAN(cfg).eval(), crop="center", images_per_part=16,
-        num_workers=0, progress=False, batch_size=4,
-    )  # fmt: skip
+        root,
+        out,
+        tokenizer=MaskGITVQGAN(cfg).eval(),
+        crop="center",
+        images_per_part=16,
+        num_workers=0,
+        progress=False,
+        batch_size=4,
+    )
     return out
 
 
@@ -401,9 +450,13 @@ def test_rar_train_through_slurm_on_shards(tmp_path, shards, capsys):
     from rar.cli import main
 
     run = tiny_run(
-        data=str(shards), codebook_size=64, num_classes=2, source_images=16, epochs=2,
+        data=str(shards),
+        codebook_size=64,
+        num_classes=2,
+        source_images=16,
+        epochs=2,
         data_workers=0,
-    )  # fmt: skip
+    )
     run.save(tmp_path / "config.yaml")
     launcher = tmp_path / "launcher.yaml"
     launcher.write_text(f"backend: slurm\nfolder: {tmp_path / 'logs'}\ntime_min: 5\npoll_s: 1\n")

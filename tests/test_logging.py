@@ -100,9 +100,14 @@ def same_points(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
 def test_watching_settings_are_outside_the_run_identity():
     cfg = tiny_run()
     watched = tiny_run(
-        tensorboard=True, wandb="offline", log_dir="x/tb", log_group="demo", val_every=0.5,
-        val_data="x/val", sample_every=1,
-    )  # fmt: skip
+        tensorboard=True,
+        wandb="offline",
+        log_dir="x/tb",
+        log_group="demo",
+        val_every=0.5,
+        val_data="x/val",
+        sample_every=1,
+    )
     assert watched.run_id() == cfg.run_id() and watched.trunk_key() == cfg.trunk_key()
     assert {"tensorboard", "wandb", "val_every", "sample_every", "log_dir"} <= OUTSIDE_IDENTITY
     with pytest.raises(ValueError, match="wandb 'yes' is not one of off, online, offline"):
@@ -191,14 +196,18 @@ def test_watching_never_changes_the_weights(tmp_path):
     plain = train(tiny_run(), tmp_path / "plain", source=tiny_source())
     watched = train(
         tiny_run(val_every=0.5, sample_every=1, tensorboard=True, log_dir=str(tmp_path / "tb")),
-        tmp_path / "watched", source=tiny_source(), heldout=tiny_heldout(),
+        tmp_path / "watched",
+        source=tiny_source(),
+        heldout=tiny_heldout(),
         tokenizer=ColourTokenizer(),
-    )  # fmt: skip
+    )
     a, b = weights(plain), weights(watched)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (tmp_path / "watched/samples").iterdir()) == [
-        "step_00000008.png", "step_00000016.png", "step_00000024.png",
-    ]  # fmt: skip
+        "step_00000008.png",
+        "step_00000016.png",
+        "step_00000024.png",
+    ]
 
 
 def test_no_heldout_tokens_turns_validation_off_once(tmp_path, capsys):
@@ -338,9 +347,11 @@ def test_wandb_offline_writes_the_metrics_without_network(tmp_path, monkeypatch)
     (offline,) = sorted((run / "wandb").glob(f"offline-run-*-{cfg.run_id()}"))
     info, history = wandb_history(offline)
     assert info == {
-        "id": cfg.run_id(), "name": run_name(cfg, cfg.run_id()), "group": "demo",
+        "id": cfg.run_id(),
+        "name": run_name(cfg, cfg.run_id()),
+        "group": "demo",
         "tags": ["rar_tiny", "adaln", "anneal 1-2", "row-major"],
-    }  # fmt: skip
+    }
     assert sorted(history) == list(range(1, 25))
     loss = [(s, history[s]["train/loss"]) for s in sorted(history)]
     assert same_points(loss, csv_column(run / "metrics.csv", "loss"))
@@ -405,9 +416,13 @@ def test_wandb_online_without_a_login_or_network_does_not_stop_the_run(tmp_path,
     monkeypatch.setenv("WANDB_SILENT", "true")
     said = []
     tracker = open_tracker(
-        tiny_run(wandb="online"), tmp_path, run_id="abc", resume_step=0,
-        own_checkpoint=False, say=said.append,
-    )  # fmt: skip
+        tiny_run(wandb="online"),
+        tmp_path,
+        run_id="abc",
+        resume_step=0,
+        own_checkpoint=False,
+        say=said.append,
+    )
     assert not tracker and len(said) == 1 and said[0].startswith("W&B logging is off: ")
 
 
@@ -433,17 +448,34 @@ class _Env:
 def test_the_log_line_carries_the_eta_that_rar_status_shows(tmp_path):
     cfg = tiny_run(epochs=4, anneal_end=2)
     watcher = Watcher(
-        cfg, tmp_path, model=model_from_config(cfg), env=_Env(), device=torch.device("cpu"),
-        amp=None, step=0, own_checkpoint=False, init_from=None, heldout=None, tokenizer=None,
+        cfg,
+        tmp_path,
+        model=model_from_config(cfg),
+        env=_Env(),
+        device=torch.device("cpu"),
+        amp=None,
+        step=0,
+        own_checkpoint=False,
+        init_from=None,
+        heldout=None,
+        tokenizer=None,
         batch_size=4,
-    )  # fmt: skip
+    )
     header = "step,epoch,loss,accuracy,lr,ratio,grad_norm,tokens_per_s,images_per_s,elapsed_s"
     lines, etas = [header], []
     for step in range(1, 11):  # one epoch per 600 s
         row = dict(
-            step=step, epoch=step * 0.125, loss=1.0, accuracy=0.5, lr=1e-3, ratio=1.0,
-            grad_norm=1.0, tokens_per_s=1.0, images_per_s=1.0, elapsed_s=75.0 * step,
-        )  # fmt: skip
+            step=step,
+            epoch=step * 0.125,
+            loss=1.0,
+            accuracy=0.5,
+            lr=1e-3,
+            ratio=1.0,
+            grad_norm=1.0,
+            tokens_per_s=1.0,
+            images_per_s=1.0,
+            elapsed_s=75.0 * step,
+        )
         lines.append(",".join(str(row[k]) for k in header.split(",")))
         etas.append(watcher.log_line(row))
     (tmp_path / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -459,9 +491,11 @@ def test_mail_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
 
     monkeypatch.setattr(rar.ops.launch.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     launcher = LauncherConfig(
-        backend="slurm", folder=str(tmp_path), mail_user="me@example.org",
+        backend="slurm",
+        folder=str(tmp_path),
+        mail_user="me@example.org",
         mail_type="FAIL,REQUEUE",
-    )  # fmt: skip
+    )
     script = _executor(launcher, "train_x")._make_submission_file_text("python -c 1", "uid")
     assert "#SBATCH --mail-type=FAIL,REQUEUE" in script
     assert "#SBATCH --mail-user=me@example.org" in script

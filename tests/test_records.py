@@ -41,22 +41,32 @@ FIELDS = ",".join(METRICS_FIELDS)
 @pytest.mark.parametrize(
     ("error", "reason"),
     [
-        (FloatingPointError("non-finite loss (nan) at step 7 (epoch 0.1); last is x"),
-         "non-finite loss at step 7"),
+        (
+            FloatingPointError("non-finite loss (nan) at step 7 (epoch 0.1); last is x"),
+            "non-finite loss at step 7",
+        ),
         (MemoryError(), "out of memory: MemoryError:"),
-        ("job 5 (train_x) failed:\nTraceback:\n  ...\ntorch.OutOfMemoryError: CUDA out of "
-         "memory. Tried to allocate 2 GiB", "out of memory: torch.OutOfMemoryError: CUDA out of "
-         "memory. Tried to allocate 2 GiB"),
-        ("job 5 (train_x) failed:\nsubmitit.core.utils.UncompletedJobError: Job not requeued "
-         "because: timed-out too many times.",
-         "time limit reached with no requeue left (submitit: timed-out too many times)"),
-        ("job 5 (train_x) ended NODE_FAIL without a result\nno log in /x",
-         "node failure (SLURM state NODE_FAIL)"),
-        ("job 5 (train_x) ended UNKNOWN without a result\nno log in /x",
-         "job gone: neither the scheduler nor a result knows it"),
+        (
+            "job 5 (train_x) failed:\nTraceback:\n  ...\ntorch.OutOfMemoryError: CUDA out of "
+            "memory. Tried to allocate 2 GiB",
+            "out of memory: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB",
+        ),
+        (
+            "job 5 (train_x) failed:\nsubmitit.core.utils.UncompletedJobError: Job not requeued "
+            "because: timed-out too many times.",
+            "time limit reached with no requeue left (submitit: timed-out too many times)",
+        ),
+        (
+            "job 5 (train_x) ended NODE_FAIL without a result\nno log in /x",
+            "node failure (SLURM state NODE_FAIL)",
+        ),
+        (
+            "job 5 (train_x) ended UNKNOWN without a result\nno log in /x",
+            "job gone: neither the scheduler nor a result knows it",
+        ),
         (ValueError("bad\nsecond line"), "ValueError: bad"),
     ],
-)  # fmt: skip
+)
 def test_failure_reasons(error, reason):
     assert failure_reason(error) == reason
 
@@ -111,8 +121,12 @@ def test_eta_arithmetic():
     assert eta_seconds(1.0, 3.0, 0.5) == 4.0
     assert eta_seconds(4.0, 3.0, 0.5) == 0.0 and eta_seconds(1.0, 3.0, None) is None
     assert [format_duration(s) for s in (None, 30, 420, 3 * 3600 + 60, 2 * 86400 + 3 * 3600)] == [
-        "-", "<1m", "7m", "3h01m", "2d3h",
-    ]  # fmt: skip
+        "-",
+        "<1m",
+        "7m",
+        "3h01m",
+        "2d3h",
+    ]
 
 
 # -- job records and job states ----------------------------------------------------------------
@@ -173,8 +187,10 @@ def test_sacct_and_squeue_are_asked_once_each(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
-    for tool, out in (("sacct", "5|REQUEUED\\n5|RUNNING\\n6|CANCELLED by 0\\n"),
-                      ("squeue", "7|PENDING\\n")):  # fmt: skip
+    for tool, out in (
+        ("sacct", "5|REQUEUED\\n5|RUNNING\\n6|CANCELLED by 0\\n"),
+        ("squeue", "7|PENDING\\n"),
+    ):
         script = bin_dir / tool
         script.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nprintf "{out}"\n')
         script.chmod(0o755)

@@ -19,9 +19,13 @@ def test_untrained_checkpoint_holds_the_initial_weights_of_the_run(tmp_path):
     # same optimizer state, same data.
     scratch = train(cfg, tmp_path / "scratch", source=tiny_source(), device="cpu", max_steps=1)
     branched = train(
-        cfg, tmp_path / "from_init", source=tiny_source(), init_from=ckpt, device="cpu",
+        cfg,
+        tmp_path / "from_init",
+        source=tiny_source(),
+        init_from=ckpt,
+        device="cpu",
         max_steps=1,
-    )  # fmt: skip
+    )
     a, b = weights(scratch), weights(branched)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The caller's random state is untouched, and a second call writes the same weights.
@@ -39,6 +43,16 @@ def test_cli_init_checkpoint(tmp_path):
 
     cfg = tiny_run()
     cfg.save(tmp_path / "config.yaml")
-    assert main(["init-checkpoint", "--config", str(tmp_path / "config.yaml"),
-                 "--out", str(tmp_path / "u" / "init.pt")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "init-checkpoint",
+                "--config",
+                str(tmp_path / "config.yaml"),
+                "--out",
+                str(tmp_path / "u" / "init.pt"),
+            ]
+        )
+        == 0
+    )
     assert load_generator(tmp_path / "u" / "init.pt")[1]["step"] == 0

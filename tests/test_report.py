@@ -168,9 +168,13 @@ def anneal_table(tmp_path: Path, fids: dict, nll: dict | None = None, half: floa
         paths.append(write_scored(tmp_path / "refs" / label / "metrics.json", fid, 1.0))
     md = tmp_path / "t2.md"
     df = make_table(
-        table="table2", rows=rows, metrics=paths, csv=tmp_path / "t2.csv", md=md,
+        table="table2",
+        rows=rows,
+        metrics=paths,
+        csv=tmp_path / "t2.csv",
+        md=md,
         html=tmp_path / "t2.html",
-    )  # fmt: skip
+    )
     return df, md.read_text()
 
 
@@ -208,8 +212,10 @@ def test_val_nll_comes_from_a_json_or_the_runs_validation_log(tmp_path):
         json.dumps({"val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6})
     )
     assert report.read_val_nll(tmp_path / "v.json") == {
-        "val_nll": 3.5, "val_nll_ci_low": 3.4, "val_nll_ci_high": 3.6
-    }  # fmt: skip
+        "val_nll": 3.5,
+        "val_nll_ci_low": 3.4,
+        "val_nll_ci_high": 3.6,
+    }
     log = tmp_path / "validation.csv"
     log.write_text(
         "step,epoch,val_loss,val_nll,order\n10,1.0,4.2,4.1,raster\n20,2.0,4.0,3.9,raster\n"
@@ -235,16 +241,18 @@ def test_guidance_cells_mark_the_chosen_scale_and_an_edge(tmp_path):
     record = {"format": SWEEP_FORMAT, "guidance_scale": 4.0, "best": 2.51, "points": points}
     sweep.write_text(json.dumps({**record, "at_edge": False}))
     assert guidance_cells(None, sweep) == {
-        "guidance_scale": 4.0, "guidance_sweep": "2: 3.10, 4: 2.51*"
-    }  # fmt: skip
+        "guidance_scale": 4.0,
+        "guidance_sweep": "2: 3.10, 4: 2.51*",
+    }
     sweep.write_text(json.dumps({**record, "at_edge": True}))
     cells = guidance_cells({"guidance_scale": 3.0}, sweep)
     # the scale the evaluation recorded wins over the sweep's choice
     assert cells == {"guidance_scale": 3.0, "guidance_sweep": "2: 3.10, 4: 2.51!"}
     assert guidance_cells({"guidance_scale": 1.5}, None)["guidance_sweep"] is None
     assert guidance_cells(None, tmp_path / "absent.json") == {
-        "guidance_scale": None, "guidance_sweep": None
-    }  # fmt: skip
+        "guidance_scale": None,
+        "guidance_sweep": None,
+    }
 
 
 def test_row_status_says_why_numbers_are_not_the_papers():
@@ -309,8 +317,15 @@ def test_table_values_diffs_and_column_order(tmp_path):
     ]
     results, paper = report.RESULT_COLUMNS, report.PAPER_COLUMNS
     assert list(df.columns) == [
-        "anneal_start", "anneal_end", *results, *paper, "kind", "run", "evaluation", "label"
-    ]  # fmt: skip
+        "anneal_start",
+        "anneal_end",
+        *results,
+        *paper,
+        "kind",
+        "run",
+        "evaluation",
+        "label",
+    ]
     assert df["kind"].tolist() == ["row", "row"]
     a, b = df.iloc[0], df.iloc[1]
     assert a["fid"] == 1.73 and a["is"] == 300.25 and a["is_std"] == 3.25
@@ -389,9 +404,13 @@ def test_a_status_every_row_shares_is_said_once(tmp_path):
     assert table[0].endswith("| samples | status |")
     status = [ln.rstrip(" |").rsplit("| ", 1)[1] for ln in table[2:]]
     assert status == [
-        "ok", "ok", "ok", "ok", "missing",
+        "ok",
+        "ok",
+        "ok",
+        "ok",
+        "missing",
         "ok (efficientnet-lite0, 5,000 samples: not comparable to the paper)",
-    ]  # fmt: skip
+    ]
     assert md.read_text().count(shared) == 0
     # In the middle of a grid, most rows missing: the rows with metrics still read `ok`.
     paths[1:5] = [tmp_path / "gone.json"] * 4
@@ -875,8 +894,9 @@ def test_loss_curves_skip_missing_runs(tmp_path):
     assert not lost.lines and "no training log yet" in [x.get_text() for x in lost.texts]
     # six panels fill two rows of three, no empty panel beside them
     six = [{"label": f"run {i}", "metrics_csv": runs[0]["metrics_csv"]} for i in range(6)]
-    panels = [a for a in drawn_axes(plot_loss_curves, runs=six, out=tmp_path / "6.png")
-              if a.get_title()]  # fmt: skip
+    panels = [
+        a for a in drawn_axes(plot_loss_curves, runs=six, out=tmp_path / "6.png") if a.get_title()
+    ]
     assert len(panels) == 6
     assert len({round(a.get_position().x0, 3) for a in panels}) == 3  # columns
     only_missing = [{"label": "lost", "metrics_csv": tmp_path / "nothing.csv"}]

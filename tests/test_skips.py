@@ -39,8 +39,12 @@ def run(suite: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("RAR_CI", "RAR_SKIP_REPORT")}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_x.py", *args],
-        cwd=suite, env={**clean, **env}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=suite,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_skip_reason_is_listed_with_its_count(suite, tmp_path):

@@ -66,10 +66,17 @@ def write_metrics(run_dir: Path, rows: list[tuple[float, float, float, float]]) 
 
 def write_record(path: Path, *, job_id: str, state: str, backend: str = "debug", **extra) -> None:
     record = dict(
-        backend=backend, job_id=job_id, name=f"train_{path.parent.name}", command="x",
-        submitted="2025-01-01T00:00:00+00:00", folder=None, tasks=1, requeues=0, state=state,
+        backend=backend,
+        job_id=job_id,
+        name=f"train_{path.parent.name}",
+        command="x",
+        submitted="2025-01-01T00:00:00+00:00",
+        folder=None,
+        tasks=1,
+        requeues=0,
+        state=state,
         updated="2025-01-01T00:00:00+00:00",
-    )  # fmt: skip
+    )
     path.write_text(json.dumps({**record, **extra}))
 
 
@@ -155,11 +162,18 @@ def test_each_state_of_a_partly_finished_grid(grid, no_slurm):
     status = collect(study, root=root)
     rows = by_run(status)
     assert [r.label for r in status.rows] == [
-        "table2 (0, 1)", "table2 (0, 2)", "table2 (2, 3)", "table2 (4, 4)",
-        "table2 real held-out images", "table2 tokenizer reconstructions",
-        "table2 untrained model", "table3 z-curve", "table3 real held-out images",
-        "table3 tokenizer reconstructions", "table3 untrained model",
-    ]  # fmt: skip
+        "table2 (0, 1)",
+        "table2 (0, 2)",
+        "table2 (2, 3)",
+        "table2 (4, 4)",
+        "table2 real held-out images",
+        "table2 tokenizer reconstructions",
+        "table2 untrained model",
+        "table3 z-curve",
+        "table3 real held-out images",
+        "table3 tokenizer reconstructions",
+        "table3 untrained model",
+    ]
     # the reference rows train nothing: the floor waits on its evaluation (real images need
     # no sampling), the ceiling on sampling its initial weights, whatever its run's state
     floor, ceiling = status.rows[4], status.rows[6]
@@ -295,8 +309,11 @@ def test_without_scheduler_tools_a_record_is_shown_unverified(grid, no_slurm):
     status = collect(study, root=root)
     row = by_run(status)[runs["training"]]
     assert (row.stage, row.job_id, row.job_state, row.job_verified) == (
-        "training", "4242", "RUNNING", False,
-    )  # fmt: skip
+        "training",
+        "4242",
+        "RUNNING",
+        False,
+    )
     assert "4242 RUNNING?" in format_status(status)
 
 
@@ -313,8 +330,13 @@ def test_the_scheduler_is_asked_once_and_a_vanished_job_is_lost(grid, tmp_path, 
     study, root, runs = grid
     # 111 ran, was requeued and runs again; 99999999 is unknown to sacct and squeue.
     calls = fake_slurm(tmp_path / "bin", monkeypatch, sacct=r"111|REQUEUED\n111|RUNNING\n")
-    write_record(root / study.run_dir(runs["training"]) / "job.json", job_id="111",
-                 state="PENDING", backend="slurm", tasks=2)  # fmt: skip
+    write_record(
+        root / study.run_dir(runs["training"]) / "job.json",
+        job_id="111",
+        state="PENDING",
+        backend="slurm",
+        tasks=2,
+    )
     vanished = root / study.run_dir(runs["trunk"]) / "job.json"
     write_record(vanished, job_id="99999999", state="RUNNING", backend="slurm")
     old = time.time() - 3600  # recorded long ago: past the grace of a freshly submitted job
@@ -334,9 +356,23 @@ def test_the_scheduler_is_asked_once_and_a_vanished_job_is_lost(grid, tmp_path, 
 def sbatch_sleep(name: str) -> str:
     """A requeueable job on the local cluster that sleeps 5 minutes; its id."""
     cmd = [
-        "sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=100M", "-t", "5", "--requeue",
-        "-J", name, "-o", "/dev/null", "--wrap", "sleep 300",
-    ]  # fmt: skip
+        "sbatch",
+        "--parsable",
+        "-p",
+        "debug",
+        "-c",
+        "1",
+        "--mem=100M",
+        "-t",
+        "5",
+        "--requeue",
+        "-J",
+        name,
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 300",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
     return out.strip().split(";")[0]
 
@@ -370,8 +406,12 @@ def test_the_real_slurm_query_reads_a_requeue_a_cancel_and_a_vanished_job(grid):
         assert answer[requeued][0] in ("PENDING", "RUNNING")  # held after the requeue, or let go
 
         for run, job_id in ((runs["training"], requeued), (runs["trunk"], cancelled)):
-            write_record(root / study.run_dir(run) / "job.json", job_id=job_id,
-                         state="RUNNING", backend="slurm")  # fmt: skip
+            write_record(
+                root / study.run_dir(run) / "job.json",
+                job_id=job_id,
+                state="RUNNING",
+                backend="slurm",
+            )
         vanished = root / study.run_dir(runs["failed"]) / "job.json"
         write_record(vanished, job_id="99999999", state="RUNNING", backend="slurm")
         old = time.time() - 3600  # past the grace of a freshly submitted job
@@ -440,8 +480,12 @@ def test_a_debug_job_records_whether_it_uses_a_gpu(tmp_path):
     record = tmp_path / "run" / "job.json"
     record.parent.mkdir()
     launcher = LauncherConfig(backend="debug")
-    assert launch(lambda device: device, device="cpu", launcher=launcher, record=record,
-                  name="train_run") == "cpu"  # fmt: skip
+    assert (
+        launch(
+            lambda device: device, device="cpu", launcher=launcher, record=record, name="train_run"
+        )
+        == "cpu"
+    )
     assert json.loads(record.read_text())["gpus"] == 0
 
 
