@@ -398,31 +398,22 @@ def _state(job: submitit.Job, entry: dict[str, Any]) -> tuple[str, int]:
     """(state, times requeued) of a job; SLURM's from sacct, falling back to squeue."""
     if entry["backend"] != "slurm":
         return job.get_info()["jobState"], 0
-    try:
-        out = subprocess.run(
-            ["sacct", "-j", str(job.job_id), "-X", "-n", "-P", "--duplicates", "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        out = []
+    sacct = ["sacct", "-j", str(job.job_id), "-X", "-n", "-P", "--duplicates", "-o", "State"]
     # One line per run of the job (--duplicates), oldest first: "CANCELLED by 0" -> CANCELLED.
-    states = [s for s in out if s.isupper()]
+    states = [s for s in _words_of(sacct, check=True) if s.isupper()]
     if states:
         return states[-1], len(states) - 1
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", str(job.job_id), "-o", "%T"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        out = []
+    out = _words_of(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], check=False)
     return (out[0] if out else "UNKNOWN"), 0
+
+
+def _words_of(cmd: list[str], *, check: bool) -> list[str]:
+    """The words a SLURM query prints; none when it cannot run (or, with `check`, fails)."""
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=check)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return run.stdout.split()
 
 
 def _outcome(job: submitit.Job, tasks: int) -> tuple[str, Any] | None:
