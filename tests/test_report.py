@@ -27,6 +27,7 @@ from rar.report import (
     make_table_or_partial,
     plot_anneal_heatmap,
     plot_fid_vs_epoch,
+    plot_guidance_sweeps,
     plot_loss_curves,
     plot_metric_bars,
     plot_sample_grids,
@@ -779,6 +780,19 @@ def test_anneal_heatmap_writes_a_png(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left nothing behind
 
 
+@pytest.mark.parametrize("metrics", [["fid"], ["fid", "is"], ["fid", "is", "precision"]])
+def test_anneal_heatmap_has_a_panel_per_metric_and_no_empty_one(tmp_path, metrics):
+    """As many heatmaps as metrics, on one line up to three (no empty quarter), each with
+    its colour bar and its axes named."""
+    csv = table2_csv(tmp_path)
+    fig = drawn_figure(plot_anneal_heatmap, csv=csv, out=tmp_path / "h.png", metrics=metrics)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == len(metrics)
+    assert len(fig.axes) == 2 * len(metrics)  # each panel and its colour bar, nothing else
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 1  # one line
+    assert_clear_layout(fig, panels)
+
+
 def drawn_texts(plot, **kwargs) -> tuple[Path, list[str]]:
     """What `plot(**kwargs)` returns, and every text its figure holds when it is saved (axes
     titles, tick labels, annotations)."""
@@ -798,18 +812,44 @@ def drawn_texts(plot, **kwargs) -> tuple[Path, list[str]]:
 
 def drawn_axes(plot, **kwargs) -> list:
     """The axes of `plot(**kwargs)`'s figure as it is saved (their lines, images, texts)."""
+    return drawn_figure(plot, **kwargs).axes
+
+
+def drawn_figure(plot, **kwargs):
+    """The figure `plot(**kwargs)` saves, drawn (its artists placed as in the PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    axes, original = [], Figure.savefig
+    figures, original = [], Figure.savefig
 
     def spy(fig, *args, **kw):
-        axes.extend(fig.axes)
+        figures.append(fig)
         return original(fig, *args, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Figure, "savefig", spy)
         plot(**kwargs)
-    return axes
+    (fig,) = figures
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def assert_clear_layout(fig, data_axes: list) -> None:
+    """Every axes of the figure shows something (no empty frame); each data panel names its
+    axes where a reader needs it (x on each, y on the first of a line); no legend, the
+    figure's or a panel's, covers any panel's data area."""
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        assert ax.lines or ax.images or ax.collections or ax.texts, "an empty panel"
+    for ax in data_axes:
+        assert ax.get_xlabel(), ax.get_title()
+        if ax.get_subplotspec().is_first_col():
+            assert ax.get_ylabel(), ax.get_title()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in data_axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
 
 
 def test_anneal_heatmap_says_which_row_was_sampled_in_random_order(tmp_path):
@@ -918,6 +958,72 @@ def test_fid_vs_epoch(tmp_path):
     fid = [10 / (1 + e / 100) for e in (100, 200, 400)]
     assert drawn == {"raster": ([100, 200, 400], fid), "rar": ([100, 200], fid[:2])}
     assert_png(plot_fid_vs_epoch(points=points[-1:], out=tmp_path / "empty.png"), min_side=100)
+    fig = drawn_figure(plot_fid_vs_epoch, points=points, out=tmp_path / "fid3.png")
+    assert len(fig.legends) == 1 and len(fig.axes) == 1
+    assert_clear_layout(fig, fig.axes)
+
+
+def write_sweep(path: Path, fids: dict[float, float]) -> Path:
+    """A guidance.json of a sweep over `fids` {scale: FID}, the lowest chosen."""
+    best = min(fids, key=fids.get)
+    points = [{"guidance_scale": g, "fid": f, "num_samples": 40} for g, f in fids.items()]
+    record = {"format": SWEEP_FORMAT, "guidance_scale": best, "best": fids[best]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "at_edge": False, "points": points}))
+    return path
+
+
+def test_guidance_sweeps_one_panel_per_anneal_start(tmp_path):
+    """Table 2's 15 rows: a panel per anneal start (as many as are drawn, none empty), the
+    anneal end's colour the same in every panel and named once in a legend clear of the
+    panels, each curve's chosen scale starred; a missing sweep counted in the title."""
+    pairs = [(s, e) for s in range(0, 10, 2) for e in range(s, 10, 2)]
+    points = [
+        {
+            "label": f"anneal_start={s}, anneal_end={e}",
+            "guidance": write_sweep(tmp_path / f"{s}-{e}.json", {2.0: 10 + s + e, 4.0: 11 + e}),
+        }
+        for s, e in pairs
+    ]
+    points.append({"label": "anneal_start=9, anneal_end=9", "guidance": tmp_path / "none.json"})
+    out = tmp_path / "g.png"
+    fig = drawn_figure(plot_guidance_sweeps, points=points, out=out)
+    assert_png(out)
+    assert [ax.get_title() for ax in fig.axes] == [f"anneal_start={s}" for s in range(0, 10, 2)]
+    assert_clear_layout(fig, fig.axes)
+    assert "1 of 16 sweeps missing" in fig.get_suptitle()
+    (legend,) = fig.legends
+    ends = [f"anneal_end={e}" for e in range(0, 10, 2)]
+    assert [t.get_text() for t in legend.get_texts()] == [*ends, "chosen scale"]
+    for ax in fig.axes:
+        curves, stars = ax.lines[::2], ax.lines[1::2]
+        assert len(curves) == 5 - fig.axes.index(ax)  # every row of the group, no other
+        for curve, star in zip(curves, stars, strict=True):
+            assert curve.get_color() == f"C{ends.index(curve.get_label())}"
+            s, e = int(ax.get_title()[-1]), int(curve.get_label()[-1])
+            chosen = (2.0, 10 + s + e) if 10 + s + e < 11 + e else (4.0, 11 + e)
+            assert (star.get_xdata()[0], star.get_ydata()[0]) == chosen
+            assert star.get_marker() == "*" and star.get_color() == curve.get_color()
+
+
+def test_guidance_sweeps_without_groups(tmp_path):
+    """One-field labels (Table 3's scan orders) share a panel, its legend beside it; eleven
+    rows make two panels (colours never repeat in one); no sweep at all: one panel says so."""
+    points = [
+        {"label": f"target_order=o{i}", "guidance": write_sweep(tmp_path / f"{i}.json", {2.0: i})}
+        for i in range(11)
+    ]
+    fig = drawn_figure(plot_guidance_sweeps, points=points[:6], out=tmp_path / "a.png")
+    (ax,) = fig.axes
+    assert len(ax.lines) == 12 and ax.get_legend() is not None and not fig.legends
+    assert_clear_layout(fig, fig.axes)
+    fig = drawn_figure(plot_guidance_sweeps, points=points, out=tmp_path / "b.png")
+    assert [len(ax.lines) // 2 for ax in fig.axes] == [8, 3]
+    assert_clear_layout(fig, fig.axes)
+    nothing = [{"label": "x", "guidance": tmp_path / "none.json"}]
+    fig = drawn_figure(plot_guidance_sweeps, points=nothing, out=tmp_path / "c.png")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["no sweep yet"]
 
 
 # ##########################################################################################

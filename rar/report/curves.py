@@ -13,7 +13,14 @@ import pandas as pd
 
 from rar.experiments.records import VALIDATION_CSV
 from rar.report.columns import PathLike, axis_label, metric_label
-from rar.report.figures import check_metric, empty_note, figure, save_png
+from rar.report.figures import (
+    check_metric,
+    drop_unused,
+    empty_note,
+    figure,
+    grid_shape,
+    save_png,
+)
 from rar.report.read import read_metrics, read_train_log
 
 LOSS, OTHERS, RATIO, HELD_OUT = "tab:blue", "0.82", "tab:orange", "tab:purple"  # line colours
@@ -169,8 +176,8 @@ def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid")
             ep, val = zip(*sorted(xy), strict=True)
             ax.plot(ep, val, marker="o", label=name)
             drawn += 1
-    if drawn:
-        ax.legend(fontsize=8)
+    if drawn:  # beside the axes, clear of the lines
+        fig.legend(loc="outside right upper", fontsize=8)
     else:
         empty_note(ax, "no metrics yet")
     ax.set_xlabel("epoch")
@@ -183,42 +190,100 @@ def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid")
     return save_png(fig, out)
 
 
-def plot_guidance_sweeps(*, points: list[dict], out: PathLike) -> Path:
-    """FID against the guidance scale, one line per row, the chosen scale marked.
+def plot_guidance_sweeps(*, points: list[dict], out: PathLike, per_panel: int = 8) -> Path:
+    """FID against the guidance scale, one line per row, each curve's chosen scale starred.
 
-    points: [{"label", "guidance": a sweep's guidance.json}]; rows whose sweep has not run
-    are counted in the title. Small multiples when there are more than eight rows, so that
-    colours never repeat within a panel."""
+    points: [{"label", "guidance": a sweep's guidance.json}, optionally "group"]; rows whose
+    sweep has not run are counted in the title. One panel per group of rows: a point's
+    "group", else its label's first field when every label has more ("anneal_start=0,
+    anneal_end=2": one panel per anneal start). The rest of the label picks the line's
+    colour, the same in every panel, named once in a legend under the panels. Rows without
+    groups share panels of at most `per_panel`, each with its own legend under it."""
     from rar.experiments.results import read_sweep
 
-    sweeps = [(p["label"], read_sweep(p["guidance"])) for p in points]
-    done = [(label, s) for label, s in sweeps if s is not None]
-    per_panel = 8
-    panels = [done[i : i + per_panel] for i in range(0, len(done), per_panel)] or [[]]
-    cols = min(len(panels), 3)
-    rows = math.ceil(len(panels) / cols)
-    fig = figure(5.0 * cols, 3.8 * rows)
-    for k, panel in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        for i, (label, sweep) in enumerate(panel):
-            xs = [pt["guidance_scale"] for pt in sweep["points"]]
-            ys = [pt["fid"] for pt in sweep["points"]]
-            color = f"C{i}"
-            ax.plot(xs, ys, marker="o", ms=3, color=color, label=label)
-            ax.plot([sweep["guidance_scale"]], [sweep["best"]], marker="*", ms=12, color=color)
-        if panel:
-            ax.legend(fontsize=7, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no sweep yet", transform=ax.transAxes, ha="center", color="0.4")
-        ax.set_xlabel("guidance scale")
-        ax.set_ylabel("FID (sweep samples)")
+    sweeps = [(p, read_sweep(p["guidance"])) for p in points]
+    done = [(p, s) for p, s in sweeps if s is not None]
+    panels = _sweep_panels([p for p, _ in done], per_panel)
+    sweep_of = {id(p): s for p, s in done}
+    keys = list(dict.fromkeys(key for _, rows in panels for key, _ in rows))
+    shared = len(panels) > 1 and len(keys) <= 10  # one colour a key across the panels
+    nrows, ncols = grid_shape(len(panels), max_cols=5)
+    fig = figure(max(6.5, 3.3 * ncols + 0.8), 3.1 * nrows + 1.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    for k, (title, rows) in enumerate(panels):
+        ax = axes.flat[k]
+        for i, (key, p) in enumerate(rows):
+            _sweep_line(ax, key, sweep_of[id(p)], f"C{keys.index(key) if shared else i}")
+        ax.set_title(title, fontsize=9)
+        if not rows:
+            empty_note(ax, "no sweep yet")
+        elif not shared:
+            ax.legend(
+                handles=[*ax.lines[::2], _star()],
+                fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+            )
         ax.grid(alpha=0.3)
+        ax.set_xlabel("guidance scale")
+    drop_unused(fig, axes.flat, len(panels))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("FID (sweep samples)")
+    if shared:
+        handles = [_key_line(f"C{i}", key) for i, key in enumerate(keys)] + [_star()]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)))
+    fig.suptitle(_sweep_title(done, len(sweeps)), fontsize=10)
+    return save_png(fig, out)
+
+
+def _sweep_panels(points: list[dict], per_panel: int) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """[(panel title, [(line key, point)])]: the points grouped by their "group" or their
+    label's first field (the key is the rest of the label), else in runs of `per_panel`
+    under one title (the key is the whole label); one empty panel when there are none."""
+    fields = [p["label"].split(", ", 1) for p in points]
+    by_field = points and all(len(f) == 2 for f in fields)
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for p, f in zip(points, fields, strict=True):
+        if "group" in p:
+            groups.setdefault(str(p["group"]), []).append((p["label"], p))
+        elif by_field:
+            groups.setdefault(f[0], []).append((f[1], p))
+        else:
+            groups.setdefault("", []).append((p["label"], p))
+    ungrouped = groups.pop("", [])
+    panels = list(groups.items())
+    chunks = [ungrouped[i : i + per_panel] for i in range(0, len(ungrouped), per_panel)]
+    panels += [("", chunk) for chunk in chunks]
+    return panels or [("", [])]
+
+
+def _sweep_line(ax, key: str, sweep: dict, color: str) -> None:
+    """One row's sweep: FID at each scale, its chosen scale starred."""
+    xs = [pt["guidance_scale"] for pt in sweep["points"]]
+    ys = [pt["fid"] for pt in sweep["points"]]
+    ax.plot(xs, ys, marker="o", ms=3, color=color, label=key)
+    ax.plot([sweep["guidance_scale"]], [sweep["best"]], marker="*", ms=12, color=color, ls="")
+
+
+def _key_line(color: str, key: str):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, marker="o", ms=3, label=key)
+
+
+def _star():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="*", ms=10, color="0.3", ls="", label="chosen scale")
+
+
+def _sweep_title(done: list, n_sweeps: int) -> str:
+    """What the panels show, the samples per point, the sweeps not yet run."""
     n_samples = {pt.get("num_samples") for _, s in done for pt in s["points"]} - {None}
     title = "FID against guidance scale\n(* = the scale the table's evaluation used"
     if n_samples:
         title += f"; {'/'.join(f'{n:,}' for n in sorted(n_samples))} samples per point"
     title += ")"
-    if len(done) < len(sweeps):
-        title += f"; {len(sweeps) - len(done)} of {len(sweeps)} sweeps missing"
-    fig.suptitle(title, fontsize=10)
-    return save_png(fig, out)
+    if len(done) < n_sweeps:
+        title += f"; {n_sweeps - len(done)} of {n_sweeps} sweeps missing"
+    return title

@@ -30,6 +30,21 @@ def figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def grid_shape(n: int, max_cols: int) -> tuple[int, int]:
+    """(rows, columns) for `n` panels, at most `max_cols` a line: one line when they fit,
+    else as few lines as that allows, each as full as it can be (5 panels at 3 a line: 2 x 3,
+    not 3 lines). Callers remove the cells left over (`drop_unused`)."""
+    n = max(1, n)
+    rows = -(-n // max_cols)
+    return rows, -(-n // rows)
+
+
+def drop_unused(fig, axes, used: int) -> None:
+    """Remove the cells of a panel grid past the first `used`: no empty frame is drawn."""
+    for ax in list(axes)[used:]:
+        fig.delaxes(ax)
+
+
 def save_png(fig, out: PathLike, *, palette: int | None = None, dpi: int = DPI) -> Path:
     """Write `fig` as a PNG atomically (a killed job leaves no half-written image).
 

@@ -6,7 +6,6 @@ Markdown, rows without metrics drawn as such.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,9 @@ from rar.report.figures import (
     RANDOM_ORDER,
     chars_across,
     check_metric,
+    drop_unused,
     figure,
+    grid_shape,
     panel_metrics,
     reference_note,
     save_png,
@@ -82,15 +83,13 @@ def plot_anneal_heatmap(
         check_metric(m)
     values = anneal_grid(df, panels[0])[0]
     ext = extractors_of(df)
-    ncols = min(2, len(panels))  # two panels a line: the page stays about as wide as high
-    nrows = math.ceil(len(panels) / ncols)
+    nrows, ncols = grid_shape(len(panels), max_cols=3)  # 3 metrics: one line, no empty cell
     width = 1.25 * len(values.columns) + 2.6
     fig = figure(width * ncols, (0.95 * len(values.index) + 2.0) * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, m in zip(axes, panels, strict=False):
         _heatmap_panel(fig, ax, df, m, ext)
-    for ax in axes[len(panels) :]:
-        ax.set_axis_off()
+    drop_unused(fig, axes, len(panels))
     title = (
         "By randomness-annealing schedule (RAR Table 2): best cell boxed; [95% interval]; "
         f"{BEYOND} = interval does not overlap the best's"
