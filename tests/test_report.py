@@ -837,7 +837,7 @@ def drawn_figure(plot, **kwargs):
 def assert_clear_layout(fig, data_axes: list) -> None:
     """Every axes of the figure shows something (no empty frame); each data panel names its
     axes where a reader needs it (x on each, y on the first of a line); no legend, the
-    figure's or a panel's, covers any panel's data area."""
+    figure's or a panel's, covers any panel's data area or any title."""
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
         assert ax.lines or ax.images or ax.collections or ax.texts, "an empty panel"
@@ -850,6 +850,10 @@ def assert_clear_layout(fig, data_axes: list) -> None:
         box = legend.get_window_extent(renderer)
         for ax in data_axes:
             assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+        titles = [fig._suptitle, *(ax.title for ax in fig.axes)]
+        for title in titles:
+            if title is not None and title.get_text():
+                assert not box.overlaps(title.get_window_extent(renderer)), title.get_text()
 
 
 def test_anneal_heatmap_says_which_row_was_sampled_in_random_order(tmp_path):
@@ -958,8 +962,11 @@ def test_fid_vs_epoch(tmp_path):
     fid = [10 / (1 + e / 100) for e in (100, 200, 400)]
     assert drawn == {"raster": ([100, 200, 400], fid), "rar": ([100, 200], fid[:2])}
     assert_png(plot_fid_vs_epoch(points=points[-1:], out=tmp_path / "empty.png"), min_side=100)
+    for p in points:  # labels as long as Table 2's
+        p["label"] = f"anneal_start=200, anneal_end=400 ({p['label']}, a long label)"
     fig = drawn_figure(plot_fid_vs_epoch, points=points, out=tmp_path / "fid3.png")
-    assert len(fig.legends) == 1 and len(fig.axes) == 1
+    (ax,) = fig.axes
+    assert len(ax.get_legend().get_texts()) == 2
     assert_clear_layout(fig, fig.axes)
 
 

@@ -177,7 +177,7 @@ def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid")
             ax.plot(ep, val, marker="o", label=name)
             drawn += 1
     if drawn:  # beside the axes, clear of the lines
-        fig.legend(loc="outside right upper", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
     else:
         empty_note(ax, "no metrics yet")
     ax.set_xlabel("epoch")
@@ -185,7 +185,7 @@ def plot_fid_vs_epoch(*, points: list[dict], out: PathLike, metric: str = "fid")
     text = f"{label} over training"
     if missing:
         text += f" ({missing} of {len(points)} points missing)"
-    ax.set_title(text, fontsize=10)
+    ax.set_title(textwrap.fill(text, 60), fontsize=10)
     ax.grid(alpha=0.3)
     return save_png(fig, out)
 
