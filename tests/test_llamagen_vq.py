@@ -3,6 +3,7 @@ wrapper and loading (reference data: tests/data/README.md)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -133,6 +134,18 @@ def test_release_layout_file_loads_through_load_tokenizer(tiny, tmp_path):
     bare = tmp_path / "bare.pt"
     torch.save(tiny["state_dict"], bare)
     assert load_tokenizer(bare).identity() == load_tokenizer(path).identity()
+
+
+def test_release_file_with_training_entries_loads(tiny, tmp_path):
+    """LlamaGen's training script saves the optimizer, the step and its options (an
+    `argparse.Namespace`) next to the weights; only `model` is read."""
+    path = tmp_path / "vq_full.pt"
+    extras = {"optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "steps": 10}
+    args = argparse.Namespace(vq_model="VQ-16", codebook_size=64, lr=1e-4)
+    torch.save({"model": tiny["state_dict"], **extras, "args": args}, path)
+    tok = load_tokenizer(path)
+    assert isinstance(tok, LlamaGenVQ)
+    assert torch.equal(tok.encode((tiny["images"] + 1.0) / 2.0), tiny["ids"])
 
 
 def test_our_checkpoint_round_trips(tiny, tmp_path):

@@ -19,6 +19,7 @@ weights recorded in every manifest and run config.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import importlib
@@ -344,9 +345,13 @@ def llamagen_vq_from_state_dict(
 
 
 def _load_file(path: str | os.PathLike) -> Any:
+    """The file's object via the safe loader, which also admits `argparse.Namespace`: LlamaGen's
+    training script saves its options as one (`args`) next to the weights, and unpickling it
+    only sets attributes (whose values must themselves be plain data)."""
     from rar.model.checkpoint import load_file  # CheckpointMissing is also a FileNotFoundError
 
-    return load_file(path, what="a tokenizer file (a state dict)", expect=None)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_file(path, what="a tokenizer file (a state dict)", expect=None)
 
 
 def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 256) -> MaskGITVQGAN:
