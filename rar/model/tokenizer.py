@@ -259,7 +259,7 @@ def _encoder_layout(
         else 0  # a gap in the levels: the key check of `_build_strict` reports it
         for i in range(max(levels) + 1)
     )
-    return mult, len(levels[0])
+    return mult, len(levels[min(levels)])
 
 
 def _maskgit_config_from_state_dict(
@@ -280,7 +280,9 @@ def _maskgit_config_from_state_dict(
     )
 
 
-def _build_strict(cls: type[Tokenizer], cfg: Any, sd: Mapping[str, torch.Tensor], source: str):
+def _build_strict(
+    cls: type[Tokenizer], cfg: Any, sd: Mapping[str, torch.Tensor], source: str
+) -> Any:
     """`cls(cfg)` with `sd` loaded strictly, frozen. ValueError naming `source` and the missing,
     unexpected or mis-shaped keys when `sd` does not fit."""
     name = {"maskgit_vqgan": "MaskGIT-VQGAN", "llamagen_vq": "LlamaGen VQ"}.get(cls.kind, cls.kind)
