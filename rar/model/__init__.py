@@ -6,6 +6,7 @@ the tokenizers and the one safe loader of checkpoints.
 - `generate`       the decode engine and `generate` (classifier-free guidance, sync-free draws)
 - `tokenizer`      the `Tokenizer` interface every tokenizer follows, loading and saving
 - `maskgit_vqgan`  the MaskGIT-VQGAN network (the paper's tokenizer)
+- `llamagen_vq`    LlamaGen's VQ network (VQ-16, the tokenizer of supplementary Table 3)
 - `checkpoint`     the one safe loader of files, and of generators (ours and released)
 """
 
@@ -19,6 +20,11 @@ __getattr__, __all__ = lazy_exports(
         "generate": "generate",
         "load_file": "checkpoint",
         "load_generator": "checkpoint",
+        "llamagen_vq_from_state_dict": "tokenizer",
+        "LlamaGenVQ": "tokenizer",
+        "LlamaGenVQConfig": "llamagen_vq",
+        "LlamaGenVQModel": "llamagen_vq",
+        "load_official_llamagen_vq": "tokenizer",
         "load_official_maskgit_vqgan": "tokenizer",
         "load_official_rar": "checkpoint",
         "load_tokenizer": "tokenizer",

@@ -1,11 +1,15 @@
 # Adapted from: bytedance/1d-tokenizer modeling/titok.py `PretrainedTokenizer` and
-# modeling/modules/maskgit_vqgan.py (the network: rar.model.maskgit_vqgan), commit 942a96f.
-"""Image tokenizers: the common `Tokenizer` interface and the MaskGIT-VQGAN f16 model RAR uses.
+# modeling/modules/maskgit_vqgan.py (the network: rar.model.maskgit_vqgan), commit 942a96f;
+# the LlamaGen VQ loading after FoundationVision/LlamaGen (rar.model.llamagen_vq), commit ce98ec4.
+"""Image tokenizers: the common `Tokenizer` interface, the MaskGIT-VQGAN f16 model RAR uses and
+LlamaGen's VQ-16 (the tokenizer of the supplementary material's Table 3).
 
 RAR (arXiv 2411.00776, §4.1) models the 16x16 = 256 token ids of the MaskGIT-VQGAN tokenizer
 (codebook 1024) that the RAR release ships as `maskgit-vqgan-imagenet-f16-256.bin`, a plain
 state dict. `MaskGITVQGAN` reproduces that network key for key, so the file loads with
 `strict=True`, and it reproduces the release's ids and decodings (tests/test_tokenizer.py).
+`LlamaGenVQ` does the same for LlamaGen's `vq_ds16_c2i.pt` (`{"model": state dict, ...}`),
+mapping [0, 1] to its [-1, 1] range and back (tests/test_llamagen_vq.py).
 
 Every tokenizer in this package (also the offline demo's `rar.demo.vq.VQDemo`) follows one
 interface: `encode(images in [0, 1]) -> (B, h*w)` raster-order int64 ids, `decode(ids) ->
@@ -15,6 +19,7 @@ weights recorded in every manifest and run config.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import importlib
@@ -27,6 +32,7 @@ import torch
 from torch import nn
 
 from rar.files import atomic_open
+from rar.model.llamagen_vq import LlamaGenVQConfig, LlamaGenVQModel
 from rar.model.maskgit_vqgan import Decoder, Encoder, MaskGITVQGANConfig, VectorQuantizer
 
 # ----------------------------------------------------------------------------------------------
@@ -183,10 +189,40 @@ class MaskGITVQGAN(Tokenizer):
 
 
 # ----------------------------------------------------------------------------------------------
+# LlamaGen VQ (its network: rar.model.llamagen_vq)
+# ----------------------------------------------------------------------------------------------
+
+
+class LlamaGenVQ(LlamaGenVQModel, Tokenizer):
+    """LlamaGen's VQ tokenizer (VQ-16 at default size) behind the `Tokenizer` interface.
+
+    State-dict keys equal the release's `vq_ds16_c2i.pt` `model` entry, since the network
+    (`LlamaGenVQModel`, on [-1, 1] images, its methods available here too) is this module
+    itself. `encode` / `decode` take and give [0, 1] images. Use `load_official_llamagen_vq` /
+    `load_tokenizer` to get a loaded, frozen instance.
+    """
+
+    kind: ClassVar[str] = "llamagen_vq"
+
+    def __init__(self, config: LlamaGenVQConfig | None = None):
+        super().__init__(config)
+        self.codebook_size = self.config.codebook_size
+        self.image_size = self.config.image_size
+        self.grid = self.config.image_size // self.config.downsample
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_latents(images * 2.0 - 1.0)[1]  # (B, h*w)
+
+    def _decode(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.decode_code(ids) + 1.0) / 2.0  # (B, 3, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 
 _DOWN_KEY = re.compile(r"^encoder\.down\.(\d+)\.block\.(\d+)\.conv1\.weight$")
+_LLAMAGEN_KEY = re.compile(r"^encoder\.conv_blocks\.(\d+)\.res\.(\d+)\.conv1\.weight$")
 
 
 def _key_summary(keys: set[str], limit: int = 8) -> str:
@@ -195,41 +231,77 @@ def _key_summary(keys: set[str], limit: int = 8) -> str:
     return ", ".join(shown) + more
 
 
-def _maskgit_config_from_state_dict(
-    sd: Mapping[str, Any], source: str, image_size: int
-) -> MaskGITVQGANConfig:
-    """Infer the architecture from weight shapes; ValueError naming `source` if impossible."""
+def _encoder_layout(
+    sd: Mapping[str, Any], pattern: re.Pattern, first_conv: str, source: str, name: str
+) -> tuple[tuple[int, ...], int]:
+    """(channel multipliers, res blocks per level) of an encoder, read from its weight shapes.
+
+    pattern: matches each level's ResBlock `conv1.weight` key, capturing (level, block);
+    first_conv: the key format of level i's first such weight. ValueError naming `source` when
+    the basic keys are missing.
+    """
     needed = {"encoder.conv_in.weight", "quantize.embedding.weight", "encoder.conv_out.weight"}
     missing = needed - set(sd)
     levels: dict[int, set[int]] = {}
     for key in sd:
-        m = _DOWN_KEY.match(key)
+        m = pattern.match(key)
         if m:
             levels.setdefault(int(m[1]), set()).add(int(m[2]))
     if missing or not levels:
         raise ValueError(
-            f"{source}: not a MaskGIT-VQGAN state dict; missing keys: "
-            f"{_key_summary(missing or {'encoder.down.0.block.0.conv1.weight'})}"
+            f"{source}: not a {name} state dict; missing keys: "
+            f"{_key_summary(missing or {first_conv.format(0)})}"
         )
-    hidden, in_channels = sd["encoder.conv_in.weight"].shape[:2]
-    codebook_size, _ = sd["quantize.embedding.weight"].shape
-    z_channels = sd["encoder.conv_out.weight"].shape[0]
-    n_levels = max(levels) + 1
+    hidden = sd["encoder.conv_in.weight"].shape[0]
     mult = tuple(
-        sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // hidden
-        if f"encoder.down.{i}.block.0.conv1.weight" in sd
-        else 0  # a gap in the levels: the key check below reports it
-        for i in range(n_levels)
+        sd[first_conv.format(i)].shape[0] // hidden
+        if first_conv.format(i) in sd
+        else 0  # a gap in the levels: the key check of `_build_strict` reports it
+        for i in range(max(levels) + 1)
     )
+    return mult, len(levels[min(levels)])
+
+
+def _maskgit_config_from_state_dict(
+    sd: Mapping[str, Any], source: str, image_size: int
+) -> MaskGITVQGANConfig:
+    """Infer the architecture from weight shapes; ValueError naming `source` if impossible."""
+    first = "encoder.down.{}.block.0.conv1.weight"
+    mult, blocks = _encoder_layout(sd, _DOWN_KEY, first, source, "MaskGIT-VQGAN")
+    hidden, in_channels = sd["encoder.conv_in.weight"].shape[:2]
     return MaskGITVQGANConfig(
         hidden_channels=int(hidden),
         channel_mult=mult,
-        num_res_blocks=len(levels[0]),
-        z_channels=int(z_channels),
-        codebook_size=int(codebook_size),
+        num_res_blocks=blocks,
+        z_channels=int(sd["encoder.conv_out.weight"].shape[0]),
+        codebook_size=int(sd["quantize.embedding.weight"].shape[0]),
         image_size=image_size,
         in_channels=int(in_channels),
     )
+
+
+def _build_strict(
+    cls: type[Tokenizer], cfg: Any, sd: Mapping[str, torch.Tensor], source: str
+) -> Any:
+    """`cls(cfg)` with `sd` loaded strictly, frozen. ValueError naming `source` and the missing,
+    unexpected or mis-shaped keys when `sd` does not fit."""
+    name = {"maskgit_vqgan": "MaskGIT-VQGAN", "llamagen_vq": "LlamaGen VQ"}.get(cls.kind, cls.kind)
+    # Build on the meta device first: a malformed file is rejected without allocating 200 MB.
+    with torch.device("meta"):
+        expected = cls(cfg).state_dict()
+    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: not a {name} state dict ({cfg}); "
+            f"missing keys: [{_key_summary(missing)}]; "
+            f"unexpected keys: [{_key_summary(unexpected)}]"
+        )
+    bad = {k for k in expected if tuple(expected[k].shape) != tuple(sd[k].shape)}
+    if bad:
+        raise ValueError(f"{source}: {name} weights of the wrong shape: {_key_summary(bad)}")
+    model = cls(cfg)
+    model.load_state_dict(sd, strict=True)
+    return model.freeze()
 
 
 def maskgit_vqgan_from_state_dict(
@@ -242,28 +314,46 @@ def maskgit_vqgan_from_state_dict(
     attributes (the weights do not encode it; the release is 256).
     """
     cfg = _maskgit_config_from_state_dict(sd, source, image_size)
-    # Build on the meta device first: a malformed file is rejected without allocating 200 MB.
-    with torch.device("meta"):
-        expected = MaskGITVQGAN(cfg).state_dict()
-    missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: not a MaskGIT-VQGAN state dict ({cfg}); "
-            f"missing keys: [{_key_summary(missing)}]; "
-            f"unexpected keys: [{_key_summary(unexpected)}]"
-        )
-    bad = {k for k in expected if tuple(expected[k].shape) != tuple(sd[k].shape)}
-    if bad:
-        raise ValueError(f"{source}: MaskGIT-VQGAN weights of the wrong shape: {_key_summary(bad)}")
-    model = MaskGITVQGAN(cfg)
-    model.load_state_dict(sd, strict=True)
-    return model.freeze()
+    return _build_strict(MaskGITVQGAN, cfg, sd, source)
+
+
+def llamagen_vq_from_state_dict(
+    sd: Mapping[str, torch.Tensor], *, source: str = "<state dict>", image_size: int = 256
+) -> LlamaGenVQ:
+    """Build a LlamaGen VQ whose size is inferred from `sd`, load it strictly and freeze it.
+
+    The widths, levels, res blocks, z channels, codebook and the `quantize.codebook_used`
+    buffer's length (0 when absent) are read from the weights; the codes are taken as
+    l2-normalised (VQ-16's setting, which the weights do not record). `image_size` only sets
+    `grid` / `image_size` (the release is 256). ValueError naming `source` when `sd` does not fit.
+    """
+    first = "encoder.conv_blocks.{}.res.0.conv1.weight"
+    mult, blocks = _encoder_layout(sd, _LLAMAGEN_KEY, first, source, "LlamaGen VQ")
+    ch, in_channels = sd["encoder.conv_in.weight"].shape[:2]
+    codebook_size, dim = sd["quantize.embedding.weight"].shape
+    usage = sd.get("quantize.codebook_used")
+    cfg = LlamaGenVQConfig(
+        ch=int(ch),
+        ch_mult=mult,
+        num_res_blocks=blocks,
+        z_channels=int(sd["encoder.conv_out.weight"].shape[0]),
+        codebook_size=int(codebook_size),
+        codebook_embed_dim=int(dim),
+        usage_window=0 if usage is None else int(usage.numel()),
+        image_size=image_size,
+        in_channels=int(in_channels),
+    )
+    return _build_strict(LlamaGenVQ, cfg, sd, source)
 
 
 def _load_file(path: str | os.PathLike) -> Any:
+    """The file's object via the safe loader, which also admits `argparse.Namespace`: LlamaGen's
+    training script saves its options as one (`args`) next to the weights, and unpickling it
+    only sets attributes (whose values must themselves be plain data)."""
     from rar.model.checkpoint import load_file  # CheckpointMissing is also a FileNotFoundError
 
-    return load_file(path, what="a tokenizer file (a state dict)", expect=None)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_file(path, what="a tokenizer file (a state dict)", expect=None)
 
 
 def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 256) -> MaskGITVQGAN:
@@ -279,16 +369,37 @@ def load_official_maskgit_vqgan(path: str | os.PathLike, *, image_size: int = 25
     return maskgit_vqgan_from_state_dict(sd, source=str(path), image_size=image_size)
 
 
+def _unwrap_model(obj: Any) -> Any:
+    """The `model` entry of a `{"model": state dict, ...}` file (LlamaGen's release), else obj."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        return obj["model"]
+    return obj
+
+
+def load_official_llamagen_vq(path: str | os.PathLike, *, image_size: int = 256) -> LlamaGenVQ:
+    """Load LlamaGen's released `vq_ds16_c2i.pt` (`{"model": state dict, ...}`, the other
+    entries ignored) or a bare state dict in its layout; sizes are read from the weight shapes
+    as in `llamagen_vq_from_state_dict`. Returns the model in eval mode with gradients off, on
+    CPU. ValueError naming the file when it does not fit.
+    """
+    sd = _unwrap_model(_load_file(path))
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a LlamaGen VQ file (no mapping of tensors)")
+    return llamagen_vq_from_state_dict(sd, source=str(path), image_size=image_size)
+
+
 # Kinds of our own tokenizer checkpoints: kind -> (module, model class, config class). Imported
 # lazily by name, because rar.demo.vq imports this module.
 TOKENIZER_KINDS: dict[str, tuple[str, str, str]] = {
     "maskgit_vqgan": ("rar.model.tokenizer", "MaskGITVQGAN", "MaskGITVQGANConfig"),
+    "llamagen_vq": ("rar.model.tokenizer", "LlamaGenVQ", "LlamaGenVQConfig"),
     "vq_demo": ("rar.demo.vq", "VQDemo", "VQDemoConfig"),
 }
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load any tokenizer file: the official MaskGIT-VQGAN state dict, or our own format
+    """Load any tokenizer file: the official MaskGIT-VQGAN state dict, LlamaGen's VQ release
+    (`{"model": state dict, ...}`, or its bare state dict), or our own format
     `{"kind": str, "config": dict, "model": state dict}` written by `save_tokenizer`.
 
     Returns a frozen (eval, no-grad) tokenizer on CPU. ValueError naming the file otherwise.
@@ -309,9 +420,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         except (TypeError, RuntimeError) as err:
             raise ValueError(f"{path}: {obj['kind']} checkpoint does not load: {err}") from err
         return tok.freeze()
+    inner = _unwrap_model(obj)
+    if isinstance(inner, Mapping) and "quant_conv.weight" in inner:
+        return llamagen_vq_from_state_dict(inner, source=str(path))
     if isinstance(obj, Mapping) and "quantize.embedding.weight" in obj:
         return maskgit_vqgan_from_state_dict(obj, source=str(path))
     raise ValueError(
-        f"{path}: not a tokenizer file (neither an official MaskGIT-VQGAN state dict nor a "
-        "{'kind', 'config', 'model'} tokenizer checkpoint)"
+        f"{path}: not a tokenizer file (neither an official MaskGIT-VQGAN state dict, nor a "
+        "LlamaGen VQ file, nor a {'kind', 'config', 'model'} tokenizer checkpoint)"
     )
