@@ -86,6 +86,22 @@ def test_the_plan_shows_each_tables_recipe(paper):
     assert "table4: architecture adaLN (final), crop tencrop, guidance pow-cosine" in text
 
 
+def test_a_table_plan_lists_its_rows_in_order_and_only_what_they_need(paper, tmp_path):
+    """`rar plan --table T`: one line per row, label first and its run second, in the table's
+    order; the missing files are those T needs (a released checkpoint serves `official`)."""
+    study = load_study(paper, root=tmp_path)
+    text = format_plan(study, tables=["table2"])
+    lines = text[text.index("runs (") : text.index("by table")].splitlines()[1:]
+    rows = study.tables["table2"]
+    for line, row in zip(lines, rows, strict=True):
+        assert line.lstrip().startswith(row.label) and row.run in line, (line, row.label)
+    assert "official.rar_b.checkpoint" not in text and "tokenizer.weights" in text
+    assert "official.rar_b.checkpoint" in format_plan(study, tables=["official"])
+    assert "official.rar_b.checkpoint" in format_plan(study)
+    demo = load_study(yaml.safe_load((REPO / "config/demo.yaml").read_text()))
+    assert "20 runs (1 trunk, 14 branches), 1 data set" in format_plan(demo)
+
+
 def test_sweeps_are_shared_and_feed_the_final_evaluation(paper):
     study = load_study(tables_2_and_3(paper))
     rows = study.tables["table2"] + study.tables["table3"]

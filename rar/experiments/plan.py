@@ -174,6 +174,12 @@ def _recipe_line(name: str, recipe: dict) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    """`n` `noun`s in words: "1 trunk", "14 branches"."""
+    plural = noun + ("es" if noun.endswith(("ch", "sh", "s")) else "s")
+    return f"{n} {noun if n == 1 else plural}"
+
+
 def _hours(hours: float) -> str:
     return f"{hours:,.0f}" if hours >= 10 else f"{hours:.3g}"
 
@@ -242,7 +248,7 @@ def format_plan(
         lines += _total_lines(study, measured)
     lines += _table_lines(study, measured, tables, gpus, gpus_per_run)
     if study.root is not None:
-        missing = missing_resources(study.config, study.root)
+        missing = missing_resources(study.config, study.root, tables)
         lines += [f"missing before the grid can run ({len(missing)}):"] if missing else []
         lines += [f"  {m.line}" for m in missing]
     if any(ev.num_samples < PAPER_SAMPLES for ev in study.evaluations.values()):
@@ -253,19 +259,27 @@ def format_plan(
 
 
 def _run_lines(study: Study, tables: list[str] | None) -> list[str]:
-    """One line per run `tables` need (all: None): its model, recipe, epochs, how it trains
-    and the rows it serves; then why, when a config edit changed that."""
+    """One line per run `tables` need (all: None), in the order of the rows it serves: the rows
+    (by label; `table (label)` when several tables are shown), its id, model, recipe, epochs
+    and how it trains; then why, when a config edit changed that. Trunks that serve no row
+    shown come last."""
     epochs: dict[str, float] = {}
     for job in training_jobs(study, tables):
         epochs[job.run] = epochs.get(job.run, 0.0) + job.epochs
-    lines = ["runs:"]
-    for rid in sorted(epochs, key=lambda r: (study.runs[r].kind != "trunk", r)):
+    shown = tables or list(study.tables)
+    rows = [row for table in shown for row in study.tables[table]]
+    served = {rid: [row for row in rows if row.run == rid] for rid in epochs}
+    position = {rid: rows.index(r[0]) if r else len(rows) for rid, r in served.items()}
+
+    def label(row) -> str:
+        return row.label if len(shown) == 1 else f"{row.table} ({row.label})"
+
+    labels = {rid: "; ".join(label(row) for row in served[rid]) or "-" for rid in epochs}
+    # The label column fits the labels up to 40 characters; a longer one overflows its column.
+    width = max((n for n in map(len, labels.values()) if n <= 40), default=0)
+    lines = ["runs (in row order; a trunk that serves no row shown last):"]
+    for rid in sorted(epochs, key=lambda r: (position[r], r)):
         run = study.runs[rid]
-        labels = "; ".join(
-            f"{row.table} ({row.label})"
-            for row in study.row_of(rid)
-            if row.table in (tables or study.tables)
-        )
         if run.kind == "trunk":
             how = f"trunk, segments end at {', '.join(f'{s:g}' for s in run.segments)}"
             if epochs[rid] < run.config.epochs:  # it starts at 0: this is where it stops
@@ -275,12 +289,12 @@ def _run_lines(study: Study, tables: list[str] | None) -> list[str]:
         else:
             how = "from scratch"
         lines.append(
-            f"  {run.id}  {run.config.model:8s} {run.config.architecture:5s} "
-            f"{study.datasets[study.dataset_of(run.id)].crop:11s} "
-            f"{epochs[rid]:>7g} epochs  {how}" + (f"  <- {labels}" if labels else "")
+            f"  {labels[rid]:{width}s}  {run.id}  {run.config.model:8s} "
+            f"{run.config.architecture:5s} {study.datasets[study.dataset_of(run.id)].crop:11s} "
+            f"{epochs[rid]:>7g} epochs  {how}"
         )
         if run.note:
-            lines.append(f"{'':16}{run.note}")
+            lines.append(f"{'':{width + 4}}{run.note}")
     return lines
 
 
@@ -291,7 +305,8 @@ def _total_lines(study: Study, measured: dict | None) -> list[str]:
     lines = [
         f"training: {e['planned_epochs']:g} epochs planned vs {e['naive_epochs']:g} "
         f"without shared trunks ({e['saved_fraction']:.0%} saved), {e['runs']} runs "
-        f"({e['trunks']} trunks, {e['branches']} branches), {len(study.datasets)} data set(s)"
+        f"({_count(e['trunks'], 'trunk')}, {_count(e['branches'], 'branch')}), "
+        f"{_count(len(study.datasets), 'data set')}"
     ]
     if study.root is not None:
         hours = "" if e["gpu_hours_left"] is None else f", {_hours(e['gpu_hours_left'])} GPU-hours"

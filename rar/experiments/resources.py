@@ -128,6 +128,7 @@ class Needed:
     resource: Resource
     path: str
     key: str  # the config key that names the file ("official.rar_b.checkpoint")
+    table: str | None = None  # the one table that needs it (None: every table)
 
 
 def study_resources(config: dict) -> list[Needed]:
@@ -148,7 +149,8 @@ def study_resources(config: dict) -> list[Needed]:
         out.append(Needed(RESOURCES["adm_reference"], ev["reference"], "evaluation.reference"))
     for name, spec in config.get("official", {}).items():
         if name in RESOURCES and RESOURCES[name].kind == "rar":
-            out.append(Needed(RESOURCES[name], spec["checkpoint"], f"official.{name}.checkpoint"))
+            key = f"official.{name}.checkpoint"
+            out.append(Needed(RESOURCES[name], spec["checkpoint"], key, table="official"))
     return out
 
 
@@ -159,13 +161,17 @@ class Missing:
     path: str  # as the config names it (relative to the study's root, or absolute)
     line: str  # the config key, the path, what it is, how to get it
     file: bool  # a file a stage reads (an input of the workflow), not an image folder
+    table: str | None = None  # the one table that needs it (None: every table)
 
 
-def missing_resources(config: dict, root: str | os.PathLike = ".") -> list[Missing]:
+def missing_resources(
+    config: dict, root: str | os.PathLike = ".", tables: list[str] | None = None
+) -> list[Missing]:
     """Everything a validated study needs from outside that is not where its config says: the
     images of a study that does not make its own (ImageNet's train split, and its validation
-    split beside it), then the files of `study_resources`. Empty: nothing is missing.
-    Existence only; `rar preflight` checks the content."""
+    split beside it), then the files of `study_resources`; with `tables`, only what those
+    tables need (a released checkpoint serves the `official` table alone). Empty: nothing is
+    missing. Existence only; `rar preflight` checks the content."""
     out = []
     data = config["data"]
     if "demo" not in data:
@@ -182,12 +188,14 @@ def missing_resources(config: dict, root: str | os.PathLike = ".") -> list[Missi
             if not (Path(root) / folder).is_dir():
                 out.append(Missing(folder, f"data.images: {folder}: {what}", file=False))
     for needed in study_resources(config):
+        if tables is not None and needed.table not in (None, *tables):
+            continue
         if not (Path(root) / needed.path).is_file():
             line = (
                 f"{needed.key}: {needed.path}: {needed.resource.what}; "
                 f"`rar fetch --only {needed.resource.name}` puts it there"
             )
-            out.append(Missing(needed.path, line, file=True))
+            out.append(Missing(needed.path, line, file=True, table=needed.table))
     return out
 
 
