@@ -5,6 +5,7 @@ there; an edit adds only its own work, and `rar plan` charges what the workflow 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import shlex
@@ -244,8 +245,22 @@ def test_plan_by_table_charges_what_the_tables_target_trains(table, fake_imagene
     assert dag_epochs(proc.stdout, study) == planned
     assert main(["plan", "--config", str(paper), "--table", table]) == 0
     out = capsys.readouterr().out.splitlines()
-    line = next(x for x in out if x.startswith(f"  {table}: ") and " rows, " in x)
-    assert f"{len(planned)} runs, {sum(planned.values()):g} epochs" in line
+    at = next(i for i, x in enumerate(out) if x.startswith(f"  {table}: ") and " rows, " in x)
+    assert f"{len(planned)} runs, {sum(planned.values()):g} epochs" in out[at]
+    # and its heavy jobs, as the dry run counts them
+    stats = _job_stats(proc.stdout)
+    assert out[at + 1] == (
+        f"    jobs: {stats['train']} training jobs, "
+        f"{stats.get('sweep_guidance', 0)} guidance sweeps, "
+        f"{stats['evaluate']} evaluations (rows, reference rows, curve epochs)"
+    )
+
+
+def _job_stats(dry_run: str) -> dict[str, int]:
+    """A dry run's "Job stats" table: rule -> jobs."""
+    table = dry_run[dry_run.index("Job stats:") :].splitlines()[3:]
+    rows = (line.split() for line in itertools.takewhile(str.strip, table))
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def test_the_demo_plan_charges_the_epochs_the_workflow_trains(tmp_path):

@@ -368,6 +368,7 @@ def _table_lines(
             f"  {table}: {len(study.tables[table])} rows, {runs} runs, {epochs:g} epochs"
             + (f", {_hours(hours)} GPU-hours" if hours is not None else "")
         )
+        lines.append(f"    {_jobs_line(study, table, len(jobs))}")
     if gpus > 0 and known:
         jobs = training_jobs(study, tables, left=study.root is not None)
         total, chain = wall_clock(jobs, per_run_rate, gpus, min(per_run, gpus))
@@ -380,6 +381,20 @@ def _table_lines(
     elif gpus > 0:
         lines.append("wall-clock: needs GPU-hours per epoch for every model size (see above)")
     return lines
+
+
+def _jobs_line(study: Study, table: str, training: int) -> str:
+    """The heavy jobs of a table's DAG, by kind: training (a trunk's segments each), guidance
+    sweeps, and evaluations (its rows, its reference rows and the curves' epochs; each one
+    sampling job and one scoring job)."""
+    evaluations = {row.evaluation for row in study.rows_with_references(table)}
+    evaluations |= set(study.curve_evaluations.get(table, []))
+    sweeps = {study.evaluations[e].sweep for e in evaluations if e in study.evaluations}
+    sweeps.discard(None)
+    return (
+        f"jobs: {_count(training, 'training job')}, {_count(len(sweeps), 'guidance sweep')}, "
+        f"{_count(len(evaluations), 'evaluation')} (rows, reference rows, curve epochs)"
+    )
 
 
 def _duration(hours: float) -> str:
