@@ -368,3 +368,48 @@ def test_the_report_front_page_renders_its_sections(config):
     assert titles[1:] == ["The tables", "How to read them"], titles
     tables = next(node for node in tree.findall() if node.tagname == "bullet_list")
     assert len(tables.children) == len(study["tables"]), tables.astext()
+
+
+# Every `rar.<module>[.<name>]` a document or a docstring names is a module or an attribute of
+# one: a moved module or a renamed function leaves no stale name behind. File names that start
+# with "rar." (the official `rar.yaml`, `modeling/rar.py`) are not names of this package.
+NAMED = re.compile(r"\brar(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+NOT_NAMES = {"yaml", "py", "bin", "pt", "md"}
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        with contextlib.suppress(ImportError):
+            obj = importlib.import_module(".".join(parts[:i]))
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+    return False
+
+
+def test_every_named_module_and_attribute_exists():
+    pages = [
+        *REPO.glob("*.md"),
+        *REPO.glob("docs/*.md"),
+        *REPO.glob("config/*"),
+        *REPO.glob("profiles/*/*.yaml"),
+        *REPO.glob("workflow/**/*.*"),
+        REPO / "Snakefile",
+        *REPO.glob("rar/**/*.py"),
+        *REPO.glob("rar/**/*.yaml"),
+    ]
+    stale = sorted(
+        {
+            f"{page.relative_to(REPO)}: {name}"
+            for page in pages
+            if page.is_file()
+            for name in NAMED.findall(page.read_text())
+            if name.rsplit(".", 1)[-1] not in NOT_NAMES and not _resolves(name)
+        }
+    )
+    assert not stale, "names that are no module or attribute of the package:\n" + "\n".join(stale)

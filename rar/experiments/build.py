@@ -253,7 +253,7 @@ def load_study(config: Any, *, source: str = "config", root: str | Path | None =
     The one loader of every tool: the schema's checks and defaults first (`validate_config`),
     then the package's. Every error is a StudyError naming `source`, the key and the value.
     `root`: the folder the study's results/ is under; given, the trunk plan reads what each
-    trunk has done there (`rar.experiments.trunks.run_on_disk`), as every tool that plans
+    trunk has done there (`rar.experiments.study.run_on_disk`), as every tool that plans
     work must (the Snakefile, `rar plan`, `rar status`); None plans as if nothing had run.
     """
     config = validate_config(config, source=source)
