@@ -164,12 +164,33 @@ def paper(server, tmp_path, monkeypatch) -> tuple[Path, dict]:
     return path, files
 
 
+def named(config: Path) -> dict:
+    """The registry's files a study config names (`rar fetch` fetches these)."""
+    needed = rar.experiments.resources.study_resources(yaml.safe_load(config.read_text()))
+    return {n.resource.name: n.resource for n in needed}
+
+
+def test_a_study_on_llamagen_vq16_fetches_its_tokenizer_from_the_hub(paper, server, tmp_path):
+    path, files = paper
+    config = yaml.safe_load(path.read_text())
+    config["tokenizer"] = {"name": "llamagen_vq16", "weights": "resources/vq_ds16_c2i.pt"}
+    config["tokenizer"] |= {"codebook_size": 16384, "grid": 16}
+    path.write_text(yaml.safe_dump(config))
+    assert "llamagen_vq16" in named(path) and "maskgit_vqgan" not in named(path)
+    root = tmp_path / "root"
+    argv = ["fetch", "--config", str(path), "--root", str(root), "--mirror", server.url]
+    assert main([*argv, "--only", "llamagen_vq16"]) == 0
+    got = (root / "resources/vq_ds16_c2i.pt").read_bytes()
+    assert got == files["llamagen_vq16"]
+    assert ("HEAD", "/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt", None) in server.log
+
+
 def test_fetch_downloads_and_verifies_every_file_of_the_paper_study(paper, server, tmp_path):
     path, files = paper
     root = tmp_path / "root"
     argv = ["fetch", "--config", str(path), "--root", str(root), "--mirror", server.url]
     assert main(argv) == 0
-    for name, r in rar.experiments.resources.RESOURCES.items():
+    for name, r in named(path).items():
         assert (root / "resources" / r.filename).read_bytes() == files[name], name
     assert not list((root / "resources").glob("*.part"))
     # the Hub's files came through its metadata and redirect to the storage
@@ -263,7 +284,7 @@ def test_offline_fails_at_once_listing_every_file(paper, tmp_path, monkeypatch, 
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert err.startswith("rar fetch: error: offline (cannot reach 127.0.0.1:9")
-    for r in rar.experiments.resources.RESOURCES.values():
+    for r in named(REPO / "config/config.yaml").values():
         assert f"resources/{r.filename} <- http://127.0.0.1:9/" in err, r.name
     assert "config key official.rar_xxl.checkpoint" in err
     monkeypatch.setenv("RAR_OFFLINE", "1")

@@ -62,6 +62,10 @@ def test_vq16_matches_release_layout():
     assert shapes == ref["keys"]
     assert sum(p.numel() for p in tok.parameters()) == 71_883_403 == ref["num_params"]
     assert shapes["quantize.codebook_used"] == [65536]
+    # and `rar preflight` checks a release file against the same keys and shapes
+    from rar.ops.preflight.checks import expected_shapes
+
+    assert {k: list(v) for k, v in expected_shapes("llamagen_vq").items()} == ref["keys"]
     assert (tok.codebook_size, tok.grid, tok.image_size) == (16384, 16, 256)
     ours = dataclasses.asdict(tok.config) | {"ch_mult": list(tok.config.ch_mult)}
     for key in ("ch", "ch_mult", "z_channels", "codebook_size", "codebook_embed_dim"):

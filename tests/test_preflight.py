@@ -292,6 +292,42 @@ def test_weights_in_the_official_layout_pass_and_others_fail_naming_the_keys(tmp
     assert "stage images" not in checks  # --checks-only: nothing submitted
 
 
+def test_a_study_on_llamagen_vq16_checks_the_release_layout(tmp_path, monkeypatch):
+    """tokenizer.name llamagen_vq16 names LlamaGen's release: its file (`{"model": ...,
+    "args": ...}`) is checked key for key against VQ-16, and a wrong one names its fetch."""
+    import argparse
+
+    import torch
+
+    import rar.ops.preflight.checks as checks_module
+
+    config = yaml.safe_load(paper_config(tmp_path).read_text())
+    weights = tmp_path / "resources" / "vq_ds16_c2i.pt"
+    config["tokenizer"] = {"name": "llamagen_vq16", "weights": str(weights)}
+    config["tokenizer"] |= {"codebook_size": 16384, "grid": 16}
+    path = write(tmp_path / "llamagen.yaml", config)
+    tiny = torch.load(REPO / "tests/data/llamagen_vq_tiny.pt", weights_only=True)
+    weights.parent.mkdir(parents=True)
+    torch.save({"model": tiny["state_dict"], "args": argparse.Namespace(lr=1e-4)}, weights)
+    out = tmp_path / "preflight"
+    argv = ["preflight", "--config", str(path), "--out", str(out), "--checks-only"]
+    main(argv)
+    tok = checks_of(out)["file tokenizer.weights"]
+    assert tok["status"] == "FAIL" and "keys of another shape" in tok["measured"]
+    assert "--only llamagen_vq16" in tok["fix"]
+    # the same file passes where VQ-16's layout is the tiny one's
+    shapes = {k: tuple(v.shape) for k, v in tiny["state_dict"].items()}
+    real = checks_module.expected_shapes
+    monkeypatch.setattr(
+        checks_module,
+        "expected_shapes",
+        lambda kind, model=None: shapes if kind == "llamagen_vq" else real(kind, model),
+    )
+    main(argv)
+    tok = checks_of(out)["file tokenizer.weights"]
+    assert tok["status"] == "PASS" and f"{len(shapes)} keys, the official layout" in tok["measured"]
+
+
 def test_an_incomplete_imagenet_folder_is_counted(tmp_path):
     from rar.ops.preflight import check_images
 

@@ -7,6 +7,7 @@ headers.
 
 - `RESOURCES`: the released RAR generators (`rar_{b,l,xl,xxl}.bin`, Hugging Face
   `yucornetto/RAR`), the MaskGIT-VQGAN tokenizer of the same release (`fun-research/TiTok`),
+  LlamaGen's VQ-16 tokenizer (`FoundationVision/LlamaGen`, the supplementary's Table 3),
   torch-fidelity's Inception weights (GitHub release; the file name carries the first 8 hex
   digits of its sha256, the torch.hub convention) and ADM's ImageNet 256 reference batch
   (openai/guided-diffusion's evaluation suite).
@@ -37,7 +38,8 @@ class Resource:
     filename: its name in the release (and the default name in resources/).
     what: what it is, for messages.
     kind: how its content is checked: "rar" (a released generator of size `model`),
-        "maskgit_vqgan", "inception" (sha256 prefix), "adm_reference" (arrays and shapes).
+        "maskgit_vqgan", "llamagen_vq" (keys and shapes of the release's state dict),
+        "inception" (sha256 prefix), "adm_reference" (arrays and shapes).
     hf_repo / hf_filename: where the Hugging Face Hub has it (downloaded through the hub's
         client); url: where anything else is (direct HTTP).
     sha256_prefix: leading hex digits of the file's sha256, when the release publishes them.
@@ -88,6 +90,15 @@ RESOURCES: dict[str, Resource] = {
         hf_repo="fun-research/TiTok",
         hf_filename="maskgit-vqgan-imagenet-f16-256.bin",
     ),
+    "llamagen_vq16": Resource(
+        name="llamagen_vq16",
+        filename="vq_ds16_c2i.pt",
+        what="LlamaGen's VQ-16 tokenizer (f16, codebook 16384 x 8, l2-normalised codes; "
+        "RAR's supplementary Table 3)",
+        kind="llamagen_vq",
+        hf_repo="FoundationVision/LlamaGen",
+        hf_filename="vq_ds16_c2i.pt",
+    ),
     "inception": Resource(
         name="inception",
         filename="pt_inception-2015-12-05-6726825d.pth",
@@ -107,6 +118,9 @@ RESOURCES: dict[str, Resource] = {
         "imagenet/256/VIRTUAL_imagenet256_labeled.npz",
     ),
 }
+
+# A study's `tokenizer.name` -> the released tokenizer of the registry it loads.
+RELEASED_TOKENIZERS = {"maskgit_vqgan": "maskgit_vqgan", "llamagen_vq16": "llamagen_vq16"}
 
 # ADM's reference batch: images for precision/recall, Inception pool statistics for FID
 # (guided-diffusion `evaluations/evaluator.py` reads arr_0, mu and sigma).
@@ -134,14 +148,17 @@ class Needed:
 def study_resources(config: dict) -> list[Needed]:
     """The files of the registry that a validated study config (`Study.config`) names.
 
-    The tokenizer's weights unless the study trains its own; the Inception weights when the
+    The tokenizer's weights unless the study trains its own (`RELEASED_TOKENIZERS`: a name
+    of its own, such as a tokenizer trained elsewhere, is the user's to check); the Inception
+    weights when the
     Inception extractor is used with a local file; the reference when it is an .npz (ADM's
     batch, by name); the released checkpoints of `official:`.
     """
     out = []
     tok = config["tokenizer"]
-    if "train" not in tok and tok["name"] == "maskgit_vqgan":
-        out.append(Needed(RESOURCES["maskgit_vqgan"], tok["weights"], "tokenizer.weights"))
+    if "train" not in tok and tok["name"] in RELEASED_TOKENIZERS:
+        released = RESOURCES[RELEASED_TOKENIZERS[tok["name"]]]
+        out.append(Needed(released, tok["weights"], "tokenizer.weights"))
     ev = config["evaluation"]
     if ev["extractor"] == "inception-v3-compat" and ev.get("weights"):
         out.append(Needed(RESOURCES["inception"], ev["weights"], "evaluation.weights"))

@@ -376,6 +376,15 @@ def _unwrap_model(obj: Any) -> Any:
     return obj
 
 
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The state dict a tokenizer file holds (LlamaGen's `model` entry, or the file itself),
+    read safely; ValueError naming the file when it holds no mapping of tensors."""
+    sd = _unwrap_model(_load_file(path))
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict (no mapping of tensors)")
+    return sd
+
+
 def load_official_llamagen_vq(path: str | os.PathLike, *, image_size: int = 256) -> LlamaGenVQ:
     """Load LlamaGen's released `vq_ds16_c2i.pt` (`{"model": state dict, ...}`, the other
     entries ignored) or a bare state dict in its layout; sizes are read from the weight shapes

@@ -109,11 +109,28 @@ def expected_shapes(resource_kind: str, model: str | None = None) -> dict[str, t
             from rar.model.transformer import RAR, rar_config
 
             module = RAR(rar_config(model))  # the release: adaLN, 1000 classes, 1024 codes
+        elif resource_kind == "llamagen_vq":
+            from rar.model.llamagen_vq import LlamaGenVQConfig, LlamaGenVQModel
+
+            module = LlamaGenVQModel(LlamaGenVQConfig())  # VQ-16: 16384 x 8 codes
         else:
             from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
 
             module = MaskGITVQGAN(MaskGITVQGANConfig())
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _state_dict_of(path: Path, r) -> dict:
+    """The state dict of a released weights file: the file itself, or the `model` entry of
+    LlamaGen's `{"model": ..., "args": ...}` (read by the tokenizer's loader, which admits
+    its pickled options)."""
+    if r.kind == "llamagen_vq":
+        from rar.model.tokenizer import read_state_dict
+
+        return read_state_dict(path)
+    from rar.model.checkpoint import load_file
+
+    return load_file(path, what=r.what)
 
 
 def check_file(needed: Needed, *, config_file: str) -> Check:
@@ -127,12 +144,10 @@ def check_file(needed: Needed, *, config_file: str) -> Check:
         f"{path} is not {r.what}: delete it and `rar fetch --config {config_file} --only "
         f"{r.name}`, or point config key {needed.key} at the right file"
     )
-    if r.kind in ("rar", "maskgit_vqgan"):
-        from rar.model.checkpoint import CheckpointError, load_file
-
+    if r.kind in ("rar", "maskgit_vqgan", "llamagen_vq"):
         try:
-            sd = load_file(path, what=r.what)
-        except CheckpointError as err:
+            sd = _state_dict_of(path, r)
+        except ValueError as err:  # CheckpointError is one
             return Check(name, False, str(err), refetch)
         problems = _compare_state_dict(sd, expected_shapes(r.kind, r.model))
         if problems:
