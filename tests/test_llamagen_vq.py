@@ -184,3 +184,21 @@ def _save_release(tiny, tmp_path) -> Path:
     path = tmp_path / "release.pt"
     torch.save({"model": tiny["state_dict"]}, path)
     return path
+
+
+def test_a_study_grid_sets_the_image_size(tiny, tmp_path):
+    """load_tokenizer(grid=g): the convolutional tokenizer at g x g tokens, images of g times
+    its downsampling a side; decoding reads the grid from the ids."""
+    path = tmp_path / "vq.pt"
+    torch.save({"model": tiny["state_dict"]}, path)
+    own = load_tokenizer(path)
+    down = own.image_size // own.grid
+    tok = load_tokenizer(path, grid=2)
+    assert (tok.grid, tok.image_size) == (2, 2 * down)
+    images = torch.rand(3, 3, 2 * down, 2 * down)
+    ids = tok.encode(images)
+    assert ids.shape == (3, 4)
+    assert tok.decode(ids).shape == (3, 3, 2 * down, 2 * down)
+    assert torch.equal(ids, own.encode(images))  # the same network: only the size changed
+    with pytest.raises(ValueError, match="grid of 0"):
+        tok.at_grid(0)

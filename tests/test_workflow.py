@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -266,6 +267,47 @@ def test_demo_dag_end_to_end(tmp_path):
     jobs = job_counts(rescore.stdout)
     assert {"train", "sweep_guidance", "sample"}.isdisjoint(jobs), jobs
     assert jobs["evaluate"] == len(evaluations) and jobs["table"] == 2
+
+
+@pytest.mark.slow
+def test_a_llamagen_style_tokenizer_runs_the_whole_dag(tmp_path):
+    """The tokenizer interface end to end: the demo's data at 64 px through LlamaGen's VQ
+    network (the official tiny weights of tests/data, in the release's `{"model": ...}`
+    layout, named as a study names VQ-16) at the study's 4 x 4 grid: tokenize, train, sweep,
+    sample, reconstruct, evaluate, table."""
+    import torch
+
+    tiny = torch.load(REPO / "tests/data/llamagen_vq_tiny.pt", weights_only=True)
+    weights = tmp_path / "resources/vq_tiny.pt"
+    weights.parent.mkdir()
+    torch.save({"model": tiny["state_dict"]}, weights)
+    config = mini_demo("llama")
+    config["data"]["demo"]["image_size"] = 64  # the tiny VQ downsamples 16x: a 4 x 4 grid
+    codebook = tiny["config"]["codebook_size"]
+    config["tokenizer"] = {
+        "name": "llamagen_vq16",
+        "weights": str(weights),
+        "codebook_size": codebook,
+        "grid": 4,
+    }
+    table2 = config["tables"]["table2"]
+    config["tables"] = {"table2": {**table2, "rows": table2["rows"][:2], "evaluate_epochs": []}}
+    path = tmp_path / "llama.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
+    snakemake(*args, "--cores", "2", timeout=1500)
+    out = tmp_path / "results/llama"
+    manifest = json.loads(next((out / "data").glob("*/manifest.json")).read_text())
+    assert manifest["tokens_per_sample"] == 16
+    assert (manifest["tokenizer"]["grid"], manifest["tokenizer"]["image_size"]) == (4, 64)
+    with open(out / "table2.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5  # 2 rows, then the floor, the reconstructions, the ceiling
+    assert all(r["status"].startswith("ok") and float(r["fid"]) > 0 for r in rows)
+    for r in rows[:2]:
+        samples = np.load(out / "evals" / r["evaluation"] / "samples.npz")
+        assert samples["arr_0"].shape[1:] == (64, 64, 3)
+        assert int(samples["arr_0"].std()) > 0  # decoded images, not a blank
 
 
 @pytest.mark.slurm

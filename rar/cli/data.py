@@ -130,6 +130,7 @@ def add_tokenize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, help="folder holding <wnid>/<file> class folders")
     p.add_argument("--out", required=True, help="shard directory to write")
     p.add_argument("--tokenizer", required=True, help="tokenizer file (rar.model.tokenizer)")
+    p.add_argument("--grid", type=int, help="tokens a side (default: the tokenizer's own)")
     p.add_argument(
         "--crop",
         choices=CROP_MODES,
@@ -173,6 +174,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
         record=job_record_for(out / "jobs" / str(job)),
         name=f"tokenize_{out.name}_{job}",
         tokenizer=absolute(args.tokenizer),
+        grid=args.grid,
         crop=args.crop,
         images_per_part=args.images_per_part,
         shuffle_seed=args.shuffle_seed,

@@ -297,13 +297,14 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, help="real images in class folders")
     p.add_argument("--tokenizer", required=True, help="tokenizer weights (rar.model.tokenizer)")
     p.add_argument("--out", required=True, help="sample .npz to write")
+    p.add_argument("--grid", type=int, help="tokens a side (default: the tokenizer's own)")
     p.set_defaults(handler=_run_reconstruct)
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
     from rar.sampling.reference_rows import write_reconstructions
 
-    write_reconstructions(args.images, args.tokenizer, args.out)
+    write_reconstructions(args.images, args.tokenizer, args.out, grid=args.grid)
     return 0
 
 

@@ -102,14 +102,14 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _open_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
-    """(the tokenizer, the path of its file or None): a path is loaded, an object is used;
-    its codes must fit the shards' uint16."""
+def _open_tokenizer(tokenizer: Any, grid: int | None = None) -> tuple[Any, str | None]:
+    """(the tokenizer, the path of its file or None): a path is loaded (at `grid` tokens a
+    side, if given), an object is used; its codes must fit the shards' uint16."""
     path = None
     if isinstance(tokenizer, (str, os.PathLike)):
         from rar.model.tokenizer import load_tokenizer  # heavy: only when given a file
 
-        path, tokenizer = str(tokenizer), load_tokenizer(tokenizer)
+        path, tokenizer = str(tokenizer), load_tokenizer(tokenizer, grid=grid)
     if tokenizer.codebook_size > np.iinfo(np.uint16).max + 1:
         raise ValueError(f"codebook of {tokenizer.codebook_size} codes does not fit uint16")
     return tokenizer, path
@@ -153,6 +153,7 @@ def tokenize_images(
     out_dir: str | os.PathLike,
     *,
     tokenizer: Any,
+    grid: int | None = None,
     crop: str = "center+flip",
     images_per_part: int = 1000,
     shuffle_seed: int = 0,
@@ -173,6 +174,7 @@ def tokenize_images(
     tokenizer: a `rar.model.tokenizer.Tokenizer` (or any object with `encode((B, 3, S, S) float in
         [0, 1]) -> (B, N) int64`, `codebook_size`, `grid`, `image_size`, `identity()`), or the
         path of a tokenizer file (`rar.model.tokenizer.load_tokenizer`; recorded in the manifest).
+    grid: tokens a side for a tokenizer file (the study's `tokenizer.grid`; default its own).
     crop: 'center', 'center+flip' (official script's default) or 'tencrop' (released data).
     parts / job_index + num_jobs: which parts this call runs (default: all).
     batch_size: source images per encode call (x K crops each).
@@ -186,7 +188,7 @@ def tokenize_images(
     if dtype not in ("fp32", "bf16"):  # no "auto": the tokens would depend on the machine
         raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
-    tokenizer, tokenizer_path = _open_tokenizer(tokenizer)
+    tokenizer, tokenizer_path = _open_tokenizer(tokenizer, grid)
     classes, images = list_images(image_dir)
     plan = plan_parts(len(images), images_per_part=images_per_part, shuffle_seed=shuffle_seed)
     todo_parts = select_parts(len(plan), parts=parts, job_index=job_index, num_jobs=num_jobs)

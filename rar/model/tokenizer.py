@@ -109,6 +109,16 @@ class Tokenizer(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         return self._encode(images).long()
 
+    def at_grid(self, grid: int) -> Tokenizer:
+        """This tokenizer set to `grid` x `grid` tokens: images of `grid` times its
+        downsampling a side (every tokenizer here is convolutional, so any multiple of the
+        downsampling encodes; decoding reads the grid from the ids). Returns self."""
+        if grid < 1:
+            raise ValueError(f"a token grid of {grid} per side")
+        self.image_size = grid * (self.image_size // self.grid)
+        self.grid = grid
+        return self
+
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, h*w) int64 raster-order code ids -> (B, 3, H, W) float images in [0, 1]."""
@@ -406,13 +416,19 @@ TOKENIZER_KINDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+def load_tokenizer(path: str | os.PathLike, *, grid: int | None = None) -> Tokenizer:
     """Load any tokenizer file: the official MaskGIT-VQGAN state dict, LlamaGen's VQ release
     (`{"model": state dict, ...}`, or its bare state dict), or our own format
-    `{"kind": str, "config": dict, "model": state dict}` written by `save_tokenizer`.
+    `{"kind": str, "config": dict, "model": state dict}` written by `save_tokenizer`; with
+    `grid`, set to that many tokens a side (`Tokenizer.at_grid`: a study's `tokenizer.grid`).
 
     Returns a frozen (eval, no-grad) tokenizer on CPU. ValueError naming the file otherwise.
     """
+    tok = _load_any(path)
+    return tok if grid is None else tok.at_grid(grid)
+
+
+def _load_any(path: str | os.PathLike) -> Tokenizer:
     obj = _load_file(path)
     if isinstance(obj, Mapping) and "kind" in obj:
         if obj["kind"] not in TOKENIZER_KINDS or not {"config", "model"} <= set(obj):

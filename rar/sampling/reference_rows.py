@@ -70,12 +70,14 @@ def write_reconstructions(
     tokenizer: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    grid: int | None = None,
     batch_size: int = 64,
 ) -> Path:
     """Encode and decode every image of the class-folder set `images` with `tokenizer` (a
     file `rar.model.tokenizer.load_tokenizer` reads), center-cropped to its image size as the FID
     references are; write them as a sample file (`arr_0` (N, H, W, 3) uint8, `labels`: the
-    class folder's index in sorted order) with its samples.json. Returns `out`."""
+    class folder's index in sorted order) with its samples.json; `grid`: tokens a side (the
+    study's `tokenizer.grid`; default the tokenizer's own). Returns `out`."""
     import numpy as np
 
     from rar.data.images import center_crop_arr, list_images, load_rgb
@@ -83,7 +85,7 @@ def write_reconstructions(
     from rar.files import content_sha256, sha256_file, write_npz
     from rar.model.tokenizer import load_tokenizer, to_uint8
 
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer, grid=grid)
     classes, sources = list_images(images)
     if not sources:
         raise ValueError(f"{images}: no images in class folders")

@@ -71,6 +71,7 @@ rule tokenize_part:
     output:
         done=touch(f"{study.prefix}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
+        grid=study.config["tokenizer"]["grid"],
         images=wiring.image_dir(),
         out=subpath(output.done, ancestor=2),
         crop=wiring.dataset_crop,
@@ -88,7 +89,7 @@ rule tokenize_part:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} --out {params.out:q} "
-        "--tokenizer {input.tokenizer:q} --crop {params.crop:q} "
+        "--tokenizer {input.tokenizer:q} --grid {params.grid} --crop {params.crop:q} "
         "--images-per-part {params.per_part:q} --job-index {wildcards.job:q} "
         "--num-jobs {params.jobs:q} --no-merge {resources.launcher} > {log:q} 2>&1"
 
@@ -105,6 +106,7 @@ rule shards:
     output:
         manifest=f"{study.prefix}/data/{{dataset}}/manifest.json",
     params:
+        grid=study.config["tokenizer"]["grid"],
         images=wiring.image_dir(),
         out=subpath(output.manifest, parent=True),
         crop=wiring.dataset_crop,
@@ -118,7 +120,7 @@ rule shards:
     shell:
         # Every part exists: this run only merges the manifest; then check every shard.
         "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} --out {params.out:q} "
-        "--tokenizer {input.tokenizer:q} --crop {params.crop:q} "
+        "--tokenizer {input.tokenizer:q} --grid {params.grid} --crop {params.crop:q} "
         "--images-per-part {params.per_part:q} && rar verify-shards {params.out:q}) > {log:q} 2>&1"
 
 
@@ -132,6 +134,7 @@ rule tokenize_val:
     output:
         manifest=f"{study.prefix}/data/{{dataset}}/val/manifest.json",
     params:
+        grid=study.config["tokenizer"]["grid"],
         images=wiring.heldout_image_dir(),
         out=subpath(output.manifest, parent=True),
         per_part=study.config["data"]["images_per_part"],
@@ -147,6 +150,6 @@ rule tokenize_val:
         "../../environment.yml"
     shell:
         "(OMP_NUM_THREADS={threads} rar tokenize --images {params.images:q} "
-        "--out {params.out:q} --tokenizer {input.tokenizer:q} --crop center "
+        "--out {params.out:q} --tokenizer {input.tokenizer:q} --grid {params.grid} --crop center "
         "--images-per-part {params.per_part:q} {resources.launcher} "
         "&& rar verify-shards {params.out:q}) > {log:q} 2>&1"

@@ -68,10 +68,12 @@ rule reconstruct:
         samples=f"{study.prefix}/reconstructions/{{evaluation}}.npz",
     params:
         images=wiring.reconstruction_images,
+        grid=study.config["tokenizer"]["grid"],
     log:
         f"logs/{study.name}/reconstruct/{{evaluation}}.log",
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} rar reconstruct --images {params.images:q} "
-        "--tokenizer {input.tokenizer:q} --out {output.samples:q} > {log:q} 2>&1"
+        "--tokenizer {input.tokenizer:q} --grid {params.grid} --out {output.samples:q} "
+        "> {log:q} 2>&1"

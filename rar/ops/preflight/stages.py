@@ -255,6 +255,7 @@ class Rehearsal:
             record=out / "tokenize" / JOB_RECORD,
             name="preflight_tokenize",
             tokenizer=str(self.tokenizer),
+            grid=self.study.config["tokenizer"]["grid"],
             crop=crop,
             images_per_part=max(1, math.ceil(n / 2)),
             num_workers=0,
