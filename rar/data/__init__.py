@@ -11,30 +11,24 @@ The names below are imported lazily (PEP 562), so `import rar.data.shards` (as
 `rar verify-shards` does) never imports torch.
 """
 
-from __future__ import annotations
+from rar import lazy_exports
 
-import importlib
-
-_EXPORTS = {
-    "CROP_MODES": "rar.data.images",
-    "CROPS_PER_IMAGE": "rar.data.images",
-    "center_crop_arr": "rar.data.images",
-    "center_crop_plan": "rar.data.images",
-    "make_crops": "rar.data.images",
-    "ShardError": "rar.data.shards",
-    "VerifyReport": "rar.data.shards",
-    "load_manifest": "rar.data.shards",
-    "verify_shards": "rar.data.shards",
-    "tokenize_images": "rar.data.tokenize",
-    "TokenShards": "rar.data.loader",
-    "benchmark_loader": "rar.data.loader",
-    "epoch_segments": "rar.data.loader",
-    "token_loader": "rar.data.loader",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'rar.data' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "CROP_MODES": "images",
+        "CROPS_PER_IMAGE": "images",
+        "center_crop_arr": "images",
+        "center_crop_plan": "images",
+        "make_crops": "images",
+        "ShardError": "shards",
+        "VerifyReport": "shards",
+        "load_manifest": "shards",
+        "verify_shards": "shards",
+        "tokenize_images": "tokenize",
+        "TokenShards": "loader",
+        "benchmark_loader": "loader",
+        "epoch_segments": "loader",
+        "token_loader": "loader",
+    },
+)

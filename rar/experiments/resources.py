@@ -178,7 +178,6 @@ class Missing:
     path: str  # as the config names it (relative to the study's root, or absolute)
     line: str  # the config key, the path, what it is, how to get it
     file: bool  # a file a stage reads (an input of the workflow), not an image folder
-    table: str | None = None  # the one table that needs it (None: every table)
 
 
 def missing_resources(
@@ -212,7 +211,7 @@ def missing_resources(
                 f"{needed.key}: {needed.path}: {needed.resource.what}; "
                 f"`rar fetch --only {needed.resource.name}` puts it there"
             )
-            out.append(Missing(needed.path, line, file=True, table=needed.table))
+            out.append(Missing(needed.path, line, file=True))
     return out
 
 

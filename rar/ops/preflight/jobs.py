@@ -255,7 +255,7 @@ def time_sampling(
     from rar.model.checkpoint import load_generator
     from rar.model.generate import generate
     from rar.model.tokenizer import load_tokenizer
-    from rar.ops.bench import machine_description
+    from rar.ops.bench import machine_description, seconds_per_call
     from rar.runtime import DistEnv, autocast_dtype, resolve_device
     from rar.settings.stages import SamplingConfig
 
@@ -272,17 +272,7 @@ def time_sampling(
         ids = generate(model, batch_labels, settings, generator=gen, amp_dtype=amp)
         tok.decode(ids)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    batch()  # warm-up: allocator, kernels (gpt-fast's timing rules, as rar.ops.bench)
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        batch()
-    sync()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = seconds_per_call(batch, steps, dev)  # after a warm-up, synchronised (gpt-fast)
     return {
         "images_per_s_per_gpu": round(len(labels) / seconds, 3),
         "batch_size": len(labels),
