@@ -373,6 +373,11 @@ ROW = r"tables\.table2\.rows\[0\]"
         ),
         ({"sampling": {"guidance_scales": []}}, ROW + r"\.sampling\.guidance_scales: \[\] should"),
         ({"sampling": {"order": "hilbert"}}, ROW + r": sampling.order: unknown order 'hilbert'"),
+        ({"codebook_size": 16384}, ROW + r": codebook_size follow from `data` and the tokenizer"),
+        ({"num_tokens": 1024}, ROW + r": num_tokens follow from `data` and the tokenizer"),
+        ({"tokenizer": {"gird": 32}}, ROW + r"\.tokenizer: unknown key\(s\) 'gird'"),
+        ({"tokenizer": {"grid": 2}}, ROW + r"\.tokenizer\.grid: 2 is less than"),
+        ({"evaluation": {"extractor": "x"}}, ROW + r"\.evaluation: unknown key\(s\) 'extractor'"),
     ],
 )
 def test_bad_rows_name_file_key_and_value(paper, row, message):
@@ -546,3 +551,24 @@ def test_the_study_names_every_report_file(paper):
     assert "results/plots/scan_orders.png" in outputs
     for point in study.curve_points("table2"):  # each curve ends at its run's final epoch
         assert point["metrics"].endswith("/metrics.json") and point["epoch"] > 0
+
+
+def test_one_tokenizer_name_and_grid_is_one_tokenizer(paper):
+    """Two tables whose tokenizers share a name and grid but not their weights would share a
+    data set folder: refused, naming the row."""
+    c = copy.deepcopy(paper)
+    vq = {"name": "llamagen_vq16", "codebook_size": 16384}
+    c["tables"] = {
+        name: {"base": {"tokenizer": {**vq, "weights": weights}}, "rows": [{"model": "rar_b"}]}
+        for name, weights in (("vq", "resources/vq_ds16_c2i.pt"), ("mine", "resources/my.pt"))
+    }
+    with pytest.raises(StudyError, match=r"tables.mine.rows\[0\]: tokenizer 'llamagen_vq16'"):
+        load_study(c, source="config.yaml")
+
+
+def test_a_study_that_trains_its_tokenizer_has_no_other():
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    table = next(iter(demo["tables"]))
+    demo["tables"][table].setdefault("base", {})["tokenizer"] = {"grid": 4}
+    with pytest.raises(StudyError, match=rf"tables.{table}.rows\[0\]: tokenizer: the study trains"):
+        load_study(demo, source="demo.yaml")

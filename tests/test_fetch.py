@@ -120,12 +120,12 @@ def server():
     s.httpd.shutdown()
 
 
-def adm_batch() -> bytes:
+def adm_batch(image_size: int = 256) -> bytes:
     """An .npz with ADM's arrays and shapes (2 images; zeros compress to almost nothing)."""
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
-        arr_0=np.zeros((2, 256, 256, 3), np.uint8),
+        arr_0=np.zeros((2, image_size, image_size, 3), np.uint8),
         mu=np.zeros(2048),
         sigma=np.zeros((2048, 2048)),
     )
@@ -139,7 +139,10 @@ def paper(server, tmp_path, monkeypatch) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
     files = {}
     for name, r in rar.experiments.resources.RESOURCES.items():
-        data = adm_batch() if r.kind == "adm_reference" else rng.bytes(150_000 + len(files))
+        if r.kind == "adm_reference":
+            data = adm_batch(r.image_size)
+        else:
+            data = rng.bytes(150_000 + len(files))
         files[name] = data
         if r.hf_repo:
             server.add_hub_file(r.hf_repo, r.hf_filename, data)

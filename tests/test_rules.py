@@ -153,14 +153,15 @@ def test_evaluation_inputs_of_real_images_samples_and_heldout_tokens(demo):
     assert args[-2:] == ["--probe-images", "results/demo/images/train"]  # class_probe: true
     assert demo.probe_input() == demo.image_marker()
     # the demo's reference is its held-out images; the paper's is the ADM batch
-    assert demo.reference_input() == demo.image_marker()
+    assert demo.reference_input(wc) == demo.image_marker()
     assert demo.reference_param(wc, W(reference=[])) == "results/demo/images/val"
 
 
 def test_the_paper_scores_against_the_adm_batch(paper):
     reference = paper.config["evaluation"]["reference"]
-    assert paper.reference_input() == reference
-    assert paper.reference_param(W(), W(reference=reference)) == reference
+    wc = W(evaluation=paper.study.tables["table4"][0].evaluation)
+    assert paper.reference_input(wc) == reference
+    assert paper.reference_param(wc, W(reference=reference)) == reference
     assert paper.extractor_flags("--weights") == (
         ["--weights", paper.config["evaluation"]["weights"]]
         if paper.config["evaluation"]["weights"]
@@ -237,3 +238,76 @@ def test_the_demo_tokenizer_is_trained_as_its_config_says(demo, monkeypatch):
     ]
     for field in dataclasses.fields(TokenizerTraining):
         assert schema[field.name]["default"] == field.default, field.name
+
+
+def _with_table(base: dict, rows: list[dict] | None = None) -> RuleWiring:
+    """The paper's study with one more table, `other`: RAR-B rows on `base`."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    rows = rows or [{"anneal_start": 0, "anneal_end": 0}]
+    config["tables"] = {
+        "table4": config["tables"]["table4"],
+        "other": {"base": {"model": "rar_b", **base}, "rows": rows},
+    }
+    return RuleWiring(load_study(config))
+
+
+def test_a_tables_tokenizer_reaches_its_data_runs_samples_and_reconstructions():
+    """A table's `tokenizer:` is its data set's, its runs' codebook and tokens, its samples'
+    and sweeps' decoder and its reconstructions'; the study's tables keep theirs."""
+    vq = {"name": "llamagen_vq16", "weights": "resources/vq_ds16_c2i.pt", "codebook_size": 16384}
+    sampling = {"guidance_scales": [2.0, 4.0], "temperature": 1.0}
+    wiring = _with_table({"tokenizer": vq, "sampling": sampling})
+    study, default = wiring.study, wiring.config["tokenizer"]
+    row, paper_row = study.tables["other"][0], study.tables["table4"][0]
+    dataset = study.dataset_of(row.run)
+    assert dataset == "imagenet-llamagen_vq16-tencrop"  # the study's own keep their names
+    assert study.dataset_of(paper_row.run) == "imagenet-maskgit_vqgan-tencrop"
+    cfg = study.runs[row.run].config
+    assert (cfg.codebook_size, cfg.num_tokens) == (16384, 256)
+    assert study.runs[paper_row.run].config.codebook_size == 1024
+    ev = study.evaluations[row.evaluation]
+    for wc in (W(dataset=dataset), W(evaluation=row.evaluation), W(sweep=ev.sweep)):
+        assert wiring.tokenizer_input(wc) == vq["weights"]
+        assert wiring.tokenizer_grid(wc) == 16
+    assert wiring.tokenizer_input(W(evaluation=paper_row.evaluation)) == default["weights"]
+    official = study.tables["official"][0].evaluation  # a released checkpoint: the study's
+    assert wiring.tokenizer_input(W(evaluation=official)) == default["weights"]
+
+
+def test_a_tables_grid_and_reference_make_their_own_data_and_evaluations():
+    """ImageNet-512: the study's tokenizer at grid 32 (1,024 tokens), its data sets named by
+    the grid, its rows and sweeps scored against the table's reference batch."""
+    ref = "resources/VIRTUAL_imagenet512.npz"
+    sampling = {"guidance_scales": [2.0, 4.0], "temperature": 1.0}
+    base = {"tokenizer": {"grid": 32}, "evaluation": {"reference": ref}, "sampling": sampling}
+    wiring = _with_table(base)
+    study = wiring.study
+    row = study.tables["other"][0]
+    dataset = study.dataset_of(row.run)
+    assert dataset == "imagenet-maskgit_vqgan-32x32-tencrop"
+    assert study.runs[row.run].config.num_tokens == 1024
+    assert wiring.tokenizer_grid(W(dataset=dataset)) == 32
+    assert wiring.tokenizer_input(W(dataset=dataset)) == wiring.config["tokenizer"]["weights"]
+    sweep = study.evaluations[row.evaluation].sweep
+    for wc in (W(evaluation=row.evaluation), W(sweep=sweep)):
+        assert wiring.reference_input(wc) == ref
+        assert wiring.reference_param(wc, W(reference=ref)) == ref
+    paper_row = W(evaluation=study.tables["table4"][0].evaluation)
+    assert wiring.reference_input(paper_row) == wiring.config["evaluation"]["reference"]
+
+
+def test_reference_rows_reconstruct_through_the_tables_tokenizer():
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    name = next(iter(config["tables"]))
+    config["tables"] = {name: config["tables"][name]}
+    other = copy.deepcopy(config["tables"][name])
+    other["base"] = {**other.get("base", {}), "tokenizer": {"grid": 4}}
+    config["tables"]["other"] = other
+    config["tokenizer"].pop("train")
+    config["tokenizer"]["weights"] = "resources/tok.pt"
+    wiring = RuleWiring(load_study(config))
+    study = wiring.study
+    tokens = {t: rows[1].evaluation for t, rows in study.references.items()}
+    assert tokens[name] != tokens["other"]
+    assert wiring.tokenizer_grid(W(evaluation=tokens["other"])) == 4
+    assert wiring.tokenizer_grid(W(evaluation=tokens[name])) == config["tokenizer"]["grid"]

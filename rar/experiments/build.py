@@ -46,8 +46,11 @@ from rar.settings.training import TrainConfig
 # each rar.settings.stages.SamplingConfig field and a sweep's scales; they make an evaluation's
 # identity.
 SAMPLING_KEYS = ("preset", *SAMPLING_FIELDS, "guidance_scales")
-_ROW_META = ("sampling", "paper", "label", "crop")  # row keys that are not TrainConfig keys
-_NOT_COLUMNS = ("sampling", "paper", "label")  # row keys that are not table columns
+# Row keys that are not TrainConfig keys, and those that are not table columns.
+_ROW_META = ("sampling", "paper", "label", "crop", "tokenizer", "evaluation")
+_NOT_COLUMNS = ("sampling", "paper", "label", "tokenizer", "evaluation")
+# TrainConfig keys that follow from the data and the tokenizer: never set by `train:` or a row.
+_FIXED = ("source_images", "num_classes", "codebook_size", "num_tokens")
 # The crops of the data stage (rar.data.images) and how they appear in folder names.
 CROPS = {mode: mode.replace("+", "_") for mode in CROP_MODES}
 
@@ -63,19 +66,39 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _dataset_name(config: dict, crop: str) -> str:
-    return f"{config['data']['dataset']}-{config['tokenizer']['name']}-{CROPS[crop]}"
+def _dataset_name(config: dict, crop: str, tok: dict) -> str:
+    """`<dataset>-<tokenizer>[-<grid>x<grid>]-<crop>`: the grid only where it is not the study
+    tokenizer's, so that the names of the study's own data sets never change."""
+    grid = "" if tok["grid"] == config["tokenizer"]["grid"] else f"-{tok['grid']}x{tok['grid']}"
+    return f"{config['data']['dataset']}-{tok['name']}{grid}-{CROPS[crop]}"
+
+
+def _tokenizer_of(config: dict, merged: dict, where: str) -> dict:
+    """A row's tokenizer: the study's `tokenizer:` with its table's (or its own) `tokenizer:`
+    keys over it. A trained tokenizer (`tokenizer.train`) is the study's only one."""
+    tok = {**config["tokenizer"], **merged.get("tokenizer", {})}
+    if "train" in tok and tok != config["tokenizer"]:
+        raise StudyError(
+            f"{where}: tokenizer: the study trains its tokenizer (tokenizer.train); a table "
+            "selects another only where the study's tokenizer is released weights"
+        )
+    return tok
+
+
+def _tokenizer_fixed(tok: dict) -> dict:
+    """The TrainConfig keys a tokenizer fixes: its codebook and its tokens per image."""
+    return {"codebook_size": tok["codebook_size"], "num_tokens": tok["grid"] ** 2}
 
 
 def _train_settings(config: dict, prefix: str) -> dict:
     """The study-wide training settings: the config's `train:` plus what data and tokenizer
-    fix (codebook, classes, tokens and the epoch size)."""
-    data, tok = config["data"], config["tokenizer"]
+    fix (codebook, classes, tokens and the epoch size; a table's tokenizer may refix the
+    codebook and tokens)."""
+    data = config["data"]
     fixed = {
         "source_images": data["source_images"],
         "num_classes": data["num_classes"],
-        "codebook_size": tok["codebook_size"],
-        "num_tokens": tok["grid"] ** 2,
+        **_tokenizer_fixed(config["tokenizer"]),
     }
     clash = sorted(set(config["train"]) & {*fixed, "data"})
     if clash:
@@ -129,6 +152,12 @@ def _sampling_settings(sampling: dict, where: str) -> dict:
 def _row_config(train: dict, overrides: dict, where: str) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known - {"data"})
+    fixed = sorted(set(overrides) & set(_FIXED))
+    if fixed:
+        raise StudyError(
+            f"{where}: {', '.join(fixed)} follow from `data` and the tokenizer; select a "
+            "tokenizer (`tokenizer:`) instead"
+        )
     if unknown or "data" in overrides:
         bad = unknown or ["data"]
         raise StudyError(
@@ -174,50 +203,57 @@ class _Builder:
             "num_classes": config["data"]["num_classes"],
             "seed": sampling["seed"],
         }
-        self.tokenizer = config["tokenizer"]  # a reconstruction's identity
         self.datasets: dict[str, DataSet] = {}
         self.configs: dict[str, TrainConfig] = {}
         self.evaluations: dict[str, Evaluation] = {}
         self.sweeps: dict[str, Sweep] = {}
 
-    def dataset(self, crop: str) -> str:
-        name = _dataset_name(self.config, crop)
-        self.datasets.setdefault(name, DataSet(name, crop))
+    def metrics(self, merged: dict) -> dict:
+        """The metric settings of a row: the study's, with its table's `evaluation:` keys."""
+        return {**self.metric_settings, **merged.get("evaluation", {})}
+
+    def dataset(self, crop: str, tok: dict, where: str) -> str:
+        name = _dataset_name(self.config, crop, tok)
+        known = self.datasets.setdefault(name, DataSet(name, crop, tok))
+        if known.tokenizer != tok:
+            raise StudyError(
+                f"{where}: tokenizer {tok['name']!r} at grid {tok['grid']} with settings other "
+                f"than another table's ({known.tokenizer}); one name and grid, one tokenizer"
+            )
         return f"{self.prefix}/data/{name}"
 
-    def run(self, overrides: dict, crop: str, where: str) -> TrainConfig:
-        cfg = _row_config({**self.train, "data": self.dataset(crop)}, overrides, where)
+    def run(self, overrides: dict, crop: str, tok: dict, where: str) -> TrainConfig:
+        train = {**self.train, **_tokenizer_fixed(tok), "data": self.dataset(crop, tok, where)}
+        cfg = _row_config(train, overrides, where)
         self.configs.setdefault(cfg.run_id(), cfg)
         return cfg
 
-    def sweep(self, run: str, sampling: dict, checkpoint: str | None) -> str | None:
+    def sweep(self, run: str, sampling: dict, checkpoint: str | None, metrics: dict) -> str | None:
         """The sweep that picks `sampling`'s guidance scale (None: no sweep)."""
         if "guidance_scales" not in sampling:
             return None
         base = {k: v for k, v in sampling.items() if k != "guidance_scales"}
-        metrics = {
-            **self.metric_settings,
-            "num_per_class": self.config["sampling"]["sweep_per_class"],
-        }
+        metrics = {**metrics, "num_per_class": self.config["sampling"]["sweep_per_class"]}
         scales = tuple(sampling["guidance_scales"])
         key = {"checkpoint": checkpoint} if checkpoint else {"run": run}
         sid = short_hash({**key, "scales": scales, "sampling": base, **metrics})
         self.sweeps[sid] = Sweep(sid, run, scales, base, metrics, checkpoint)
         return sid
 
-    def floor(self, images: str, kind: str = "real") -> str:
-        """The FLOOR evaluation: the real images of `images` scored as samples (kind "real");
-        or, kind "reconstructed", those images through the study's tokenizer and back."""
-        key = {kind: images, **self.metric_settings}
-        if kind == "reconstructed":
-            key["tokenizer"] = self.tokenizer
+    def floor(self, images: str, metrics: dict, tokenizer: dict | None = None) -> str:
+        """The FLOOR evaluation: the real images of `images` scored as samples; or, with a
+        `tokenizer` (the table's), those images through it and back (kind "reconstructed")."""
+        kind = "real" if tokenizer is None else "reconstructed"
+        key = {kind: images, **metrics}
+        if tokenizer is not None:
+            key["tokenizer"] = tokenizer
         eid = short_hash(key)
         self.evaluations[eid] = Evaluation(
-            eid, "", 0.0, True, {}, self.metric_settings, kind=kind, images=images
+            eid, "", 0.0, True, {}, metrics, kind=kind, images=images
         )
         return eid
 
-    def ceiling(self, run: str, sampling: dict) -> str:
+    def ceiling(self, run: str, sampling: dict, metrics: dict) -> str:
         """The CEILING evaluation: samples of run `run`'s initial weights with its table's
         sampling; a swept scale is replaced by the lowest of the sweep (guidance cannot help a
         model that learned nothing, and a sweep of it would cost samples for no answer).
@@ -227,22 +263,28 @@ class _Builder:
         if "guidance_scales" in sampling:
             sampling["guidance_scale"] = min(sampling.pop("guidance_scales"))
         start = self.configs[run].trunk_key()
-        eid = short_hash({"untrained": start, "sampling": sampling, **self.metric_settings})
+        eid = short_hash({"untrained": start, "sampling": sampling, **metrics})
         checkpoint = f"{self.prefix}/untrained/{run}.pt"
         evaluation = Evaluation(
-            eid, run, 0.0, False, sampling, self.metric_settings, checkpoint, kind="untrained"
+            eid, run, 0.0, False, sampling, metrics, checkpoint, kind="untrained"
         )
         self.evaluations.setdefault(eid, evaluation)
         return eid
 
     def evaluation(
-        self, run: str, epoch: float, final: bool, sampling: dict, checkpoint: str | None = None
+        self,
+        run: str,
+        epoch: float,
+        final: bool,
+        sampling: dict,
+        metrics: dict,
+        checkpoint: str | None = None,
     ) -> str:
-        sweep = self.sweep(run, sampling, checkpoint)
+        sweep = self.sweep(run, sampling, checkpoint, metrics)
         key = {"checkpoint": checkpoint} if checkpoint else {"run": run, "epoch": epoch}
-        eid = short_hash({**key, "sampling": sampling, **self.metric_settings})
+        eid = short_hash({**key, "sampling": sampling, **metrics})
         self.evaluations[eid] = Evaluation(
-            eid, run, epoch, final, sampling, self.metric_settings, checkpoint, sweep
+            eid, run, epoch, final, sampling, metrics, checkpoint, sweep
         )
         return eid
 
@@ -272,45 +314,14 @@ def _build(config: dict, root: Path | None) -> Study:
     study_sampling = {k: v for k, v in config["sampling"].items() if k in SAMPLING_KEYS}
     tables: dict[str, list[Row]] = {}
     references: dict[str, list[Row]] = {}
-    curves: dict[str, list[tuple[str, float, dict]]] = {}
+    curves: dict[str, list[tuple[str, float, dict, dict]]] = {}
     _row_config({**b.train, "data": ""}, {}, "train")  # the study-wide keys, checked early
     _check_reference_rows(config)
 
     for tname, table in config["tables"].items():
-        base, rows = table["base"], table["rows"]
-        # The table's columns: the keys its rows set, in order of first appearance.
-        varying = list(dict.fromkeys(k for r in rows for k in r if k not in _NOT_COLUMNS))
-        tables[tname], curves[tname], seen = [], [], {}
-        for i, row in enumerate(rows):
-            where = f"tables.{tname}.rows[{i}]"
-            merged = _merge(base, row)
-            sampling = _sampling_settings(_merge(study_sampling, merged.get("sampling", {})), where)
-            overrides = {k: v for k, v in merged.items() if k not in _ROW_META}
-            cfg = b.run(overrides, merged.get("crop", config["data"]["crop"]), where)
-            rid = cfg.run_id()
-            eid = b.evaluation(rid, cfg.epochs, True, sampling)
-            if eid in seen:
-                raise StudyError(
-                    f"{where}: the same run and evaluation as tables.{tname}.rows[{seen[eid]}] "
-                    "(a duplicate row)"
-                )
-            seen[eid] = i
-            keys = {k: _column_value(k, row, base, cfg) for k in varying}
-            label = row.get("label") or _label(keys)
-            tables[tname].append(Row(tname, label, keys, rid, eid, dict(row.get("paper", {}))))
-            for epoch in table["evaluate_epochs"]:
-                if 0 < epoch < cfg.epochs:
-                    curves[tname].append((rid, float(epoch), sampling))
+        tables[tname], curves[tname] = _table_rows(b, tname, table, study_sampling)
         if config["evaluation"]["reference_rows"]:
-            first, floor_images = tables[tname][0], image_dir(config, prefix, "floor")
-            floor = b.floor(floor_images)
-            tokens = b.floor(floor_images, "reconstructed")
-            ceiling = b.ceiling(first.run, b.evaluations[first.evaluation].sampling)
-            references[tname] = [
-                Row(tname, FLOOR, {}, "", floor, kind="reference"),
-                Row(tname, RECONSTRUCTED, {}, "", tokens, kind="reference"),
-                Row(tname, CEILING, {}, first.run, ceiling, kind="reference"),
-            ]
+            references[tname] = _reference_rows(b, tname, tables[tname])
 
     official = config["official"]
     if official:
@@ -319,7 +330,9 @@ def _build(config: dict, root: Path | None) -> Study:
             where = f"official.{name}"
             sampling = _sampling_settings(_merge(study_sampling, spec["sampling"]), where)
             key = f"official_{name}"
-            eid = b.evaluation(key, 0.0, True, sampling, checkpoint=spec["checkpoint"])
+            eid = b.evaluation(
+                key, 0.0, True, sampling, b.metric_settings, checkpoint=spec["checkpoint"]
+            )
             tables["official"].append(
                 Row("official", name, {"model": name}, key, eid, spec["paper"])
             )
@@ -329,15 +342,63 @@ def _build(config: dict, root: Path | None) -> Study:
 
     runs = plan_trunks(
         b.configs,
-        {(r, e) for rows in curves.values() for r, e, _ in rows},
+        {(r, e) for rows in curves.values() for r, e, _, _ in rows},
         keep_every=config["trunks"]["keep_every"],
         on_disk=None if root is None else on_disk,
     )
     curve_ids = {
-        t: [b.evaluation(r, e, False, s) for r, e, s in rows] for t, rows in curves.items()
+        t: [b.evaluation(r, e, False, s, m) for r, e, s, m in rows] for t, rows in curves.items()
     }
     parts = (b.datasets, runs, b.evaluations, b.sweeps, tables, curve_ids, references)
     return Study(study_name, prefix, config, *parts, root=root)
+
+
+def _table_rows(
+    b: _Builder, tname: str, table: dict, study_sampling: dict
+) -> tuple[list[Row], list[tuple[str, float, dict, dict]]]:
+    """A table's rows, and the (run, epoch, sampling, metrics) of its curve's evaluations."""
+    config, base, rows = b.config, table["base"], table["rows"]
+    # The table's columns: the keys its rows set, in order of first appearance.
+    varying = list(dict.fromkeys(k for r in rows for k in r if k not in _NOT_COLUMNS))
+    out, curve, seen = [], [], {}
+    for i, row in enumerate(rows):
+        where = f"tables.{tname}.rows[{i}]"
+        merged = _merge(base, row)
+        sampling = _sampling_settings(_merge(study_sampling, merged.get("sampling", {})), where)
+        overrides = {k: v for k, v in merged.items() if k not in _ROW_META}
+        crop = merged.get("crop", config["data"]["crop"])
+        cfg = b.run(overrides, crop, _tokenizer_of(config, merged, where), where)
+        rid, metrics = cfg.run_id(), b.metrics(merged)
+        eid = b.evaluation(rid, cfg.epochs, True, sampling, metrics)
+        if eid in seen:
+            raise StudyError(
+                f"{where}: the same run and evaluation as tables.{tname}.rows[{seen[eid]}] "
+                "(a duplicate row)"
+            )
+        seen[eid] = i
+        keys = {k: _column_value(k, row, base, cfg) for k in varying}
+        label = row.get("label") or _label(keys)
+        out.append(Row(tname, label, keys, rid, eid, dict(row.get("paper", {}))))
+        for epoch in table["evaluate_epochs"]:
+            if 0 < epoch < cfg.epochs:
+                curve.append((rid, float(epoch), sampling, metrics))
+    return out, curve
+
+
+def _reference_rows(b: _Builder, tname: str, rows: list[Row]) -> list[Row]:
+    """FLOOR, RECONSTRUCTED (through the first row's tokenizer) and CEILING (the first row's
+    run untrained), scored as the first row is."""
+    first = b.evaluations[rows[0].evaluation]
+    floor_images = image_dir(b.config, b.prefix, "floor")
+    tokenizer = b.datasets[Path(b.configs[first.run].data).name].tokenizer
+    floor = b.floor(floor_images, first.metrics)
+    tokens = b.floor(floor_images, first.metrics, tokenizer)
+    ceiling = b.ceiling(first.run, first.sampling, first.metrics)
+    return [
+        Row(tname, FLOOR, {}, "", floor, kind="reference"),
+        Row(tname, RECONSTRUCTED, {}, "", tokens, kind="reference"),
+        Row(tname, CEILING, {}, first.run, ceiling, kind="reference"),
+    ]
 
 
 def _check_reference_rows(config: dict) -> None:

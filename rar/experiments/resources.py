@@ -9,8 +9,8 @@ headers.
   `yucornetto/RAR`), the MaskGIT-VQGAN tokenizer of the same release (`fun-research/TiTok`),
   LlamaGen's VQ-16 tokenizer (`FoundationVision/LlamaGen`, the supplementary's Table 3),
   torch-fidelity's Inception weights (GitHub release; the file name carries the first 8 hex
-  digits of its sha256, the torch.hub convention) and ADM's ImageNet 256 reference batch
-  (openai/guided-diffusion's evaluation suite).
+  digits of its sha256, the torch.hub convention) and ADM's ImageNet 256 and 512 reference
+  batches (openai/guided-diffusion's evaluation suite; 512: the supplementary's Table 2).
 - `study_resources(config)`: the files a validated study config names (its paths may differ
   from the default names), each with the config key that names it, for messages that say
   which key to fix.
@@ -55,6 +55,7 @@ class Resource:
     hf_revision: str = "main"
     sha256_prefix: str | None = None
     model: str | None = None
+    image_size: int = 256  # kind "adm_reference": the side of its images
 
     def source_url(self, *, endpoint: str | None = None, mirror: str | None = None) -> str:
         """The URL the file is fetched from: the Hub's resolve URL (at `endpoint`, default
@@ -117,6 +118,16 @@ RESOURCES: dict[str, Resource] = {
         url="https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"
         "imagenet/256/VIRTUAL_imagenet256_labeled.npz",
     ),
+    "adm_reference_512": Resource(
+        name="adm_reference_512",
+        filename="VIRTUAL_imagenet512.npz",
+        what="ADM's ImageNet 512x512 reference batch (openai/guided-diffusion evaluations; "
+        "RAR's supplementary Table 2)",
+        kind="adm_reference",
+        url="https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"
+        "imagenet/512/VIRTUAL_imagenet512.npz",
+        image_size=512,
+    ),
 }
 
 # A study's `tokenizer.name` -> the released tokenizer of the registry it loads.
@@ -124,8 +135,9 @@ RELEASED_TOKENIZERS = {"maskgit_vqgan": "maskgit_vqgan", "llamagen_vq16": "llama
 
 # ADM's reference batch: images for precision/recall, Inception pool statistics for FID
 # (guided-diffusion `evaluations/evaluator.py` reads arr_0, mu and sigma).
+# arr_0's side (None here) is the batch's image size (`Resource.image_size`).
 ADM_ARRAYS = {
-    "arr_0": ((None, 256, 256, 3), "uint8"),  # N reference images (10,000 in the release)
+    "arr_0": ((None, None, None, 3), "uint8"),  # N reference images (10,000 in the release)
     "mu": ((2048,), None),
     "sigma": ((2048, 2048), None),
 }
@@ -148,27 +160,49 @@ class Needed:
 def study_resources(config: dict) -> list[Needed]:
     """The files of the registry that a validated study config (`Study.config`) names.
 
-    The tokenizer's weights unless the study trains its own (`RELEASED_TOKENIZERS`: a name
+    The tokenizers' weights unless the study trains its own (`RELEASED_TOKENIZERS`: a name
     of its own, such as a tokenizer trained elsewhere, is the user's to check); the Inception
-    weights when the
-    Inception extractor is used with a local file; the reference when it is an .npz (ADM's
-    batch, by name); the released checkpoints of `official:`.
+    weights when the Inception extractor is used with a local file; the references that are an
+    .npz (ADM's batches, by file name); the released checkpoints of `official:`. A file that
+    a table's (or row's) `tokenizer:` or `evaluation:` names is that table's.
     """
-    out = []
-    tok = config["tokenizer"]
-    if "train" not in tok and tok["name"] in RELEASED_TOKENIZERS:
-        released = RESOURCES[RELEASED_TOKENIZERS[tok["name"]]]
-        out.append(Needed(released, tok["weights"], "tokenizer.weights"))
+    out: dict[str, Needed] = {}
+
+    def need(resource: Resource, path: str, key: str, table: str | None = None) -> None:
+        known = out.setdefault(path, Needed(resource, path, key, table))
+        if known.table != table:  # needed by two tables, or by a table and the study
+            out[path] = Needed(known.resource, path, known.key)
+
+    def released(tok: dict, key: str, table: str | None = None) -> None:
+        if "train" not in tok and tok["name"] in RELEASED_TOKENIZERS:
+            need(RESOURCES[RELEASED_TOKENIZERS[tok["name"]]], tok["weights"], key, table)
+
+    def reference(path: str, key: str, table: str | None = None) -> None:
+        if path.endswith(".npz"):
+            adm = [r for r in RESOURCES.values() if r.kind == "adm_reference"]
+            by_name = [r for r in adm if r.filename == Path(path).name]
+            need((by_name or adm)[0], path, key, table)
+
+    released(config["tokenizer"], "tokenizer.weights")
     ev = config["evaluation"]
     if ev["extractor"] == "inception-v3-compat" and ev.get("weights"):
-        out.append(Needed(RESOURCES["inception"], ev["weights"], "evaluation.weights"))
-    if ev.get("reference", "").endswith(".npz"):
-        out.append(Needed(RESOURCES["adm_reference"], ev["reference"], "evaluation.reference"))
+        need(RESOURCES["inception"], ev["weights"], "evaluation.weights")
+    reference(ev.get("reference", ""), "evaluation.reference")
+    for name, table in config.get("tables", {}).items():
+        base = table.get("base") or {}
+        parts = [(f"tables.{name}.base", {}, base)]
+        parts += [(f"tables.{name}.rows[{i}]", base, r) for i, r in enumerate(table["rows"])]
+        for where, under, part in parts:
+            if "tokenizer" in part:
+                tok = {**config["tokenizer"], **under.get("tokenizer", {}), **part["tokenizer"]}
+                released(tok, f"{where}.tokenizer.weights", name)
+            if "reference" in part.get("evaluation", {}):
+                reference(part["evaluation"]["reference"], f"{where}.evaluation.reference", name)
     for name, spec in config.get("official", {}).items():
         if name in RESOURCES and RESOURCES[name].kind == "rar":
             key = f"official.{name}.checkpoint"
-            out.append(Needed(RESOURCES[name], spec["checkpoint"], key, table="official"))
-    return out
+            need(RESOURCES[name], spec["checkpoint"], key, table="official")
+    return list(out.values())
 
 
 @dataclass(frozen=True)
@@ -240,10 +274,15 @@ def npz_arrays(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]
     return out
 
 
-def adm_reference_problems(arrays: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
-    """What is wrong with an .npz's arrays for ADM's reference batch (empty: nothing)."""
+def adm_reference_problems(
+    arrays: dict[str, tuple[tuple[int, ...], str]], image_size: int = 256
+) -> list[str]:
+    """What is wrong with an .npz's arrays for ADM's reference batch of `image_size` images
+    (empty: nothing)."""
     problems = []
     for name, (shape, dtype) in ADM_ARRAYS.items():
+        if name == "arr_0":
+            shape = (None, image_size, image_size, 3)
         if name not in arrays:
             problems.append(f"no array {name!r}")
             continue

@@ -58,10 +58,39 @@ class RuleWiring:
         """A file that exists once the image folder is complete (the demo's dataset.json)."""
         return f"{self.prefix}/images/dataset.json" if self.study.is_demo() else []
 
-    def tokenizer_file(self) -> str:
-        """The tokenizer weights: trained by the pipeline (demo) or the released file."""
-        tok = self.config["tokenizer"]
+    def tokenizer_file(self, tok: dict | None = None) -> str:
+        """A tokenizer's weights (default the study's): trained by the pipeline (demo) or the
+        released file."""
+        tok = tok or self.config["tokenizer"]
         return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+
+    def tokenizer(self, wildcards) -> dict:
+        """The tokenizer of a job: its data set's (`dataset`), its run's (`run`, or a sweep's
+        or an evaluation's run), a reconstruction's table's; the study's for a released
+        checkpoint's samples."""
+        if hasattr(wildcards, "dataset"):
+            return self.study.datasets[wildcards.dataset].tokenizer
+        if hasattr(wildcards, "sweep"):
+            return self._tokenizer_of_run(self.sweep(wildcards).run)
+        ev = self.evaluation(wildcards)
+        if ev.kind == "reconstructed":  # the table's first row's, as rar.experiments.build
+            refs = self.study.references
+            table = next(t for t, rows in refs.items() if ev.id in {r.evaluation for r in rows})
+            return self._tokenizer_of_run(self.study.tables[table][0].run)
+        return self._tokenizer_of_run(ev.run)
+
+    def _tokenizer_of_run(self, run: str) -> dict:
+        if run not in self.study.runs:  # a released checkpoint
+            return self.config["tokenizer"]
+        return self.study.datasets[self.study.dataset_of(run)].tokenizer
+
+    def tokenizer_input(self, wildcards) -> str:
+        """The weights file of the job's tokenizer (`tokenizer`)."""
+        return self.tokenizer_file(self.tokenizer(wildcards))
+
+    def tokenizer_grid(self, wildcards) -> int:
+        """The token grid of the job's tokenizer (`rar tokenize` / `rar reconstruct --grid`)."""
+        return self.tokenizer(wildcards)["grid"]
 
     def tokenizer_args(self) -> list:
         """`rar train-tokenizer`'s flags from the config's tokenizer.train: --downsample, then
@@ -236,15 +265,22 @@ class RuleWiring:
             args += ["--probe-images", self.image_dir()]
         return args
 
+    def _metrics(self, wildcards) -> dict:
+        """The metric settings of a sweep's or an evaluation's job."""
+        if hasattr(wildcards, "sweep"):
+            return self.sweep(wildcards).metrics
+        return self.evaluation(wildcards).metrics
+
     def reference_param(self, wildcards, input) -> str:
-        """Real images to compare with: the ADM reference batch (paper), or the demo's
-        held-out images (made with the training images, never trained on)."""
-        if self.config["evaluation"]["reference"]:
+        """Real images to compare with: the ADM reference batch (paper; a table's own, e.g.
+        ImageNet-512's), or the demo's held-out images (made with the training images, never
+        trained on)."""
+        if self._metrics(wildcards)["reference"]:
             return input.reference
         return f"{self.prefix}/images/val"
 
-    def reference_input(self) -> str | list:
-        return self.config["evaluation"]["reference"] or self.image_marker()
+    def reference_input(self, wildcards) -> str | list:
+        return self._metrics(wildcards)["reference"] or self.image_marker()
 
     # -- report and targets ------------------------------------------------------------------
 

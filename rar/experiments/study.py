@@ -87,8 +87,9 @@ def run_on_disk(run_dir: str | Path, epochs: float) -> RunOnDisk:
 
 @dataclass(frozen=True)
 class DataSet:
-    name: str  # folder name: <dataset>-<tokenizer>-<crop>
+    name: str  # folder name: <dataset>-<tokenizer>[-<grid>x<grid>]-<crop>
     crop: str
+    tokenizer: dict = field(default_factory=dict, hash=False)  # the resolved `tokenizer:`
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def check_local(item: Item) -> str | None:
             return f"its sha256 starts with {digest[:8]}, not {r.sha256_prefix}"
     if r.kind == "adm_reference":
         try:
-            problems = adm_reference_problems(npz_arrays(path))
+            problems = adm_reference_problems(npz_arrays(path), r.image_size)
         except ValueError as err:
             return str(err)
         if problems:

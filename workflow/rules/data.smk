@@ -67,11 +67,11 @@ rule demo_tokenizer:
 rule tokenize_part:
     input:
         images=ancient(wiring.image_marker()),
-        tokenizer=ancient(wiring.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_input),
     output:
         done=touch(f"{study.prefix}/data/{{dataset}}/jobs/{{job}}.done"),
     params:
-        grid=study.config["tokenizer"]["grid"],
+        grid=wiring.tokenizer_grid,
         images=wiring.image_dir(),
         out=subpath(output.done, ancestor=2),
         crop=wiring.dataset_crop,
@@ -102,11 +102,11 @@ rule shards:
                 job=range(study.config["data"]["tokenize_jobs"]),
             )
         ),
-        tokenizer=ancient(wiring.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_input),
     output:
         manifest=f"{study.prefix}/data/{{dataset}}/manifest.json",
     params:
-        grid=study.config["tokenizer"]["grid"],
+        grid=wiring.tokenizer_grid,
         images=wiring.image_dir(),
         out=subpath(output.manifest, parent=True),
         crop=wiring.dataset_crop,
@@ -130,11 +130,11 @@ rule shards:
 rule tokenize_val:
     input:
         images=ancient(wiring.image_marker()),
-        tokenizer=ancient(wiring.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_input),
     output:
         manifest=f"{study.prefix}/data/{{dataset}}/val/manifest.json",
     params:
-        grid=study.config["tokenizer"]["grid"],
+        grid=wiring.tokenizer_grid,
         images=wiring.heldout_image_dir(),
         out=subpath(output.manifest, parent=True),
         per_part=study.config["data"]["images_per_part"],

@@ -5,7 +5,7 @@
 rule evaluate:
     input:
         samples=ancient(wiring.evaluation_input),
-        reference=ancient(wiring.reference_input()),
+        reference=ancient(wiring.reference_input),
         heldout=ancient(wiring.evaluation_heldout),  # val_nll's held-out tokens
         probe=ancient(wiring.probe_input()),
     output:

@@ -5,8 +5,8 @@
 rule sweep_guidance:
     input:
         checkpoint=ancient(wiring.sweep_checkpoint),
-        tokenizer=ancient(wiring.tokenizer_file()),
-        reference=ancient(wiring.reference_input()),
+        tokenizer=ancient(wiring.tokenizer_input),
+        reference=ancient(wiring.reference_input),
     output:
         guidance=f"{study.prefix}/sweeps/{{sweep}}/guidance.json",
     params:
@@ -34,7 +34,7 @@ rule sweep_guidance:
 rule sample:
     input:
         trained=ancient(wiring.trained_checkpoint),
-        tokenizer=ancient(wiring.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_input),
         guidance=ancient(wiring.sweep_result),
     output:
         samples=f"{study.prefix}/evals/{{evaluation}}/samples.npz",
@@ -63,12 +63,12 @@ rule sample:
 rule reconstruct:
     input:
         images=ancient(wiring.image_marker()),
-        tokenizer=ancient(wiring.tokenizer_file()),
+        tokenizer=ancient(wiring.tokenizer_input),
     output:
         samples=f"{study.prefix}/reconstructions/{{evaluation}}.npz",
     params:
         images=wiring.reconstruction_images,
-        grid=study.config["tokenizer"]["grid"],
+        grid=wiring.tokenizer_grid,
     log:
         f"logs/{study.name}/reconstruct/{{evaluation}}.log",
     conda:

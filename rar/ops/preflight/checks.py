@@ -166,7 +166,7 @@ def check_file(needed: Needed, *, config_file: str) -> Check:
         arrays = npz_arrays(path)
     except ValueError as err:
         return Check(name, False, str(err), refetch)
-    problems = adm_reference_problems(arrays)
+    problems = adm_reference_problems(arrays, r.image_size)
     if problems:
         return Check(name, False, f"{path}: {'; '.join(problems)}", refetch)
     shapes = ", ".join(f"{k} {arrays[k][0]}" for k in ("arr_0", "mu", "sigma"))
