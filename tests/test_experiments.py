@@ -66,7 +66,13 @@ def test_shared_rows_are_one_run_and_the_recipes_are_two(paper):
     assert study.datasets[study.dataset_of(t2.run)].crop == "center+flip"
     assert study.datasets[study.dataset_of(t4.run)].crop == "tencrop"
     assert study.runs[t4.run].kind == "scratch"
-    assert len(study.datasets) == 2
+    # the two recipes' crops; the supplementary's VQ-16 and 512 px ten-crop sets
+    assert sorted(study.datasets) == [
+        "imagenet-llamagen_vq16-tencrop",
+        "imagenet-maskgit_vqgan-32x32-tencrop",
+        "imagenet-maskgit_vqgan-center_flip",
+        "imagenet-maskgit_vqgan-tencrop",
+    ]
 
 
 def test_the_plan_shows_each_tables_recipe(paper):
@@ -175,6 +181,54 @@ def test_supplementary_table4_paper_values_sit_on_their_schedules(paper):
         epochs = int(re.match(r"(\d+) training epochs", line["note"])[1])
         rows = [r for r in study.tables["epochs"] if study.runs[r.run].config.epochs == epochs]
         assert [r.paper for r in rows] == [{"fid": float(line["fid"])}], epochs
+
+
+# paper_tables.csv's supplementary Tables 2 and 3, by key: each run's tokens, codebook and
+# epochs, and the reference batch its rows are scored against ("": the study's).
+SUPPLEMENTARY = {
+    "imagenet512": (32 * 32, 1024, 200, "resources/VIRTUAL_imagenet512.npz"),
+    "llamagen_vq": (16 * 16, 16384, 400, ""),
+}
+
+
+def test_supplementary_tables_paper_values_sit_on_their_tokenizers_and_schedules(paper):
+    """paper_tables.csv's `imagenet512` and `llamagen_vq` lines on the row of their model,
+    whose run is the final recipe on the table's tokenizer (MaskGIT-VQGAN at 32 x 32; VQ-16)
+    for the paper's epochs; ImageNet-512's 200-epoch schedule is the `epochs` table's."""
+    study = load_study(paper)
+    lines = [
+        line
+        for line in csv.DictReader((REPO / "tests/data/paper_tables.csv").open())
+        if line["table"] in SUPPLEMENTARY
+    ]
+    assert len(lines) == 4 == sum(len(study.tables[t]) for t in SUPPLEMENTARY)
+    short = next(r for r in study.tables["epochs"] if study.runs[r.run].config.epochs == 200)
+    short = study.runs[short.run].config
+    final = {
+        r.keys["model"]: study.evaluations[r.evaluation].sampling for r in study.tables["table4"]
+    }
+    for line in lines:
+        table, model = line["table"], line["model"].split()[0]
+        rows = [r for r in study.tables[table] if study.runs[r.run].config.model == model]
+        values = {m: float(line[m]) for m in ("fid", "is", "precision", "recall") if line[m]}
+        assert [r.paper for r in rows] == [values], (table, model)
+        cfg, ev = study.runs[rows[0].run].config, study.evaluations[rows[0].evaluation]
+        tokens, codebook, epochs, reference = SUPPLEMENTARY[table]
+        assert (cfg.num_tokens, cfg.codebook_size, cfg.epochs) == (tokens, codebook, epochs)
+        assert (cfg.architecture, study.datasets[study.dataset_of(cfg.run_id())].crop) == (
+            "adaln",
+            "tencrop",
+        )
+        assert ev.sampling == final[model]  # table4's, each size's preset
+        assert ev.metrics["reference"] == (reference or paper["evaluation"]["reference"])
+        if line["anneal_start"]:
+            assert (cfg.anneal_start, cfg.anneal_end) == (
+                float(line["anneal_start"]),
+                float(line["anneal_end"]),
+            )
+        if epochs == 200:
+            schedule = ("warmup_epochs", "anneal_start", "anneal_end")
+            assert [getattr(cfg, k) for k in schedule] == [getattr(short, k) for k in schedule]
 
 
 def test_table5_lists_all_four_sizes_with_the_papers_figures(paper):
@@ -572,3 +626,27 @@ def test_a_study_that_trains_its_tokenizer_has_no_other():
     demo["tables"][table].setdefault("base", {})["tokenizer"] = {"grid": 4}
     with pytest.raises(StudyError, match=rf"tables.{table}.rows\[0\]: tokenizer: the study trains"):
         load_study(demo, source="demo.yaml")
+
+
+def test_the_plan_charges_the_supplementary_tables_their_tokens(paper):
+    """`rar plan` lists supplementary Tables 2 and 3 with their runs and GPU-hours: a size's
+    rate (measured at the study's 256 tokens and 1,024 codes) scaled by the training FLOPs at
+    the run's own (`forward_flops`): ~4.5 x at 1,024 tokens, ~5% more at 16,384 codes."""
+    from rar.settings.presets import forward_flops
+
+    study = load_study(paper)
+    rates = paper["throughput"]["gpu_hours_per_epoch"]
+
+    def hours(model: str, epochs: float, tokens: int, codebook: int) -> float:
+        ratio = forward_flops(model, tokens, codebook) / forward_flops(model, 256, 1024)
+        return rates[model] * epochs * ratio
+
+    assert 4.4 < hours("rar_l", 1, 1024, 1024) / rates["rar_l"] < 4.6
+    assert 1.04 < hours("rar_l", 1, 256, 16384) / rates["rar_l"] < 1.06
+    vq = hours("rar_l", 400, 256, 16384)
+    big = sum(hours(m, 200, 1024, 1024) for m in ("rar_l", "rar_xl", "rar_xxl"))
+    text = format_plan(study)
+    assert f"  llamagen_vq: 1 rows, 1 runs, 400 epochs, {vq:,.0f} GPU-hours" in text
+    assert f"  imagenet512: 3 rows, 3 runs, 600 epochs, {big:,.0f} GPU-hours" in text
+    datasets = {d["name"] for d in plan_dict(study)["datasets"]}
+    assert {"imagenet-llamagen_vq16-tencrop", "imagenet-maskgit_vqgan-32x32-tencrop"} <= datasets

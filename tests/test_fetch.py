@@ -314,3 +314,16 @@ def test_a_present_file_that_is_not_the_expected_thing_is_an_error(paper, tmp_pa
     bad.write_bytes(buf.getvalue())
     with pytest.raises(FetchError, match=r"is there but is not ADM's .*arr_0 has shape \(2, 64"):
         fetch(config, root=tmp_path, only=["adm_reference"], progress=False)
+
+
+def test_the_supplementary_tables_fetch_their_own_files(paper):
+    """The paper study names VQ-16 (table llamagen_vq's tokenizer) and ADM's 512 batch (table
+    imagenet512's reference) beside its own, each the one table's."""
+    path, _ = paper
+    needed = rar.experiments.resources.study_resources(yaml.safe_load(path.read_text()))
+    by_name = {n.resource.name: n for n in needed}
+    assert by_name["llamagen_vq16"].table == "llamagen_vq"
+    assert by_name["llamagen_vq16"].key == "tables.llamagen_vq.base.tokenizer.weights"
+    assert by_name["adm_reference_512"].table == "imagenet512"
+    assert by_name["adm_reference_512"].resource.image_size == 512
+    assert by_name["maskgit_vqgan"].table is by_name["adm_reference"].table is None

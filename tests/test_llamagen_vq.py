@@ -202,3 +202,21 @@ def test_a_study_grid_sets_the_image_size(tiny, tmp_path):
     assert torch.equal(ids, own.encode(images))  # the same network: only the size changed
     with pytest.raises(ValueError, match="grid of 0"):
         tok.at_grid(0)
+
+
+def test_rar_l_on_vq16_has_the_papers_493m_parameters():
+    """Supplementary Table 3's RAR-L at VQ-16's 16,384 codes: 493M parameters, as the paper
+    says; the run the paper's study trains for it has that codebook and 16 x 16 tokens."""
+    import yaml
+
+    from rar.experiments import load_study
+    from rar.model.transformer import num_parameters
+    from rar.training.recipe import model_from_config
+
+    study = load_study(yaml.safe_load((DATA.parent.parent / "config/config.yaml").read_text()))
+    [row] = study.tables["llamagen_vq"]
+    cfg = study.runs[row.run].config
+    assert (cfg.model, cfg.codebook_size, cfg.num_tokens) == ("rar_l", 16384, 256)
+    with torch.device("meta"):
+        n = num_parameters(model_from_config(cfg))
+    assert round(n / 1e6) == 493, n

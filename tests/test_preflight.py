@@ -214,6 +214,9 @@ def paper_config(tmp_path: Path, **data) -> Path:
     config["official"] = {
         "rar_b": {**config["official"]["rar_b"], "checkpoint": str(res / "rar_b.bin")}
     }
+    tables = config["tables"]  # the supplementary's own tokenizer and reference batch
+    tables["llamagen_vq"]["base"]["tokenizer"]["weights"] = str(res / "vq_ds16_c2i.pt")
+    tables["imagenet512"]["base"]["evaluation"]["reference"] = str(res / "VIRTUAL_imagenet512.npz")
     return write(tmp_path / "paper.yaml", config)
 
 
@@ -590,3 +593,27 @@ def test_a_stage_is_skipped_naming_what_failed_and_an_error_is_its_fail():
     assert s.run("c", [], boom) is None
     assert s.checks[-1].ok is False and "no GPU here" in s.checks[-1].measured
     assert s.run("d", [], lambda: (Check("d", True, "ok"), 7)) == 7
+
+
+def test_a_tables_own_tokenizer_and_reference_batch_are_checked(tmp_path):
+    """The supplementary's tables name their own files (VQ-16; ADM's 512 batch): each is
+    checked under its table's key, a 256 px batch refused where 512 px is named."""
+    import numpy as np
+
+    path = paper_config(tmp_path)
+    res = tmp_path / "resources"
+    res.mkdir(parents=True)
+    np.savez_compressed(
+        res / "VIRTUAL_imagenet512.npz",
+        arr_0=np.zeros((2, 256, 256, 3), np.uint8),
+        mu=np.zeros(2048),
+        sigma=np.zeros((2048, 2048)),
+    )
+    out = tmp_path / "preflight"
+    main(["preflight", "--config", str(path), "--out", str(out), "--checks-only"])
+    checks = checks_of(out)
+    vq = checks["file tables.llamagen_vq.base.tokenizer.weights"]
+    assert vq["status"] == "FAIL" and "--only llamagen_vq16" in vq["fix"]
+    ref = checks["file tables.imagenet512.base.evaluation.reference"]
+    assert ref["status"] == "FAIL" and "expected (N, 512, 512, 3)" in ref["measured"]
+    assert "--only adm_reference_512" in ref["fix"]

@@ -96,12 +96,15 @@ def test_paper_dry_run_plans_20_runs_with_one_trunk(fake_imagenet):
 def test_paper_dry_run_tokenizes_two_data_sets_and_trains_table4_on_its_own(fake_imagenet):
     proc = dry_run_rules(fake_imagenet, REPO / "config/config.yaml")
     jobs = job_counts(proc.stdout)
-    assert jobs["shards"] == 2 and jobs["tokenize_part"] == 32  # center+flip and ten-crop
+    # center+flip and ten-crop; ten-crop on VQ-16 and at 32 x 32 (supplementary Tables 3, 2)
+    assert jobs["shards"] == 4 and jobs["tokenize_part"] == 64
     # Table 4's four sizes, RAR-L included; supplementary Table 4 (`epochs`) adds RAR-L at 200
-    # and 300 epochs (its 400-epoch row is Table 4's RAR-L run and evaluation)
-    assert jobs["train"] == 20 + 3 + 4 + 2
-    assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28 + 2
-    assert jobs["evaluate"] == 28 + 2 and jobs["table"] == 5  # tables 2, 3, 4, epochs, official
+    # and 300 epochs (its 400-epoch row is Table 4's RAR-L run and evaluation), Table 3 RAR-L
+    # on VQ-16, Table 2 RAR-L, XL and XXL at 512 px
+    assert jobs["train"] == 20 + 3 + 4 + 2 + 1 + 3
+    assert jobs["sweep_guidance"] == 20 and jobs["sample"] == 28 + 2 + 4
+    # tables 2, 3, 4, epochs, llamagen_vq, imagenet512, official
+    assert jobs["evaluate"] == 28 + 2 + 4 and jobs["table"] == 7
     # Table 5: four sizes in fp32, tf32 (the official sampler's precision) and bf16
     assert jobs["bench_sample"] == 4 * 3 and jobs["table5"] == 1
 

@@ -356,7 +356,7 @@ def _table_lines(
     """Per table, what `snakemake results/<table>.csv` trains (runs shared between tables
     count in each), and the wall-clock time of `tables` (all: None) on `gpus` GPUs."""
     rates = study.gpu_hours_per_epoch(measured)
-    per_run_rate = {rid: rates.get(run.config.model, (None,))[0] for rid, run in study.runs.items()}
+    per_run_rate = {rid: study.run_gpu_hours_per_epoch(rid, rates) for rid in study.runs}
     known = all(r is not None for r in per_run_rate.values())
     lines = ["by table (what `snakemake results/<table>.csv` trains; shared runs in each):"]
     for table in tables or study.tables:

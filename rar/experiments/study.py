@@ -295,12 +295,29 @@ class Study:
         rates = self.gpu_hours_per_epoch(measured)
         total = 0.0
         for run in self.runs.values():
-            rate = rates.get(run.config.model)
+            rate = self.run_gpu_hours_per_epoch(run.id, rates)
             if rate is None:
                 return None
             epochs = (epochs_by_run or {}).get(run.id, run.epochs_to_train)
-            total += rate[0] * epochs
+            total += rate * epochs
         return total
+
+    def run_gpu_hours_per_epoch(self, run: str, rates: dict) -> float | None:
+        """A run's GPU-hours per epoch: its size's rate (`gpu_hours_per_epoch`, at the study
+        tokenizer's tokens and codebook) times the ratio of its training FLOPs at its own
+        (`rar.settings.presets.forward_flops`: a table's tokenizer, e.g. ImageNet-512's 1,024
+        tokens, ~4.5 x). None without a rate."""
+        from rar.settings.presets import forward_flops
+
+        cfg, tok = self.runs[run].config, self.config["tokenizer"]
+        if cfg.model not in rates:
+            return None
+        at_study = forward_flops(cfg.model, tok["grid"] ** 2, tok["codebook_size"])
+        return (
+            rates[cfg.model][0]
+            * forward_flops(cfg.model, cfg.num_tokens, cfg.codebook_size)
+            / at_study
+        )
 
     def recipe(self, table: str) -> dict:
         """What the rows of `table` share of the paper's two recipes (RAR §4.1): architecture,

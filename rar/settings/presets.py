@@ -19,6 +19,29 @@ RAR_CONFIGS: dict[str, dict] = {
     "rar_mini": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_size=512),  # 1.99M | 1.51M
 }
 
+
+def forward_flops(model: str, num_tokens: int, codebook_size: int) -> float:
+    """Forward FLOPs of one image in the matrix products of size `model` (2 a multiply-add):
+    per token and layer the projections and MLP, 2 (4 D^2 + 2 D M), and attention's scores
+    and values, 4 N D; per token the head, 2 D V. Training costs three times as much; the ratio
+    at two token counts or codebooks scales a throughput measured at one (`rar plan`)."""
+    c = RAR_CONFIGS[model]
+    D, M, L = c["hidden_size"], c["mlp_size"], c["num_layers"]
+    per_token = L * (2 * (4 * D * D + 2 * D * M) + 4 * num_tokens * D) + 2 * D * codebook_size
+    return float(num_tokens * per_token)
+
+
+def kv_cache_bytes(
+    model: str, num_tokens: int, *, value_bytes: int = 2, guided: bool = True
+) -> int:
+    """The sampling KV cache of one image (`rar.model.generate.DecodeEngine`): keys and values
+    of every layer over the class token and `num_tokens` tokens, `value_bytes` a value (2:
+    bf16, 4: fp32); twice with guidance (a conditional and an unconditional row)."""
+    c = RAR_CONFIGS[model]
+    rows = 2 if guided else 1
+    return rows * c["num_layers"] * 2 * (num_tokens + 1) * c["hidden_size"] * value_bytes
+
+
 # The paper's sampling settings per model size (official README_RAR.md and configs):
 # temperature, classifier-free guidance scale and the pow-cosine schedule's exponent. The
 # values only: rar.settings.stages.SAMPLING_PRESETS makes them whole SamplingConfigs, and
