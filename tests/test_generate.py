@@ -517,3 +517,33 @@ def test_compiled_decode_step_generates_what_eager_does_on_gpu():
         compiled.append(_gen(gpu, labels, generator=seeded[3], compile=True, **kw))
     assert all(torch.equal(c, e) for c, e in zip(compiled, eager, strict=True))
     assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+@pytest.mark.slow
+def test_a_32_by_32_grid_samples_through_a_1024_token_cache():
+    """ImageNet-512's 1,024 tokens (grid 32): every scan order is a permutation of them, the
+    engine's cache holds `kv_cache_bytes` an image (two rows with guidance), its logits at
+    every step are the full forward pass's in a scan order, and a guided generation draws
+    1,024 ids an image."""
+    from rar.settings.presets import kv_cache_bytes
+
+    for name in SCAN_ORDERS:
+        assert sorted(scan_order(name, 32).tolist()) == list(range(1024)), name
+    torch.manual_seed(0)
+    model = RAR(rar_config("rar_tiny", codebook_size=32, num_classes=10, num_tokens=1024)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    g = torch.Generator().manual_seed(1)
+    tokens, labels = torch.randint(32, (2, 1024), generator=g), torch.tensor([3, 10])
+    orders = resolve_orders("spiral-in", 2, 32, device="cpu")
+    with torch.no_grad():
+        full = model(tokens, labels, orders)
+        cached = _decode_all(model, tokens, labels, orders)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    kw = dict(guidance_scale=2.0, guidance_power=1.0, temperature=1.0)
+    ids = _gen(model, torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0), **kw)
+    assert ids.shape == (2, 1024) and ids.min() >= 0 and ids.max() < 32
+    engine = decode_engine(model, 4)  # the generation's: two images, guided
+    cache = sum(c.k.nbytes + c.v.nbytes for c in engine.caches)
+    assert cache == 2 * kv_cache_bytes("rar_tiny", 1024, value_bytes=4)
