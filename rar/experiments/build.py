@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rar.experiments.data_sets import data_dir
 from rar.experiments.schema import validate_config
 from rar.experiments.study import (
     CEILING,
@@ -183,7 +184,7 @@ class _Builder:
     def dataset(self, crop: str) -> str:
         name = _dataset_name(self.config, crop)
         self.datasets.setdefault(name, DataSet(name, crop))
-        return f"{self.prefix}/data/{name}"
+        return data_dir(name)
 
     def run(self, overrides: dict, crop: str, where: str) -> TrainConfig:
         cfg = _row_config({**self.train, "data": self.dataset(crop)}, overrides, where)

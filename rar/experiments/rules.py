@@ -60,8 +60,7 @@ class RuleWiring:
 
     def tokenizer_file(self) -> str:
         """The tokenizer weights: trained by the pipeline (demo) or the released file."""
-        tok = self.config["tokenizer"]
-        return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+        return self.study.tokenizer_file()
 
     def tokenizer_args(self) -> list:
         """`rar train-tokenizer`'s flags from the config's tokenizer.train: --downsample, then

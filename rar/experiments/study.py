@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rar.experiments.data_sets import (
+    DataSource,
+    SourceRecord,
+    data_dir,
+    image_dir,
+    read_source,
+    write_source,
+)
 from rar.experiments.records import FAILURE_FILE, METRICS_CSV, read_progress
 from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
 from rar.settings.training import TrainConfig
@@ -206,7 +214,51 @@ class Study:
         return f"{self.eval_dir(evaluation)}/samples.npz"
 
     def data_dir(self, dataset: str) -> str:
-        return f"{self.prefix}/data/{dataset}"
+        """A data set's folder: `results/data/<name>`, whatever the study (`data_dir`)."""
+        return data_dir(dataset)
+
+    def tokenizer_file(self) -> str:
+        """The tokenizer weights: trained by the pipeline (demo) or the released file."""
+        tok = self.config["tokenizer"]
+        return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+
+    def data_source(self, dataset: str) -> SourceRecord:
+        """What this study makes data set `dataset` from, as its `source.json` records it."""
+        source = DataSource(
+            images=self.image_dir("train"),
+            heldout=self.image_dir("heldout"),
+            tokenizer=dict(self.config["tokenizer"]),
+            tokenizer_file=self.tokenizer_file(),
+            crop=self.datasets[dataset].crop,
+            images_per_part=self.config["data"]["images_per_part"],
+        )
+        return SourceRecord(source, self.name, self.source)
+
+    def data_clashes(self, root: str | Path | None = None) -> list[str]:
+        """The study's data sets under `root` (default: the study's) whose `source.json`
+        records another source than this study's: one line each, naming both. Nothing may
+        train on them for this study (the workflow refuses to start; `rar plan` and `rar
+        status` say so)."""
+        root = self.root if root is None else Path(root)
+        out = []
+        for name in self.datasets if root is not None else ():
+            try:
+                found = read_source(root / self.data_dir(name))
+            except ValueError as err:
+                out.append(str(err))
+                continue
+            clash = found and found.clash(self.data_source(name), self.data_dir(name))
+            out += [clash] if clash else []
+        return out
+
+    def record_data_sources(self) -> None:
+        """Record the source of each of the study's data sets that has no record yet under
+        the root (the workflow, before its first job): the first study to make a data set
+        claims its name."""
+        for name in self.datasets if self.root is not None else ():
+            folder = self.root / self.data_dir(name)
+            if read_source(folder) is None:
+                write_source(folder, self.data_source(name))
 
     def run_dir(self, run: str) -> str:
         return f"{self.prefix}/runs/{run}"
@@ -437,25 +489,3 @@ class Study:
 
     def row_of(self, run: str) -> list[Row]:
         return [row for rows in self.tables.values() for row in rows if row.run == run]
-
-
-def image_dir(config: dict, prefix: str, split: str = "train") -> str:
-    """The class folders of the images of `split`:
-
-    - "train": what the tokenizer and the runs train on (the demo makes its own; ImageNet's
-      train split is linked);
-    - "heldout": what validation and `val_nll` use (docs/operating.md "Watching a grid"): the demo's
-      val/, or ImageNet's validation split in the class-folder layout beside the train split;
-    - "floor": the FLOOR row's real images: the demo's test/ (disjoint from val/, the demo's
-      FID reference), or ImageNet's validation split (the ADM reference batch is drawn from
-      the train split)."""
-    demo = "demo" in config["data"]
-    if split == "train":
-        return f"{prefix}/images/train" if demo else config["data"]["images"]
-    if split == "heldout":
-        if demo:
-            return f"{prefix}/images/val"
-        return str(Path(config["data"]["images"]).parent / "val")  # beside ImageNet's train/
-    if split == "floor":
-        return f"{prefix}/images/test" if demo else image_dir(config, prefix, "heldout")
-    raise ValueError(f"unknown image split {split!r}")
