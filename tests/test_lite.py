@@ -13,7 +13,7 @@ from test_report import anneal_table
 from test_workflow import dry_run_rules, fake_imagenet, job_counts, snakemake  # noqa: F401
 
 from rar import report
-from rar.experiments import DATA_ROOT, format_plan, load_study_file
+from rar.experiments import DATA_ROOT, StudyError, format_plan, load_study, load_study_file
 from rar.experiments.data_sets import SOURCE_JSON, read_source
 from rar.experiments.schedule import training_jobs, wall_clock
 
@@ -75,6 +75,9 @@ def test_a_data_set_from_another_source_is_refused(tmp_path):
     assert clash.startswith(f"{DATA_ROOT}/{ABLATION_DATA}: data set made by study 'paper'")
     assert f"({PAPER.relative_to(REPO)})" in clash or str(PAPER) in clash
     assert "images_per_part: 5000 there, 1000 here" in clash and str(other) in clash
+    config["study"] = "data"  # its outputs would be the data sets' folder
+    with pytest.raises(StudyError, match=r"^config: study: 'data' names results/data/, every"):
+        load_study(config)
     (folder / SOURCE_JSON).write_text("{}")
     (broken,) = load_study_file(LITE, root=tmp_path).data_clashes()
     assert broken.startswith(f"{folder / SOURCE_JSON}: not a data set's source record")

@@ -297,7 +297,7 @@ def test_a_llamagen_style_tokenizer_runs_the_whole_dag(tmp_path):
     args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
     snakemake(*args, "--cores", "2", timeout=1500)
     out = tmp_path / "results/llama"
-    manifest = json.loads(next((out / "data").glob("*/manifest.json")).read_text())
+    manifest = json.loads(next((tmp_path / "results/data").glob("*/manifest.json")).read_text())
     assert manifest["tokens_per_sample"] == 16
     assert (manifest["tokenizer"]["grid"], manifest["tokenizer"]["image_size"]) == (4, 64)
     with open(out / "table2.csv") as f:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rar.experiments.data_sets import (
+    DATA_ROOT,
     DataSource,
     SourceRecord,
     data_dir,
@@ -186,6 +187,10 @@ class Study:
     references: dict[str, list[Row]] = field(default_factory=dict)  # table -> FLOOR, CEILING
     source: str = "config"  # the config file it was read from, for messages
     root: Path | None = None  # the folder results/ is under, when the plan read the disk
+
+    def __post_init__(self) -> None:
+        if self.prefix == DATA_ROOT:
+            raise StudyError(f"study: {self.name!r} names {DATA_ROOT}/, every study's data sets")
 
     # -- paths (ARCHITECTURE.md, "Data flow") -----------------------------------------------
 
