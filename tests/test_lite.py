@@ -75,6 +75,11 @@ def test_a_data_set_from_another_source_is_refused(tmp_path):
     assert clash.startswith(f"{DATA_ROOT}/{ABLATION_DATA}: data set made by study 'paper'")
     assert f"({PAPER.relative_to(REPO)})" in clash or str(PAPER) in clash
     assert "images_per_part: 5000 there, 1000 here" in clash and str(other) in clash
+    from rar.ops.status import collect, format_status
+
+    status = collect(load_study_file(other, root=tmp_path), root=tmp_path, use_slurm=False)
+    assert status.failed and status.data_clashes == [clash]  # rar status exits 1
+    assert f"\n  {clash}" in format_status(status)
     config["study"] = "data"  # its outputs would be the data sets' folder
     with pytest.raises(StudyError, match=r"^config: study: 'data' names results/data/, every"):
         load_study(config)
