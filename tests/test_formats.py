@@ -43,6 +43,7 @@ OWNERS = {
     "job.json": "rar/experiments/records.py",  # job records; a stage's is `<stem>_job.json`
     "plan.json": "rar/sampling/chunks.py",  # the chunk plan, `<out>.chunks/plan.json`
     "guidance.json": "rar/experiments/results.py",  # a guidance sweep's result
+    "source.json": "rar/experiments/data_sets.py",  # what a data set was made from
 }
 # Each format's columns or version, declared in its owner only: the list of them (any list or
 # tuple literal holding all of these strings) or the one string.

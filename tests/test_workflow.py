@@ -70,6 +70,8 @@ def fake_imagenet(tmp_path) -> Path:
         "maskgit-vqgan-imagenet-f16-256.bin",
         "pt_inception-2015-12-05-6726825d.pth",
         "VIRTUAL_imagenet256_labeled.npz",
+        "VIRTUAL_imagenet512.npz",  # the imagenet512 table's reference batch
+        "vq_ds16_c2i.pt",  # the llamagen_vq table's tokenizer
         *(f"rar_{size}.bin" for size in ("b", "l", "xl", "xxl")),
     ):
         (tmp_path / "resources" / name).write_bytes(b"")
@@ -300,7 +302,7 @@ def test_a_llamagen_style_tokenizer_runs_the_whole_dag(tmp_path):
     args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
     snakemake(*args, "--cores", "2", timeout=1500)
     out = tmp_path / "results/llama"
-    manifest = json.loads(next((out / "data").glob("*/manifest.json")).read_text())
+    manifest = json.loads(next((tmp_path / "results/data").glob("*/manifest.json")).read_text())
     assert manifest["tokens_per_sample"] == 16
     assert (manifest["tokenizer"]["grid"], manifest["tokenizer"]["image_size"]) == (4, 64)
     with open(out / "table2.csv") as f:

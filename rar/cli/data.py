@@ -227,9 +227,9 @@ def add_bench_loader(sub: argparse._SubParsersAction) -> None:
         help="measure the token loader's throughput (samples/s)",
         description=(
             "Stream batches from a token shard directory for --seconds (after one warm-up "
-            "batch) and print samples/s. After `make demo`, the demo's data folder is the one "
-            "folder under results/demo/data/.\n\n"
-            "example: rar bench-loader results/demo/data/* --workers 2 --seconds 10"
+            "batch) and print samples/s. After `make demo`, the demo's data set is "
+            "results/data/demo-vq_demo-center_flip.\n\n"
+            "example: rar bench-loader results/data/demo-* --workers 2 --seconds 10"
         ),
         formatter_class=Formatter,
     )

@@ -286,9 +286,10 @@ def add_status(sub: argparse._SubParsersAction) -> None:
             "records' own states, marked '?'), requeues, GPU-hours used (CPU-h for jobs that ran "
             "without a GPU, as the job record says) and an ETA from the run's recent throughput; "
             "then GPU-hours used against `rar plan`'s figure, runs done, and each failure with "
-            "its reason (failure.txt) and the end of its log. Reads only what the stages write; "
-            "torch-free. Exits 1 when any row has failed (with --watch: at the last redraw), "
-            "else 0.\n\n"
+            "its reason (failure.txt) and the end of its log, and any data set made from another "
+            "source than this study's (source.json). Reads only what the stages write; "
+            "torch-free. Exits 1 when any row has failed or a data set is refused (with "
+            "--watch: at the last redraw), else 0.\n\n"
             "example: rar status --config config/demo.yaml --watch 30"
         ),
         formatter_class=Formatter,

@@ -7,7 +7,8 @@ then the defaults written there), then the checks that need the package, and it 
 place identities come from. A study config (`config/config.yaml`, `config/demo.yaml`) holds
 experiment facts; this package turns it into:
 
-- data sets: one per (dataset, tokenizer, crop) the rows use, tokenized once. The paper's two
+- data sets: one per (dataset, tokenizer, crop) the rows use, tokenized once for every study
+  that names it. The paper's two
   recipes train on different crops (RAR §4.1: center + flip for the ablations, ten-crop for
   the final models), so a row's crop is part of its run's identity through its data folder;
 - runs: the resolved training configs (`rar.settings.training.TrainConfig`). A run's id is a hash of
@@ -29,6 +30,9 @@ The package, one module per question:
 
 - `study`: the pieces (DataSet, Run, Sweep, Evaluation, Row) and `Study`, which answers every
   path and total the tools ask for;
+- `data_sets`: where every study's data sets live (`results/data/`) and the record of the
+  source each was made from (`source.json`), so studies share a data set only when its source
+  is theirs;
 - `schema`: the config against `rar/experiments/study.schema.yaml`, errors and defaults;
 - `build`: `load_study`, the tables expanded into the pieces, with the package's checks;
 - `trunks`: the trunk plan;
@@ -41,6 +45,7 @@ them; this file exports what the tools import, `from rar.experiments import load
 """
 
 from rar.experiments.build import CROPS, SAMPLING_KEYS, load_study, load_study_file
+from rar.experiments.data_sets import DATA_ROOT, DataSource, SourceRecord, data_dir, image_dir
 from rar.experiments.plan import estimate, format_plan, measured_throughput, plan_dict
 from rar.experiments.schema import SCHEMA, validate_config
 from rar.experiments.study import (
@@ -56,7 +61,6 @@ from rar.experiments.study import (
     Study,
     StudyError,
     Sweep,
-    image_dir,
     run_id,
     short_hash,
 )
@@ -65,6 +69,7 @@ from rar.experiments.trunks import plan_trunks
 __all__ = [
     "CEILING",
     "CROPS",
+    "DATA_ROOT",
     "EVALUATION_KINDS",
     "FLOOR",
     "PAPER_SAMPLES",
@@ -72,12 +77,15 @@ __all__ = [
     "SAMPLING_KEYS",
     "SCHEMA",
     "DataSet",
+    "DataSource",
     "Evaluation",
     "Row",
     "Run",
+    "SourceRecord",
     "Study",
     "StudyError",
     "Sweep",
+    "data_dir",
     "estimate",
     "format_plan",
     "image_dir",

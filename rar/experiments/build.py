@@ -14,6 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rar.experiments.data_sets import data_dir
+from rar.experiments.records import RunOnDisk, run_on_disk
 from rar.experiments.schema import validate_config
 from rar.experiments.study import (
     CEILING,
@@ -22,12 +24,10 @@ from rar.experiments.study import (
     DataSet,
     Evaluation,
     Row,
-    RunOnDisk,
     Study,
     StudyError,
     Sweep,
     image_dir,
-    run_on_disk,
     short_hash,
 )
 from rar.experiments.trunks import plan_trunks
@@ -220,7 +220,7 @@ class _Builder:
                 f"{where}: tokenizer {tok['name']!r} at grid {tok['grid']} with settings other "
                 f"than another table's ({known.tokenizer}); one name and grid, one tokenizer"
             )
-        return f"{self.prefix}/data/{name}"
+        return data_dir(name)
 
     def run(self, overrides: dict, crop: str, tok: dict, where: str) -> TrainConfig:
         train = {**self.train, **_tokenizer_fixed(tok), "data": self.dataset(crop, tok, where)}
@@ -295,7 +295,7 @@ def load_study(config: Any, *, source: str = "config", root: str | Path | None =
     The one loader of every tool: the schema's checks and defaults first (`validate_config`),
     then the package's. Every error is a StudyError naming `source`, the key and the value.
     `root`: the folder the study's results/ is under; given, the trunk plan reads what each
-    trunk has done there (`rar.experiments.study.run_on_disk`), as every tool that plans
+    trunk has done there (`rar.experiments.records.run_on_disk`), as every tool that plans
     work must (the Snakefile, `rar plan`, `rar status`); None plans as if nothing had run.
     """
     config = validate_config(config, source=source)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rar.experiments.data_sets import DATA_ROOT, read_source
 from rar.experiments.resources import missing_resources
 from rar.experiments.schedule import training_jobs, wall_clock
 from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
@@ -247,6 +248,7 @@ def format_plan(
     if tables is None:
         lines += _total_lines(study, measured)
     lines += _table_lines(study, measured, tables, gpus, gpus_per_run)
+    lines += _data_lines(study)
     if study.root is not None:
         missing = missing_resources(study.config, study.root, tables)
         lines += [f"missing before the grid can run ({len(missing)}):"] if missing else []
@@ -295,6 +297,24 @@ def _run_lines(study: Study, tables: list[str] | None) -> list[str]:
         )
         if run.note:
             lines.append(f"{'':{width + 4}}{run.note}")
+    return lines
+
+
+def _data_lines(study: Study) -> list[str]:
+    """The data sets the runs train on, in the folder every study shares, each with the study
+    whose `source.json` claims it; then each one recorded from another source than this
+    study's, which the workflow refuses."""
+    lines = [f"data sets (under {DATA_ROOT}/, one for every study that names it):"]
+    for name, data_set in study.datasets.items():
+        claim = ""
+        if study.root is not None:
+            try:
+                record = read_source(study.root / study.data_dir(name))
+            except ValueError:
+                record = None  # data_clashes says why
+            claim = f": made by study {record.study!r}" if record else ": no source record yet"
+        lines.append(f"  {name} ({data_set.crop}){claim}")
+    lines += [f"  REFUSED: {clash}" for clash in study.data_clashes()]
     return lines
 
 

@@ -434,3 +434,37 @@ def format_duration(seconds: float | None) -> str:
     if days:
         return f"{days}d{hours}h"
     return f"{hours}h{mins:02d}m" if hours else f"{mins}m"
+
+
+_NAMED = re.compile(r"^epoch_([0-9]+(?:\.[0-9]+)?)\.pt$")
+
+
+@dataclass(frozen=True)
+class RunOnDisk:
+    """What a run's folder shows: the epochs of its named checkpoints (`epoch_<E>.pt`), and
+    the furthest epoch it is known to have trained to (0: not started)."""
+
+    kept: frozenset[float] = frozenset()
+    reached: float = 0.0
+
+    def passed(self, epoch: float) -> bool:
+        """Whether the run trained beyond `epoch` without keeping a checkpoint there."""
+        return epoch < self.reached and epoch not in self.kept
+
+
+NOTHING = RunOnDisk()
+
+
+def run_on_disk(run_dir: str | Path, epochs: float) -> RunOnDisk:
+    """A run's named checkpoints and how far it got: its last named checkpoint, `final.pt`
+    (its end, `epochs`), or the last row of its `metrics.csv` (a job in flight, or one that
+    stopped between two checkpoints), whichever is furthest."""
+    folder = Path(run_dir)
+    ckpts = folder / "checkpoints"
+    names = [p.name for p in ckpts.iterdir()] if ckpts.is_dir() else []
+    kept = frozenset(float(m[1]) for m in map(_NAMED.match, names) if m)
+    reached = max(kept, default=0.0)
+    if "final.pt" in names:
+        reached = epochs
+    logged = read_progress(folder / METRICS_CSV).epoch
+    return RunOnDisk(kept, max(reached, logged or 0.0))

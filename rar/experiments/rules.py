@@ -61,8 +61,7 @@ class RuleWiring:
     def tokenizer_file(self, tok: dict | None = None) -> str:
         """A tokenizer's weights (default the study's): trained by the pipeline (demo) or the
         released file."""
-        tok = tok or self.config["tokenizer"]
-        return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+        return self.study.tokenizer_file(tok)
 
     def tokenizer(self, wildcards) -> dict:
         """The tokenizer of a job: its data set's (`dataset`), its run's (`run`, or a sweep's

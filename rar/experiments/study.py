@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar.experiments.records import FAILURE_FILE, METRICS_CSV, read_progress
+from rar.experiments.data_sets import (
+    DATA_ROOT,
+    DataSource,
+    SourceRecord,
+    data_dir,
+    image_dir,
+    record_sources,
+    source_clashes,
+)
+from rar.experiments.records import (
+    FAILURE_FILE,
+    METRICS_CSV,
+    NOTHING,
+    RunOnDisk,
+    run_on_disk,
+)
 from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
 from rar.settings.training import TrainConfig
 
@@ -44,40 +58,6 @@ def short_hash(obj: Any) -> str:
 def run_id(cfg: TrainConfig) -> str:
     """The run's identity (`TrainConfig.run_id`: the settings that change its weights)."""
     return cfg.run_id()
-
-
-_NAMED = re.compile(r"^epoch_([0-9]+(?:\.[0-9]+)?)\.pt$")
-
-
-@dataclass(frozen=True)
-class RunOnDisk:
-    """What a run's folder shows: the epochs of its named checkpoints (`epoch_<E>.pt`), and
-    the furthest epoch it is known to have trained to (0: not started)."""
-
-    kept: frozenset[float] = frozenset()
-    reached: float = 0.0
-
-    def passed(self, epoch: float) -> bool:
-        """Whether the run trained beyond `epoch` without keeping a checkpoint there."""
-        return epoch < self.reached and epoch not in self.kept
-
-
-NOTHING = RunOnDisk()
-
-
-def run_on_disk(run_dir: str | Path, epochs: float) -> RunOnDisk:
-    """A run's named checkpoints and how far it got: its last named checkpoint, `final.pt`
-    (its end, `epochs`), or the last row of its `metrics.csv` (a job in flight, or one that
-    stopped between two checkpoints), whichever is furthest."""
-    folder = Path(run_dir)
-    ckpts = folder / "checkpoints"
-    names = [p.name for p in ckpts.iterdir()] if ckpts.is_dir() else []
-    kept = frozenset(float(m[1]) for m in map(_NAMED.match, names) if m)
-    reached = max(kept, default=0.0)
-    if "final.pt" in names:
-        reached = epochs
-    logged = read_progress(folder / METRICS_CSV).epoch
-    return RunOnDisk(kept, max(reached, logged or 0.0))
 
 
 # ##########################################################################################
@@ -180,6 +160,10 @@ class Study:
     source: str = "config"  # the config file it was read from, for messages
     root: Path | None = None  # the folder results/ is under, when the plan read the disk
 
+    def __post_init__(self) -> None:
+        if self.prefix == DATA_ROOT:
+            raise StudyError(f"study: {self.name!r} names {DATA_ROOT}/, every study's data sets")
+
     # -- paths (ARCHITECTURE.md, "Data flow") -----------------------------------------------
 
     def is_demo(self) -> bool:
@@ -207,7 +191,43 @@ class Study:
         return f"{self.eval_dir(evaluation)}/samples.npz"
 
     def data_dir(self, dataset: str) -> str:
-        return f"{self.prefix}/data/{dataset}"
+        """A data set's folder: `results/data/<name>`, whatever the study (`data_dir`)."""
+        return data_dir(dataset)
+
+    def tokenizer_file(self, tok: dict | None = None) -> str:
+        """A tokenizer's weights (default the study's `tokenizer:`): trained by the pipeline
+        (the demo's) or the released file."""
+        tok = tok or self.config["tokenizer"]
+        return f"{self.prefix}/tokenizer/{tok['name']}.pt" if "train" in tok else tok["weights"]
+
+    def data_source(self, dataset: str) -> SourceRecord:
+        """What this study makes data set `dataset` from, as its `source.json` records it."""
+        data = self.datasets[dataset]
+        source = DataSource(
+            images=self.image_dir("train"),
+            heldout=self.image_dir("heldout"),
+            tokenizer=dict(data.tokenizer),
+            tokenizer_file=self.tokenizer_file(data.tokenizer),
+            crop=data.crop,
+            images_per_part=self.config["data"]["images_per_part"],
+        )
+        return SourceRecord(source, self.name, self.source)
+
+    def data_clashes(self, root: str | Path | None = None) -> list[str]:
+        """The study's data sets under `root` (default: the study's) whose `source.json`
+        records another source than this study's (`source_clashes`): nothing may train on
+        them for this study (the workflow refuses to start; `rar plan` and `rar status` say so)."""
+        root = self.root if root is None else Path(root)
+        return [] if root is None else source_clashes(self._data_sources(), root)
+
+    def record_data_sources(self) -> None:
+        """Record the sources of the study's data sets that have none yet (the workflow,
+        before its first job): the first study to make a data set claims its name."""
+        if self.root is not None:
+            record_sources(self._data_sources(), self.root)
+
+    def _data_sources(self) -> dict[str, SourceRecord]:
+        return {self.data_dir(name): self.data_source(name) for name in self.datasets}
 
     def run_dir(self, run: str) -> str:
         return f"{self.prefix}/runs/{run}"
@@ -455,25 +475,3 @@ class Study:
 
     def row_of(self, run: str) -> list[Row]:
         return [row for rows in self.tables.values() for row in rows if row.run == run]
-
-
-def image_dir(config: dict, prefix: str, split: str = "train") -> str:
-    """The class folders of the images of `split`:
-
-    - "train": what the tokenizer and the runs train on (the demo makes its own; ImageNet's
-      train split is linked);
-    - "heldout": what validation and `val_nll` use (docs/operating.md "Watching a grid"): the demo's
-      val/, or ImageNet's validation split in the class-folder layout beside the train split;
-    - "floor": the FLOOR row's real images: the demo's test/ (disjoint from val/, the demo's
-      FID reference), or ImageNet's validation split (the ADM reference batch is drawn from
-      the train split)."""
-    demo = "demo" in config["data"]
-    if split == "train":
-        return f"{prefix}/images/train" if demo else config["data"]["images"]
-    if split == "heldout":
-        if demo:
-            return f"{prefix}/images/val"
-        return str(Path(config["data"]["images"]).parent / "val")  # beside ImageNet's train/
-    if split == "floor":
-        return f"{prefix}/images/test" if demo else image_dir(config, prefix, "heldout")
-    raise ValueError(f"unknown image split {split!r}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from rar.experiments.study import NOTHING, Run, RunOnDisk
+from rar.experiments.records import NOTHING, RunOnDisk
+from rar.experiments.study import Run
 from rar.settings.training import TrainConfig
 
 

@@ -136,7 +136,7 @@ def train_flops_per_token(model: RAR) -> float:
         model.embeddings.weight.numel()
         + model.pos_embed.numel()
         + model.target_aware_pos_embed.numel()
-        + model.timesteps_embeddings.numel()
+        + (model.timesteps_embeddings.numel() if model.adaln else 0)  # the plain ViT has none
     )
     seq = cfg.num_tokens + 1
     return 6 * (num_parameters(model) - tables) + 12 * cfg.num_layers * cfg.hidden_size * seq

@@ -93,11 +93,12 @@ class Status:
     slurm: bool  # whether SLURM answered (False: job states are the records' own)
     columns: dict[str, list[str]] = field(default_factory=dict)  # table -> its row keys
     cpu_hours_used: float = 0.0  # training hours of jobs without a GPU (the CPU demo)
+    data_clashes: list[str] = field(default_factory=list)  # Study.data_clashes: refused
 
     @property
     def failed(self) -> bool:
-        """Whether any row has failed (`rar status` then exits 1)."""
-        return any(row.stage == "failed" for row in self.rows)
+        """Whether any row has failed, or a data set is refused (`rar status` then exits 1)."""
+        return any(row.stage == "failed" for row in self.rows) or bool(self.data_clashes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -360,6 +361,7 @@ def collect(study: Study, *, root: str | Path = ".", use_slurm: bool = True) -> 
         slurm=slurm is not None,
         columns={t: list(rows[0].keys) for t, rows in study.tables.items() if rows},
         cpu_hours_used=sum(reader.hours(r)[1] for r in study.runs),
+        data_clashes=study.data_clashes(root),
     )
 
 
@@ -443,6 +445,9 @@ def format_status(status: Status) -> str:
         f"runs: {status.runs_done}/{status.runs_total} done; evaluations: "
         f"{status.evaluations_done}/{status.evaluations_total} done",
     ]
+    if status.data_clashes:
+        lines.append("data sets made from another source (the workflow refuses them):")
+        lines += [f"  {line}" for line in status.data_clashes]
     # A run in two tables fails once: list each failure (reason and log) once.
     failed = {(r.reason, r.log): r for r in status.rows if r.stage == "failed"}
     if failed:

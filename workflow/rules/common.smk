@@ -25,6 +25,11 @@ if _misfiled := study.misfiled_runs():
         + "\n  ".join(_misfiled)
     )
 
+# A data set is shared by every study that names it (results/data/): one made from another
+# source (source.json) is never trained on as this study's.
+if _clashes := study.data_clashes():
+    raise WorkflowError("data sets made from another source:\n  " + "\n  ".join(_clashes))
+
 # Rules name `wiring.<function>` for their input files, arguments and resources.
 wiring = RuleWiring(study)
 wiring.write_report_recipes()  # each table's make-up, rewritten when an edit changes it
@@ -73,4 +78,5 @@ onstart:
             f"{_source}: {len(_missing)} resource(s) missing (`rar plan` lists them too):\n  "
             + "\n  ".join(m.line for m in _missing)
         )
+    study.record_data_sources()  # the first study to run claims its data sets' names
 

@@ -69,7 +69,7 @@ rule tokenize_part:
         images=ancient(wiring.image_marker()),
         tokenizer=ancient(wiring.tokenizer_input),
     output:
-        done=touch(f"{study.prefix}/data/{{dataset}}/jobs/{{job}}.done"),
+        done=touch(f"{study.data_dir('{dataset}')}/jobs/{{job}}.done"),
     params:
         grid=wiring.tokenizer_grid,
         images=wiring.image_dir(),
@@ -98,13 +98,13 @@ rule shards:
     input:
         jobs=ancient(
             expand(
-                f"{study.prefix}/data/{{{{dataset}}}}/jobs/{{job}}.done",
+                f"{study.data_dir('{{dataset}}')}/jobs/{{job}}.done",
                 job=range(study.config["data"]["tokenize_jobs"]),
             )
         ),
         tokenizer=ancient(wiring.tokenizer_input),
     output:
-        manifest=f"{study.prefix}/data/{{dataset}}/manifest.json",
+        manifest=f"{study.data_dir('{dataset}')}/manifest.json",
     params:
         grid=wiring.tokenizer_grid,
         images=wiring.image_dir(),
@@ -132,7 +132,7 @@ rule tokenize_val:
         images=ancient(wiring.image_marker()),
         tokenizer=ancient(wiring.tokenizer_input),
     output:
-        manifest=f"{study.prefix}/data/{{dataset}}/val/manifest.json",
+        manifest=f"{study.data_dir('{dataset}')}/val/manifest.json",
     params:
         grid=wiring.tokenizer_grid,
         images=wiring.heldout_image_dir(),
