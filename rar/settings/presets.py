@@ -42,6 +42,35 @@ def kv_cache_bytes(
     return rows * c["num_layers"] * 2 * (num_tokens + 1) * c["hidden_size"] * value_bytes
 
 
+# The share of a GPU's memory the sampling plan keeps free of KV caches and weights: the CUDA
+# context, a step's activations and logits, the allocator's fragmentation.
+SAMPLING_MEMORY_MARGIN = 0.10
+
+
+def chunk_memory_bytes(
+    model: str, num_tokens: int, chunk_size: int, *, weight_bytes: int, value_bytes: int = 4
+) -> int:
+    """What sampling a chunk of `chunk_size` images holds on its GPU (one batch,
+    `rar.sampling.sampler`): the weights and a KV cache an image (`kv_cache_bytes`, guided)."""
+    per_image = kv_cache_bytes(model, num_tokens, value_bytes=value_bytes)
+    return weight_bytes + chunk_size * per_image
+
+
+def largest_chunk(
+    model: str,
+    num_tokens: int,
+    device_bytes: int,
+    *,
+    weight_bytes: int,
+    value_bytes: int = 4,
+    margin: float = SAMPLING_MEMORY_MARGIN,
+) -> int:
+    """The most images a sampling chunk of `model` may hold on a GPU of `device_bytes`: its
+    KV caches and the weights within all but `margin` of the memory (0: none fits)."""
+    usable = int(device_bytes * (1 - margin)) - weight_bytes
+    return max(0, usable // kv_cache_bytes(model, num_tokens, value_bytes=value_bytes))
+
+
 # The paper's sampling settings per model size (official README_RAR.md and configs):
 # temperature, classifier-free guidance scale and the pow-cosine schedule's exponent. The
 # values only: rar.settings.stages.SAMPLING_PRESETS makes them whole SamplingConfigs, and
