@@ -220,18 +220,23 @@ def test_the_kv_cache_table_of_docs_gpu_is_what_the_formula_returns():
 
 
 def test_a_chunk_holds_its_weights_and_a_kv_cache_an_image():
-    """chunk_memory_bytes = weights + chunk x cache; largest_chunk is the most images whose
-    caches and weights fit all but the margin of the device (0 when not even the weights do)."""
+    """chunk_memory_bytes = weights + chunk x cache + a decoding slice; largest_chunk is the
+    most images whose caches, weights and slice fit all but the margin of the device (0 when
+    not even the weights do)."""
     from rar.settings.presets import (
+        DECODE_BYTES_PER_PIXEL,
         SAMPLING_MEMORY_MARGIN,
         chunk_memory_bytes,
+        decode_slice,
         kv_cache_bytes,
         largest_chunk,
     )
 
     per_image = kv_cache_bytes("rar_xxl", 1024, value_bytes=4)
     assert per_image == 2 * 40 * 2 * 1025 * 1408 * 4
-    assert chunk_memory_bytes("rar_xxl", 1024, 50, weight_bytes=6) == 6 + 50 * per_image
+    decoding = 8 * 512 * 512 * DECODE_BYTES_PER_PIXEL  # 8 GiB
+    assert chunk_memory_bytes("rar_xxl", 1024, 50, weight_bytes=6) == 6 + 50 * per_image + decoding
+    assert [decode_slice(s * s) for s in (512, 256, 32, 4096)] == [8, 32, 2048, 1]
     device = 80 * 2**30
     n = largest_chunk("rar_xxl", 1024, device, weight_bytes=2**30)
     usable = device * (1 - SAMPLING_MEMORY_MARGIN)

@@ -1,9 +1,10 @@
 """The sampling memory check of `rar preflight`: does every planned sample set's chunk fit the
-GPU? `rar sample` draws a chunk as one batch, so a chunk holds the weights and a KV cache an
-image (`rar.settings.presets.chunk_memory_bytes`); at ImageNet-512's 1,024 tokens a study-wide
-chunk of 250 does not fit an 80 GB GPU (docs/gpu.md). The arithmetic takes the device's memory
-as an argument, so that it is tested without a GPU; `check_sampling_memory` reads it from the
-GPU the preflight runs on and skips where there is none.
+GPU? `rar sample` draws a chunk as one batch, so a chunk holds the weights, a KV cache an
+image and a decoding slice (`rar.settings.presets.chunk_memory_bytes`); at ImageNet-512's
+1,024 tokens a study-wide chunk of 250 does not fit an 80 GB GPU (docs/gpu.md). The
+arithmetic takes the device's memory as an argument, so that it is tested without a GPU;
+`check_sampling_memory` reads it from the GPU the preflight runs on and skips where there is
+none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from rar.experiments.build import chunk_size_of
 from rar.ops.preflight.checks import Check
 from rar.settings.presets import (
+    DECODE_BYTES_PER_PIXEL,
+    DECODE_PIXELS,
     SAMPLING_MEMORY_MARGIN,
     chunk_memory_bytes,
     kv_cache_bytes,
@@ -25,6 +28,7 @@ from rar.settings.stages import SampleSettings
 VALUE_BYTES = {"fp32": 4, "bf16": 2, "auto": 2}
 WEIGHT_BYTES = 4
 GIB = 2**30
+DECODE = DECODE_PIXELS * DECODE_BYTES_PER_PIXEL  # a decoding slice's activations
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,8 @@ def memory_checks(
                 False,
                 f"chunk_size {p.chunk_size} of {p.model} at {p.num_tokens:,} tokens, {dtype}: "
                 f"needs {need / GIB:.1f} GiB (KV cache {cache / GIB:.1f} GiB + weights "
-                f"{p.weight_bytes / GIB:.1f} GiB) of {room}; the largest chunk that fits is "
-                f"{fits}",
+                f"{p.weight_bytes / GIB:.1f} GiB + decoding {DECODE / GIB:.1f} GiB) of "
+                f"{room}; the largest chunk that fits is {fits}",
                 f"{config_file}: set `sampling: {{chunk_size: {fits}}}` (or less) in "
                 f"tables.{p.table}'s base or this row, before its sample sets start (the chunk "
                 "size decides which images are drawn)",
