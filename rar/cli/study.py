@@ -89,8 +89,10 @@ def add_preflight(sub: argparse._SubParsersAction) -> None:
         description=(
             "Before the grid: check that every file the config names exists, loads and is "
             "the expected thing (released RAR and MaskGIT-VQGAN state dicts, Inception weights, "
-            "ADM's reference batch), that ImageNet's folder is complete and that each stage's "
-            "launcher settings fit the cluster (partition, GPUs, nodes, time limit); then run "
+            "ADM's reference batch), that ImageNet's folder is complete, that each stage's "
+            "launcher settings fit the cluster (partition, GPUs, nodes, time limit) and, on a "
+            "GPU (--device), that every table's sampling chunk fits its memory (KV cache, "
+            "weights, decoding; skipped without a GPU); then run "
             "every stage once at toy scale through the same launcher settings as the grid: a "
             "handful of images tokenized, a few steps of the study's model size on the study's "
             "layout (DDP, precision, compile) with one forced requeue whose resumed run must "

@@ -10,7 +10,8 @@ FAIL the fix (the config key, the profile file, the missing file).
    the official keys and shapes, the Inception weights their published sha256 prefix, ADM's
    reference batch its arrays and shapes); ImageNet's folder has the configured number of
    class folders and images; each stage's launcher settings fit the cluster (the partition
-   exists, its nodes have the GPUs asked for, the time limit fits).
+   exists, its nodes have the GPUs asked for, the time limit fits); on a GPU, each table row's
+   sampling chunk fits its memory (`memory`: KV cache, weights and a decoding slice).
 2. The stages, each one job of `rar.ops.launch` with the stage's settings (time limit capped):
    a handful of images (linked from ImageNet, or the demo's own), tokenized with the study's
    tokenizer; a few optimizer steps of the study's model size on the study's layout (nodes x
