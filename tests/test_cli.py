@@ -309,3 +309,16 @@ def test_a_well_formed_manifest_passes_the_shape_check(tmp_path):
 
     folder = _write_manifest(tmp_path / "good", json.dumps(GOOD_MANIFEST))
     assert load_manifest(folder) == GOOD_MANIFEST
+
+
+def test_fetch_only_help_names_every_resource_of_the_registry():
+    """`rar fetch --only`'s help comes from rar.experiments.resources.RESOURCES: every key
+    `rar fetch` knows, in the registry's order (a resource added there appears)."""
+    from rar.experiments.resources import RESOURCES
+
+    fetch = _subparsers()["fetch"]
+    only = next(a for a in fetch._actions if "--only" in a.option_strings)
+    assert only.help.split(": ", 1)[1].split() == list(RESOURCES)
+    text = " ".join(fetch.format_help().split())
+    assert f"these (of those the study needs): {' '.join(RESOURCES)}" in text
+    assert fetch.parse_args(["--only", "inception", "rar_b"]).only == ["inception", "rar_b"]

@@ -432,6 +432,8 @@ ROW = r"tables\.table2\.rows\[0\]"
         ({"tokenizer": {"gird": 32}}, ROW + r"\.tokenizer: unknown key\(s\) 'gird'"),
         ({"tokenizer": {"grid": 2}}, ROW + r"\.tokenizer\.grid: 2 is less than"),
         ({"evaluation": {"extractor": "x"}}, ROW + r"\.evaluation: unknown key\(s\) 'extractor'"),
+        ({"sampling": {"chunk_size": 0}}, ROW + r"\.sampling\.chunk_size: 0 is less than"),
+        ({"sampling": {"num_per_class": 5}}, ROW + r"\.sampling: unknown key\(s\) 'num_per_class'"),
     ],
 )
 def test_bad_rows_name_file_key_and_value(paper, row, message):
@@ -650,3 +652,23 @@ def test_the_plan_charges_the_supplementary_tables_their_tokens(paper):
     assert f"  imagenet512: 3 rows, 3 runs, 600 epochs, {big:,.0f} GPU-hours" in text
     datasets = {d["name"] for d in plan_dict(study)["datasets"]}
     assert {"imagenet-llamagen_vq16-tencrop", "imagenet-maskgit_vqgan-32x32-tencrop"} <= datasets
+
+
+def test_a_tables_chunk_size_is_its_sample_sets_and_in_no_id(paper):
+    """The paper's `imagenet512` table sets `sampling: {chunk_size: 50}` (1,024-token KV
+    caches: docs/gpu.md); its evaluations' and every other table's ids are those of the config
+    without it, and the other tables sample in the study's chunks."""
+    from rar.experiments.build import chunk_size_of
+
+    study = load_study(paper)
+    without = copy.deepcopy(paper)
+    del without["tables"]["imagenet512"]["base"]["sampling"]
+    plain = load_study(without)
+    assert sorted(study.evaluations) == sorted(plain.evaluations)
+    assert sorted(study.sweeps) == sorted(plain.sweeps)
+    chunks = {
+        t: {chunk_size_of(study.config, study.evaluations[r.evaluation].metrics) for r in rows}
+        for t, rows in study.tables.items()
+    }
+    assert chunks.pop("imagenet512") == {50}
+    assert set().union(*chunks.values()) == {paper["sampling"]["chunk_size"]} == {250}

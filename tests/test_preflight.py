@@ -102,6 +102,7 @@ def test_preflight_passes_end_to_end_with_the_local_launcher(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     checks = checks_of(out)
+    assert checks.pop("sampling memory")["status"] == "SKIP"  # --device cpu: no GPU memory
     assert all(c["status"] == "PASS" for c in checks.values()), printed
     for stage in ("images", "tokenizer", "tokenize", "train", "sample", "evaluate", "table"):
         assert f"stage {stage}" in checks
@@ -190,6 +191,7 @@ def test_preflight_through_slurm_with_a_2_task_ddp_training_job(tmp_path, capsys
     printed = capsys.readouterr().out
     assert code == 0, printed
     checks = checks_of(out)
+    assert checks.pop("sampling memory")["status"] == "SKIP"  # --device cpu: no GPU memory
     assert all(c["status"] == "PASS" for c in checks.values()), printed
     assert checks["launcher train"]["measured"].startswith("partition debug")
     assert "2 process(es) on cpu" in checks["stage train"]["measured"]
@@ -617,3 +619,79 @@ def test_a_tables_own_tokenizer_and_reference_batch_are_checked(tmp_path):
     ref = checks["file tables.imagenet512.base.evaluation.reference"]
     assert ref["status"] == "FAIL" and "expected (N, 512, 512, 3)" in ref["measured"]
     assert "--only adm_reference_512" in ref["fix"]
+
+
+# 80 GB of GPU memory as torch reports an H100 80GB's (docs/gpu.md's "largest fp32 chunk").
+H100_80GB = int(79.11 * 2**30)
+
+
+def _imagenet512_plans(rows: list[dict] | None = None, base: dict | None = None):
+    """chunk_plans of the paper's `imagenet512` table alone (its rows, or `rows`)."""
+    from rar.ops.preflight import chunk_plans
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    table = config["tables"]["imagenet512"]
+    table["rows"] = rows or table["rows"]
+    table["base"].update(base or {})
+    config["tables"] = {"imagenet512": table}
+    return chunk_plans(load_study(config))
+
+
+def test_the_papers_imagenet512_chunks_fit_an_80gb_gpu_and_docs_give_the_largest():
+    """At `rar sample`'s fp32 the table's chunk fits an 80 GB GPU for every size, and
+    docs/gpu.md's largest chunk of each size is `largest_chunk` with its generator's weights."""
+    from rar.ops.preflight import memory_checks
+    from rar.settings.presets import largest_chunk
+    from rar.settings.stages import SampleSettings
+
+    assert SampleSettings().dtype == "fp32"
+    plans = _imagenet512_plans()
+    assert [(p.model, p.num_tokens, p.chunk_size) for p in plans] == [
+        ("rar_l", 1024, 50),
+        ("rar_xl", 1024, 50),
+        ("rar_xxl", 1024, 50),
+    ]
+    [check] = memory_checks(plans, H100_80GB, "H100", dtype="fp32", config_file="c.yaml")
+    assert check.ok is True and "imagenet512 / model=rar_xxl: chunk_size 50" in check.measured
+    rows = [
+        {"model": m, "sampling": {"preset": "rar_l"}}
+        for m in ("rar_b", "rar_l", "rar_xl", "rar_xxl")
+    ]
+    docs = {
+        line.split("|")[1].strip().lower().replace("-", "_"): int(line.split("|")[6])
+        for line in (REPO / "docs/gpu.md").read_text().splitlines()
+        if line.startswith("| RAR-")
+    }
+    for p in _imagenet512_plans(rows):
+        fits = largest_chunk(p.model, p.num_tokens, H100_80GB, weight_bytes=p.weight_bytes)
+        assert docs[p.model] == fits, p.model
+
+
+def test_a_chunk_too_large_for_the_gpu_names_its_table_row_need_and_the_largest_that_fits():
+    from rar.ops.preflight import memory_checks
+
+    plans = _imagenet512_plans(base={"sampling": {"chunk_size": 250}})
+    checks = memory_checks(plans, H100_80GB, "NVIDIA H100", dtype="fp32", config_file="c.yaml")
+    assert [c.ok for c in checks] == [False, False, False]
+    xxl = checks[2]
+    assert xxl.name == "sampling memory: imagenet512 / model=rar_xxl"
+    assert "chunk_size 250 of rar_xxl at 1,024 tokens, fp32: needs 228.6 GiB" in xxl.measured
+    assert (
+        "(KV cache 215.1 GiB + weights 5.6 GiB + decoding 8.0 GiB) of 71.2 GiB usable"
+        in xxl.measured
+    )
+    assert "NVIDIA H100" in xxl.measured and xxl.measured.endswith(
+        "the largest chunk that fits is 66"
+    )
+    assert "c.yaml: set `sampling: {chunk_size: 66}`" in xxl.fix and "tables.imagenet512" in xxl.fix
+    bf16 = memory_checks(plans, H100_80GB, "H100", dtype="bf16", config_file="c.yaml")
+    assert [c.ok for c in bf16] == [False, False]  # RAR-L's 250 fit with a bf16 cache
+
+
+def test_the_memory_check_is_skipped_without_a_gpu():
+    from rar.ops.preflight import check_sampling_memory
+
+    study = load_study(yaml.safe_load((REPO / "config/config.yaml").read_text()))
+    [check] = check_sampling_memory(study, device="cpu", config_file="config/config.yaml")
+    assert check.ok is None and check.status == "SKIP"
+    assert check.measured.startswith("skipped: no GPU here (device cpu)")

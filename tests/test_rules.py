@@ -311,3 +311,31 @@ def test_reference_rows_reconstruct_through_the_tables_tokenizer():
     assert tokens[name] != tokens["other"]
     assert wiring.tokenizer_grid(W(evaluation=tokens["other"])) == 4
     assert wiring.tokenizer_grid(W(evaluation=tokens[name])) == config["tokenizer"]["grid"]
+
+
+def test_a_tables_chunk_size_reaches_its_samples_and_sweeps_not_its_ids():
+    """`sampling: {chunk_size: N}` in a table's base (or a row) is the `--chunk-size` of its
+    sample and sweep jobs, the row's over the base's; the study's tables keep the study's, and
+    the ids are those of the same table without it (the chunk size is in the sampler's plan,
+    not in an id)."""
+    sampling = {"guidance_scales": [2.0, 4.0], "temperature": 1.0}
+    rows = [
+        {"anneal_start": 0, "anneal_end": 0},
+        {"anneal_start": 0, "anneal_end": 10, "sampling": {"chunk_size": 7}},
+    ]
+    plain = _with_table({"sampling": sampling}, rows).study
+    wiring = _with_table({"sampling": {**sampling, "chunk_size": 40}}, rows)
+    study = wiring.study
+    assert sorted(study.evaluations) == sorted(plain.evaluations)
+    assert sorted(study.sweeps) == sorted(plain.sweeps)
+
+    def chunk(args: list) -> int:
+        return args[args.index("--chunk-size") + 1]
+
+    for row, want in zip(study.tables["other"], (40, 7), strict=True):
+        ev = study.evaluations[row.evaluation]
+        assert chunk(wiring.sample_args(W(evaluation=ev.id), W(guidance="g.json"))) == want
+        assert chunk(wiring.sweep_args(W(sweep=ev.sweep))) == want
+    paper_row = study.evaluations[study.tables["table4"][0].evaluation]
+    args = wiring.sample_args(W(evaluation=paper_row.id), W(guidance="g.json"))
+    assert chunk(args) == wiring.config["sampling"]["chunk_size"] == 250

@@ -519,3 +519,25 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
     assert {k: v for k, v in swept.items() if k not in timings} == {
         k: v for k, v in alone.items() if k not in timings
     }
+
+
+def test_a_chunk_decodes_in_slices_equal_to_one_decode(monkeypatch):
+    """The tokenizer decodes a chunk in slices of rar.settings.presets.decode_slice images (at
+    the image size the ids and the tokenizer give), and the images equal one decode of all."""
+    import rar.sampling.sampler as sampler
+    from rar.model.tokenizer import to_uint8
+
+    config = MaskGITVQGANConfig(hidden_channels=32, channel_mult=(1, 2), z_channels=32)
+    tok = MaskGITVQGAN(MaskGITVQGANConfig(**{**config.__dict__, "image_size": 16})).eval()
+    ids = torch.randint(0, tok.codebook_size, (7, tok.grid * tok.grid))
+    sizes, seen = [], []
+    decode = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda x: sizes.append(len(x)) or decode(x))
+    monkeypatch.setattr(sampler, "generate", lambda *a, **k: ids)
+    monkeypatch.setattr(sampler, "decode_slice", lambda pixels: seen.append(pixels) or 3)
+    labels = np.zeros(7, np.int64)
+    kwargs = dict(sampling=None, generator=None, device="cpu", amp_dtype=None, compile=False)
+    images = sampler._generate_chunk(None, tok, labels, **kwargs)
+    assert seen == [16 * 16] and sizes == [3, 3, 1]
+    assert images.shape == (7, 16, 16, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, to_uint8(decode(ids)).numpy())

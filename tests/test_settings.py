@@ -190,3 +190,58 @@ def test_each_evaluations_sampling_reaches_its_rule_whole(wiring):
         args = wiring.sweep_args(W(sweep=sid))
         assert _parse("sweep-guidance", args) == sweep.sampling, sid
     assert wiring.study.sweeps or wiring.study.evaluations
+
+
+def _gpu_md_kv_table() -> list[list[str]]:
+    """docs/gpu.md's KV-cache table, one list of cells a size."""
+    lines = (REPO / "docs/gpu.md").read_text().splitlines()
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in lines
+        if line.startswith("| RAR-")
+    ]
+
+
+def test_the_kv_cache_table_of_docs_gpu_is_what_the_formula_returns():
+    """docs/gpu.md's per-image KV caches are `kv_cache_bytes` (MiB, rounded), at each size's
+    layers and width."""
+    from rar.settings.presets import RAR_CONFIGS, kv_cache_bytes
+
+    rows = _gpu_md_kv_table()
+    assert [r[0] for r in rows] == ["RAR-B", "RAR-L", "RAR-XL", "RAR-XXL"]
+    for size, shape, *caches, _largest in rows:
+        model = size.lower().replace("-", "_")
+        c = RAR_CONFIGS[model]
+        assert shape == f"{c['num_layers']} x {c['hidden_size']}"
+        want = [
+            kv_cache_bytes(model, n, value_bytes=b) for n, b in ((256, 2), (1024, 2), (1024, 4))
+        ]
+        assert caches == [f"{round(w / 2**20)} MiB" for w in want], size
+
+
+def test_a_chunk_holds_its_weights_and_a_kv_cache_an_image():
+    """chunk_memory_bytes = weights + chunk x cache + a decoding slice; largest_chunk is the
+    most images whose caches, weights and slice fit all but the margin of the device (0 when
+    not even the weights do)."""
+    from rar.settings.presets import (
+        DECODE_BYTES_PER_PIXEL,
+        SAMPLING_MEMORY_MARGIN,
+        chunk_memory_bytes,
+        decode_slice,
+        kv_cache_bytes,
+        largest_chunk,
+    )
+
+    per_image = kv_cache_bytes("rar_xxl", 1024, value_bytes=4)
+    assert per_image == 2 * 40 * 2 * 1025 * 1408 * 4
+    decoding = 8 * 512 * 512 * DECODE_BYTES_PER_PIXEL  # 8 GiB
+    assert chunk_memory_bytes("rar_xxl", 1024, 50, weight_bytes=6) == 6 + 50 * per_image + decoding
+    assert [decode_slice(s * s) for s in (512, 256, 32, 4096)] == [8, 32, 2048, 1]
+    device = 80 * 2**30
+    n = largest_chunk("rar_xxl", 1024, device, weight_bytes=2**30)
+    usable = device * (1 - SAMPLING_MEMORY_MARGIN)
+    assert chunk_memory_bytes("rar_xxl", 1024, n, weight_bytes=2**30) <= usable
+    assert chunk_memory_bytes("rar_xxl", 1024, n + 1, weight_bytes=2**30) > usable
+    bf16 = largest_chunk("rar_xxl", 1024, device, weight_bytes=2**30, value_bytes=2)
+    assert bf16 in (2 * n, 2 * n + 1)  # half the bytes an image
+    assert largest_chunk("rar_xxl", 1024, 2**30, weight_bytes=2**30) == 0

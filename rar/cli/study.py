@@ -89,8 +89,10 @@ def add_preflight(sub: argparse._SubParsersAction) -> None:
         description=(
             "Before the grid: check that every file the config names exists, loads and is "
             "the expected thing (released RAR and MaskGIT-VQGAN state dicts, Inception weights, "
-            "ADM's reference batch), that ImageNet's folder is complete and that each stage's "
-            "launcher settings fit the cluster (partition, GPUs, nodes, time limit); then run "
+            "ADM's reference batch), that ImageNet's folder is complete, that each stage's "
+            "launcher settings fit the cluster (partition, GPUs, nodes, time limit) and, on a "
+            "GPU (--device), that every table's sampling chunk fits its memory (KV cache, "
+            "weights, decoding; skipped without a GPU); then run "
             "every stage once at toy scale through the same launcher settings as the grid: a "
             "handful of images tokenized, a few steps of the study's model size on the study's "
             "layout (DDP, precision, compile) with one forced requeue whose resumed run must "
@@ -215,15 +217,31 @@ def _run_preflight(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _ResourceKeys(argparse._StoreAction):
+    """`rar fetch --only`: its help lists every key of the registry
+    (rar.experiments.resources.RESOURCES), read when the help is shown: that module's package
+    imports numpy, which building the parser must not."""
+
+    @property
+    def help(self) -> str:
+        from rar.experiments.resources import RESOURCES
+
+        return f"fetch only these (of those the study needs): {' '.join(RESOURCES)}"
+
+    @help.setter
+    def help(self, value) -> None:  # argparse.Action.__init__ sets it; the property rules
+        pass
+
+
 def add_fetch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fetch",
         help="download the weights and reference files a study needs (resumable, verified)",
         description=(
-            "Download what the study config names into its paths (resources/ by default): the "
-            "released rar_{b,l,xl,xxl}.bin and maskgit-vqgan-imagenet-f16-256.bin from the "
-            "Hugging Face Hub ($HF_ENDPOINT), torch-fidelity's Inception weights and ADM's "
-            "reference batch. Each file downloads to <file>.part with a progress bar, resumes "
+            "Download what the study config names into its paths (resources/ by default): "
+            "released weights from the Hugging Face Hub ($HF_ENDPOINT), the other files from "
+            "their URLs (`--list` names each). Each file downloads to <file>.part with a "
+            "progress bar, resumes "
             "from there when cut (run the command again), and is renamed into place only "
             "after its size and sha256 (the Hub's, or the published prefix) and content check "
             "out. Files already there are checked and kept. Offline, it fails at once and "
@@ -237,7 +255,8 @@ def add_fetch(sub: argparse._SubParsersAction) -> None:
         "--only",
         nargs="+",
         default=None,
-        help="fetch only these: rar_b rar_l rar_xl rar_xxl maskgit_vqgan inception adm_reference",
+        metavar="KEY",
+        action=_ResourceKeys,
     )
     p.add_argument("--root", default=".", help="folder the config's paths are relative to")
     p.add_argument(

@@ -111,6 +111,14 @@ def _train_settings(config: dict, prefix: str) -> dict:
     return {**watch, **config["train"], **fixed}
 
 
+def _identity(metrics: dict) -> dict:
+    """The metric settings an evaluation's or sweep's id is made of: all but the chunk size.
+    Which images a seed draws depends on it, but a sample set records it with the rest of
+    what makes its images (`rar.sampling.sampler`'s plan, checked on every resume) rather
+    than in its id, as the study-wide one always was, so that no existing id changes."""
+    return {k: v for k, v in metrics.items() if k != "chunk_size"}
+
+
 def _check_name(value: Any, known, where: str, what: str) -> None:
     if value not in known:
         raise StudyError(f"{where}: unknown {what} {value!r}; known: {', '.join(known)}")
@@ -209,8 +217,14 @@ class _Builder:
         self.sweeps: dict[str, Sweep] = {}
 
     def metrics(self, merged: dict) -> dict:
-        """The metric settings of a row: the study's, with its table's `evaluation:` keys."""
-        return {**self.metric_settings, **merged.get("evaluation", {})}
+        """The metric settings of a row (or an official checkpoint): the study's, with its
+        table's `evaluation:` keys and, where it or its table sets one, its
+        `sampling.chunk_size` (`chunk_size_of`; outside the ids, `_identity`)."""
+        out = {**self.metric_settings, **merged.get("evaluation", {})}
+        chunk = merged.get("sampling", {}).get("chunk_size")
+        if chunk is not None:
+            out["chunk_size"] = chunk
+        return out
 
     def dataset(self, crop: str, tok: dict, where: str) -> str:
         name = _dataset_name(self.config, crop, tok)
@@ -236,7 +250,7 @@ class _Builder:
         metrics = {**metrics, "num_per_class": self.config["sampling"]["sweep_per_class"]}
         scales = tuple(sampling["guidance_scales"])
         key = {"checkpoint": checkpoint} if checkpoint else {"run": run}
-        sid = short_hash({**key, "scales": scales, "sampling": base, **metrics})
+        sid = short_hash({**key, "scales": scales, "sampling": base, **_identity(metrics)})
         self.sweeps[sid] = Sweep(sid, run, scales, base, metrics, checkpoint)
         return sid
 
@@ -244,6 +258,7 @@ class _Builder:
         """The FLOOR evaluation: the real images of `images` scored as samples; or, with a
         `tokenizer` (the table's), those images through it and back (kind "reconstructed")."""
         kind = "real" if tokenizer is None else "reconstructed"
+        metrics = _identity(metrics)  # nothing is drawn
         key = {kind: images, **metrics}
         if tokenizer is not None:
             key["tokenizer"] = tokenizer
@@ -263,7 +278,7 @@ class _Builder:
         if "guidance_scales" in sampling:
             sampling["guidance_scale"] = min(sampling.pop("guidance_scales"))
         start = self.configs[run].trunk_key()
-        eid = short_hash({"untrained": start, "sampling": sampling, **metrics})
+        eid = short_hash({"untrained": start, "sampling": sampling, **_identity(metrics)})
         checkpoint = f"{self.prefix}/untrained/{run}.pt"
         evaluation = Evaluation(
             eid, run, 0.0, False, sampling, metrics, checkpoint, kind="untrained"
@@ -282,11 +297,17 @@ class _Builder:
     ) -> str:
         sweep = self.sweep(run, sampling, checkpoint, metrics)
         key = {"checkpoint": checkpoint} if checkpoint else {"run": run, "epoch": epoch}
-        eid = short_hash({**key, "sampling": sampling, **metrics})
+        eid = short_hash({**key, "sampling": sampling, **_identity(metrics)})
         self.evaluations[eid] = Evaluation(
             eid, run, epoch, final, sampling, metrics, checkpoint, sweep
         )
         return eid
+
+
+def chunk_size_of(config: dict, metrics: dict) -> int:
+    """The images per chunk of a sample set with metric settings `metrics` (an Evaluation's or
+    a Sweep's): its table's or row's `sampling.chunk_size`, else the study's."""
+    return metrics.get("chunk_size", config["sampling"]["chunk_size"])
 
 
 def load_study(config: Any, *, source: str = "config", root: str | Path | None = None) -> Study:
@@ -331,7 +352,7 @@ def _build(config: dict, root: Path | None) -> Study:
             sampling = _sampling_settings(_merge(study_sampling, spec["sampling"]), where)
             key = f"official_{name}"
             eid = b.evaluation(
-                key, 0.0, True, sampling, b.metric_settings, checkpoint=spec["checkpoint"]
+                key, 0.0, True, sampling, b.metrics(spec), checkpoint=spec["checkpoint"]
             )
             tables["official"].append(
                 Row("official", name, {"model": name}, key, eid, spec["paper"])

@@ -19,6 +19,7 @@ import re
 import shlex
 from typing import Any
 
+from rar.experiments.build import chunk_size_of
 from rar.experiments.results import GUIDANCE_JSON
 from rar.experiments.study import Evaluation, Study, Sweep
 from rar.settings.options import option_flags
@@ -186,12 +187,12 @@ class RuleWiring:
         ev = self.evaluation(wildcards)
         return f"{self.study.sweep_dir(ev.sweep)}/{GUIDANCE_JSON}" if ev.sweep else []
 
-    def _sampling_flags(self, sampling: dict) -> list:
+    def _sampling_flags(self, sampling: dict, metrics: dict) -> list:
         """An evaluation's or sweep's resolved sampling (`rar.experiments.build`) as the flags
         of its SamplingConfig fields but the scale (`sample_args` and `sweep_args` give it
-        their own way), then the study's chunk size."""
+        their own way), then its chunk size (its table's, else the study's)."""
         shared = {k: v for k, v in sampling.items() if k != "guidance_scale"}
-        chunk = {"chunk_size": self.config["sampling"]["chunk_size"]}
+        chunk = {"chunk_size": chunk_size_of(self.config, metrics)}
         return [*option_flags(SamplingConfig, shared), *option_flags(SampleSettings, chunk)]
 
     def extractor_flags(self, flag: str) -> list:
@@ -214,7 +215,7 @@ class RuleWiring:
         check = option_flags(SampleSettings, {"check_extractor": ev.metrics["extractor"]})
         return [
             *scale,
-            *self._sampling_flags(ev.sampling),
+            *self._sampling_flags(ev.sampling, ev.metrics),
             *self._metric_flags(ev.metrics),
             *check,
             *self.extractor_flags("--extractor-weights"),
@@ -225,7 +226,7 @@ class RuleWiring:
         return [
             "--scales",
             *s.scales,
-            *self._sampling_flags(s.sampling),
+            *self._sampling_flags(s.sampling, s.metrics),
             *self._metric_flags(s.metrics),
             "--extractor",
             s.metrics["extractor"],

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rar.experiments import Row, Run, Study, estimate
+from rar.experiments.build import chunk_size_of
 from rar.experiments.records import (
     ENDED_WELL,
     JOB_RECORD,
@@ -233,7 +234,7 @@ def _eval_row(reader: _Reader, row: RowStatus, ev_id: str) -> None:
     sampling, scoring = _eval_records(ev_dir)
     if ev.kind != "real" and not reader.path(study.samples_of(ev_id)).exists():
         _stage_row(reader, row, "sampling", ev_dir, sampling.name, reader.log("sample", ev_id))
-        chunk_size = study.config["sampling"]["chunk_size"]  # the schema filled the default
+        chunk_size = chunk_size_of(study.config, ev.metrics)
         total = math.ceil(ev.num_samples / max(1, chunk_size))
         _, eta = _sample_eta(chunks, total)
         row.eta_s = eta if row.stage == "sampling" else None

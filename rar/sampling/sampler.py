@@ -14,6 +14,7 @@ for any number of processes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ from rar.sampling.chunks import (
     wait_for_chunks,
     without_retired,
 )
+from rar.settings.presets import decode_slice
 from rar.settings.stages import SAMPLING_FIELDS, SampleSettings, SamplingConfig, resolve_sampling
 
 # ##########################################################################################
@@ -163,7 +165,12 @@ def _generate_chunk(
     )  # (n, N) raster-order codes
     # Decoded in fp32 even under bf16 sampling: bf16 moves pixels across the truncation
     # boundary of to_uint8, and decoding is a small part of the time (256 steps vs one pass).
-    return to_uint8(tokenizer.decode(ids)).cpu().numpy()  # (n, H, W, 3)
+    # In slices (rar.settings.presets.decode_slice), so that the decoder's activations stay
+    # bounded beside the chunk's KV cache whatever the chunk size.
+    side = math.isqrt(ids.shape[1]) * (tokenizer.image_size // tokenizer.grid)
+    step = decode_slice(side * side)
+    parts = [to_uint8(tokenizer.decode(ids[i : i + step])).cpu() for i in range(0, len(ids), step)]
+    return torch.cat(parts).numpy()  # (n, H, W, 3)
 
 
 def _make_chunks(

@@ -42,6 +42,52 @@ def kv_cache_bytes(
     return rows * c["num_layers"] * 2 * (num_tokens + 1) * c["hidden_size"] * value_bytes
 
 
+# The share of a GPU's memory the sampling plan keeps free of KV caches, weights and decoding:
+# the CUDA context, a step's activations and logits, the allocator's fragmentation.
+SAMPLING_MEMORY_MARGIN = 0.10
+
+# The tokenizer decodes a chunk in slices of at most this many pixels (8 images at 512 px, 32
+# at 256 px, a whole demo chunk; `decode_slice`), so that its activations do not grow with the
+# chunk; the sampling plan reserves DECODE_BYTES_PER_PIXEL for each. MaskGIT-VQGAN's decoder in
+# fp32 peaked at 0.87 GiB for one 512 px image and 1.55 GiB for two (resident memory on the
+# CPU; not yet measured on a GPU): 4 KiB a pixel, rounded up.
+DECODE_PIXELS = 8 * 512 * 512
+DECODE_BYTES_PER_PIXEL = 4096
+
+
+def decode_slice(image_pixels: int) -> int:
+    """Images the tokenizer decodes at once when each has `image_pixels` pixels."""
+    return max(1, DECODE_PIXELS // image_pixels)
+
+
+def chunk_memory_bytes(
+    model: str, num_tokens: int, chunk_size: int, *, weight_bytes: int, value_bytes: int = 4
+) -> int:
+    """What sampling a chunk of `chunk_size` images holds on its GPU (one batch,
+    `rar.sampling.sampler`): the weights, a KV cache an image (`kv_cache_bytes`, guided) and
+    a decoding slice's activations (DECODE_PIXELS x DECODE_BYTES_PER_PIXEL)."""
+    per_image = kv_cache_bytes(model, num_tokens, value_bytes=value_bytes)
+    return weight_bytes + chunk_size * per_image + DECODE_PIXELS * DECODE_BYTES_PER_PIXEL
+
+
+def largest_chunk(
+    model: str,
+    num_tokens: int,
+    device_bytes: int,
+    *,
+    weight_bytes: int,
+    value_bytes: int = 4,
+    margin: float = SAMPLING_MEMORY_MARGIN,
+) -> int:
+    """The most images a sampling chunk of `model` may hold on a GPU of `device_bytes`: its
+    KV caches, the weights and a decoding slice within all but `margin` of the memory (0: none
+    fits)."""
+    usable = int(device_bytes * (1 - margin)) - chunk_memory_bytes(
+        model, num_tokens, 0, weight_bytes=weight_bytes, value_bytes=value_bytes
+    )
+    return max(0, usable // kv_cache_bytes(model, num_tokens, value_bytes=value_bytes))
+
+
 # The paper's sampling settings per model size (official README_RAR.md and configs):
 # temperature, classifier-free guidance scale and the pow-cosine schedule's exponent. The
 # values only: rar.settings.stages.SAMPLING_PRESETS makes them whole SamplingConfigs, and

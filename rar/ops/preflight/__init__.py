@@ -10,7 +10,8 @@ FAIL the fix (the config key, the profile file, the missing file).
    the official keys and shapes, the Inception weights their published sha256 prefix, ADM's
    reference batch its arrays and shapes); ImageNet's folder has the configured number of
    class folders and images; each stage's launcher settings fit the cluster (the partition
-   exists, its nodes have the GPUs asked for, the time limit fits).
+   exists, its nodes have the GPUs asked for, the time limit fits); on a GPU, each table row's
+   sampling chunk fits its memory (`memory`: KV cache, weights and a decoding slice).
 2. The stages, each one job of `rar.ops.launch` with the stage's settings (time limit capped):
    a handful of images (linked from ImageNet, or the demo's own), tokenized with the study's
    tokenizer; a few optimizer steps of the study's model size on the study's layout (nodes x
@@ -27,8 +28,9 @@ FAIL the fix (the config key, the profile file, the missing file).
 A stage whose inputs failed is skipped (SKIP, naming what failed). Every stage writes under
 `<out>/<stage>/`; a new preflight starts from an empty `<out>` (its own folders only).
 
-The package: `checks` (the check records, the report, section 1), `jobs` (what runs on the
-nodes), `stages` (the rehearsal: one method per stage), `run` (`run_preflight`). A package
+The package: `checks` (the check records, the report, section 1), `memory` (section 1's
+sampling memory: each planned chunk's KV cache and weights against the GPU), `jobs` (what runs on
+the nodes), `stages` (the rehearsal: one method per stage), `run` (`run_preflight`). A package
 because the jobs must import nothing of the report, and the stages share one state that a
 class holds better than a 200-line function of closures.
 """
@@ -48,6 +50,12 @@ from rar.ops.preflight.checks import (
     stage_launchers,
 )
 from rar.ops.preflight.jobs import read_tokens, rehearse_sampling, rehearse_training
+from rar.ops.preflight.memory import (
+    ChunkPlan,
+    check_sampling_memory,
+    chunk_plans,
+    memory_checks,
+)
 from rar.ops.preflight.run import OWN_ENTRIES, THROUGHPUT_FORMAT, run_preflight, write_throughput
 from rar.ops.preflight.stages import Rehearsal, Scale
 
@@ -56,6 +64,7 @@ __all__ = [
     "STAGES",
     "THROUGHPUT_FORMAT",
     "Check",
+    "ChunkPlan",
     "Rehearsal",
     "Scale",
     "check_extractor",
@@ -63,9 +72,12 @@ __all__ = [
     "check_images",
     "check_launcher",
     "check_resume",
+    "check_sampling_memory",
+    "chunk_plans",
     "expected_shapes",
     "format_lines",
     "format_report",
+    "memory_checks",
     "read_tokens",
     "rehearse_sampling",
     "rehearse_training",

@@ -21,6 +21,7 @@ from rar.ops.preflight.checks import (
     format_report,
     stage_launchers,
 )
+from rar.ops.preflight.memory import check_sampling_memory
 from rar.ops.preflight.stages import Rehearsal, Scale, _Stages
 
 THROUGHPUT_FORMAT = "rar-throughput/1"
@@ -65,6 +66,8 @@ def run_preflight(
     s = _Stages()
     started = time.monotonic()
     needed = _check_resources(s, study.config, config_file)
+    for check in check_sampling_memory(study, device=device, config_file=config_file):
+        s.add(check)
     launchers = _check_launchers(s, backend, launcher_dir, out, time_cap_min)
     throughput: dict[str, Any] = {"train": {}, "sample": {}}
     if not checks_only:
