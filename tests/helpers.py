@@ -160,9 +160,10 @@ def host_reads_banned(where: str, *, constructors: bool = False):
         yield
 
 
-# Written into a copy of the page: once it has loaded and its scripts have rendered, the
-# geometry of its text blocks and tables (CSS pixels, from the top left of the window) as JSON
-# in a <pre id="page-geometry">, which `chromium --dump-dom` prints with the rest of the DOM.
+# Written into a copy of the page: 2 s after it has loaded (virtual time, which Chromium runs
+# ahead while the page idles), when its scripts have rendered it, the geometry of its text
+# blocks and tables (CSS pixels, from the top left of the window) as JSON in a
+# <pre id="page-geometry">, which `chromium --dump-dom` prints with the rest of the DOM.
 _GEOMETRY_SCRIPT = """<script>
 addEventListener("load", () => setTimeout(() => {
   const shown = (el) => el.getBoundingClientRect().width > 0;
@@ -180,7 +181,7 @@ addEventListener("load", () => setTimeout(() => {
   out.textContent = JSON.stringify({width: innerWidth, height: innerHeight, tables,
     blocks: blocks.filter(shown).map(box).sort((a, b) => a.top - b.top)});
   document.body.append(out);
-}, %d));
+}, 2000));
 </script>
 """
 
@@ -195,7 +196,7 @@ def page_geometry(page: Path, folder: Path, *, width: int = 1400, height: int = 
     head, body_end, tail = text.rpartition("</body>")
     assert body_end, f"{page}: no </body>"
     copy = folder / f"measured_{page.name}"
-    copy.write_text(head + _GEOMETRY_SCRIPT % 2000 + body_end + tail, encoding="utf-8")
+    copy.write_text(head + _GEOMETRY_SCRIPT + body_end + tail, encoding="utf-8")
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
     command += [f"--user-data-dir={folder / 'chromium-profile'}", "--virtual-time-budget=20000"]
     command += [f"--window-size={width},{height}", "--dump-dom", copy.as_uri()]
