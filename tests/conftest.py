@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ DATA = Path(__file__).resolve().parent / "data"
 
 # Every skip of the suite is decided here, by marker, and says why in one of these words. CI
 # (.ci/run sets RAR_CI=1) runs on a machine with no GPU, as root, with the local SLURM cluster
-# started: there, only the first two may skip; any other skip fails the session.
+# started and Chromium installed: there, only the first two may skip; any other skip fails the
+# session.
 NO_GPU = "no GPU: needs CUDA, none on this machine"
 AS_ROOT = "running as root: root reads every file whatever its mode"
 NO_SLURM = "no SLURM cluster answers (.ci/run starts the local one)"
+NO_CHROMIUM = "no chromium on the PATH (.ci/run installs Debian's chromium package)"
 ALLOWED_IN_CI = (NO_GPU, AS_ROOT)
 SKIPS: list[str] = []  # the reason of each skip of this session
 
@@ -45,6 +48,8 @@ def pytest_collection_modifyitems(config, items):
 
         if not slurm_available():
             skip("slurm", NO_SLURM)
+    if not shutil.which("chromium"):
+        skip("chromium", NO_CHROMIUM)
 
 
 def _skip_reason(report) -> str:

@@ -1,8 +1,9 @@
 """What several test modules share: the tiny training runs (tests/test_train.py,
 tests/test_logging.py, tests/test_launch.py, tests/test_reference_rows.py), small pictures
-(tests/test_files.py, tests/test_image_sets.py), whether the local SLURM cluster answers, and
-the release of requeued SLURM jobs (tests/test_launch.py, tests/test_preflight.py,
-tests/test_workflow.py, tests/test_status.py).
+(tests/test_files.py, tests/test_image_sets.py), whether the local SLURM cluster answers, the
+release of requeued SLURM jobs (tests/test_launch.py, tests/test_preflight.py,
+tests/test_workflow.py, tests/test_status.py), and a page's layout in headless Chromium
+(tests/test_report_page.py, tests/test_workflow.py).
 
 A plain module, imported by name: tests/ is not a package (see pyproject.toml), whose
 pytest `pythonpath` puts this folder on sys.path; subprocesses that tests start insert it
@@ -12,9 +13,13 @@ themselves, and jobs on other processes get it pickled by value (tests/test_laun
 from __future__ import annotations
 
 import contextlib
+import html
+import json
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +158,49 @@ def host_reads_banned(where: str, *, constructors: bool = False):
         for name in ("tensor", "as_tensor") if constructors else ():
             m.setattr(torch, name, banned(f"torch.{name}"))
         yield
+
+
+# Written into a copy of the page: 2 s after it has loaded (virtual time, which Chromium runs
+# ahead while the page idles), when its scripts have rendered it, the geometry of its text
+# blocks and tables (CSS pixels, from the top left of the window) as JSON in a
+# <pre id="page-geometry">, which `chromium --dump-dom` prints with the rest of the DOM.
+_GEOMETRY_SCRIPT = """<script>
+addEventListener("load", () => setTimeout(() => {
+  const shown = (el) => el.getBoundingClientRect().width > 0;
+  const box = (el) => {
+    const r = el.getBoundingClientRect();
+    const text = (el.innerText ?? el.textContent).replace(/\\s+/g, " ").trim().slice(0, 120);
+    return {tag: el.tagName.toLowerCase(), text, top: r.top, bottom: r.bottom, left: r.left,
+            right: r.right};
+  };
+  const blocks = [...document.querySelectorAll("h1, h2, h3, p, li, table, img, svg, canvas")];
+  const tables = [...document.querySelectorAll("table")].filter(shown).map((el) => ({
+    ...box(el), width: el.scrollWidth, container: el.parentElement.clientWidth}));
+  const out = document.createElement("pre");
+  out.id = "page-geometry";
+  out.textContent = JSON.stringify({width: innerWidth, height: innerHeight, tables,
+    blocks: blocks.filter(shown).map(box).sort((a, b) => a.top - b.top)});
+  document.body.append(out);
+}, 2000));
+</script>
+"""
+
+
+def page_geometry(page: Path, folder: Path, *, width: int = 1400, height: int = 1800) -> dict:
+    """How headless Chromium lays out the HTML file `page` in a `width` x `height` window:
+    {"width", "height": the window's inner size; "blocks": each visible heading, paragraph,
+    list item, table and image ({"tag", "text", "top", "bottom", "left", "right"}), top
+    first; "tables": each visible table's box, its "width" (scrollWidth) and its "container"'s
+    (its parent's clientWidth)}. Works in `folder` on a copy of the page with a script added."""
+    text = page.read_text(encoding="utf-8")
+    head, body_end, tail = text.rpartition("</body>")
+    assert body_end, f"{page}: no </body>"
+    copy = folder / f"measured_{page.name}"
+    copy.write_text(head + _GEOMETRY_SCRIPT + body_end + tail, encoding="utf-8")
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
+    command += [f"--user-data-dir={folder / 'chromium-profile'}", "--virtual-time-budget=20000"]
+    command += [f"--window-size={width},{height}", "--dump-dom", copy.as_uri()]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    found = re.search(r'<pre id="page-geometry">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert found, f"chromium measured nothing in {page}:\n{proc.stderr[-3000:]}"
+    return json.loads(html.unescape(found[1]))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import page_geometry
 
 from rar.experiments import CEILING, FLOOR, RECONSTRUCTED, load_study
 
@@ -152,12 +153,23 @@ def mini_demo(study: str) -> dict:
     return config
 
 
-@pytest.mark.slow
-def test_demo_dag_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def mini_grid(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The mini demo's DAG run once, and its HTML report (`report.html`) built: (its folder,
+    the Snakemake arguments that name it). The tests that use it read the report first."""
+    tmp_path = tmp_path_factory.mktemp("mini_grid")
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(mini_demo("mini"), sort_keys=False))
     args = ["-d", str(tmp_path), "--configfile", str(path), "--replace-workflow-config"]
     snakemake(*args, "--cores", "2", "--config", "launcher=local", timeout=1500)
+    snakemake(*args, "--cores", "2", "--report", str(tmp_path / "report.html"))
+    return tmp_path, args
+
+
+@pytest.mark.slow
+def test_demo_dag_end_to_end(mini_grid):
+    tmp_path, args = mini_grid
+    path = tmp_path / "mini.yaml"
     out = tmp_path / "results/mini"
     with open(out / "table2.csv") as f:
         everything = list(csv.DictReader(f))
@@ -181,6 +193,7 @@ def test_demo_dag_end_to_end(tmp_path):
     assert "NOT INCEPTION" in (out / "table2.md").read_text()
     for plot in ("scan_orders", "table2_fid", "table2_loss", "table2_samples", "table3_fid"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert (tmp_path / "report.html").stat().st_size > 100_000  # with the tables and plots
     assert (out / "plots/table2_fid_vs_epoch.png").exists()
     # the trunk (2, 2) left its branch point; the branch (1, 2) started from it
     trunk = rows[2]["run"]
@@ -232,9 +245,6 @@ def test_demo_dag_end_to_end(tmp_path):
         assert [r["status"] for r in csv.DictReader(f)][1] == "missing"
     assert (out / "table2.csv").read_bytes() == tables["table2.csv"]
     snakemake(*args, "--cores", "2", "--config", "launcher=local")  # re-scores that row only
-    # the HTML report with the tables and plots
-    snakemake(*args, "--cores", "2", "--report", str(tmp_path / "report.html"))
-    assert (tmp_path / "report.html").stat().st_size > 100_000
     # a rerun has nothing to do
     again = snakemake(*args, "--cores", "2", "-n", "--config", "launcher=local")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -272,6 +282,32 @@ def test_demo_dag_end_to_end(tmp_path):
     jobs = job_counts(rescore.stdout)
     assert {"train", "sweep_guidance", "sample"}.isdisjoint(jobs), jobs
     assert jobs["evaluate"] == len(evaluations) and jobs["table"] == 2
+
+
+@pytest.mark.chromium
+@pytest.mark.slow
+def test_the_html_report_opens_on_its_title_and_fits_its_tables_in_the_window(mini_grid, tmp_path):
+    """The mini grid's Snakemake report in headless Chromium, in a 1400 x 1800 window: its
+    first screen shows the title at the top, the study and how to read the tables; no table
+    is wider than its column or the window; the rule graph comes after the tables."""
+    page = page_geometry(mini_grid[0] / "report.html", tmp_path, width=1400, height=1800)
+    width, height = page["width"], page["height"]  # the window less its bars
+    title = next(b for b in page["blocks"] if b["text"].startswith("Randomized Autoregressive"))
+    # the page's own column (the navigation bar sits to its left)
+    column = [b for b in page["blocks"] if b["left"] >= title["left"]]
+    assert column[0] == title and title["tag"] == "h1" and 0 <= title["top"] < 60
+    first_screen = [b for b in column if b["bottom"] <= height]
+    headings = [b["text"] for b in first_screen if b["tag"] == "h1"]
+    assert headings[:3] == [title["text"], "The tables", "How to read them"], headings
+    assert first_screen[1]["text"].startswith("This report reproduces the ablation tables of RAR")
+    assert any(b["text"].startswith("FID [95% interval] (lower is better)") for b in first_screen)
+    tables = page["tables"]
+    assert [t["text"].split()[0] for t in tables] == ["anneal_start", "target_order"]
+    for table in tables:
+        assert table["width"] <= table["container"], table["text"]
+        assert table["left"] >= 0 and table["right"] <= width, table["text"]
+    graph = [b for b in column if b["tag"] == "canvas"]  # vega draws the rule graph
+    assert graph and min(b["top"] for b in graph) > max(t["bottom"] for t in tables)
 
 
 @pytest.mark.slow

@@ -19,8 +19,10 @@ HTML_STYLE = """\
 .rar-table { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
   color: #1f2328; max-width: 100%; }
 .rar-table h1 { font-size: 1.4em; margin: 0.4em 0; }
-.rar-table table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
-.rar-table th, .rar-table td { border: 1px solid #d0d7de; padding: 3px 8px; white-space: nowrap; }
+.rar-table table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums;
+  font-size: 13px; }
+.rar-table th, .rar-table td { border: 1px solid #d0d7de; padding: 2px 5px; }
+.rar-table td.r { white-space: nowrap; }
 .rar-table th { background: #f6f8fa; }
 .rar-table tr:nth-child(even) td { background: #fafbfc; }
 .rar-table td.r, .rar-table th.r { text-align: right; }
