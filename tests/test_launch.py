@@ -213,6 +213,29 @@ def test_a_recorded_job_that_is_gone_is_submitted_again(tmp_path, capsys):
     assert record_of(record)["job_id"] != "1" and record_of(record)["state"] == "COMPLETED"
 
 
+def write_answer(path: str) -> int:
+    Path(path).write_text("42")
+    return 42
+
+
+def test_a_finished_job_is_taken_only_while_its_outputs_exist(tmp_path, capsys):
+    """A finished job of the same call is taken as done (no second job) while what it wrote is
+    there; once an output is gone (deleted by hand, or by Snakemake as incomplete) the call
+    runs again instead of returning a result whose file is missing."""
+    cfg = LauncherConfig(backend="local", folder=str(tmp_path / "logs"), poll_s=0.2)
+    record, out = tmp_path / "job.json", tmp_path / "answer.txt"
+    call = dict(launcher=cfg, record=record, name="answer", outputs=[out])
+    assert launch(write_answer, str(out), **call) == 42
+    first = record_of(record)["job_id"]
+    assert launch(write_answer, str(out), **call) == 42
+    assert record_of(record)["job_id"] == first
+    assert "has finished; taking its result" in capsys.readouterr().out
+    out.unlink()
+    assert launch(write_answer, str(out), **call) == 42
+    assert f"finished, but its output {out} is gone" in capsys.readouterr().out
+    assert record_of(record)["job_id"] != first and out.read_text() == "42"
+
+
 # -- reattaching after the launching process died ---------------------------------------------
 
 _LAUNCHER = textwrap.dedent(

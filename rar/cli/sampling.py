@@ -99,6 +99,7 @@ def _run_sweep_guidance(args: argparse.Namespace) -> int:
         launcher=launcher,
         record=job_record_for(out),
         name=f"sweep_{out.parent.name}",
+        outputs=[out],
         scales=args.scales,
         reference=absolute(args.reference),
         settings=SampleSettings(**settings, device=args.device, dtype=args.dtype),
@@ -187,6 +188,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         launcher=launcher,
         record=job_record_for(out),
         name=f"sample_{out.parent.name}",
+        outputs=[out],
         guidance_sweep=sweep,
         **sampling,
     )
@@ -269,6 +271,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         launcher=launcher,
         record=job_record_for(out),
         name=f"evaluate_{out.parent.name}" + (f"_and_{len(outs) - 1}" if len(outs) > 1 else ""),
+        outputs=outs,
         **option_values(args, ScoringSettings, EVALUATE_OPTIONS),
     )
     return 0

@@ -53,7 +53,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from rar.experiments.records import JOB_RECORD
+    from rar.experiments.records import JOB_RECORD, checkpoint_name
     from rar.ops.launch import TrainJob, launch
 
     launcher = launcher_from_args(args)
@@ -81,6 +81,8 @@ def _run_train(args: argparse.Namespace) -> int:
         launcher=launcher,
         record=workdir / JOB_RECORD,
         name=f"train_{workdir.name}",
+        # the checkpoint it ends with (a segment's may be final.pt: then the new job returns it)
+        outputs=[workdir / "checkpoints" / checkpoint_name(args.until_epoch)],
     )
     print(f"done: {final}", flush=True)
     return 0

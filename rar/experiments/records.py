@@ -439,6 +439,12 @@ def format_duration(seconds: float | None) -> str:
 _NAMED = re.compile(r"^epoch_([0-9]+(?:\.[0-9]+)?)\.pt$")
 
 
+def checkpoint_name(epoch: float | None = None) -> str:
+    """The file name of a run's checkpoint at `epoch` (`epoch_<E>.pt`), or of its end (None:
+    `final.pt`), in its `checkpoints/` folder."""
+    return "final.pt" if epoch is None else f"epoch_{epoch:g}.pt"
+
+
 @dataclass(frozen=True)
 class RunOnDisk:
     """What a run's folder shows: the epochs of its named checkpoints (`epoch_<E>.pt`), and

@@ -29,6 +29,7 @@ from rar.experiments.records import (
     METRICS_CSV,
     NOTHING,
     RunOnDisk,
+    checkpoint_name,
     run_on_disk,
 )
 from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
@@ -243,10 +244,10 @@ class Study:
         its branch point a branch is its trunk, whose checkpoint that is."""
         r = self.runs[run]
         if epoch is None or epoch >= r.config.epochs:
-            return f"{self.run_dir(run)}/checkpoints/final.pt"
+            return f"{self.run_dir(run)}/checkpoints/{checkpoint_name()}"
         if r.kind == "branch" and epoch <= r.branch_epoch:
             return self.checkpoint(r.trunk, epoch)
-        return f"{self.run_dir(run)}/checkpoints/epoch_{epoch:g}.pt"
+        return f"{self.run_dir(run)}/checkpoints/{checkpoint_name(epoch)}"
 
     def on_disk(self, run: str) -> RunOnDisk:
         """What run `run`'s folder shows (nothing when the study was loaded without a root)."""

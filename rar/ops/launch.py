@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,7 @@ def launch(
     launcher: LauncherConfig,
     record: str | Path,
     name: str,
+    outputs: Sequence[str | Path] = (),
     **kwargs: Any,
 ) -> Any:
     """Run `fn(*args, **kwargs)` on `launcher.backend`, wait for it, and return its result.
@@ -170,6 +171,9 @@ def launch(
         reattaching when the launching process is started again.
     name: the stage, e.g. "train_<run id>" (the SLURM job name; a record of another name is
         never reattached).
+    outputs: the files the call leaves. A recorded job of the same call that finished is taken
+        as done only while they all exist: one deleted since (by hand, or by Snakemake as an
+        incomplete output) runs the call again, which redoes only what is missing.
     Raises LaunchError when the job cannot be submitted or ends without a result.
     """
     record = Path(record)
@@ -179,7 +183,9 @@ def launch(
     if launcher.backend != "debug":
         # Outside the failure record: a live job of another call is this call's error, and
         # that job may still succeed.
-        job, entry = _reattach(record, launcher=launcher, name=name, command=command)
+        job, entry = _reattach(
+            record, launcher=launcher, name=name, command=command, outputs=outputs
+        )
     try:
         if launcher.backend == "debug":
             result = _run_in_process(fn, args, kwargs, record=record, name=name, command=command)
@@ -366,8 +372,11 @@ def _job_handle(entry: dict[str, Any]) -> submitit.Job:
     return _AdoptedLocalJob(folder=entry["folder"], job_id=entry["job_id"], tasks=tasks)
 
 
-def _reattach(record: Path, *, launcher: LauncherConfig, name: str, command: str):
-    """The recorded job, if it is alive or left a result; (None, None) when one must submit."""
+def _reattach(
+    record: Path, *, launcher: LauncherConfig, name: str, command: str, outputs: Sequence
+):
+    """The recorded job, if it is alive, or finished this call and its outputs are all there;
+    (None, None) when one must submit."""
     entry = load_record(record)
     if not entry or entry.get("backend") != launcher.backend or entry.get("name") != name:
         return None, None
@@ -384,12 +393,18 @@ def _reattach(record: Path, *, launcher: LauncherConfig, name: str, command: str
             )
         print(f"reattaching to job {job.job_id} ({state}) recorded in {record}", flush=True)
         return job, {**entry, "requeues": max(requeues, entry.get("requeues", 0))}
+    gone = [str(p) for p in outputs if not Path(p).exists()]
     if outcome is not None and outcome[0] == "success" and entry.get("command") == command:
-        print(f"job {job.job_id} recorded in {record} has finished; taking its result", flush=True)
-        return job, entry
-    why = "failed" if outcome is not None and outcome[0] == "error" else f"is {state}"
-    if outcome is not None and outcome[0] == "success":
+        if not gone:
+            print(
+                f"job {job.job_id} recorded in {record} has finished; taking its result", flush=True
+            )
+            return job, entry
+        why = f"finished, but its output {gone[0]} is gone"
+    elif outcome is not None and outcome[0] == "success":
         why = "finished a different call"
+    else:
+        why = "failed" if outcome is not None and outcome[0] == "error" else f"is {state}"
     print(f"job {job.job_id} recorded in {record} {why}; submitting a new job", flush=True)
     return None, None
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rar.data.batches import BatchSource, stream_from
-from rar.experiments.records import METRICS_CSV, MetricsLog
+from rar.experiments.records import METRICS_CSV, MetricsLog, checkpoint_name
 from rar.model.orders import scan_order
 from rar.model.transformer import RAR
 from rar.runtime import DistEnv, FirstNonFinite, autocast_dtype
@@ -36,7 +36,7 @@ from rar.training.resume import (
 def segment_end_of(cfg: TrainConfig, ckpt_dir: Path, until_epoch: float | None) -> Path | None:
     """The named checkpoint a segment ends with; None when this call trains to the end."""
     if until_epoch is not None and cfg.step_at(until_epoch) < cfg.total_steps:
-        return ckpt_dir / f"epoch_{until_epoch:g}.pt"
+        return ckpt_dir / checkpoint_name(until_epoch)
     return None
 
 

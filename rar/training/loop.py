@@ -31,7 +31,7 @@ from torch import nn
 
 from rar.data.batches import BatchSource, ShardBatchSource, check_data
 from rar.evaluation.heldout import HeldOut
-from rar.experiments.records import stdout_log, write_failure
+from rar.experiments.records import checkpoint_name, stdout_log, write_failure
 from rar.model.orders import order_generator, randomness_ratio, sample_orders
 from rar.runtime import (
     CompileTime,
@@ -227,7 +227,7 @@ def _loop(job: Job, stops: Stops, watch: Watcher) -> Path:
             job.check_finite()
         log.after(step, stats)
         if step in stops.named_steps:
-            job.save(job.ckpt_dir / f"epoch_{stops.named_steps[step]:g}.pt", step)
+            job.save(job.ckpt_dir / checkpoint_name(stops.named_steps[step]), step)
         stop = stops.requested(step - job.start)
         stop = job.env.any(stop, job.device)  # every rank stops at the same step
         due = time.monotonic() - t_last_ckpt >= cfg.checkpoint_minutes * 60
