@@ -16,6 +16,7 @@ from rar import report
 from rar.experiments import DATA_ROOT, StudyError, format_plan, load_study, load_study_file
 from rar.experiments.data_sets import SOURCE_JSON, read_source
 from rar.experiments.schedule import training_jobs, wall_clock
+from rar.settings.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LITE, PAPER = REPO / "config/lite.yaml", REPO / "config/config.yaml"
@@ -113,6 +114,24 @@ def test_lite_dry_run_tokenizes_nothing_the_paper_made(fake_imagenet):  # noqa: 
     assert proc.returncode != 0
     assert "data set made by study 'paper'" in proc.stderr + proc.stdout
     assert "'elsewhere/train' there, 'resources/imagenet/train' here" in proc.stderr + proc.stdout
+
+
+def test_a_data_set_a_study_finished_in_its_own_folder_stays_there(fake_imagenet):  # noqa: F811
+    """Before data sets were shared, a study other than the paper's kept them in
+    results/<study>/data/. Its runs' ids hold that path: the finished data set stays where it
+    is, so no run is planned again and nothing is tokenized again."""
+    own = f"results/lite/data/{ABLATION_DATA}"
+    shared = load_study_file(LITE, root=fake_imagenet)
+    for made in ("manifest.json", "val/manifest.json"):
+        (fake_imagenet / own / made).parent.mkdir(parents=True, exist_ok=True)
+        (fake_imagenet / own / made).write_text("{}")
+    kept = load_study_file(LITE, root=fake_imagenet)
+    assert kept.data_dir(ABLATION_DATA) == own and shared.data_dir(ABLATION_DATA) != own
+    assert {r.config.data for r in kept.runs.values()} == {own}
+    before = {rid: {**run.config.to_dict(), "data": own} for rid, run in shared.runs.items()}
+    assert {TrainConfig.from_dict(cfg).run_id() for cfg in before.values()} == set(kept.runs)
+    jobs = job_counts(dry_run_rules(fake_imagenet, LITE).stdout)
+    assert {"tokenize_part", "shards", "tokenize_val"}.isdisjoint(jobs) and jobs["train"] == 23
 
 
 def test_a_run_records_the_sources_of_its_data_sets(fake_imagenet):  # noqa: F811

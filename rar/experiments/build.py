@@ -199,9 +199,10 @@ def _label(keys: dict) -> str:
 class _Builder:
     """Collects a study's runs, evaluations and sweeps while its tables are read."""
 
-    def __init__(self, config: dict, prefix: str) -> None:
+    def __init__(self, config: dict, prefix: str, root: Path | None = None) -> None:
         self.config = config
         self.prefix = prefix
+        self.root = root
         self.train = _train_settings(config, prefix)
         sampling = config["sampling"]
         self.metric_settings = {
@@ -228,12 +229,22 @@ class _Builder:
 
     def dataset(self, crop: str, tok: dict, where: str) -> str:
         name = _dataset_name(self.config, crop, tok)
-        known = self.datasets.setdefault(name, DataSet(name, crop, tok))
+        known = self.datasets.setdefault(name, DataSet(name, crop, tok, self._folder(name)))
         if known.tokenizer != tok:
             raise StudyError(
                 f"{where}: tokenizer {tok['name']!r} at grid {tok['grid']} with settings other "
                 f"than another table's ({known.tokenizer}); one name and grid, one tokenizer"
             )
+        return known.folder
+
+    def _folder(self, name: str) -> str:
+        """`data_dir(name)`, shared by every study; but a data set this study finished in its
+        own folder (`<prefix>/data/<name>`, where studies other than the paper's kept them
+        before they were shared) stays there: its path is part of its runs' ids, so moving it
+        would orphan every finished run."""
+        own = f"{self.prefix}/data/{name}"
+        if own != data_dir(name) and self.root and (self.root / own / "manifest.json").is_file():
+            return own
         return data_dir(name)
 
     def run(self, overrides: dict, crop: str, tok: dict, where: str) -> TrainConfig:
@@ -331,7 +342,7 @@ def load_study(config: Any, *, source: str = "config", root: str | Path | None =
 def _build(config: dict, root: Path | None) -> Study:
     study_name = config["study"]
     prefix = "results" if study_name == "paper" else f"results/{study_name}"
-    b = _Builder(config, prefix)
+    b = _Builder(config, prefix, root)
     study_sampling = {k: v for k, v in config["sampling"].items() if k in SAMPLING_KEYS}
     tables: dict[str, list[Row]] = {}
     references: dict[str, list[Row]] = {}

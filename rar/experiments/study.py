@@ -71,6 +71,7 @@ class DataSet:
     name: str  # folder name: <dataset>-<tokenizer>[-<grid>x<grid>]-<crop>
     crop: str
     tokenizer: dict = field(default_factory=dict, hash=False)  # the resolved `tokenizer:`
+    folder: str = ""  # where it lives: data_dir(name), or this study's own (build._folder)
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,10 @@ class Study:
         return f"{self.eval_dir(evaluation)}/samples.npz"
 
     def data_dir(self, dataset: str) -> str:
-        """A data set's folder: `results/data/<name>`, whatever the study (`data_dir`)."""
-        return data_dir(dataset)
+        """A data set's folder: `results/data/<name>`, whatever the study (`data_dir`), unless
+        the study finished it in a folder of its own before data sets were shared."""
+        known = self.datasets.get(dataset)
+        return known.folder if known and known.folder else data_dir(dataset)
 
     def tokenizer_file(self, tok: dict | None = None) -> str:
         """A tokenizer's weights (default the study's `tokenizer:`): trained by the pipeline
