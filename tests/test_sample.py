@@ -289,13 +289,12 @@ def test_a_complete_output_is_not_sampled_again(files, reference_run, capsys):
     assert info["num_samples"] == 6 and reference_run.stat().st_mtime_ns == before
 
 
-def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
-    """completed_samples: samples.json's plan equal to this call's -> that record; another
-    plan or the old class-sorted layout -> None, saying why it samples again."""
-    from rar.sampling.sampler import completed_samples, sampling_plan
+def small_plan(files) -> dict:
+    """The plan of 2 images a class of 3 classes, chunks of 2, seed 3, the default sampling."""
+    from rar.sampling.sampler import sampling_plan
 
     settings = SampleSettings(num_per_class=2, chunk_size=2, seed=3)
-    plan = sampling_plan(
+    return sampling_plan(
         files["checkpoint"],
         files["tokenizer"],
         settings,
@@ -303,6 +302,14 @@ def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
         sampling=SamplingConfig(),
         amp_dtype=None,
     )
+
+
+def test_a_complete_output_is_recognised_by_its_plan(files, tmp_path, capsys):
+    """completed_samples: samples.json's plan equal to this call's -> that record; another
+    plan or the old class-sorted layout -> None, saying why it samples again."""
+    from rar.sampling.sampler import completed_samples
+
+    plan = small_plan(files)
     assert plan["format"] == SAMPLES_FORMAT and plan["dtype"] == "fp32"
     out = tmp_path / "samples.npz"
     assert completed_samples(out, plan) is None  # nothing there yet
@@ -323,17 +330,9 @@ def test_sets_and_chunks_from_before_top_k_was_removed_are_kept(files, tmp_path,
     a set is complete and its chunks belong to it (nothing redrawn, nothing refused or
     dropped); one drawn with top-k on is another set."""
     from rar.sampling.chunks import check_plan, read_plan, write_plan
-    from rar.sampling.sampler import completed_samples, sampling_plan
+    from rar.sampling.sampler import completed_samples
 
-    settings = SampleSettings(num_per_class=2, chunk_size=2, seed=3)
-    plan = sampling_plan(
-        files["checkpoint"],
-        files["tokenizer"],
-        settings,
-        num_classes=3,
-        sampling=SamplingConfig(),
-        amp_dtype=None,
-    )
+    plan = small_plan(files)
     old = {**plan, "sampling": {**plan["sampling"], "top_k": 0, "top_p": 1.0}}
     out = tmp_path / "samples.npz"
     out.write_bytes(b"")

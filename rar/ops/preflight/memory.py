@@ -44,8 +44,9 @@ class ChunkPlan:
 
 
 def _weight_bytes(cfg, counted: dict) -> int:
-    """The generator's parameters (built on the meta device: no memory), fp32."""
-    key = cfg.run_id()
+    """The generator's parameters (built on the meta device: no memory), fp32; built once per
+    shape, not per run (a study's runs share a few)."""
+    key = (cfg.model, cfg.architecture, cfg.codebook_size, cfg.num_classes, cfg.num_tokens)
     if key not in counted:
         import torch
 
@@ -61,7 +62,7 @@ def chunk_plans(study) -> list[ChunkPlan]:
     """One ChunkPlan per table row (and CEILING row) that samples a run of the study; its
     curve evaluations and sweeps share its model, tokens and chunk size. Released checkpoints
     (`official:`) have no run config here and are not planned."""
-    counted: dict[str, int] = {}
+    counted: dict[tuple, int] = {}
     plans = {}
     for table, rows in study.tables.items():
         for row in [*rows, *study.references.get(table, [])]:
