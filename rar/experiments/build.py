@@ -275,7 +275,7 @@ class _Builder:
             key["tokenizer"] = tokenizer
         eid = short_hash(key)
         self.evaluations[eid] = Evaluation(
-            eid, "", 0.0, True, {}, metrics, kind=kind, images=images
+            eid, "", 0.0, True, {}, metrics, kind=kind, images=images, tokenizer=tokenizer
         )
         return eid
 

@@ -66,18 +66,14 @@ class RuleWiring:
 
     def tokenizer(self, wildcards) -> dict:
         """The tokenizer of a job: its data set's (`dataset`), its run's (`run`, or a sweep's
-        or an evaluation's run), a reconstruction's table's; the study's for a released
-        checkpoint's samples."""
+        or an evaluation's run), a reconstruction's own (its table's); the study's for a
+        released checkpoint's samples."""
         if hasattr(wildcards, "dataset"):
             return self.study.datasets[wildcards.dataset].tokenizer
         if hasattr(wildcards, "sweep"):
             return self._tokenizer_of_run(self.sweep(wildcards).run)
         ev = self.evaluation(wildcards)
-        if ev.kind == "reconstructed":  # the table's first row's, as rar.experiments.build
-            refs = self.study.references
-            table = next(t for t, rows in refs.items() if ev.id in {r.evaluation for r in rows})
-            return self._tokenizer_of_run(self.study.tables[table][0].run)
-        return self._tokenizer_of_run(ev.run)
+        return ev.tokenizer if ev.kind == "reconstructed" else self._tokenizer_of_run(ev.run)
 
     def _tokenizer_of_run(self, run: str) -> dict:
         if run not in self.study.runs:  # a released checkpoint

@@ -130,6 +130,7 @@ class Evaluation:
     sweep: str | None = None  # the sweep whose chosen guidance scale this evaluation uses
     kind: str = "model"
     images: str | None = None  # kinds "real", "reconstructed": the folder of class folders
+    tokenizer: dict | None = field(default=None, hash=False)  # "reconstructed": encoded by it
 
     @property
     def num_samples(self) -> int:
