@@ -33,6 +33,7 @@ from rar.experiments.records import (
     run_on_disk,
 )
 from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
+from rar.settings.presets import forward_flops
 from rar.settings.training import TrainConfig
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
@@ -332,8 +333,6 @@ class Study:
         tokenizer's tokens and codebook) times the ratio of its training FLOPs at its own
         (`rar.settings.presets.forward_flops`: a table's tokenizer, e.g. ImageNet-512's 1,024
         tokens, ~4.5 x). None without a rate."""
-        from rar.settings.presets import forward_flops
-
         cfg, tok = self.runs[run].config, self.config["tokenizer"]
         if cfg.model not in rates:
             return None
