@@ -11,7 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import rar.model.generate
 from rar.model.generate import (
+    SLOT_SHAPES,
     StepSettings,
+    attended_slots,
     decode_engine,
     decode_n_tokens,
     draw,
@@ -60,15 +62,19 @@ def arch_model(request) -> RAR:
     return _tiny_model(request.param)
 
 
-def _decode_all(model, tokens, labels, orders, dtype=None):
-    """Teacher-forced logits through the decode engine: prefill, then one token a step."""
+def _decode_all(model, tokens, labels, orders, dtype=None, bucket=1):
+    """Teacher-forced logits through the decode engine: prefill, then one token a step,
+    attending to `attended_slots(..., bucket)` (1: the live prefix, as generation does) or
+    to the whole cache (None)."""
     B, N = tokens.shape
     engine = decode_engine(model, B, dtype=dtype)
     net = engine.weights_for(model)
     engine.start(labels, orders, [1.0] * N, StepSettings(False, 1.0))
     visited = tokens.gather(1, orders)
     out = [prefill_logits(engine, net)]
-    out += [token_logits(engine, net, visited[:, t]) for t in range(N - 1)]
+    for t in range(N - 1):
+        slots = None if bucket is None else attended_slots(PREFIX + t, N + 1, bucket)
+        out.append(token_logits(engine, net, visited[:, t], slots))
     return torch.stack(out, dim=1).float()
 
 
@@ -86,6 +92,36 @@ def test_kv_cache_logits_equal_full_forward(arch_model, order):
         again = _decode_all(arch_model, tokens, labels, orders)
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
     assert torch.equal(again, cached)
+
+
+def test_attended_slots_are_the_live_prefix_rounded_up_to_the_bucket():
+    assert [attended_slots(p, 17) for p in (2, 3, 16)] == [3, 4, 17]
+    assert [attended_slots(p, 17, 5) for p in (2, 4, 5, 9, 14, 15, 16)] == [
+        5,
+        5,
+        10,
+        10,
+        15,
+        17,
+        17,
+    ]
+    assert attended_slots(256, 257, 65) == 257
+
+
+@pytest.mark.parametrize("bucket", [1, 5, 8])
+def test_attending_to_the_live_prefix_gives_the_whole_caches_logits(arch_model, bucket):
+    """A step attending to its live prefix (rounded up to a bucket) gives the logits of one
+    attending to the whole cache, whose extra slots are masked out, to float rounding: not
+    bit for bit, as the CPU attention kernel's sums depend on the length (the draws stay
+    today's: test_generation_is_todays_bit_for_bit)."""
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(32, (4, 16), generator=g)
+    labels = torch.tensor([0, 3, 5, 10])
+    orders = resolve_orders("random", 4, 4, device="cpu", generator=g)
+    with torch.no_grad():
+        whole = _decode_all(arch_model, tokens, labels, orders, bucket=None)
+        prefix = _decode_all(arch_model, tokens, labels, orders, bucket=bucket)
+    torch.testing.assert_close(prefix, whole, rtol=0, atol=1e-6)
 
 
 def test_the_engine_is_reused_until_its_key_changes_or_it_is_released():
@@ -412,10 +448,11 @@ def test_decode_loop_makes_no_host_sync(arch_model, no_host_sync):
             )
 
 
-def test_compiled_step_compiles_once_and_generates_what_eager_does(model):
-    """The decode step compiled (backend aot_eager, fullgraph) once per engine: two whole
-    guided generations recompile nothing after the first compilation, and draw
-    what eager decoding draws from the same generators."""
+def test_compiled_step_compiles_once_per_shape_and_generates_what_eager_does(model):
+    """The decode step compiled (backend aot_eager, fullgraph) once per engine and attention
+    shape (SLOT_SHAPES of them): two whole guided generations recompile nothing after the
+    first generation's compilations, and draw what eager decoding on the same engine (the
+    same attention shapes) draws from the same generators."""
     import torch._dynamo
     from torch._dynamo.backends.common import aot_autograd  # noqa: F401 (registers aot_eager)
 
@@ -429,12 +466,13 @@ def test_compiled_step_compiles_once_and_generates_what_eager_does(model):
     labels = torch.tensor([1, 4, 7])
     kw = dict(guidance_scale=3.0, guidance_power=1.0, temperature=0.9)
     seeded = [torch.Generator().manual_seed(s) for s in (0, 1, 0, 1)]
-    eager = [_gen(model, labels, generator=g, **kw) for g in seeded[:2]]
     decode_engine(model, 6).compile_step(backend=counting, fullgraph=True)
+    eager = [_gen(model, labels, generator=g, **kw) for g in seeded[:2]]
+    compiled = [_gen(model, labels, generator=seeded[2], compile=True, **kw)]
+    assert len(compilations) == SLOT_SHAPES
     with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = [_gen(model, labels, generator=g, compile=True, **kw) for g in seeded[2:]]
+        compiled.append(_gen(model, labels, generator=seeded[3], compile=True, **kw))
     torch._dynamo.reset()
-    assert len(compilations) == 1
     assert all(torch.equal(c, e) for c, e in zip(compiled, eager, strict=True))
 
 
@@ -511,7 +549,8 @@ def test_compiled_decode_step_generates_what_eager_does_on_gpu():
     labels = torch.arange(8, device="cuda")
     kw = dict(guidance_scale=2.0, guidance_power=1.0, temperature=1.0)
     seeded = [torch.Generator("cuda").manual_seed(s) for s in (0, 1, 0, 1)]
-    eager = [_gen(gpu, labels, generator=g, **kw) for g in seeded[:2]]
+    decode_engine(gpu, 16).compile_step(mode="reduce-overhead", fullgraph=True)
+    eager = [_gen(gpu, labels, generator=g, **kw) for g in seeded[:2]]  # the same shapes
     compiled = [_gen(gpu, labels, generator=seeded[2], compile=True, **kw)]
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled.append(_gen(gpu, labels, generator=seeded[3], compile=True, **kw))

@@ -4,9 +4,11 @@ The structure follows gpt-fast's `generate.py` and `model.py`: a `DecodeEngine` 
 cache and every per-step input as module buffers, built once per (model, batch, dtype) and
 reused across calls and chunks; `prefill` runs the 2-token prefix [cls, class],
 `decode_one_token` feeds one token and returns the next token's probabilities, and
-`decode_n_tokens` loops. Every step has the same shapes, reads its position from a buffer
-advanced in place, and draws without a host sync, so `torch.compile` compiles the step once
-and the loop never waits on the device.
+`decode_n_tokens` loops. A step reads its position from a buffer advanced in place, draws
+without a host sync, and attends to the live prefix of the cache only (`attended_slots`: on
+average half the cache, whose reads are most of a decode step's memory traffic), a length
+the loop knows without asking the device; compiled, it rounds that length up to one of a
+few fixed shapes, each compiled once. The loop never waits on the device.
 
 Sampling follows the official `RAR.generate` (bytedance/1d-tokenizer `modeling/rar.py`):
 guidance by batch doubling with the null class, `uncond + (cond - uncond) * s` with the
@@ -127,6 +129,20 @@ class KVCache(nn.Module):
             )
 
 
+# A compiled step attends to one of this many cache lengths (`DecodeEngine.compile_step`).
+SLOT_SHAPES = 4
+
+
+def attended_slots(pos: int, length: int, bucket: int = 1) -> int:
+    """The cache slots a step feeding sequence position `pos` attends to: the live prefix,
+    pos + 1 slots, rounded up to a multiple of `bucket` and at most the cache `length`. The
+    slots past the live prefix are masked (-inf), so every bucket gives the whole cache's
+    attention up to float rounding (the kernels' sums depend on the length). An engine
+    attends to the live prefix exactly (bucket 1) until `DecodeEngine.compile_step` sets
+    the bucket of a few fixed shapes, for its compiled and eager steps alike."""
+    return min(length, -(-(pos + 1) // bucket) * bucket)
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """What a decode step does with its logits: guidance (batch doubling) and the draw's
@@ -176,6 +192,7 @@ class DecodeEngine(nn.Module):
         self.weights: RAR | None = None
         self.settings = StepSettings(guided=False, temperature=1.0)
         self.compiled_step = None
+        self.slot_bucket = 1  # steps attend to a multiple of this many slots (`compile_step`)
 
     def start(
         self, labels: torch.Tensor, orders: torch.Tensor, scales: list[float], settings
@@ -201,9 +218,15 @@ class DecodeEngine(nn.Module):
                 mine.copy_(theirs)
         return self.weights
 
-    def compile_step(self, **options) -> None:
-        """Compile `decode_one_token` once for this engine (`torch.compile(**options)`)."""
-        self.compiled_step = torch.compile(decode_one_token, **options)
+    def compile_step(self, *, shapes: int = SLOT_SHAPES, **options) -> None:
+        """Compile `decode_one_token` for this engine (`torch.compile(**options)`) once per
+        attention shape: a compiled step attends to a multiple of ceil(L / `shapes`) of the L
+        cache slots (`attended_slots`), so a generation compiles `shapes` static shapes (each
+        a CUDA graph under mode="reduce-overhead"; dynamic=False unless `options` say
+        otherwise), within dynamo's recompile limit (8 per function) with room for a second
+        engine."""
+        self.slot_bucket = -(-self.mask.shape[1] // shapes)
+        self.compiled_step = torch.compile(decode_one_token, **{"dynamic": False, **options})
 
 
 # One engine per model (a weak key: it goes with the model); a new key replaces it, so at
@@ -239,14 +262,15 @@ def release_engine(model: RAR) -> None:
 
 
 def _run_blocks(
-    engine: DecodeEngine, model: RAR, x: torch.Tensor, c, input_pos: torch.Tensor
+    engine: DecodeEngine, model: RAR, x: torch.Tensor, c, input_pos: torch.Tensor, slots: int
 ) -> torch.Tensor:
     """Run the blocks over sequence positions `input_pos` (T,), writing their keys and values
-    into the cache and attending to everything cached up to them. x, c: (R, T, D) -> logits
-    (R, T, codebook)."""
-    mask = engine.mask.index_select(0, input_pos)  # (T, L)
+    into the cache and attending to everything cached up to them within its first `slots`
+    slots (`attended_slots`). x, c: (R, T, D) -> logits (R, T, codebook)."""
+    mask = engine.mask.index_select(0, input_pos)[:, :slots]  # (T, slots)
     for block, cache in zip(model.blocks, engine.caches, strict=True):
-        x = block(x, c, mask=mask, kv_cache=(cache.k, cache.v), input_pos=input_pos)
+        kv = (cache.k[:, :, :slots], cache.v[:, :, :slots])  # views: writes reach the cache
+        x = block(x, c, mask=mask, kv_cache=kv, input_pos=input_pos)
     return model.head(x, c)
 
 
@@ -268,19 +292,24 @@ def prefill_logits(engine: DecodeEngine, model: RAR) -> torch.Tensor:
     x = model.prefix(engine.labels, engine.orders[:, 0])  # (R, 2, D)
     c = model.condition(engine.labels, input_pos)
     engine.pos.fill_(PREFIX)
-    return _run_blocks(engine, model, x, c, input_pos)[:, -1]
+    return _run_blocks(engine, model, x, c, input_pos, PREFIX)[:, -1]
 
 
-def token_logits(engine: DecodeEngine, model: RAR, fed: torch.Tensor) -> torch.Tensor:
+def token_logits(
+    engine: DecodeEngine, model: RAR, fed: torch.Tensor, slots: int | None = None
+) -> torch.Tensor:
     """Feed the visited token t, `fed` (R,), at sequence position `pos` = PREFIX + t, at raster
     `orders[:, t]` and told that `orders[:, t + 1]` comes next -> logits (R, codebook) of
-    token t + 1; advances `pos`. Every index is a tensor: no host value enters a step."""
+    token t + 1; advances `pos`. Every index is a tensor: no host value enters a step but
+    `slots`, the cache slots attended (`attended_slots` of PREFIX + t; None: all of them),
+    a shape the caller's loop knows without asking the device."""
+    slots = engine.mask.shape[1] if slots is None else slots
     pos = engine.pos
     t = pos - PREFIX  # (1,)
     at, target = engine.orders.index_select(1, t), engine.orders.index_select(1, t + 1)
     x = model.token_inputs(fed[:, None], at, target)  # (R, 1, D)
     c = model.condition(engine.labels, pos)
-    logits = _run_blocks(engine, model, x, c, pos)[:, -1]
+    logits = _run_blocks(engine, model, x, c, pos, slots)[:, -1]
     engine.pos.add_(1)
     return logits
 
@@ -290,11 +319,14 @@ def prefill(engine: DecodeEngine, model: RAR) -> torch.Tensor:
     return next_probs(engine, prefill_logits(engine, model), engine.positions[:1])
 
 
-def decode_one_token(engine: DecodeEngine, model: RAR, token: torch.Tensor) -> torch.Tensor:
-    """Feed the drawn token (B,) -> the probabilities (B, V) of the next one. The step that
-    `torch.compile` compiles once per engine (`DecodeEngine.compile_step`)."""
+def decode_one_token(
+    engine: DecodeEngine, model: RAR, token: torch.Tensor, slots: int
+) -> torch.Tensor:
+    """Feed the drawn token (B,) -> the probabilities (B, V) of the next one, attending to
+    the cache's first `slots` slots. The step that `torch.compile` compiles once per engine
+    and slot bucket (`DecodeEngine.compile_step`)."""
     fed = torch.cat([token, token]) if engine.settings.guided else token
-    logits = token_logits(engine, model, fed)
+    logits = token_logits(engine, model, fed, slots)
     return next_probs(engine, logits, engine.pos - PREFIX)  # pos: PREFIX + t + 1 now
 
 
@@ -311,14 +343,14 @@ def decode_n_tokens(
     draw, feed, repeat. No host sync: each index is a buffer or a Python int, and the draw
     is `draw`'s. Returns the last step's probabilities (for `check_probs`)."""
     step = engine.compiled_step if compiled else decode_one_token
-    N = out.shape[1]
+    N, length, bucket = out.shape[1], engine.mask.shape[1], engine.slot_bucket
     for t in range(N):
         token = draw(probs, generator)
         out[:, t] = token
         if t < N - 1:
             if compiled:  # each call's outputs are read before the next (CUDA graph trees)
                 torch.compiler.cudagraph_mark_step_begin()
-            probs = step(engine, model, token)
+            probs = step(engine, model, token, attended_slots(PREFIX + t, length, bucket))
     return probs
 
 
@@ -376,7 +408,7 @@ def generate(
     amp_dtype: e.g. torch.bfloat16 for autocast over the model's weights; None: no autocast.
     dtype: the weights' dtype, e.g. torch.bfloat16 for real bf16 sampling on a bf16 copy of
         the model (the engine's, kept between calls); None: the model's own.
-    compile: run the decode step compiled once per engine, `torch.compile(mode=
+    compile: run the decode step compiled once per engine and shape, `torch.compile(mode=
         "reduce-overhead", fullgraph=True)` unless the engine was compiled already
         (`decode_engine(...).compile_step(...)`).
     """
