@@ -129,8 +129,9 @@ class KVCache(nn.Module):
             )
 
 
-# A compiled step attends to one of this many cache lengths (`DecodeEngine.compile_step`).
-SLOT_SHAPES = 4
+# A compiled step attends to one of this many cache lengths (`DecodeEngine.compile_step`):
+# on average (1 + 1 / SLOT_SHAPES) / 2 of the cache, a CUDA graph each.
+SLOT_SHAPES = 8
 
 
 def attended_slots(pos: int, length: int, bucket: int = 1) -> int:
@@ -219,14 +220,14 @@ class DecodeEngine(nn.Module):
         return self.weights
 
     def compile_step(self, *, shapes: int = SLOT_SHAPES, **options) -> None:
-        """Compile `decode_one_token` for this engine (`torch.compile(**options)`) once per
-        attention shape: a compiled step attends to a multiple of ceil(L / `shapes`) of the L
-        cache slots (`attended_slots`), so a generation compiles `shapes` static shapes (each
-        a CUDA graph under mode="reduce-overhead"; dynamic=False unless `options` say
-        otherwise), within dynamo's recompile limit (8 per function) with room for a second
-        engine."""
+        """Compile `decode_one_token` for this engine (`torch.compile(**options)`). Its steps
+        attend to a multiple of ceil(L / `shapes`) of the L cache slots (`attended_slots`):
+        dynamo compiles the step for the first such length, then once with the length
+        symbolic when the second arrives (automatic dynamic shapes), and once for all L slots
+        (a contiguous view), so three compilations serve a generation whatever `shapes` is;
+        mode="reduce-overhead" records one CUDA graph per length."""
         self.slot_bucket = -(-self.mask.shape[1] // shapes)
-        self.compiled_step = torch.compile(decode_one_token, **{"dynamic": False, **options})
+        self.compiled_step = torch.compile(decode_one_token, **options)
 
 
 # One engine per model (a weak key: it goes with the model); a new key replaces it, so at
