@@ -110,6 +110,9 @@ for r in rows:
     what = f"{r['bench']:6s} {r['code']:8s} {r['model']:8s} {r['dtype']:4s} compile={r['compile']:5s}"
     extra = f" MFU {r['mfu']}" if r.get("mfu") else ""
     extra += f" ({r['speedup_vs_baseline']}x baseline)" if r.get("speedup_vs_baseline") else ""
+    unit = "step" if r["bench"] == "train" else "batch"
+    first = r.get(f"first_{unit}_s")  # the warm-up, compilation included (not the baseline's)
+    extra += f", first {unit} {first} s" if first else ""
     print(f"  {what} {float(r['images_per_s']):10.2f} images/s{extra}")
 PY
 }

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,16 +47,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(fn, steps: int, device: torch.device) -> float:
-    """Mean seconds of `fn()` over `steps` calls after one untimed warm-up call (allocator,
-    kernels, compilation), the device synchronised before each clock read (gpt-fast)."""
-    fn()  # warm-up
+class Timing(NamedTuple):
+    """`seconds_per_call`'s figures: the mean seconds of a call, and the first call's (the
+    warm-up: allocator, kernel selection and any compilation)."""
+
+    mean_s: float
+    first_s: float
+
+
+def seconds_per_call(fn, steps: int, device: torch.device) -> Timing:
+    """Mean seconds of `fn()` over `steps` calls after one warm-up call (allocator, kernels,
+    compilation), timed apart; the device synchronised before each clock read (gpt-fast)."""
     _sync(device)
     start = time.perf_counter()
+    fn()  # warm-up
+    _sync(device)
+    first = time.perf_counter()
     for _ in range(steps):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return Timing((time.perf_counter() - first) / steps, first - start)
 
 
 def _append_csv(path: str | Path, row: dict) -> None:
@@ -192,7 +202,7 @@ def bench_train(
         optimizer.zero_grad(set_to_none=True)
 
     with tf32(dev):  # training's setting (rar.training.loop), or fp32 steps are not training's
-        seconds = seconds_per_call(one_step, steps, dev)
+        seconds, first_s = seconds_per_call(one_step, steps, dev)
     tokens_per_s = batch_size * N / seconds
     flops = train_flops_per_token(net) * tokens_per_s
     peak = device_peak(dev)
@@ -206,6 +216,7 @@ def bench_train(
         "device": str(dev),
         "machine": machine_description(dev),
         "seconds_per_step": round(seconds, 4),
+        "first_step_s": round(first_s, 2),
         "tokens_per_s": round(tokens_per_s, 1),
         "images_per_s": round(batch_size / seconds, 2),
         "tflops": round(flops / 1e12, 3),
@@ -218,7 +229,8 @@ def bench_train(
         f"train {model} ({result['params'] / 1e6:.1f}M params), batch {batch_size}, "
         f"{result['dtype']}, compile {compile} on {result['machine']}:\n"
         f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s, "
-        f"{result['tflops']} TFLOP/s (mean of {steps} steps after 1 warm-up)\n  {mfu}",
+        f"{result['tflops']} TFLOP/s (mean of {steps} steps after a warm-up step of "
+        f"{first_s:.1f} s{', compilation included' if compile else ''})\n  {mfu}",
         flush=True,
     )
     if csv_path is not None:
@@ -305,7 +317,7 @@ def bench_sample(
                 decode(ids)
 
     with tf32(dev) if dtype == "tf32" else contextlib.nullcontext():
-        seconds = seconds_per_call(one_batch, steps, dev)
+        seconds, first_s = seconds_per_call(one_batch, steps, dev)
     result = {
         "model": model,
         "hidden_size": net.config.hidden_size,
@@ -319,6 +331,7 @@ def bench_sample(
         "device": str(dev),
         "machine": machine_description(dev),
         "seconds_per_batch": round(seconds, 4),
+        "first_batch_s": round(first_s, 2),
         "images_per_s": round(batch_size / seconds, 2),
         "tokens_per_s": round(batch_size * net.config.num_tokens / seconds, 1),
     }
@@ -327,7 +340,8 @@ def bench_sample(
         f"{result['params'] / 1e6:.1f}M params), batch {batch_size}, {result['dtype']}, "
         f"guidance {scale}, decoder {decoder}, compile {compile} on {result['machine']}:\n"
         f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s "
-        f"({seconds:.3f} s per batch, median-free mean of {steps} batches after 1 warm-up)",
+        f"({seconds:.3f} s per batch, the mean of {steps} batches after a warm-up batch of "
+        f"{first_s:.1f} s{', compilation included' if compile else ''})",
         flush=True,
     )
     if csv_path is not None:

@@ -272,7 +272,7 @@ def time_sampling(
         ids = generate(model, batch_labels, settings, generator=gen, amp_dtype=amp)
         tok.decode(ids)
 
-    seconds = seconds_per_call(batch, steps, dev)  # after a warm-up, synchronised (gpt-fast)
+    seconds = seconds_per_call(batch, steps, dev).mean_s  # after a warm-up, synchronised
     return {
         "images_per_s_per_gpu": round(len(labels) / seconds, 3),
         "batch_size": len(labels),
