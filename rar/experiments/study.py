@@ -332,16 +332,15 @@ class Study:
         """A run's GPU-hours per epoch: its size's rate (`gpu_hours_per_epoch`, at the study
         tokenizer's tokens and codebook) times the ratio of its training FLOPs at its own
         (`rar.settings.presets.forward_flops`: a table's tokenizer, e.g. ImageNet-512's 1,024
-        tokens, ~4.5 x). None without a rate."""
+        tokens, ~4.3 x for adaLN). None without a rate."""
         cfg, tok = self.runs[run].config, self.config["tokenizer"]
         if cfg.model not in rates:
             return None
-        at_study = forward_flops(cfg.model, tok["grid"] ** 2, tok["codebook_size"])
-        return (
-            rates[cfg.model][0]
-            * forward_flops(cfg.model, cfg.num_tokens, cfg.codebook_size)
-            / at_study
+        at_study = forward_flops(
+            cfg.model, tok["grid"] ** 2, tok["codebook_size"], cfg.architecture
         )
+        at_run = forward_flops(cfg.model, cfg.num_tokens, cfg.codebook_size, cfg.architecture)
+        return rates[cfg.model][0] * at_run / at_study
 
     def recipe(self, table: str) -> dict:
         """What the rows of `table` share of the paper's two recipes (RAR §4.1): architecture,

@@ -20,14 +20,20 @@ RAR_CONFIGS: dict[str, dict] = {
 }
 
 
-def forward_flops(model: str, num_tokens: int, codebook_size: int) -> float:
+def forward_flops(
+    model: str, num_tokens: int, codebook_size: int, architecture: str = "adaln"
+) -> float:
     """Forward FLOPs of one image in the matrix products of size `model` (2 a multiply-add):
-    per token and layer the projections and MLP, 2 (4 D^2 + 2 D M), and attention's scores
-    and values, 4 N D; per token the head, 2 D V. Training costs three times as much; the ratio
-    at two token counts or codebooks scales a throughput measured at one (`rar plan`)."""
+    per token and layer the projections and MLP, 2 (4 D^2 + 2 D M), attention's scores and
+    values, 4 N D, and with adaLN the modulation, 2 x 6 D^2 (its condition differs per
+    position); per token the head, 2 D V, after adaLN's final modulation, 2 x 2 D^2. Training
+    costs three times as much; the ratio at two token counts or codebooks scales a throughput
+    measured at one (`rar plan`)."""
     c = RAR_CONFIGS[model]
     D, M, L = c["hidden_size"], c["mlp_size"], c["num_layers"]
-    per_token = L * (2 * (4 * D * D + 2 * D * M) + 4 * num_tokens * D) + 2 * D * codebook_size
+    adaln = architecture == "adaln"
+    per_layer = 2 * (4 * D * D + 2 * D * M) + 4 * num_tokens * D + adaln * 2 * 6 * D * D
+    per_token = L * per_layer + 2 * D * codebook_size + adaln * 2 * 2 * D * D
     return float(num_tokens * per_token)
 
 
