@@ -250,6 +250,10 @@ def test_guidance_cells_mark_the_chosen_scale_and_an_edge(tmp_path):
     # the scale the evaluation recorded wins over the sweep's choice
     assert cells == {"guidance_scale": 3.0, "guidance_sweep": "2: 3.10, 4: 2.51!"}
     assert guidance_cells({"guidance_scale": 1.5}, None)["guidance_sweep"] is None
+    # three significant digits: a demo's FIDs in the thousands print no decimals
+    points = [{"guidance_scale": 2.0, "fid": 1294.37}, {"guidance_scale": 4.0, "fid": 25.13}]
+    sweep.write_text(json.dumps({**record, "points": points, "at_edge": False}))
+    assert guidance_cells(None, sweep)["guidance_sweep"] == "2: 1294, 4: 25.1*"
     assert guidance_cells(None, tmp_path / "absent.json") == {
         "guidance_scale": None,
         "guidance_sweep": None,
@@ -629,7 +633,7 @@ def test_the_caption_says_a_two_scale_sweep_always_chooses_an_edge(tmp_path):
         return md.read_text()
 
     two, three = table(tmp_path / "two", [2.0, 4.0]), table(tmp_path / "three", [1.0, 2.0, 4.0])
-    assert "| 2: 62.00!, 4: 64.00 |" in two and "| 1: 61.00!, 2: 62.00, 4: 64.00 |" in three
+    assert "| 2: 62.0!, 4: 64.0 |" in two and "| 1: 61.0!, 2: 62.0, 4: 64.0 |" in three
     assert "which should then be widened; a sweep of two scales chooses an edge" in two
     assert "which should then be widened)." in three and "two scales" not in three
 
@@ -659,6 +663,9 @@ def test_decimals_follow_the_interval(tmp_path):
     assert report.interval_decimals("fid", 58.37 - 70.2, 58.37 + 70.2) == 0  # +-70
     assert report.interval_decimals("fid", 58.0, 62.0) == 1  # +-2
     assert report.interval_decimals("fid", 1.40, 2.10) == 2  # +-0.35
+    assert [
+        report.columns.significant_decimals("fid", v) for v in (1294.37, 99.96, 25.13, 2.514, 0.1)
+    ] == [0, 0, 1, 2, 2]
     assert report.interval_decimals("fid", 1.99, 2.01) == 2  # +-0.01: DECIMALS at most
     assert report.interval_decimals("fid", 2.0, 2.0) == 2  # no width: DECIMALS
     assert report.interval_decimals("val_nll", 3.9, 4.1) == 2  # +-0.1

@@ -140,6 +140,16 @@ def interval_decimals(metric: str, low: float, high: float) -> int:
     return max(0, min(DECIMALS[metric], 1 - leading))
 
 
+def significant_decimals(metric: str, value: float, digits: int = 3) -> int:
+    """The decimals of a `metric` value shown without an interval (a sweep's FIDs): `digits`
+    significant digits, never rounding the integer part, at most DECIMALS[metric]
+    (1294.37 -> 0, 25.13 -> 1, 2.514 -> 2)."""
+    if not (math.isfinite(value) and value != 0):
+        return DECIMALS[metric]
+    leading = int(f"{abs(value):.{digits - 1}e}".split("e")[1])
+    return max(0, min(DECIMALS[metric], digits - 1 - leading))
+
+
 def fmt_cell(value: Any, decimals: int | None = None, sign: bool = False) -> str:
     """A Markdown cell: numbers to `decimals`, unknowns as a dash, pipes escaped."""
     if not known(value):

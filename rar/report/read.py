@@ -27,6 +27,7 @@ from rar.report.columns import (
     PLAIN_KEYS,
     PathLike,
     extractor_suffix,
+    significant_decimals,
 )
 
 
@@ -160,7 +161,8 @@ def sweep_size(cell: str) -> int:
 
 def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     """The guidance scale an evaluation used, and its sweep's FIDs ("2: 3.10, 4: 2.51*, ...",
-    * = chosen, ! = chosen at an edge of the range) when a sweep chose it."""
+    * = chosen, ! = chosen at an edge of the range; three significant digits,
+    `significant_decimals`) when a sweep chose it."""
     from rar.experiments.results import read_sweep
 
     result = read_sweep(sweep) if sweep else None
@@ -170,7 +172,8 @@ def guidance_cells(metrics: dict | None, sweep: PathLike | None) -> dict:
     chosen = result["guidance_scale"]
     mark = "!" if result["at_edge"] else "*"
     cells = [
-        f"{p['guidance_scale']:g}: {p['fid']:.2f}" + (mark if p["guidance_scale"] == chosen else "")
+        f"{p['guidance_scale']:g}: {p['fid']:.{significant_decimals('fid', p['fid'])}f}"
+        + (mark if p["guidance_scale"] == chosen else "")
         for p in result["points"]
     ]
     return {
