@@ -351,7 +351,7 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help='torch.compile the decode step once ("reduce-overhead": CUDA graphs on a GPU)',
+        help='torch.compile the decode step ("reduce-overhead": CUDA graphs on a GPU)',
     )
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
     p.add_argument(

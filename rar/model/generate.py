@@ -324,8 +324,8 @@ def decode_one_token(
     engine: DecodeEngine, model: RAR, token: torch.Tensor, slots: int
 ) -> torch.Tensor:
     """Feed the drawn token (B,) -> the probabilities (B, V) of the next one, attending to
-    the cache's first `slots` slots. The step that `torch.compile` compiles once per engine
-    and slot bucket (`DecodeEngine.compile_step`)."""
+    the cache's first `slots` slots. The step that `torch.compile` compiles for an engine
+    (`DecodeEngine.compile_step`)."""
     fed = torch.cat([token, token]) if engine.settings.guided else token
     logits = token_logits(engine, model, fed, slots)
     return next_probs(engine, logits, engine.pos - PREFIX)  # pos: PREFIX + t + 1 now
@@ -409,7 +409,7 @@ def generate(
     amp_dtype: e.g. torch.bfloat16 for autocast over the model's weights; None: no autocast.
     dtype: the weights' dtype, e.g. torch.bfloat16 for real bf16 sampling on a bf16 copy of
         the model (the engine's, kept between calls); None: the model's own.
-    compile: run the decode step compiled once per engine and shape, `torch.compile(mode=
+    compile: run the decode step compiled for the engine (three graphs), `torch.compile(mode=
         "reduce-overhead", fullgraph=True)` unless the engine was compiled already
         (`decode_engine(...).compile_step(...)`).
     """
