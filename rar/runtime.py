@@ -231,16 +231,6 @@ class DistEnv:
         if self.world_size > 1:
             dist.barrier()
 
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """Whether `flag` is true on any rank (one all-reduce and a host read when there is
-        more than one process): e.g. a stop, since SLURM signals every task but all must stop
-        at one step."""
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor(float(flag), device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
 
 # ##########################################################################################
 # Host and device: copies that do not wait, flags read only when the host reads anyway
@@ -255,6 +245,45 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+class AnyRank:
+    """Whether a flag was raised on any rank, agreed without a host synchronisation: called
+    with this step's flag, it queues an all-reduce (max) of every rank's and returns the
+    agreement of the call before, which the device finished while this step was queued (the
+    host waits for that call's copy back only, never for this step's kernels). Every rank
+    reads the same agreement at the same call, so all act on it together, one step after
+    the first rank raised its flag: e.g. a stop, as SLURM signals every task at a slightly
+    different step. In one process, the flag itself at once."""
+
+    def __init__(self, env: DistEnv, device: torch.device) -> None:
+        self.env, self.device = env, device
+        self.pinned = device.type == "cuda"
+        self.pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def __call__(self, flag: bool) -> bool:
+        if self.env.world_size == 1:
+            return flag
+        agreed = self._read_pending()
+        mine = torch.tensor([float(flag)], pin_memory=self.pinned)
+        t = mine.to(self.device, non_blocking=True)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # NCCL: queued on the stream; gloo: done
+        back = torch.empty(1, pin_memory=self.pinned)
+        back.copy_(t, non_blocking=True)
+        event = None
+        if self.pinned:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending = (back, event)
+        return agreed
+
+    def _read_pending(self) -> bool:
+        if self.pending is None:
+            return False
+        back, event = self.pending
+        if event is not None:
+            event.synchronize()  # the previous call's all-reduce and copy, not this step
+        return bool(back[0] > 0)
 
 
 class FirstNonFinite:

@@ -109,8 +109,9 @@ def test_preflight_passes_end_to_end_with_the_local_launcher(tmp_path, capsys):
     train = checks["stage train"]["measured"]
     assert "2 process(es) on cpu" in train and "DDP gloo" in train
     resume = checks["requeue and resume"]["measured"]
+    # signalled at step 2; two processes agree on a stop one step later (rar.runtime.AnyRank)
     assert resume.startswith(
-        "time-limit signal (USR2) and requeue: stopped at step 2, resumed at 2"
+        "time-limit signal (USR2) and requeue: stopped at step 3, resumed at 3"
     )
     assert "ended at 6; uninterrupted 6 of 6" in resume and "weights identical" in resume
     report = (out / "report.md").read_text()

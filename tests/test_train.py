@@ -692,10 +692,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    """Global batch 8 as 2 processes x 4 equals 1 process x 4 x 2 accumulation steps."""
-    single = train(tiny_run(micro_batch=4), tmp_path / "one", source=tiny_source())
-    code = _DDP_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "two"))
+def two_gloo_processes(code: str) -> list[str]:
+    """Run `code` as ranks 0 and 1 of a gloo process group; their stdout, after both exit 0."""
     port = str(free_port())
     procs = [
         subprocess.Popen(
@@ -708,13 +706,55 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
                 "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": port,
             },
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for r in range(2)
     ]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return outs
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    """Global batch 8 as 2 processes x 4 equals 1 process x 4 x 2 accumulation steps."""
+    single = train(tiny_run(micro_batch=4), tmp_path / "one", source=tiny_source())
+    two_gloo_processes(
+        _DDP_RUN.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "two"))
+    )
     assert_same_weights(
         weights(tmp_path / "two/checkpoints/final.pt"), weights(single), exact=False
     )
+
+
+_DDP_STOP = textwrap.dedent(
+    """
+    import os, sys, torch
+    sys.path.insert(0, {tests!r})
+    from helpers import tiny_run, tiny_source
+    from rar.training.loop import train
+    torch.set_num_threads(1)
+    rank, polls = int(os.environ["RANK"]), []
+
+    def should_stop():  # rank 1 alone is signalled, from its third poll on
+        polls.append(1)
+        return rank == 1 and len(polls) >= 3
+
+    path = train(tiny_run(micro_batch=4), {workdir!r}, source=tiny_source(), device="cpu",
+                 should_stop=should_stop)
+    print(len(polls), path.name, torch.load(path, weights_only=False)["step"])
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def test_a_stop_on_one_rank_stops_every_rank_one_step_later(tmp_path):
+    """Rank 1 alone asks to stop after step 3; the ranks agree on it without a host read per
+    step (rar.runtime.AnyRank), so both stop after step 4, together (a rank that went on
+    would wait forever in the next step's all-reduce), with last.pt at step 4."""
+    code = _DDP_STOP.format(tests=os.path.dirname(__file__), workdir=str(tmp_path / "run"))
+    ends = [out.splitlines()[-1].split() for out in two_gloo_processes(code)]
+    assert ends == [["4", "last.pt", "4"]] * 2  # polls, the checkpoint returned, its step
 
 
 # -- the command line on real shards --------------------------------------------------------

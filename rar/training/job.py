@@ -128,11 +128,12 @@ class Stops:
     should_stop: Callable[[], bool]
     max_steps: int | None
 
-    def requested(self, steps_trained: int) -> bool:
-        """A stop before `step`: asked for, or `max_steps` trained in this call."""
-        return self.should_stop() or (
-            self.max_steps is not None and steps_trained >= self.max_steps
-        )
+    def requested(self, steps_trained: int, agree: Callable[[bool], bool]) -> bool:
+        """A stop before `step`: asked for on any rank (`agree`: rar.runtime.AnyRank, which
+        is called at every step and answers for the step before when there are several
+        processes), or `max_steps` trained in this call (the same step on every rank)."""
+        asked = agree(self.should_stop())
+        return asked or (self.max_steps is not None and steps_trained >= self.max_steps)
 
 
 @dataclass

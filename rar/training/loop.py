@@ -34,6 +34,7 @@ from rar.evaluation.heldout import HeldOut
 from rar.experiments.records import checkpoint_name, stdout_log, write_failure
 from rar.model.orders import order_generator, randomness_ratio, sample_orders
 from rar.runtime import (
+    AnyRank,
     CompileTime,
     DistEnv,
     compile_enabled,
@@ -111,7 +112,9 @@ def train(
     init_from: a named checkpoint of another run to branch from (ignored when this run has
         checkpoints of its own to resume from).
     should_stop: polled after every step; True saves `last.pt` and returns it (the launcher's
-        answer to a time-limit or preemption signal).
+        answer to a time-limit or preemption signal). With several processes, a True on any
+        rank stops every rank one step later, at the same step (`rar.runtime.AnyRank`: no
+        host synchronisation per step).
     max_steps: stop (with `last.pt`) after this many steps in this call; for tests.
     until_epoch: train one segment: stop at `until_epoch`, write `epoch_<E>.pt` (and
         `last.pt`, to continue from) and return it. The workflow trains a trunk in segments
@@ -219,6 +222,7 @@ def _loop(job: Job, stops: Stops, watch: Watcher) -> Path:
     job.model.train()
     log = StepLog(cfg, job.metrics, watch)
     compile_time = CompileTime(job.compiled, job.device, job.env.rank)
+    signalled = AnyRank(job.env, job.device)
     t_last_ckpt = time.monotonic()
     while step < stops.step:
         stats = compile_time.timed(optimizer_step, job, step)
@@ -228,8 +232,7 @@ def _loop(job: Job, stops: Stops, watch: Watcher) -> Path:
         log.after(step, stats)
         if step in stops.named_steps:
             job.save(job.ckpt_dir / checkpoint_name(stops.named_steps[step]), step)
-        stop = stops.requested(step - job.start)
-        stop = job.env.any(stop, job.device)  # every rank stops at the same step
+        stop = stops.requested(step - job.start, signalled)  # the same step on every rank
         due = time.monotonic() - t_last_ckpt >= cfg.checkpoint_minutes * 60
         if (due or stop) and step < cfg.total_steps:
             job.save(job.last, step, may_fail=not stop)
