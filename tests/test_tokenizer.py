@@ -59,6 +59,18 @@ def test_same_padding_puts_the_extra_pixel_right_and_bottom():
     torch.testing.assert_close(conv(x), expected)
 
 
+@pytest.mark.parametrize("kernel, size", [(3, 16), (3, 7), (1, 16), (5, 9)])
+def test_symmetric_same_padding_is_the_convolutions_own(kernel, size):
+    """Stride 1 and an odd kernel pad symmetrically: the convolution's own zero padding, with
+    no padded copy of the input, gives the explicit pad's values bit for bit."""
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 8, kernel_size=kernel)
+    x = torch.randn(2, 4, size, size)
+    half = (kernel - 1) // 2
+    expected = F.conv2d(F.pad(x, [half] * 4), conv.weight, conv.bias)
+    assert torch.equal(conv(x), expected)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parity with the official code (seeded tiny weights)
 # ----------------------------------------------------------------------------------------------
