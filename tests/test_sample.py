@@ -300,7 +300,7 @@ def small_plan(files) -> dict:
         settings,
         num_classes=3,
         sampling=SamplingConfig(),
-        amp_dtype=None,
+        dtype=None,
     )
 
 
@@ -522,7 +522,10 @@ def test_a_guidance_sweep_loads_its_scorer_once_and_scores_like_evaluate(
 
 def test_a_chunk_decodes_in_slices_equal_to_one_decode(monkeypatch):
     """The tokenizer decodes a chunk in slices of rar.settings.presets.decode_slice images (at
-    the image size the ids and the tokenizer give), and the images equal one decode of all."""
+    the image size the ids and the tokenizer give), in fp32 even under an autocast around it,
+    and the images equal one fp32 decode of all (rar.model.tokenizer.decode_to_uint8, which
+    `rar bench-sample` times too)."""
+    import rar.model.tokenizer
     import rar.sampling.sampler as sampler
     from rar.model.tokenizer import to_uint8
 
@@ -533,10 +536,13 @@ def test_a_chunk_decodes_in_slices_equal_to_one_decode(monkeypatch):
     decode = tok.decode
     monkeypatch.setattr(tok, "decode", lambda x: sizes.append(len(x)) or decode(x))
     monkeypatch.setattr(sampler, "generate", lambda *a, **k: ids)
-    monkeypatch.setattr(sampler, "decode_slice", lambda pixels: seen.append(pixels) or 3)
+    monkeypatch.setattr(
+        rar.model.tokenizer, "decode_slice", lambda pixels: seen.append(pixels) or 3
+    )
     labels = np.zeros(7, np.int64)
-    kwargs = dict(sampling=None, generator=None, device="cpu", amp_dtype=None, compile=False)
-    images = sampler._generate_chunk(None, tok, labels, **kwargs)
+    kwargs = dict(sampling=None, generator=None, device="cpu", dtype=None, compile=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = sampler._generate_chunk(None, tok, labels, **kwargs)
     assert seen == [16 * 16] and sizes == [3, 3, 1]
     assert images.shape == (7, 16, 16, 3) and images.dtype == np.uint8
     assert np.array_equal(images, to_uint8(decode(ids)).numpy())

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import importlib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from torch import nn
 from rar.files import atomic_open
 from rar.model.llamagen_vq import LlamaGenVQConfig, LlamaGenVQModel
 from rar.model.maskgit_vqgan import Decoder, Encoder, MaskGITVQGANConfig, VectorQuantizer
+from rar.settings.presets import decode_slice
 
 # ----------------------------------------------------------------------------------------------
 # Common interface
@@ -56,6 +58,21 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     # float32 first: a bf16 input cannot hold 255 * x exactly, which would move the truncation.
     x = images.float().clamp(0.0, 1.0) * 255.0
     return x.permute(0, 2, 3, 1).to(torch.uint8)  # (B, H, W, 3); the cast truncates toward 0
+
+
+def decode_to_uint8(tokenizer: Tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """ids (n, N) -> the images (n, H, W, 3) uint8 on the host, as `rar sample` stores them
+    and `rar bench-sample` times them: decoded in fp32 whatever the generator's precision
+    (bf16 moves pixels across `to_uint8`'s truncation boundary, and decoding is one pass
+    against the generator's N steps), in slices of `rar.settings.presets.decode_slice`
+    images, so that the decoder's activations stay bounded beside a chunk's KV cache."""
+    side = math.isqrt(ids.shape[1]) * (tokenizer.image_size // tokenizer.grid)
+    step = decode_slice(side * side)
+    with torch.autocast(ids.device.type, enabled=False):
+        parts = [
+            to_uint8(tokenizer.decode(ids[i : i + step])).cpu() for i in range(0, len(ids), step)
+        ]
+    return torch.cat(parts)
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -21,12 +21,13 @@ import torch
 
 from rar.model.generate import generate
 from rar.model.transformer import RAR, RAR_CONFIGS, num_parameters, rar_config
-from rar.runtime import autocast, autocast_dtype, resolve_device, tf32
+from rar.runtime import autocast_dtype, resolve_device, tf32
 from rar.settings.stages import resolve_sampling
 
 # Sizes that run the ImageNet setting (MaskGIT-VQGAN, 16 x 16 tokens, 1000 classes).
 IMAGENET_SIZES = ("rar_b", "rar_l", "rar_xl", "rar_xxl")
-# bench_sample's precisions: fp32 (no autocast; PyTorch's default flags), bf16 (autocast), and
+# bench_sample's precisions, `rar sample --dtype`'s: fp32 (PyTorch's default flags), bf16 (the
+# decode engine's bf16 copy of the weights and a bf16 KV cache, no autocast), and
 # tf32: fp32 weights with TF32 matrix products and convolutions, the official sampler's
 # (bytedance/1d-tokenizer sample_imagenet_rar.py sets both allow_tf32 flags), so the setting
 # of the paper's Table 5 figures.
@@ -240,15 +241,17 @@ def bench_train(
 
 def _decoder(decoder: str, model: str, device: torch.device):
     """(decoder name, its decode function or None): "auto" decodes with MaskGIT-VQGAN (random
-    weights: the time, not the images) for the ImageNet sizes, and not at all otherwise."""
+    weights: the time, not the images) for the ImageNet sizes, and not at all otherwise; as
+    `rar sample` decodes (`decode_to_uint8`: fp32, in slices, to uint8 on the host)."""
     if decoder == "auto":
         decoder = "maskgit-vqgan" if model in IMAGENET_SIZES else "none"
     if decoder != "maskgit-vqgan":
         return decoder, None
-    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig
+    from rar.model.tokenizer import MaskGITVQGAN, MaskGITVQGANConfig, decode_to_uint8
 
     with device:
-        return decoder, MaskGITVQGAN(MaskGITVQGANConfig()).eval().decode
+        tokenizer = MaskGITVQGAN(MaskGITVQGANConfig()).eval()
+    return decoder, lambda ids: decode_to_uint8(tokenizer, ids)
 
 
 def _bench_model(
@@ -313,8 +316,7 @@ def bench_sample(
             compile=compile,
         )
         if decode is not None:
-            with autocast(dev, amp):
-                decode(ids)
+            decode(ids)
 
     with tf32(dev) if dtype == "tf32" else contextlib.nullcontext():
         seconds, first_s = seconds_per_call(one_batch, steps, dev)

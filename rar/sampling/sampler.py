@@ -14,7 +14,6 @@ for any number of processes.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -46,7 +45,6 @@ from rar.sampling.chunks import (
     wait_for_chunks,
     without_retired,
 )
-from rar.settings.presets import decode_slice
 from rar.settings.stages import SAMPLING_FIELDS, SampleSettings, SamplingConfig, resolve_sampling
 
 # ##########################################################################################
@@ -61,7 +59,7 @@ def sampling_plan(
     *,
     num_classes: int,
     sampling: SamplingConfig,
-    amp_dtype: torch.dtype | None,
+    dtype: torch.dtype | None,
 ) -> dict:
     """Everything that determines the images (the files by their hashes; the settings' counts,
     chunk size and seed); a resume must match it exactly, and an output made with it is
@@ -75,7 +73,7 @@ def sampling_plan(
         "chunk_size": settings.chunk_size,
         "seed": settings.seed,
         "sampling": dataclasses.asdict(sampling),
-        "dtype": "bf16" if amp_dtype is not None else "fp32",
+        "dtype": "bf16" if dtype is not None else "fp32",
     }
 
 
@@ -149,28 +147,22 @@ def _generate_chunk(
     sampling: SamplingConfig,
     generator: torch.Generator,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    dtype: torch.dtype | None,
     compile: bool,
 ) -> np.ndarray:
-    """labels (n,) -> images (n, H, W, 3) uint8."""
-    from rar.model.tokenizer import to_uint8
+    """labels (n,) -> images (n, H, W, 3) uint8: generated with the transformer's weights and
+    KV cache in `dtype` (None: fp32; bf16: the decode engine's bf16 copy), decoded in fp32."""
+    from rar.model.tokenizer import decode_to_uint8
 
     ids = generate(
         model,
         torch.from_numpy(labels).to(device),
         sampling,
         generator=generator,
-        amp_dtype=amp_dtype,
+        dtype=dtype,
         compile=compile,
     )  # (n, N) raster-order codes
-    # Decoded in fp32 even under bf16 sampling: bf16 moves pixels across the truncation
-    # boundary of to_uint8, and decoding is a small part of the time (256 steps vs one pass).
-    # In slices (rar.settings.presets.decode_slice), so that the decoder's activations stay
-    # bounded beside the chunk's KV cache whatever the chunk size.
-    side = math.isqrt(ids.shape[1]) * (tokenizer.image_size // tokenizer.grid)
-    step = decode_slice(side * side)
-    parts = [to_uint8(tokenizer.decode(ids[i : i + step])).cpu() for i in range(0, len(ids), step)]
-    return torch.cat(parts).numpy()  # (n, H, W, 3)
+    return decode_to_uint8(tokenizer, ids).numpy()
 
 
 def _make_chunks(
@@ -184,7 +176,7 @@ def _make_chunks(
     seed: int,
     sampling: SamplingConfig,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    dtype: torch.dtype | None,
     compile: bool,
     progress: bool,
     desc: str,
@@ -198,7 +190,7 @@ def _make_chunks(
     todo_images = sum(stop - start for start, stop in bounds.values())
     print(
         f"{desc}: {len(todo)} of my {len(chunks)} chunks to make ({todo_images} images) on "
-        f"{device}, {'bf16' if amp_dtype else 'fp32'}, {sampling}",
+        f"{device}, {'bf16' if dtype else 'fp32'}, {sampling}",
         flush=True,
     )
     with tqdm(
@@ -214,7 +206,7 @@ def _make_chunks(
                 sampling=sampling,
                 generator=chunk_generator(seed, i, device),
                 device=device,
-                amp_dtype=amp_dtype,
+                dtype=dtype,
                 compile=compile,
             )
             seconds = np.float64(time.perf_counter() - t0)  # .cpu() above synchronised
@@ -276,13 +268,13 @@ def sample(
 
         check_extractor_available(s.check_extractor, s.extractor_weights)
     rank, world_size, dev = _placement(rank, world_size, s.device)
-    amp_dtype, out, started = autocast_dtype(s.dtype, dev), Path(out), time.perf_counter()
+    dtype, out, started = autocast_dtype(s.dtype, dev), Path(out), time.perf_counter()
     model, model_desc = load_generator(checkpoint)
     sampling, preset = resolve_sampling(model_desc["model_size"], s.preset, overrides)
     num_classes = _classes_of(model, s.num_classes)
     labels = class_labels(num_classes, s.num_per_class, seed=s.seed)
     plan = sampling_plan(
-        checkpoint, tokenizer, s, num_classes=num_classes, sampling=sampling, amp_dtype=amp_dtype
+        checkpoint, tokenizer, s, num_classes=num_classes, sampling=sampling, dtype=dtype
     )
     _kept_outputs(out, s.grid_path, plan, rank)
     if (info := completed_samples(out, plan)) is not None:
@@ -299,7 +291,7 @@ def sample(
         seed=s.seed,
         sampling=sampling,
         device=dev,
-        amp_dtype=amp_dtype,
+        dtype=dtype,
         compile=s.compile,
         progress=progress,
         desc=f"sample[{rank}/{world_size}]",

@@ -281,7 +281,8 @@ class SampleSettings(_Loadable, source="sample settings"):
     device: str = option("auto", "'cpu', 'cuda', 'cuda:1', or 'auto'")
     dtype: str = option(
         "fp32",
-        "autocast dtype of the transformer (decoding stays fp32); auto = bf16 on GPU",
+        "the transformer's weights and KV cache (bf16: the decode engine's bf16 copy of the "
+        "weights, no autocast); decoding stays fp32; auto = bf16 on GPU",
         choices=("fp32", "bf16", "auto"),
     )
     compile: bool = option(False, "torch.compile the decode step (GPU)")

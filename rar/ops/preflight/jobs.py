@@ -75,7 +75,7 @@ def _time_limit_stopper(
         if spec["interrupt"] == "inline":
             marker.write_text(json.dumps({"signal_at": seen}))
             return True
-        if rank != 0:  # the other ranks stop with rank 0 (the loop all-reduces it)
+        if rank != 0:  # the others stop with rank 0, a step later (rar.runtime.AnyRank)
             return False
         marker.write_text(json.dumps({"signal_at": seen}))
         os.kill(os.getpid(), _usr_signal())  # what SLURM sends signal_delay_s before the limit
@@ -254,7 +254,7 @@ def time_sampling(
 
     from rar.model.checkpoint import load_generator
     from rar.model.generate import generate
-    from rar.model.tokenizer import load_tokenizer
+    from rar.model.tokenizer import decode_to_uint8, load_tokenizer
     from rar.ops.bench import machine_description, seconds_per_call
     from rar.runtime import DistEnv, autocast_dtype, resolve_device
     from rar.settings.stages import SamplingConfig
@@ -269,8 +269,8 @@ def time_sampling(
     settings = SamplingConfig(**sampling)
 
     def batch() -> None:
-        ids = generate(model, batch_labels, settings, generator=gen, amp_dtype=amp)
-        tok.decode(ids)
+        ids = generate(model, batch_labels, settings, generator=gen, dtype=amp)
+        decode_to_uint8(tok, ids)
 
     seconds = seconds_per_call(batch, steps, dev).mean_s  # after a warm-up, synchronised
     return {
