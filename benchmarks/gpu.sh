@@ -24,8 +24,8 @@
 # Settings (environment; the defaults are the GPU run's, and a CPU dry run of this script uses
 # tiny ones): RAR_BENCH_MODELS ("rar_b rar_l"), RAR_BENCH_BATCH (128), RAR_BENCH_STEPS (3),
 # RAR_BENCH_TRAIN (1: run the training rows), RAR_BENCH_TRAIN_MODEL (rar_l),
-# RAR_BENCH_TRAIN_BATCH (32), RAR_BENCH_DEVICE (cuda), RAR_BENCH_COMPILE (1),
-# RAR_BENCH_DECODER (auto), RAR_BENCH_TIMEOUT_S (180 per command), RAR (the rar command;
+# RAR_BENCH_TRAIN_BATCH (32; a list, "16 32 64", times each micro-batch and names the
+# fastest), RAR_BENCH_DEVICE (cuda), RAR_BENCH_COMPILE (1), RAR_BENCH_DECODER (auto), RAR_BENCH_TIMEOUT_S (180 per command), RAR (the rar command;
 # default .venv/bin/rar, else rar on the PATH), RAR_BENCH_BASELINE_DIR (a folder holding the
 # baseline's `rar/` package; default benchmarks/baseline when it has one, else exported from
 # git; a machine that gets the working tree without .git needs it made beforehand:
@@ -146,7 +146,8 @@ train_variants=()
 [ "$TRAIN" = 1 ] && [ "$COMPILE" = 1 ] && train_variants+=("--compile")
 for variant in "${train_variants[@]}"; do
     # shellcheck disable=SC2086
-    run "$RAR" bench-train --model "$TRAIN_MODEL" --batch-size "$TRAIN_BATCH" --steps "$STEPS" \
+    # $TRAIN_BATCH may list micro-batches ("16 32 64"): each is timed, the fastest named
+    run "$RAR" bench-train --model "$TRAIN_MODEL" --batch-size $TRAIN_BATCH --steps "$STEPS" \
         --device "$DEVICE" --dtype bf16 $variant --csv "$work/train.csv"
 done
 

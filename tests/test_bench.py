@@ -194,3 +194,24 @@ def test_bench_train_prints_mfu_with_its_peak_and_source(monkeypatch, capsys):
 
 def _on_a_gpu(mfu_line):
     return lambda result, peak, device: mfu_line(result, peak, torch.device("cuda"))
+
+
+def test_bench_micro_batches_names_the_fastest_that_fits(monkeypatch, capsys):
+    """Each micro-batch is timed, smallest first, until one runs out of memory (the larger
+    are not tried); the fastest that fits is named as a study's `micro_batch`."""
+    timed = []
+
+    def fake(*, batch_size, **kwargs):
+        timed.append(batch_size)
+        if batch_size >= 64:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"batch_size": batch_size, "images_per_s": {8: 10.0, 16: 30.0, 32: 20.0}[batch_size]}
+
+    monkeypatch.setattr(rar.ops.bench, "bench_train", fake)
+    results = rar.ops.bench.bench_micro_batches([128, 16, 8, 64, 32], model="rar_l")
+    assert timed == [8, 16, 32, 64]
+    assert results[-1] == {"batch_size": 64, "out_of_memory": True}
+    out = capsys.readouterr().out
+    assert "micro-batch 64: out of device memory; larger ones not tried" in out
+    assert "fastest micro-batch that fits: 16 (30.0 images/s per device; of 8, 16, 32, 64)" in out
+    assert "train: {micro_batch: 16}" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -76,7 +77,15 @@ def test_bench_train_prints_throughput(capsys):
     args = ["bench-train", "--model", "rar_tiny", "--batch-size", "2", "--steps", "1"]
     assert main([*args, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "tokens/s" in out and "fp32" in out
+    assert "tokens/s" in out and "fp32" in out and "fastest" not in out
+
+
+def test_bench_train_times_several_micro_batches_into_one_csv(tmp_path, capsys):
+    csv_path = tmp_path / "train.csv"
+    args = ["bench-train", "--model", "rar_tiny", "--batch-size", "4", "2", "--steps", "1"]
+    assert main([*args, "--device", "cpu", "--csv", str(csv_path)]) == 0
+    assert "fastest micro-batch that fits: " in capsys.readouterr().out
+    assert [r["batch_size"] for r in csv.DictReader(csv_path.open())] == ["2", "4"]
 
 
 def test_profile_install_links_once_and_leaves_others_alone(tmp_path, capsys):

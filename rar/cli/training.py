@@ -121,15 +121,25 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
         description=(
             "Time optimizer steps of the training recipe (random permutations, AdamW, "
             "gradient clipping, bf16 autocast on GPU) on random tokens, and print tokens/s, "
-            "images/s and, on a GPU, model FLOPs utilisation, with the machine and settings.\n\n"
-            "example: rar bench-train --model rar_tiny --batch-size 64 --steps 5"
+            "images/s and, on a GPU, model FLOPs utilisation, with the machine and settings. "
+            "Several --batch-size values time each micro-batch, smallest first until one runs "
+            "out of memory, and name the fastest that fits (a study's `train: {micro_batch}`)."
+            "\n\n"
+            "example: rar bench-train --model rar_tiny --batch-size 64 --steps 5\n"
+            "example: rar bench-train --model rar_l --batch-size 16 32 64 128 --compile"
         ),
         formatter_class=Formatter,
     )
     p.add_argument(
         "--model", default="rar_tiny", help="named model size (see rar.model.transformer)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="samples per optimizer step on the device (the micro-batch); several: each",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     p.add_argument(
         "--dtype",
@@ -144,11 +154,11 @@ def add_bench_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
-    from rar.ops.bench import bench_train
+    from rar.ops.bench import bench_micro_batches
 
-    bench_train(
+    bench_micro_batches(
+        args.batch_size,
         model=args.model,
-        batch_size=args.batch_size,
         steps=args.steps,
         dtype=args.dtype,
         device=args.device,

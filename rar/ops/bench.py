@@ -239,6 +239,37 @@ def bench_train(
     return result
 
 
+def bench_micro_batches(batch_sizes: list[int], **kwargs) -> list[dict]:
+    """`bench_train` at each of `batch_sizes` (the per-GPU micro-batch), smallest first, until
+    one runs out of device memory (the larger are not tried); prints which fits fastest, the
+    `micro_batch` to give a study's `train:` before it trains (gradient accumulation keeps the
+    global batch; the micro-batches key the random draws, so it is part of a run's id).
+    Returns each size's result; a size that ran out of memory has {"batch_size",
+    "out_of_memory": True}. kwargs: `bench_train`'s other arguments."""
+    results = []
+    for size in sorted(set(batch_sizes)):
+        try:
+            results.append(bench_train(batch_size=size, **kwargs))
+        except torch.OutOfMemoryError:
+            results.append({"batch_size": size, "out_of_memory": True})
+            print(f"  micro-batch {size}: out of device memory; larger ones not tried", flush=True)
+            break
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next size starts from an empty cache
+    fitting = [r for r in results if not r.get("out_of_memory")]
+    if len(results) > 1 and fitting:
+        best = max(fitting, key=lambda r: r["images_per_s"])
+        print(
+            f"fastest micro-batch that fits: {best['batch_size']} "
+            f"({best['images_per_s']} images/s per device; of "
+            f"{', '.join(str(r['batch_size']) for r in results)}); for a study, set before it "
+            f"trains (part of a run's id): train: {{micro_batch: {best['batch_size']}}}",
+            flush=True,
+        )
+    return results
+
+
 def _decoder(decoder: str, model: str, device: torch.device):
     """(decoder name, its decode function or None): "auto" decodes with MaskGIT-VQGAN (random
     weights: the time, not the images) for the ImageNet sizes, and not at all otherwise; as
