@@ -664,7 +664,7 @@ def test_the_papers_imagenet512_chunks_fit_an_80gb_gpu_and_docs_give_the_largest
         if line.startswith("| RAR-")
     }
     for p in _imagenet512_plans(rows):
-        fits = largest_chunk(p.model, p.num_tokens, H100_80GB, weight_bytes=p.weight_bytes)
+        fits = largest_chunk(p.model, p.num_tokens, H100_80GB, weight_bytes=p.weight_bytes("fp32"))
         assert docs[p.model] == fits, p.model
 
 
@@ -687,6 +687,10 @@ def test_a_chunk_too_large_for_the_gpu_names_its_table_row_need_and_the_largest_
     assert "c.yaml: set `sampling: {chunk_size: 66}`" in xxl.fix and "tables.imagenet512" in xxl.fix
     bf16 = memory_checks(plans, H100_80GB, "H100", dtype="bf16", config_file="c.yaml")
     assert [c.ok for c in bf16] == [False, False]  # RAR-L's 250 fit with a bf16 cache
+    # bf16 sampling holds the fp32 weights and the decode engine's bf16 copy
+    xxl = plans[-1]
+    assert xxl.weight_bytes("bf16") == xxl.params * 6 == xxl.weight_bytes("fp32") * 3 // 2
+    assert f"weights {xxl.params * 6 / 2**30:.1f} GiB" in bf16[-1].measured
 
 
 def test_the_memory_check_is_skipped_without_a_gpu():

@@ -23,10 +23,10 @@ from rar.settings.presets import (
 )
 from rar.settings.stages import SampleSettings
 
-# Bytes a KV-cache value takes in each `rar sample --dtype` (auto is bf16 on a GPU); the
-# weights stay fp32 in each (bf16 is autocast).
+# Bytes a KV-cache value and a weight take in each `rar sample --dtype` (auto is bf16 on a
+# GPU): bf16 keeps the fp32 weights beside the decode engine's bf16 copy.
 VALUE_BYTES = {"fp32": 4, "bf16": 2, "auto": 2}
-WEIGHT_BYTES = 4
+WEIGHT_BYTES = {"fp32": 4, "bf16": 4 + 2, "auto": 4 + 2}
 GIB = 2**30
 DECODE = DECODE_PIXELS * DECODE_BYTES_PER_PIXEL  # a decoding slice's activations
 
@@ -40,11 +40,15 @@ class ChunkPlan:
     model: str
     num_tokens: int
     chunk_size: int
-    weight_bytes: int  # the generator's parameters, fp32
+    params: int  # the generator's parameters
+
+    def weight_bytes(self, dtype: str) -> int:
+        """What the generator's weights hold when sampling in `dtype` (`WEIGHT_BYTES`)."""
+        return self.params * WEIGHT_BYTES[dtype]
 
 
-def _weight_bytes(cfg, counted: dict) -> int:
-    """The generator's parameters (built on the meta device: no memory), fp32; built once per
+def _params(cfg, counted: dict) -> int:
+    """The generator's parameters (built on the meta device: no memory); built once per
     shape, not per run (a study's runs share a few)."""
     key = (cfg.model, cfg.architecture, cfg.codebook_size, cfg.num_classes, cfg.num_tokens)
     if key not in counted:
@@ -55,7 +59,7 @@ def _weight_bytes(cfg, counted: dict) -> int:
 
         with torch.device("meta"):
             counted[key] = num_parameters(model_from_config(cfg))
-    return counted[key] * WEIGHT_BYTES
+    return counted[key]
 
 
 def chunk_plans(study) -> list[ChunkPlan]:
@@ -71,8 +75,8 @@ def chunk_plans(study) -> list[ChunkPlan]:
                 continue
             cfg = study.runs[ev.run].config
             chunk = chunk_size_of(study.config, ev.metrics)
-            weights = _weight_bytes(cfg, counted)
-            plan = ChunkPlan(table, row.label, cfg.model, cfg.num_tokens, chunk, weights)
+            params = _params(cfg, counted)
+            plan = ChunkPlan(table, row.label, cfg.model, cfg.num_tokens, chunk, params)
             plans.setdefault((table, row.label), plan)
     return list(plans.values())
 
@@ -95,12 +99,9 @@ def memory_checks(
     )
     checks, worst = [], None
     for p in plans:
+        weights = p.weight_bytes(dtype)
         need = chunk_memory_bytes(
-            p.model,
-            p.num_tokens,
-            p.chunk_size,
-            weight_bytes=p.weight_bytes,
-            value_bytes=value_bytes,
+            p.model, p.num_tokens, p.chunk_size, weight_bytes=weights, value_bytes=value_bytes
         )
         if worst is None or need > worst[0]:
             worst = (need, p)
@@ -110,7 +111,7 @@ def memory_checks(
             p.model,
             p.num_tokens,
             device_bytes,
-            weight_bytes=p.weight_bytes,
+            weight_bytes=weights,
             value_bytes=value_bytes,
         )
         cache = p.chunk_size * kv_cache_bytes(p.model, p.num_tokens, value_bytes=value_bytes)
@@ -120,7 +121,7 @@ def memory_checks(
                 False,
                 f"chunk_size {p.chunk_size} of {p.model} at {p.num_tokens:,} tokens, {dtype}: "
                 f"needs {need / GIB:.1f} GiB (KV cache {cache / GIB:.1f} GiB + weights "
-                f"{p.weight_bytes / GIB:.1f} GiB + decoding {DECODE / GIB:.1f} GiB) of "
+                f"{weights / GIB:.1f} GiB + decoding {DECODE / GIB:.1f} GiB) of "
                 f"{room}; the largest chunk that fits is {fits}",
                 f"{config_file}: set `sampling: {{chunk_size: {fits}}}` (or less) in "
                 f"tables.{p.table}'s base or this row, before its sample sets start (the chunk "
