@@ -447,7 +447,7 @@ def test_decode_loop_makes_no_host_sync(arch_model, no_host_sync):
             )
 
 
-def test_compiled_step_compiles_once_per_shape_and_generates_what_eager_does(model):
+def test_compiled_step_compiles_three_graphs_and_generates_what_eager_does(model):
     """The decode step compiled (backend aot_eager, fullgraph) for an engine whose steps
     attend to SLOT_SHAPES lengths: three times whatever their number, two whole guided
     generations recompile nothing after that, and draw what eager decoding on
