@@ -270,8 +270,8 @@ def _run_blocks(
     slots (`attended_slots`). x, c: (R, T, D) -> logits (R, T, codebook)."""
     mask = engine.mask.index_select(0, input_pos)[:, :slots]  # (T, slots)
     for block, cache in zip(model.blocks, engine.caches, strict=True):
-        kv = (cache.k[:, :, :slots], cache.v[:, :, :slots])  # views: writes reach the cache
-        x = block(x, c, mask=mask, kv_cache=kv, input_pos=input_pos)
+        kv = (cache.k, cache.v)  # written in place whole, read to `slots`
+        x = block(x, c, mask=mask, kv_cache=kv, input_pos=input_pos, slots=slots)
     return model.head(x, c)
 
 

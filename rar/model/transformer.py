@@ -142,12 +142,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
         input_pos: torch.Tensor | None = None,
+        slots: int | None = None,
     ) -> torch.Tensor:
         """x: (B, T, D). Without a cache: causal attention over x.
 
         With `kv_cache` = (k, v), each (B, H, L, head_dim), the new keys and values are written
-        at sequence positions `input_pos` (T,) and the queries attend over the whole cache under
-        `mask` (T, L), bool, True = may attend. Static shapes, so the decode step compiles once.
+        at sequence positions `input_pos` (T,) into the cache itself (in place, as a compiled
+        step keeps it), and the queries attend over its first `slots` slots (None: all L)
+        under `mask` (T, slots), additive or bool (True = may attend).
         """
         B, T, D = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
@@ -157,7 +159,7 @@ class Attention(nn.Module):
             k_cache, v_cache = kv_cache
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-            k, v = k_cache, v_cache
+            k, v = k_cache[:, :, :slots], v_cache[:, :, :slots]
         x = F.scaled_dot_product_attention(
             q,
             k,
