@@ -4,7 +4,8 @@
 #     MaskGIT-VQGAN decoding included, through the decode engine (rar.model.generate.DecodeEngine):
 #     fp32 (the paper's Table 5 setting: 17.0 and 15.0 images/s on one A100) and real bf16
 #     (bf16 weights and KV cache, no autocast), each eager and with the decode step compiled
-#     once (torch.compile "reduce-overhead": CUDA graphs);
+#     (torch.compile "reduce-overhead": CUDA graphs), each with a profile of its decode step
+#     (kernels, host and device time a step: `rar bench-sample --profile`);
 #   - beside them, the baseline: the same fp32 eager benchmark run by the code before the
 #     engine (the parent of the commit that added `class DecodeEngine` to rar/model/generate.py),
 #     the `code` column saying which; `speedup_vs_baseline` divides by its images/s;
@@ -113,6 +114,9 @@ for r in rows:
     unit = "step" if r["bench"] == "train" else "batch"
     first = r.get(f"first_{unit}_s")  # the warm-up, compilation included (not the baseline's)
     extra += f", first {unit} {first} s" if first else ""
+    if r.get("kernels_per_step"):  # --profile: one decode step
+        extra += (f"; a step: {r['kernels_per_step']} kernels, host {r['host_ms_per_step']} ms,"
+                  f" device {r['device_ms_per_step']} ms, wall {r['wall_ms_per_step']} ms")
     print(f"  {what} {float(r['images_per_s']):10.2f} images/s{extra}")
 PY
 }
@@ -140,7 +144,7 @@ for model in $MODELS; do
     fi
     for variant in "${variants[@]}"; do
         # shellcheck disable=SC2086  # $variant is "DTYPE [--compile]"
-        run "$RAR" "${common[@]}" --dtype $variant --csv "$work/sample.csv"
+        run "$RAR" "${common[@]}" --dtype $variant --profile --csv "$work/sample.csv"
     done
 done
 train_variants=()

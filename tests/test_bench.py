@@ -215,3 +215,25 @@ def test_bench_micro_batches_names_the_fastest_that_fits(monkeypatch, capsys):
     assert "micro-batch 64: out of device memory; larger ones not tried" in out
     assert "fastest micro-batch that fits: 16 (30.0 images/s per device; of 8, 16, 32, 64)" in out
     assert "train: {micro_batch: 16}" in out
+
+
+def test_bench_sample_profiles_a_decode_step(tmp_path, capsys):
+    """--profile: one more generation under torch.profiler, per decode step: the ops the host
+    dispatches and their time, the ops that take the most (kernels and device time on a GPU)."""
+    path = tmp_path / "bench.csv"
+    result = bench_sample(
+        model="rar_tiny", batch_size=2, steps=1, device="cpu", profile=True, csv_path=path
+    )
+    assert result["ops_per_step"] > 10 and result["host_ms_per_step"] > 0
+    assert result["wall_ms_per_step"] >= result["host_ms_per_step"]
+    assert result["kernels_per_step"] == result["device_ms_per_step"] == ""  # no device
+    assert result["top_ops"].count("aten::") == 3
+    assert "profile of one generation (255 decode steps), per step: " in capsys.readouterr().out
+    [row] = csv.DictReader(path.open())
+    assert row["top_ops"] == result["top_ops"]
+
+
+@pytest.mark.gpu
+def test_bench_sample_profiles_kernels_and_device_time_on_a_gpu():
+    result = bench_sample(model="rar_tiny", batch_size=2, steps=1, device="cuda", profile=True)
+    assert result["kernels_per_step"] > 10 and result["device_ms_per_step"] > 0

@@ -336,8 +336,8 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
         choices=["fp32", "tf32", "bf16"],
         default="fp32",
         help="fp32; tf32 (fp32 with TF32 matrix products: the official sampler's); bf16 (the "
-        "generator on a bf16 copy of its weights with a bf16 KV cache, no autocast; the "
-        "tokenizer decodes under autocast)",
+        "generator on a bf16 copy of its weights with a bf16 KV cache, no autocast); the "
+        "tokenizer decodes in fp32, as in rar sample",
     )
     p.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     add_sampling_flags(p, ["guidance_scale"])
@@ -354,6 +354,12 @@ def add_bench_sample(sub: argparse._SubParsersAction) -> None:
         help='torch.compile the decode step ("reduce-overhead": CUDA graphs on a GPU)',
     )
     p.add_argument("--csv", default=None, help="append the result as a row to this CSV file")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one more generation (torch.profiler): per decode step, the kernels "
+        "launched, host and device time, and the ops that take the most time",
+    )
     p.add_argument(
         "--hidden-size",
         type=int,
@@ -390,6 +396,7 @@ def _run_bench_sample(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         compile=args.compile,
         csv_path=str(csv_path) if csv_path else None,
+        profile=args.profile,
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
     )

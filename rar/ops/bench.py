@@ -313,6 +313,7 @@ def bench_sample(
     decoder: str = "auto",
     compile: bool = False,
     csv_path: str | Path | None = None,
+    profile: bool = False,
     hidden_size: int | None = None,
     num_layers: int | None = None,
 ) -> dict:
@@ -324,21 +325,21 @@ def bench_sample(
     sampling: SamplingConfig fields overriding the model size's preset (`resolve_sampling`;
     the fallback's for a size without one), e.g. {"guidance_scale": 2.0}.
     hidden_size, num_layers: override the named size's width (the MLP kept at 4x the width,
-    as in every named size) and depth, for sizes between the named ones."""
+    as in every named size) and depth, for sizes between the named ones.
+    profile: profile one more generation, decoding left out (`decode_step_profile`)."""
     dev = resolve_device(device)
     if dtype not in SAMPLE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(SAMPLE_DTYPES)}, got {dtype!r}")
     net = _bench_model(model, dev, hidden_size=hidden_size, num_layers=num_layers)
     settings, _ = resolve_sampling(model, overrides=sampling or {})
-    scale = settings.guidance_scale
     amp = autocast_dtype("fp32" if dtype == "tf32" else dtype, dev)
     decoder, decode = _decoder(decoder, model, dev)
 
     labels = torch.arange(batch_size, device=dev) % net.config.num_classes
     generator = torch.Generator(dev).manual_seed(0)
 
-    def one_batch() -> None:
-        ids = generate(
+    def one_generation() -> torch.Tensor:
+        return generate(
             net,
             labels,
             settings,
@@ -346,11 +347,17 @@ def bench_sample(
             dtype=amp,  # real bf16: the engine's bf16 copy of the weights, not autocast
             compile=compile,
         )
+
+    def one_batch() -> None:
+        ids = one_generation()
         if decode is not None:
             decode(ids)
 
+    profiled = {}
     with tf32(dev) if dtype == "tf32" else contextlib.nullcontext():
         seconds, first_s = seconds_per_call(one_batch, steps, dev)
+        if profile:
+            profiled = decode_step_profile(one_generation, net.config.num_tokens - 1, dev)
     result = {
         "model": model,
         "hidden_size": net.config.hidden_size,
@@ -359,7 +366,7 @@ def bench_sample(
         "batch_size": batch_size,
         "dtype": dtype,
         "decoder": decoder,
-        "guidance_scale": scale,
+        "guidance_scale": settings.guidance_scale,
         "compile": compile,
         "device": str(dev),
         "machine": machine_description(dev),
@@ -367,16 +374,77 @@ def bench_sample(
         "first_batch_s": round(first_s, 2),
         "images_per_s": round(batch_size / seconds, 2),
         "tokens_per_s": round(batch_size * net.config.num_tokens / seconds, 1),
+        **profiled,
     }
-    print(
-        f"{model} (width {net.config.hidden_size}, depth {net.config.num_layers}, "
-        f"{result['params'] / 1e6:.1f}M params), batch {batch_size}, {result['dtype']}, "
-        f"guidance {scale}, decoder {decoder}, compile {compile} on {result['machine']}:\n"
-        f"  {result['images_per_s']} images/s, {result['tokens_per_s']} tokens/s "
-        f"({seconds:.3f} s per batch, the mean of {steps} batches after a warm-up batch of "
-        f"{first_s:.1f} s{', compilation included' if compile else ''})",
-        flush=True,
-    )
+    print(sample_lines(result, steps, decode_steps=net.config.num_tokens - 1), flush=True)
     if csv_path is not None:
         _append_csv(csv_path, result)
     return result
+
+
+def sample_lines(r: dict, steps: int, *, decode_steps: int) -> str:
+    """What `bench_sample` prints of its result `r`: the model and settings, the throughput
+    and, when profiled, the decode step (`profile_line`)."""
+    lines = [
+        f"{r['model']} (width {r['hidden_size']}, depth {r['num_layers']}, "
+        f"{r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, {r['dtype']}, guidance "
+        f"{r['guidance_scale']}, decoder {r['decoder']}, compile {r['compile']} on "
+        f"{r['machine']}:",
+        f"  {r['images_per_s']} images/s, {r['tokens_per_s']} tokens/s "
+        f"({r['seconds_per_batch']:.3f} s per batch, the mean of {steps} batches after a "
+        f"warm-up batch of {r['first_batch_s']:.1f} s"
+        f"{', compilation included' if r['compile'] else ''})",
+    ]
+    if "ops_per_step" in r:
+        lines.append(f"  {profile_line(r, decode_steps)}")
+    return "\n".join(lines)
+
+
+def decode_step_profile(generation, steps: int, device: torch.device) -> dict:
+    """Profile one call of `generation` (a prefill and `steps` decode steps) with
+    torch.profiler; per decode step (the prefill counted in): `kernels_per_step` (device
+    kernels; "" on a CPU), `ops_per_step` (aten ops dispatched, nested ones included: the
+    host's work), `wall_ms_per_step` (the call, device synchronised), `host_ms_per_step` (the
+    ops' own host time), `device_ms_per_step` (the kernels' time; "" on a CPU) and `top_ops`,
+    the three ops with the most time on the device (the host on a CPU) and their shares."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        generation()
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    on_device = sum(e.self_device_time_total for e in kernels)  # microseconds
+    on_host = sum(e.self_cpu_time_total for e in host)
+    if cuda:
+        ranked, total = [(e.key, e.self_device_time_total) for e in kernels], on_device
+    else:
+        ranked, total = [(e.key, e.self_cpu_time_total) for e in host], on_host
+    top = sorted(ranked, key=lambda kv: -kv[1])[:3]
+    return {
+        "kernels_per_step": round(sum(e.count for e in kernels) / steps, 1) if cuda else "",
+        "ops_per_step": round(sum(e.count for e in host) / steps, 1),
+        "wall_ms_per_step": round(wall * 1e3 / steps, 3),
+        "host_ms_per_step": round(on_host / 1e3 / steps, 3),
+        "device_ms_per_step": round(on_device / 1e3 / steps, 3) if cuda else "",
+        "top_ops": "; ".join(f"{name} {t / max(total, 1e-9):.0%}" for name, t in top),
+    }
+
+
+def profile_line(p: dict, steps: int) -> str:
+    """`decode_step_profile`'s figures in one line."""
+    kernels = f"{p['kernels_per_step']} kernels, " if p["kernels_per_step"] != "" else ""
+    device = f", device {p['device_ms_per_step']} ms" if p["device_ms_per_step"] != "" else ""
+    return (
+        f"profile of one generation ({steps} decode steps), per step: {kernels}"
+        f"{p['ops_per_step']} ops; wall {p['wall_ms_per_step']} ms, host ops "
+        f"{p['host_ms_per_step']} ms{device}; the most {'device' if device else 'host'} "
+        f"time: {p['top_ops']}"
+    )
