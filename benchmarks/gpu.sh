@@ -4,8 +4,8 @@
 #     MaskGIT-VQGAN decoding included, through the decode engine (rar.model.generate.DecodeEngine):
 #     fp32 (the paper's Table 5 setting: 17.0 and 15.0 images/s on one A100) and real bf16
 #     (bf16 weights and KV cache, no autocast), each eager and with the decode step compiled
-#     (torch.compile "reduce-overhead": CUDA graphs), each with a profile of its decode step
-#     (kernels, host and device time a step: `rar bench-sample --profile`);
+#     (torch.compile "reduce-overhead": CUDA graphs), the first model's each with a profile of
+#     its decode step (kernels, host and device time a step: `rar bench-sample --profile`);
 #   - beside them, the baseline: the same fp32 eager benchmark run by the code before the
 #     engine (the parent of the commit that added `class DecodeEngine` to rar/model/generate.py),
 #     the `code` column saying which; `speedup_vs_baseline` divides by its images/s;
@@ -135,6 +135,7 @@ run() {  # run one benchmark command within the time limit; a failure is noted, 
 # holds three compilations of the decode step (rar.model.generate.DecodeEngine.compile_step).
 variants=("fp32" "bf16")
 [ "$COMPILE" = 1 ] && variants=("fp32" "bf16" "fp32 --compile" "bf16 --compile")
+profile=--profile  # the first model's rows only: a profile adds a generation to a row
 for model in $MODELS; do
     common=(bench-sample --model "$model" --batch-size "$BATCH" --steps "$STEPS"
         --device "$DEVICE" --decoder "$DECODER")
@@ -144,8 +145,9 @@ for model in $MODELS; do
     fi
     for variant in "${variants[@]}"; do
         # shellcheck disable=SC2086  # $variant is "DTYPE [--compile]"
-        run "$RAR" "${common[@]}" --dtype $variant --profile --csv "$work/sample.csv"
+        run "$RAR" "${common[@]}" --dtype $variant $profile --csv "$work/sample.csv"
     done
+    profile=
 done
 train_variants=()
 [ "$TRAIN" = 1 ] && train_variants=("")
