@@ -693,6 +693,26 @@ def test_a_chunk_too_large_for_the_gpu_names_its_table_row_need_and_the_largest_
     assert f"weights {xxl.params * 6 / 2**30:.1f} GiB" in bf16[-1].measured
 
 
+def test_the_memory_check_runs_on_the_gpu_of_the_sample_job(tmp_path, capsys, monkeypatch):
+    """`rar preflight` runs on a submit host without a GPU: the sampling memory check uses
+    the GPU the rehearsal's sample job ran on (here the debug launcher's job, in this process,
+    told it ran on an 80 GB H100)."""
+    import rar.ops.preflight.jobs as jobs
+
+    real = jobs.time_sampling
+
+    def on_an_h100(*args, **kwargs):
+        return {**real(*args, **kwargs), "device_name": "H100", "device_memory": H100_80GB}
+
+    monkeypatch.setattr(jobs, "time_sampling", on_an_h100)
+    config = write(tmp_path / "pf.yaml", toy_study())
+    out = tmp_path / "preflight"
+    argv = preflight_args(config, "debug", launcher_dir(tmp_path, "debug"), out)
+    assert main([*argv, "--device", "cpu", *SCALE]) == 0, capsys.readouterr().out
+    memory = checks_of(out)["sampling memory"]
+    assert memory["status"] == "PASS" and "H100)" in memory["measured"]
+
+
 def test_the_memory_check_is_skipped_without_a_gpu():
     from rar.ops.preflight import check_sampling_memory
 

@@ -273,10 +273,15 @@ def time_sampling(
         decode_to_uint8(tok, ids)
 
     seconds = seconds_per_call(batch, steps, dev).mean_s  # after a warm-up, synchronised
+    gpu = {}
+    if dev.type == "cuda":  # for the sampling memory check, which the submit host cannot do
+        props = torch.cuda.get_device_properties(dev)
+        gpu = {"device_name": props.name, "device_memory": props.total_memory}
     return {
         "images_per_s_per_gpu": round(len(labels) / seconds, 3),
         "batch_size": len(labels),
         "dtype": "bf16" if amp is not None else "fp32",
         "device": dev.type,
         "machine": machine_description(dev),
+        **gpu,
     }

@@ -3,8 +3,9 @@ GPU? `rar sample` draws a chunk as one batch, so a chunk holds the weights, a KV
 image and a decoding slice (`rar.settings.presets.chunk_memory_bytes`); at ImageNet-512's
 1,024 tokens a study-wide chunk of 250 does not fit an 80 GB GPU (docs/gpu.md). The
 arithmetic takes the device's memory as an argument, so that it is tested without a GPU;
-`check_sampling_memory` reads it from the GPU the preflight runs on and skips where there is
-none.
+`check_sampling_memory` takes it from the GPU the preflight's sample job ran on (the submit
+host that runs `rar preflight` has none), else from a GPU of its own, and skips without
+either.
 """
 
 from __future__ import annotations
@@ -142,26 +143,31 @@ def memory_checks(
     return checks
 
 
-def check_sampling_memory(study, *, device: str, config_file: str) -> list[Check]:
-    """`memory_checks` of the study's rows on the GPU `device` resolves to, at `rar sample`'s
-    default precision; a SKIP on a CPU or without a GPU."""
+def check_sampling_memory(
+    study, *, device: str, config_file: str, gpu: tuple[int, str] | None = None
+) -> list[Check]:
+    """`memory_checks` of the study's rows at `rar sample`'s default precision, on `gpu`
+    ((memory, name): the GPU a preflight sample job ran on, as a submit host has none) or else
+    the GPU `device` resolves to here; a SKIP when there is neither."""
     import torch
 
     from rar.runtime import resolve_device
 
-    dev = resolve_device(device)
-    if dev.type != "cuda":
-        return [
-            Check(
-                "sampling memory",
-                None,
-                f"skipped: no GPU here (device {dev}); run rar preflight on a GPU node to "
-                "check that every sample set's chunk fits its memory",
-            )
-        ]
-    props = torch.cuda.get_device_properties(dev)
-    dtype = SampleSettings().dtype
-    plans = chunk_plans(study)
+    if gpu is None:
+        dev = resolve_device(device)
+        if dev.type != "cuda":
+            return [
+                Check(
+                    "sampling memory",
+                    None,
+                    f"skipped: no GPU here (device {dev}) and no preflight sample job on one; "
+                    "rehearse the sample stage on the GPU nodes to check that every sample "
+                    "set's chunk fits their memory",
+                )
+            ]
+        props = torch.cuda.get_device_properties(dev)
+        gpu = (props.total_memory, props.name)
+    memory, name = gpu
     return memory_checks(
-        plans, props.total_memory, props.name, dtype=dtype, config_file=config_file
+        chunk_plans(study), memory, name, dtype=SampleSettings().dtype, config_file=config_file
     )

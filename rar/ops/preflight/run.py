@@ -66,12 +66,11 @@ def run_preflight(
     s = _Stages()
     started = time.monotonic()
     needed = _check_resources(s, study.config, config_file)
-    for check in check_sampling_memory(study, device=device, config_file=config_file):
-        s.add(check)
     launchers = _check_launchers(s, backend, launcher_dir, out, time_cap_min)
     throughput: dict[str, Any] = {"train": {}, "sample": {}}
+    sample_gpu = None
     if not checks_only:
-        Rehearsal(
+        rehearsal = Rehearsal(
             study,
             s,
             out,
@@ -81,7 +80,13 @@ def run_preflight(
             model=model,
             device=device,
             throughput=throughput,
-        ).run()
+        )
+        rehearsal.run()
+        sample_gpu = rehearsal.sample_gpu  # the sample job's GPU, for the memory check
+    for check in check_sampling_memory(
+        study, device=device, config_file=config_file, gpu=sample_gpu
+    ):
+        s.add(check)
     _check_throughput(s, out, throughput, launchers, checks_only)
     context = [
         f"config {config_file}, launcher {backend}"

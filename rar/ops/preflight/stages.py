@@ -174,6 +174,7 @@ class Rehearsal:
         }
         self.tokenizer: Path | None = None
         self.tokenizer_need = ""
+        self.sample_gpu: tuple[int, str] | None = None  # (memory, name) of the sample job's GPU
 
     def run(self) -> None:
         s = self.s
@@ -338,6 +339,8 @@ class Rehearsal:
         self.throughput["sample"][model] = {
             k: r[k] for k in ("images_per_s_per_gpu", "batch_size", "dtype", "device", "machine")
         }
+        if "device_memory" in r:  # the GPU the sample jobs run on
+            self.sample_gpu = (r["device_memory"], r["device_name"])
         return Check(
             "stage sample",
             True,
