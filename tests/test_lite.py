@@ -164,21 +164,15 @@ def test_lites_verdict_names_its_baselines(tmp_path):
 def test_lites_gpu_hours_per_epoch_are_derived_as_its_config_says():
     """RAR-B's figure: RAR-L's measured eager bf16 TFLOP/s on one H200 (206.334,
     benchmarks/h200-2026-12-04.txt) over RAR-B's training FLOPs per image as the plain ViT;
-    rar.ops.bench counts them as it counts MFU (the plain ViT has no adaLN tables)."""
-    import torch
+    counted as MFU counts them (rar.settings.presets.GeneratorShape.train_flops_per_token)."""
+    from rar.settings.presets import GeneratorShape
 
-    from rar.model.transformer import RAR, rar_config
-    from rar.ops.bench import train_flops_per_token
-
-    with torch.device("meta"):
-        net = RAR(rar_config("rar_b", architecture="plain"))
-    per_image = train_flops_per_token(net) * net.config.num_tokens
+    per_image = GeneratorShape("rar_b", "plain").train_flops_per_token * 256
     assert per_image == pytest.approx(2.771e11, rel=1e-3)
     images_per_s = 206.334e12 / per_image
     config = yaml.safe_load(LITE.read_text())
     derived = config["data"]["source_images"] / (3600 * images_per_s)
     assert config["throughput"]["gpu_hours_per_epoch"]["rar_b"] == round(derived, 3)
-    with torch.device("meta"):  # the measured model: RAR-L as benchmarked (adaLN), 286 images/s
-        measured = RAR(rar_config("rar_l"))
-    rate = 206.334e12 / (train_flops_per_token(measured) * 256)
+    # the measured model: RAR-L as benchmarked (adaLN), 286 images/s
+    rate = 206.334e12 / (GeneratorShape("rar_l").train_flops_per_token * 256)
     assert rate == pytest.approx(286.28, rel=1e-3)

@@ -117,6 +117,40 @@ def test_plain_named_sizes_parameter_counts(name):
     assert num_parameters(model) == PLAIN_PARAMS[name]
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_parameter_count_without_a_model_is_the_models(architecture):
+    """GeneratorShape.parameters (`rar plan`'s checkpoint sizes, the sampling memory check)
+    equals the built model's count: every size, the paper's shapes and other ones."""
+    from rar.settings.presets import RAR_CONFIGS, GeneratorShape
+
+    shapes = [{}, dict(codebook_size=16384), dict(num_tokens=1024), dict(num_classes=10)]
+    for name in RAR_CONFIGS:
+        for shape in shapes:
+            with torch.device("meta"):
+                model = RAR(rar_config(name, architecture=architecture, **shape))
+            counted = GeneratorShape(name, architecture, **shape).parameters
+            assert counted == num_parameters(model), (name, shape)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_mfus_flops_are_palms_count_of_the_built_model(architecture):
+    """GeneratorShape.train_flops_per_token (MFU's numerator) is PaLM's count read off the
+    built model: 6 x its parameters less the embedding, positional and timestep tables, plus
+    12 x layers x width x sequence length."""
+    from rar.settings.presets import RAR_CONFIGS, GeneratorShape
+
+    for name in RAR_CONFIGS:
+        with torch.device("meta"):
+            model = RAR(rar_config(name, architecture=architecture))
+        tables = [model.embeddings.weight, model.pos_embed, model.target_aware_pos_embed]
+        if architecture == "adaln":
+            tables.append(model.timesteps_embeddings)
+        cfg = model.config
+        palm = 6 * (num_parameters(model) - sum(t.numel() for t in tables))
+        palm += 12 * cfg.num_layers * cfg.hidden_size * (cfg.num_tokens + 1)
+        assert GeneratorShape(name, architecture).train_flops_per_token == palm, name
+
+
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
 def test_state_dict_keys_and_shapes_equal_the_release(name, official_shapes):
     with torch.device("meta"):

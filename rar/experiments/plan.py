@@ -10,7 +10,6 @@ from rar.experiments.data_sets import DATA_ROOT, read_source
 from rar.experiments.resources import missing_resources
 from rar.experiments.schedule import training_jobs, wall_clock
 from rar.experiments.study import PAPER_SAMPLES, Study, StudyError
-from rar.settings.presets import RAR_CONFIGS
 
 
 def measured_throughput(study: Study, path: str | Path | None = None) -> dict | None:
@@ -41,15 +40,9 @@ def epochs_left(study: Study) -> dict[str, float]:
 
 
 def checkpoint_gb(study: Study, rid: str) -> float:
-    """The size of one checkpoint of run `rid`, estimated from its model's shape: fp32 weights
-    and AdamW's two moments, 12 bytes a parameter (a transformer block: attention 4 h^2, MLP
-    2 h m, adaLN's modulation 6 h^2; embeddings of the codebook, classes and positions)."""
-    cfg = study.runs[rid].config
-    shape = RAR_CONFIGS[cfg.model]
-    h, m = shape["hidden_size"], shape["mlp_size"]
-    block = 4 * h * h + 2 * h * m + (6 * h * h if cfg.architecture == "adaln" else 0)
-    embeddings = (cfg.codebook_size + cfg.num_classes + cfg.num_tokens) * h * 2
-    return 12 * (shape["num_layers"] * block + embeddings) / 1e9
+    """The size of one checkpoint of run `rid`: fp32 weights and AdamW's two moments, 12 bytes
+    a parameter (`GeneratorShape.parameters`, exact)."""
+    return 12 * study.runs[rid].config.shape.parameters / 1e9
 
 
 def estimate(study: Study, measured: dict | None = None) -> dict:

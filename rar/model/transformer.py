@@ -49,12 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar.settings.presets import ARCHITECTURES, RAR_CONFIGS
+from rar.settings.presets import (
+    ARCHITECTURES,
+    POS_EMBED_SPARE,  # spare table rows, kept so that released state dicts load
+    RAR_CONFIGS,
+    TIMESTEP_SPARE,
+)
 
-# The official tables are longer than the sequence: 1024 spare positional rows and 100 spare
-# timestep rows. They are dead weight, kept so the released state dicts load with strict=True.
-POS_EMBED_SPARE = 1024
-TIMESTEP_SPARE = 100
 PREFIX = 2  # [cls_token, class token] before the image tokens
 
 

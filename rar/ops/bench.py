@@ -139,20 +139,6 @@ def device_peak(device: torch.device) -> Peak | None:
     return peak_of(torch.cuda.get_device_name(device), props.total_memory)
 
 
-def train_flops_per_token(model: RAR) -> float:
-    """Training FLOPs per token, PaLM appendix B: 6 x (non-embedding parameters) for the
-    matrix products plus 12 x layers x width x sequence length for attention."""
-    cfg = model.config
-    tables = (
-        model.embeddings.weight.numel()
-        + model.pos_embed.numel()
-        + model.target_aware_pos_embed.numel()
-        + (model.timesteps_embeddings.numel() if model.adaln else 0)  # the plain ViT has none
-    )
-    seq = cfg.num_tokens + 1
-    return 6 * (num_parameters(model) - tables) + 12 * cfg.num_layers * cfg.hidden_size * seq
-
-
 def mfu_line(result: dict, peak: Peak | None, device: torch.device) -> str:
     """The MFU line of `rar bench-train`: the utilisation, the peak it is against and where
     that peak comes from; or why there is none."""
@@ -205,7 +191,7 @@ def bench_train(
     with tf32(dev):  # training's setting (rar.training.loop), or fp32 steps are not training's
         seconds, first_s = seconds_per_call(one_step, steps, dev)
     tokens_per_s = batch_size * N / seconds
-    flops = train_flops_per_token(net) * tokens_per_s
+    flops = cfg.shape.train_flops_per_token * tokens_per_s
     peak = device_peak(dev)
     peak_tflops = None if peak is None else peak.bf16 if amp else peak.tf32
     result = {

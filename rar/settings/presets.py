@@ -20,10 +20,66 @@ RAR_CONFIGS: dict[str, dict] = {
 }
 
 
+# The official positional tables are longer than the sequence: 1024 spare positional rows and
+# 100 spare timestep rows. They are dead weight, kept so the released state dicts load with
+# strict=True (rar.model.transformer builds them).
+POS_EMBED_SPARE = 1024
+TIMESTEP_SPARE = 100
+
+
+@dataclass(frozen=True)
+class GeneratorShape:
+    """What a generator's size arithmetic needs: a named size of `RAR_CONFIGS`, the
+    architecture and the token space (`TrainConfig.shape` gives a run's). Counted without
+    building the model; tests/test_model.py holds every figure to the built model's."""
+
+    model: str
+    architecture: str = "adaln"
+    codebook_size: int = 1024
+    num_classes: int = 1000
+    num_tokens: int = 256
+
+    @property
+    def tables(self) -> int:
+        """Parameters in lookup tables, not matrix products: the embedding table (codes, a
+        mask id, the classes and the null class), the two positional tables and, with adaLN,
+        the timesteps."""
+        D, N = RAR_CONFIGS[self.model]["hidden_size"], self.num_tokens
+        rows = self.codebook_size + 1 + self.num_classes + 1 + 2 * (N + POS_EMBED_SPARE)
+        if self.architecture == "adaln":
+            rows += N + TIMESTEP_SPARE
+        return rows * D
+
+    @property
+    def parameters(self) -> int:
+        """Every parameter of `rar.model.transformer.RAR`: per block the norms, qkv and its
+        QK-norms, the projection, the MLP and with adaLN its modulation (D -> 6 D); the
+        tables, the cls token, the final norm (or adaLN's modulation, D -> 2 D), the head."""
+        c = RAR_CONFIGS[self.model]
+        D, M = c["hidden_size"], c["mlp_size"]
+        linear = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731 (weight and bias)
+        adaln = self.architecture == "adaln"
+        block = 2 * D + linear(D, 3 * D) + 2 * 2 * (D // c["num_heads"]) + linear(D, D)
+        block += 2 * D + linear(D, M) + linear(M, D) + adaln * linear(D, 6 * D)
+        final = linear(D, 2 * D) if adaln else 2 * D
+        return c["num_layers"] * block + self.tables + D + final + linear(D, self.codebook_size)
+
+    @property
+    def train_flops_per_token(self) -> float:
+        """Training FLOPs per token as MFU counts them (PaLM, appendix B): 6 x the parameters
+        outside the tables plus 12 x layers x width x sequence length (the class token and
+        the image tokens) for attention. `rar bench-train`'s MFU; `forward_flops` counts the
+        matrix products instead, for `rar plan`'s ratios."""
+        c = RAR_CONFIGS[self.model]
+        attention = 12 * c["num_layers"] * c["hidden_size"] * (self.num_tokens + 1)
+        return float(6 * (self.parameters - self.tables) + attention)
+
+
 def forward_flops(
     model: str, num_tokens: int, codebook_size: int, architecture: str = "adaln"
 ) -> float:
-    """Forward FLOPs of one image in the matrix products of size `model` (2 a multiply-add):
+    """Forward FLOPs of one image in the matrix products of size `model` (2 a multiply-add;
+    MFU's count, `GeneratorShape.train_flops_per_token`, is PaLM's; 3x this to 0.2%):
     per token and layer the projections and MLP, 2 (4 D^2 + 2 D M), attention's scores and
     values, 4 N D, and with adaLN the modulation, 2 x 6 D^2 (its condition differs per
     position); per token the head, 2 D V, after adaLN's final modulation, 2 x 2 D^2. Training

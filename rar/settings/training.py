@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from rar.files import atomic_write_text
-from rar.settings.presets import ARCHITECTURES
+from rar.settings.presets import ARCHITECTURES, GeneratorShape
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
 WANDB_MODES = ("off", "online", "offline")
@@ -139,6 +139,13 @@ class TrainConfig:
 
     def epoch_at(self, step: int) -> float:
         return step * self.global_batch / self.source_images
+
+    @property
+    def shape(self) -> GeneratorShape:
+        """The generator's shape, for its size arithmetic (parameters, training FLOPs)."""
+        return GeneratorShape(
+            self.model, self.architecture, self.codebook_size, self.num_classes, self.num_tokens
+        )
 
     # -- I/O -------------------------------------------------------------------------
 

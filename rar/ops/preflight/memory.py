@@ -48,26 +48,10 @@ class ChunkPlan:
         return self.params * WEIGHT_BYTES[dtype]
 
 
-def _params(cfg, counted: dict) -> int:
-    """The generator's parameters (built on the meta device: no memory); built once per
-    shape, not per run (a study's runs share a few)."""
-    key = (cfg.model, cfg.architecture, cfg.codebook_size, cfg.num_classes, cfg.num_tokens)
-    if key not in counted:
-        import torch
-
-        from rar.model.transformer import num_parameters
-        from rar.training.recipe import model_from_config
-
-        with torch.device("meta"):
-            counted[key] = num_parameters(model_from_config(cfg))
-    return counted[key]
-
-
 def chunk_plans(study) -> list[ChunkPlan]:
     """One ChunkPlan per table row (and CEILING row) that samples a run of the study; its
     curve evaluations and sweeps share its model, tokens and chunk size. Released checkpoints
     (`official:`) have no run config here and are not planned."""
-    counted: dict[tuple, int] = {}
     plans = {}
     for table, rows in study.tables.items():
         for row in [*rows, *study.references.get(table, [])]:
@@ -76,8 +60,9 @@ def chunk_plans(study) -> list[ChunkPlan]:
                 continue
             cfg = study.runs[ev.run].config
             chunk = chunk_size_of(study.config, ev.metrics)
-            params = _params(cfg, counted)
-            plan = ChunkPlan(table, row.label, cfg.model, cfg.num_tokens, chunk, params)
+            plan = ChunkPlan(
+                table, row.label, cfg.model, cfg.num_tokens, chunk, cfg.shape.parameters
+            )
             plans.setdefault((table, row.label), plan)
     return list(plans.values())
 
