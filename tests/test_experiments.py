@@ -633,9 +633,9 @@ def test_a_study_that_trains_its_tokenizer_has_no_other():
 def test_the_plan_charges_the_supplementary_tables_their_tokens(paper):
     """`rar plan` lists supplementary Tables 2 and 3 with their runs and GPU-hours: a size's
     rate (measured at the study's 256 tokens and 1,024 codes) scaled by the training FLOPs at
-    the run's own (`forward_flops`, adaLN as these tables train): ~4.3 x at 1,024 tokens, ~3%
-    more at 16,384 codes."""
-    from rar.settings.presets import forward_flops
+    the run's own (`GeneratorShape.forward_flops`, adaLN as these tables train): ~4.3 x at
+    1,024 tokens, ~3% more at 16,384 codes."""
+    from rar.settings.presets import GeneratorShape
 
     study = load_study(paper)
     rates = paper["throughput"]["gpu_hours_per_epoch"]
@@ -647,7 +647,8 @@ def test_the_plan_charges_the_supplementary_tables_their_tokens(paper):
     assert archs == {"adaln"}
 
     def hours(model: str, epochs: float, tokens: int, codebook: int) -> float:
-        ratio = forward_flops(model, tokens, codebook) / forward_flops(model, 256, 1024)
+        flops = GeneratorShape(model, num_tokens=tokens, codebook_size=codebook).forward_flops
+        ratio = flops / GeneratorShape(model).forward_flops
         return rates[model] * epochs * ratio
 
     assert 4.3 < hours("rar_l", 1, 1024, 1024) / rates["rar_l"] < 4.35

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from rar.experiments.records import (
     run_on_disk,
 )
 from rar.experiments.results import GUIDANCE_JSON, METRICS_JSON
-from rar.settings.presets import forward_flops
 from rar.settings.training import TrainConfig
 
 PAPER_SAMPLES = 50_000  # 50 per ImageNet class, as the paper's FIDs
@@ -331,16 +330,14 @@ class Study:
     def run_gpu_hours_per_epoch(self, run: str, rates: dict) -> float | None:
         """A run's GPU-hours per epoch: its size's rate (`gpu_hours_per_epoch`, at the study
         tokenizer's tokens and codebook) times the ratio of its training FLOPs at its own
-        (`rar.settings.presets.forward_flops`: a table's tokenizer, e.g. ImageNet-512's 1,024
+        (`GeneratorShape.forward_flops`: a table's tokenizer, e.g. ImageNet-512's 1,024
         tokens, ~4.3 x for adaLN). None without a rate."""
         cfg, tok = self.runs[run].config, self.config["tokenizer"]
         if cfg.model not in rates:
             return None
-        at_study = forward_flops(
-            cfg.model, tok["grid"] ** 2, tok["codebook_size"], cfg.architecture
-        )
-        at_run = forward_flops(cfg.model, cfg.num_tokens, cfg.codebook_size, cfg.architecture)
-        return rates[cfg.model][0] * at_run / at_study
+        tokens = {"num_tokens": tok["grid"] ** 2, "codebook_size": tok["codebook_size"]}
+        at_study = replace(cfg.shape, **tokens).forward_flops
+        return rates[cfg.model][0] * cfg.shape.forward_flops / at_study
 
     def recipe(self, table: str) -> dict:
         """What the rows of `table` share of the paper's two recipes (RAR §4.1): architecture,

@@ -7,8 +7,9 @@ reused across calls and chunks; `prefill` runs the 2-token prefix [cls, class],
 `decode_n_tokens` loops. A step reads its position from a buffer advanced in place, draws
 without a host sync, and attends to the live prefix of the cache only (`attended_slots`: on
 average half the cache, whose reads are most of a decode step's memory traffic), a length
-the loop knows without asking the device; compiled, it rounds that length up to one of a
-few fixed shapes, each compiled once. The loop never waits on the device.
+the loop knows without asking the device; compiled, it rounds that length up to one of
+SLOT_SHAPES lengths (a CUDA graph each, from three compilations). The loop never waits on the
+device.
 
 Sampling follows the official `RAR.generate` (bytedance/1d-tokenizer `modeling/rar.py`):
 guidance by batch doubling with the null class, `uncond + (cond - uncond) * s` with the

@@ -29,7 +29,7 @@ class SameConv2d(nn.Conv2d):
     PyTorch's symmetric `padding=` cannot express that, so an asymmetric padding is an
     explicit `F.pad` (a copy of the input). A symmetric one, which is every convolution here
     (stride 1, odd kernels), is the convolution's own zero padding: no copy, the same values
-    (on the CPU bit for bit; tests/test_tokenizer.py), 1.16x faster decoding on the CPU.
+    (on the CPU bit for bit; tests/test_tokenizer.py).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,23 +74,21 @@ class GeneratorShape:
         attention = 12 * c["num_layers"] * c["hidden_size"] * (self.num_tokens + 1)
         return float(6 * (self.parameters - self.tables) + attention)
 
-
-def forward_flops(
-    model: str, num_tokens: int, codebook_size: int, architecture: str = "adaln"
-) -> float:
-    """Forward FLOPs of one image in the matrix products of size `model` (2 a multiply-add;
-    MFU's count, `GeneratorShape.train_flops_per_token`, is PaLM's; 3x this to 0.2%):
-    per token and layer the projections and MLP, 2 (4 D^2 + 2 D M), attention's scores and
-    values, 4 N D, and with adaLN the modulation, 2 x 6 D^2 (its condition differs per
-    position); per token the head, 2 D V, after adaLN's final modulation, 2 x 2 D^2. Training
-    costs three times as much; the ratio at two token counts or codebooks scales a throughput
-    measured at one (`rar plan`)."""
-    c = RAR_CONFIGS[model]
-    D, M, L = c["hidden_size"], c["mlp_size"], c["num_layers"]
-    adaln = architecture == "adaln"
-    per_layer = 2 * (4 * D * D + 2 * D * M) + 4 * num_tokens * D + adaln * 2 * 6 * D * D
-    per_token = L * per_layer + 2 * D * codebook_size + adaln * 2 * 2 * D * D
-    return float(num_tokens * per_token)
+    @property
+    def forward_flops(self) -> float:
+        """Forward FLOPs of one image in the matrix products (2 a multiply-add): per token and
+        layer the projections and MLP, 2 (4 D^2 + 2 D M), attention's scores and values,
+        4 N D, and with adaLN the modulation, 2 x 6 D^2 (its condition differs per position);
+        per token the head, 2 D V, after adaLN's final modulation, 2 x 2 D^2. Training costs
+        three times as much (`train_flops_per_token` within 0.2% at the paper's sizes); the
+        ratio at two token counts or codebooks scales a throughput measured at one (`rar
+        plan`)."""
+        c = RAR_CONFIGS[self.model]
+        D, M, N = c["hidden_size"], c["mlp_size"], self.num_tokens
+        adaln = self.architecture == "adaln"
+        per_layer = 2 * (4 * D * D + 2 * D * M) + 4 * N * D + adaln * 2 * 6 * D * D
+        per_token = c["num_layers"] * per_layer + 2 * D * self.codebook_size
+        return float(N * (per_token + adaln * 2 * 2 * D * D))
 
 
 def kv_cache_bytes(
