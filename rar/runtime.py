@@ -257,33 +257,32 @@ class AnyRank:
     different step. In one process, the flag itself at once."""
 
     def __init__(self, env: DistEnv, device: torch.device) -> None:
-        self.env, self.device = env, device
-        self.pinned = device.type == "cuda"
-        self.pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+        self.env = env
+        pinned = device.type == "cuda"
+        # one set of buffers for every call: a call reuses them only after waiting on the
+        # previous call's event, by when its copies have run
+        self.mine = torch.zeros(1, pin_memory=pinned)  # this rank's flag, on the host
+        self.flag = torch.zeros(1, device=device)  # all-reduced on the device
+        self.back = torch.zeros(1, pin_memory=pinned)  # the agreement, back on the host
+        self.event = torch.cuda.Event() if pinned else None
+        self.pending = False
 
     def __call__(self, flag: bool) -> bool:
         if self.env.world_size == 1:
             return flag
-        agreed = self._read_pending()
-        mine = torch.tensor([float(flag)], pin_memory=self.pinned)
-        t = mine.to(self.device, non_blocking=True)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # NCCL: queued on the stream; gloo: done
-        back = torch.empty(1, pin_memory=self.pinned)
-        back.copy_(t, non_blocking=True)
-        event = None
-        if self.pinned:
-            event = torch.cuda.Event()
-            event.record()
-        self.pending = (back, event)
+        agreed = False
+        if self.pending:
+            if self.event is not None:
+                self.event.synchronize()  # the previous call's copies, not this step's kernels
+            agreed = bool(self.back[0] > 0)
+        self.mine[0] = float(flag)
+        self.flag.copy_(self.mine, non_blocking=True)
+        dist.all_reduce(self.flag, op=dist.ReduceOp.MAX)  # NCCL: queued on the stream; gloo: done
+        self.back.copy_(self.flag, non_blocking=True)
+        if self.event is not None:
+            self.event.record()
+        self.pending = True
         return agreed
-
-    def _read_pending(self) -> bool:
-        if self.pending is None:
-            return False
-        back, event = self.pending
-        if event is not None:
-            event.synchronize()  # the previous call's all-reduce and copy, not this step
-        return bool(back[0] > 0)
 
 
 class FirstNonFinite:

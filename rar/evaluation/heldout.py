@@ -220,7 +220,7 @@ def sample_grid(
     (rar.model.tokenizer.Tokenizer); order: a scan order, or "random" (`sampling_order`).
     """
     from rar.model.generate import generate, release_engine
-    from rar.model.tokenizer import to_uint8
+    from rar.model.tokenizer import decode_to_uint8
     from rar.settings.stages import SamplingConfig
 
     device = next(model.parameters()).device
@@ -238,7 +238,7 @@ def sample_grid(
         ids = generate(model, labels, sampling, generator=g, amp_dtype=amp)
     release_engine(model)  # the grid's KV cache must not hold memory through training
     tokenizer_device = next(tokenizer.parameters()).device
-    images = to_uint8(tokenizer.decode(ids.to(tokenizer_device))).cpu().numpy()  # (B, H, W, 3)
+    images = decode_to_uint8(tokenizer, ids.to(tokenizer_device)).numpy()  # (B, H, W, 3)
     _, H, W, _ = images.shape
     rows = images.reshape(len(classes), per_class, H, W, 3)
     return rows.transpose(0, 2, 1, 3, 4).reshape(len(classes) * H, per_class * W, 3)

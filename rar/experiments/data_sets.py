@@ -1,12 +1,13 @@
 """The token data sets every study shares: where they live, what they are made from, and the
 record of it (`source.json`). Torch-free.
 
-A data set is named `<dataset>-<tokenizer>-<crop>` (rar.experiments.build) and lives in
-`results/data/<name>/` whatever the study, so two studies that name the same data set (the
-paper's ablations and config/lite.yaml) tokenize it once. A name alone does not prove the same
-tokens: the job that makes a data set's folder records its source (`DataSource`: the image
-folders, the tokenizer, the grid and the images per shard) beside it, and a study whose source
-for that name differs is refused, with one message naming both.
+A data set is named `<dataset>-<tokenizer>[-<grid>x<grid>]-<crop>` (rar.experiments.build; the
+grid only where it is not the study tokenizer's) and lives in `results/data/<name>/` whatever
+the study, so two studies that name the same data set (the paper's ablations and
+config/lite.yaml) tokenize it once. A name alone does not prove the same tokens: the first
+study whose workflow starts records each data set's source beside it (`DataSource`: the image
+folders, the tokenizer, the grid and the images per shard), and a study whose source for that
+name differs is refused, with one message naming both.
 """
 
 from __future__ import annotations

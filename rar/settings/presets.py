@@ -113,6 +113,7 @@ SAMPLING_MEMORY_MARGIN = 0.10
 # CPU; not yet measured on a GPU): 4 KiB a pixel, rounded up.
 DECODE_PIXELS = 8 * 512 * 512
 DECODE_BYTES_PER_PIXEL = 4096
+DECODE_BYTES = DECODE_PIXELS * DECODE_BYTES_PER_PIXEL  # a decoding slice's activations
 
 
 def decode_slice(image_pixels: int) -> int:
@@ -125,9 +126,9 @@ def chunk_memory_bytes(
 ) -> int:
     """What sampling a chunk of `chunk_size` images holds on its GPU (one batch,
     `rar.sampling.sampler`): the weights, a KV cache an image (`kv_cache_bytes`, guided) and
-    a decoding slice's activations (DECODE_PIXELS x DECODE_BYTES_PER_PIXEL)."""
+    a decoding slice's activations (DECODE_BYTES)."""
     per_image = kv_cache_bytes(model, num_tokens, value_bytes=value_bytes)
-    return weight_bytes + chunk_size * per_image + DECODE_PIXELS * DECODE_BYTES_PER_PIXEL
+    return weight_bytes + chunk_size * per_image + DECODE_BYTES
 
 
 def largest_chunk(

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from rar.experiments.build import chunk_size_of
 from rar.ops.preflight.checks import Check
 from rar.settings.presets import (
-    DECODE_BYTES_PER_PIXEL,
-    DECODE_PIXELS,
+    DECODE_BYTES,
     SAMPLING_MEMORY_MARGIN,
     chunk_memory_bytes,
     kv_cache_bytes,
@@ -29,7 +28,6 @@ from rar.settings.stages import SampleSettings
 VALUE_BYTES = {"fp32": 4, "bf16": 2, "auto": 2}
 WEIGHT_BYTES = {"fp32": 4, "bf16": 4 + 2, "auto": 4 + 2}
 GIB = 2**30
-DECODE = DECODE_PIXELS * DECODE_BYTES_PER_PIXEL  # a decoding slice's activations
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def memory_checks(
                 False,
                 f"chunk_size {p.chunk_size} of {p.model} at {p.num_tokens:,} tokens, {dtype}: "
                 f"needs {need / GIB:.1f} GiB (KV cache {cache / GIB:.1f} GiB + weights "
-                f"{weights / GIB:.1f} GiB + decoding {DECODE / GIB:.1f} GiB) of "
+                f"{weights / GIB:.1f} GiB + decoding {DECODE_BYTES / GIB:.1f} GiB) of "
                 f"{room}; the largest chunk that fits is {fits}",
                 f"{config_file}: set `sampling: {{chunk_size: {fits}}}` (or less) in "
                 f"tables.{p.table}'s base or this row, before its sample sets start (the chunk "
