@@ -10,8 +10,7 @@ FAIL the fix (the config key, the profile file, the missing file).
    the official keys and shapes, the Inception weights their published sha256 prefix, ADM's
    reference batch its arrays and shapes); ImageNet's folder has the configured number of
    class folders and images; each stage's launcher settings fit the cluster (the partition
-   exists, its nodes have the GPUs asked for, the time limit fits); on a GPU, each table row's
-   sampling chunk fits its memory (`memory`: KV cache, weights and a decoding slice).
+   exists, its nodes have the GPUs asked for, the time limit fits).
 2. The stages, each one job of `rar.ops.launch` with the stage's settings (time limit capped):
    a handful of images (linked from ImageNet, or the demo's own), tokenized with the study's
    tokenizer; a few optimizer steps of the study's model size on the study's layout (nodes x
@@ -23,12 +22,14 @@ FAIL the fix (the config key, the profile file, the missing file).
    each model size of the study, and sampling images/s per GPU, written to
    `<out>/throughput.json`, where `rar plan` reads them (`rar.experiments.measured_throughput`):
    its GPU-hours then come from the user's hardware, the config's figures staying as the
-   estimates for whatever was not measured.
+   estimates for whatever was not measured. Then each table row's sampling chunk against the
+   memory of the GPU the sample job ran on (`memory`: KV cache, weights and a decoding slice;
+   skipped without a GPU there or here).
 
 A stage whose inputs failed is skipped (SKIP, naming what failed). Every stage writes under
 `<out>/<stage>/`; a new preflight starts from an empty `<out>` (its own folders only).
 
-The package: `checks` (the check records, the report, section 1), `memory` (section 1's
+The package: `checks` (the check records, the report, section 1), `memory` (section 3's
 sampling memory: each planned chunk's KV cache and weights against the GPU), `jobs` (what runs on
 the nodes), `stages` (the rehearsal: one method per stage), `run` (`run_preflight`). A package
 because the jobs must import nothing of the report, and the stages share one state that a
